@@ -1,0 +1,33 @@
+"""pdbatch: enrich pandas DataFrames with LLM output in one line.
+
+Importing pdbatch registers the ``.llm`` accessor on ``DataFrame`` and
+``Series``::
+
+    import pdbatch
+    out = df.llm.map("Title: {Series_Title}\\n{Overview}", model="gpt-4o-mini",
+                     response_format=Movie)
+
+Requests run as an OpenAI Batch job (half price), or on a local model; answers
+come back as new columns on the same index.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+
+from . import errors
+from .accessor import LLMAccessor
+from .errors import PdbatchError
+from .job import Job
+from .records import Request, Result, Usage
+
+__all__ = ["LLMAccessor", "Job", "Request", "Result", "Usage", "PdbatchError", "errors", "__version__"]
+__version__ = "0.1.0"
+
+with warnings.catch_warnings():
+    # Re-importing (e.g. importlib.reload) re-registers; pandas warns about that.
+    warnings.simplefilter("ignore", UserWarning)
+    pd.api.extensions.register_dataframe_accessor("llm")(LLMAccessor)
+    pd.api.extensions.register_series_accessor("llm")(LLMAccessor)

@@ -1,0 +1,275 @@
+"""``DataFrame.llm`` / ``Series.llm``: check the host, check arguments, delegate, wrap.
+
+The accessor keeps no state beyond its host (pandas builds a new accessor
+object on every ``df.llm`` access); jobs live in :class:`~pdbatch.job.Job`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional, Sequence, Union
+
+import pandas as pd
+
+from .backends import resolve_backend
+from .batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_shards
+from .errors import OptionError
+from .ids import check_unique, custom_ids
+from .job import Job, start_job
+from .join import join_results
+from .spec import MapSpec
+
+__all__ = ["LLMAccessor"]
+
+_SPEC_ARGS = frozenset(
+    "model system response_format images image_detail output error_column extra_body".split()
+)
+
+
+class LLMAccessor:
+    """LLM enrichment for a DataFrame or Series: ``df.llm.map(...)``.
+
+    Parameters
+    ----------
+    obj : DataFrame or Series
+        The host. Any other object raises ``AttributeError``.
+    """
+
+    def __init__(self, obj: Any):
+        if not isinstance(obj, (pd.DataFrame, pd.Series)):
+            raise AttributeError("the .llm accessor works on a pandas DataFrame or Series")
+        self._obj = obj
+
+    # ------------------------------------------------------------- internals
+    @property
+    def _series(self) -> bool:
+        return isinstance(self._obj, pd.Series)
+
+    def _columns(self) -> List[Any]:
+        return ["value"] if self._series else list(self._obj.columns)
+
+    def _spec(self, template: str, **kw: Any) -> MapSpec:
+        """Build the spec; keywords that are not spec arguments are body parameters."""
+        params = dict(kw.pop("params", None) or {})
+        for key in list(kw):
+            if key not in _SPEC_ARGS:
+                params[key] = kw.pop(key)
+        return MapSpec.build(template, columns=self._columns(), series=self._series, params=params, **kw)
+
+    # -------------------------------------------------------------------- API
+    def submit(
+        self,
+        template: str,
+        *,
+        model: Optional[str] = None,
+        system: Optional[str] = None,
+        response_format: Any = None,
+        images: Optional[str] = None,
+        image_detail: Optional[str] = None,
+        output: str = "llm_output",
+        error_column: Optional[str] = "llm_error",
+        overwrite: bool = False,
+        client: Any = None,
+        backend: Any = None,
+        shard_size: Optional[int] = None,
+        shard_bytes: Optional[int] = None,
+        poll_interval: Optional[float] = None,
+        max_poll_interval: Optional[float] = None,
+        workers: Optional[int] = None,
+        threads_per_worker: Optional[int] = None,
+        extra_body: Optional[dict] = None,
+        **params: Any,
+    ) -> Job:
+        """Render every row into a request and start the job; return the :class:`Job`.
+
+        Takes the same arguments as :meth:`map` except ``wait``. Everything is
+        checked before anything is sent.
+        """
+        spec = self._spec(
+            template,
+            model=model,
+            system=system,
+            response_format=response_format,
+            images=images,
+            image_detail=image_detail,
+            output=output,
+            error_column=error_column,
+            extra_body=extra_body,
+            params=params,
+        )
+        if not isinstance(overwrite, bool):
+            raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
+        be = resolve_backend(
+            backend,
+            client,
+            shard_size=shard_size,
+            shard_bytes=shard_bytes,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+        )
+        if spec.model is None and be.name == "batch":
+            raise OptionError("model= is required for the Batch API, e.g. model='gpt-4o-mini'")
+        return start_job(self._obj, spec, be, overwrite=overwrite)
+
+    def map(
+        self,
+        template: str,
+        *,
+        wait: bool = True,
+        progress: bool = True,
+        timeout: Optional[float] = None,
+        **options: Any,
+    ) -> Union[pd.DataFrame, pd.Series, Job]:
+        """Enrich every row with an LLM answer; return a new object with the answers.
+
+        Parameters
+        ----------
+        template : str
+            A :meth:`str.format` template whose fields name columns, e.g.
+            ``"Title: {Series_Title}\\n{Overview}"``; ``{{`` / ``}}`` are literal
+            braces. On a Series the value is ``{}`` or ``{value}``.
+        model : str
+            Model name, e.g. ``"gpt-4o-mini"`` (a ``.gguf`` path on the local backend).
+        system : str, optional
+            System message; may itself be a template.
+        response_format : None, "json", dict or pydantic model class
+            Text (default), JSON mode, a JSON Schema (strict structured output,
+            validated), or a pydantic ``BaseModel`` subclass. JSON answers
+            expand into one column per top-level key.
+        images : str, optional
+            A column name, or a template, giving image URLs or local paths
+            (a cell may hold a list); local files are sent as ``data:`` URLs.
+        image_detail : {"auto", "low", "high"}, optional
+        output : str
+            Column for text answers.
+        error_column : str or None
+            Column holding None where the row succeeded, else a short reason.
+        overwrite : bool
+            Replace new columns that already exist instead of raising.
+        client : openai.OpenAI, optional
+            Default: ``OpenAI()`` from the environment.
+        backend : {"batch", "local"} or None
+            None picks ``"batch"`` with a client or ``OPENAI_API_KEY``, else ``"local"``.
+        wait : bool
+            False returns the :class:`Job` at once.
+        progress : bool
+            Show a progress bar while waiting.
+        timeout : float, optional
+            Seconds to wait at most (the job keeps running after).
+        shard_size, shard_bytes : int, optional
+            Batch input-file limits (default 50,000 requests, 200 MB).
+        poll_interval, max_poll_interval : float, optional
+            First and longest pause between polls (default 2 s growing to 60 s).
+        workers, threads_per_worker : int, optional
+            Local backend: model instances run in parallel, and CPU threads each
+            (default one single-threaded instance per core, at most four).
+        extra_body : dict, optional
+            Provider-specific fields merged into every request body.
+        **params
+            Chat Completions parameters copied into each body
+            (``temperature``, ``max_completion_tokens``, ``seed``...).
+
+        Returns
+        -------
+        DataFrame, Series or Job
+            The original columns and index plus the new columns;
+            ``attrs["pdbatch"]`` holds the summary.
+
+        Examples
+        --------
+        >>> import pandas as pd, pdbatch
+        >>> from pdbatch.server import BatchServer
+        >>> with BatchServer() as srv:
+        ...     df = pd.DataFrame({"city": ["Paris", "Lima"]}, index=["fr", "pe"])
+        ...     out = df.llm.map("Country of {city}?", model="gpt-4o-mini", client=srv.client(),
+        ...                      poll_interval=0.05, progress=False)
+        >>> out["llm_output"].tolist()
+        ['Country of Paris?', 'Country of Lima?']
+        >>> out.attrs["pdbatch"]["counts"]["succeeded"]
+        2
+        """
+        job = self.submit(template, **options)
+        if not wait:
+            return job
+        return job.wait(progress=progress, timeout=timeout).result()
+
+    def to_batch_file(self, path: Union[str, os.PathLike], template: str, **options: Any) -> List[str]:
+        """Write the Batch API input JSONL for this frame without sending anything.
+
+        Takes the same arguments as :meth:`map` (``model`` is required).
+        Rows with missing values are left out, as ``map`` would. When the
+        requests exceed one file's limits, shards are written next to ``path``
+        as ``<stem>-0000.jsonl``, ``<stem>-0001.jsonl``...
+
+        Returns
+        -------
+        list of str
+            The paths written.
+        """
+        path = os.fspath(path)
+        shard_size = options.pop("shard_size", None) or MAX_REQUESTS
+        shard_bytes = options.pop("shard_bytes", None) or MAX_BYTES
+        for unused in ("client", "backend", "wait", "overwrite", "poll_interval", "max_poll_interval", "progress",
+                       "workers", "threads_per_worker"):
+            options.pop(unused, None)
+        spec = self._spec(template, **options)
+        if spec.model is None:
+            raise OptionError("model= is required to write a batch file, e.g. model='gpt-4o-mini'")
+        ids = custom_ids(self._obj.index)
+        check_unique(ids)
+        frame = self._obj.to_frame(name="value") if self._series else self._obj
+        rendered = spec.render(frame, ids)
+        directory = os.path.dirname(os.path.abspath(path))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        shards = write_shards(
+            spec.requests(rendered), directory, prefix=stem, max_requests=shard_size, max_bytes=shard_bytes
+        )
+        if len(shards) == 1:
+            os.replace(shards[0].path, path)
+            return [path]
+        return [s.path for s in shards]
+
+    def read_results(self, paths: Union[str, Sequence[str]], template: Optional[str] = None, **options: Any):
+        """Join downloaded Batch API output and error files back onto this frame.
+
+        Parameters
+        ----------
+        paths : str or list of str
+            Output and error JSONL files, in any order.
+        template : str, optional
+            The template used to build the requests; given, rows that were not
+            sent carry the same reason ``map`` would give (missing value...).
+        **options
+            The ``map`` arguments that shape the result: ``response_format``,
+            ``output``, ``error_column``, ``overwrite`` (others are ignored).
+
+        Returns
+        -------
+        DataFrame or Series
+        """
+        overwrite = bool(options.pop("overwrite", False))
+        keep = {k: options[k] for k in ("response_format", "output", "error_column", "system", "images") if k in options}
+        spec = self._spec(template if template is not None else "", **keep)
+        ids = custom_ids(self._obj.index)
+        check_unique(ids)
+        skipped = {}
+        if template is not None:
+            frame = self._obj.to_frame(name="value") if self._series else self._obj
+            skipped = spec.render(frame, ids).skipped
+        out, stats, errors = join_results(
+            self._obj,
+            ids,
+            read_answers(paths),
+            spec.fmt.parse_text,
+            kind=spec.fmt.kind,
+            output=spec.output,
+            error_column=spec.error_column,
+            columns=list(spec.fmt.columns or ()),
+            skipped=skipped,
+            overwrite=overwrite,
+        )
+        out.attrs = dict(out.attrs)
+        out.attrs["pdbatch"] = {"counts": stats.to_dict(), "usage": stats.usage.to_dict()}
+        return out

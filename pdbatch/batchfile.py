@@ -1,0 +1,234 @@
+"""Batch files on disk: write JSONL input shards, read output and error files.
+
+Both directions stream line by line: no file is ever held as one string, so a
+frame of millions of rows costs memory for its rows, not for its JSONL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from .errors import InputError
+from .records import Answers, Request, Result, Usage
+
+__all__ = ["Shard", "write_shards", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
+
+#: Batch API limits per input file (configurable for other providers).
+MAX_REQUESTS = 50_000
+MAX_BYTES = 200 * 1024 * 1024
+_BUFFER = 1 << 20
+
+
+@dataclass
+class Shard:
+    """One input file: its path, how many requests and bytes it holds."""
+
+    index: int
+    path: str
+    count: int = 0
+    bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "path": self.path, "count": self.count, "bytes": self.bytes}
+
+
+def write_shards(
+    requests: Iterable[Request],
+    directory: str,
+    *,
+    prefix: str = "input",
+    max_requests: int = MAX_REQUESTS,
+    max_bytes: int = MAX_BYTES,
+    too_large: Optional[Dict[str, str]] = None,
+) -> List[Shard]:
+    """Write requests to JSONL shards of at most ``max_requests`` lines and ``max_bytes`` bytes.
+
+    Parameters
+    ----------
+    requests : iterable of Request
+        Consumed once, streaming.
+    directory : str
+        Where the shards go (created if needed). Files are named
+        ``{prefix}-{k:04d}.jsonl``.
+    max_requests, max_bytes : int
+        Per-shard limits; the Batch API allows 50,000 requests and 200 MB.
+    too_large : dict, optional
+        Receives ``custom_id -> reason`` for a request whose single line is
+        larger than ``max_bytes`` (it is not written; it becomes an error cell).
+
+    Returns
+    -------
+    list of Shard
+        Empty when there was nothing to write.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> reqs = [Request(str(i), {"model": "m", "messages": []}) for i in range(5)]
+    >>> [s.count for s in write_shards(reqs, tempfile.mkdtemp(), max_requests=2)]
+    [2, 2, 1]
+    """
+    if max_requests < 1 or max_bytes < 1:
+        raise InputError("max_requests and max_bytes must be positive (shard_size= / shard_bytes=)")
+    os.makedirs(directory, exist_ok=True)
+    shards: List[Shard] = []
+    fh = None
+    current: Optional[Shard] = None
+    try:
+        for req in requests:
+            line = req.to_line()
+            size = len(line)
+            if size > max_bytes:
+                if too_large is not None:
+                    too_large[req.custom_id] = (
+                        f"request too large for one batch file ({size} bytes > {max_bytes})"
+                    )
+                continue
+            if current is None or current.count >= max_requests or current.bytes + size > max_bytes:
+                if fh is not None:
+                    fh.close()
+                path = os.path.join(directory, f"{prefix}-{len(shards):04d}.jsonl")
+                current = Shard(len(shards), path)
+                shards.append(current)
+                fh = open(path, "wb", buffering=_BUFFER)
+            fh.write(line)
+            current.count += 1
+            current.bytes += size
+    finally:
+        if fh is not None:
+            fh.close()
+    return shards
+
+
+def iter_lines(path: str) -> Iterator[dict]:
+    """Decode a JSONL file line by line; raise :class:`InputError` on a corrupt line."""
+    with open(path, "rb", buffering=_BUFFER) as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield orjson.loads(raw)
+            except orjson.JSONDecodeError as err:
+                raise InputError(
+                    f"{path}, line {n}, is not valid JSON ({err}); is this a Batch API output or error file?"
+                ) from err
+
+
+def read_results(paths: Union[str, Sequence[str]]) -> Iterator[Result]:
+    """Read Batch API output and error files into :class:`Result` records, streaming.
+
+    Parameters
+    ----------
+    paths : str or sequence of str
+        Output and/or error JSONL files, in any order.
+
+    Yields
+    ------
+    Result
+        One per line, in file order (which is not the input order).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for path in paths:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise InputError(f"results file not found: {path!r}; pass the downloaded output/error files")
+        for line in iter_lines(path):
+            if "custom_id" not in line:
+                raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
+            yield Result.from_line(line)
+
+
+def _arrow_schema() -> pa.Schema:
+    s, i = pa.string(), pa.int64()
+    err = pa.struct([("code", s), ("message", s), ("type", s)])
+    msg = pa.struct([("content", s), ("refusal", s)])
+    choice = pa.struct([("message", msg), ("finish_reason", s)])
+    usage = pa.struct([
+        ("prompt_tokens", i), ("completion_tokens", i),
+        ("prompt_tokens_details", pa.struct([("cached_tokens", i)])),
+        ("completion_tokens_details", pa.struct([("reasoning_tokens", i)])),
+    ])
+    body = pa.struct([("choices", pa.list_(choice)), ("usage", usage), ("error", err)])
+    resp = pa.struct([("status_code", i), ("body", body)])
+    return pa.schema([("custom_id", s), ("response", resp), ("error", err)])
+
+
+_SCHEMA = _arrow_schema()
+_PARSE = pajson.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore")
+
+
+def _total(arr: pa.Array) -> int:
+    v = pc.sum(arr).as_py()
+    return int(v or 0)
+
+
+def _answers_arrow(path: str) -> Answers:
+    """Columns of a chat output/error file, parsed by Arrow (streaming, by blocks)."""
+    out = Answers()
+    tokens = [0, 0, 0, 0]
+    reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=8 << 20), parse_options=_PARSE)
+    for batch in reader:
+        resp = batch.column("response")
+        body = pc.struct_field(resp, "body")
+        choices = pc.struct_field(body, "choices")
+        n_choices = pc.fill_null(pc.list_value_length(choices), 0)
+        has = pc.greater(n_choices, 0)
+        # Give empty/null choice lists one null element so that element 0 always exists.
+        first = pc.list_element(pc.if_else(has, choices, pa.scalar([None], type=choices.type)), 0)
+        msg = pc.struct_field(first, "message")
+        top_err = batch.column("error")
+        body_err = pc.struct_field(body, "error")
+        code = pc.coalesce(pc.struct_field(top_err, "code"), pc.struct_field(body_err, "code"),
+                           pc.struct_field(body_err, "type"))
+        message = pc.coalesce(pc.struct_field(top_err, "message"), pc.struct_field(body_err, "message"))
+        usage = pc.struct_field(body, "usage")
+        tokens[0] += _total(pc.struct_field(usage, "prompt_tokens"))
+        tokens[1] += _total(pc.struct_field(usage, "completion_tokens"))
+        tokens[2] += _total(pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens"))
+        tokens[3] += _total(pc.struct_field(pc.struct_field(usage, "completion_tokens_details"), "reasoning_tokens"))
+        ids = batch.column("custom_id")
+        if ids.null_count:
+            raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
+        out.custom_id.extend(ids.to_pylist())
+        out.status_code.extend(pc.struct_field(resp, "status_code").to_pylist())
+        out.content.extend(pc.struct_field(msg, "content").to_pylist())
+        out.refusal.extend(pc.struct_field(msg, "refusal").to_pylist())
+        out.finish_reason.extend(pc.struct_field(first, "finish_reason").to_pylist())
+        out.has_choice.extend(has.to_pylist())
+        out.error_code.extend(code.to_pylist())
+        out.error_message.extend(message.to_pylist())
+    out.usage = Usage(*tokens)
+    return out
+
+
+def read_answers(paths: Union[str, Sequence[str]]) -> Answers:
+    """Read chat-completion output and error files into column-wise :class:`Answers`.
+
+    Arrow parses the files by blocks (no per-line Python objects, bounded
+    memory); a file whose lines do not fit the expected shape (a provider that
+    types a field differently) is read line by line through :func:`read_results`
+    instead, with the same outcome.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out = Answers()
+    for path in paths:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise InputError(f"results file not found: {path!r}; pass the downloaded output/error files")
+        if os.path.getsize(path) == 0:
+            continue
+        try:
+            part = _answers_arrow(path)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            part = Answers.from_results(read_results([path]))
+        out.extend(part)
+    return out

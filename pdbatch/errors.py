@@ -1,0 +1,121 @@
+"""The one exception hierarchy of pdbatch.
+
+Every exception pdbatch raises derives from :class:`PdbatchError`. Errors about
+bad input also derive from the builtin they resemble (``ValueError``,
+``TypeError``, ``KeyError``) so that generic ``except ValueError`` handlers keep
+working. Each message names the argument, column or environment variable at
+fault and says how to fix it.
+
+Per-row failures (invalid JSON, schema violations, API errors for one request)
+are *not* exceptions: they become error cells in the result frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = [
+    "PdbatchError",
+    "InputError",
+    "TemplateError",
+    "MissingColumnError",
+    "DuplicateIdError",
+    "ColumnCollisionError",
+    "SchemaError",
+    "OptionError",
+    "BackendUnavailableError",
+    "BatchFailedError",
+    "JobError",
+    "ServerError",
+]
+
+
+class PdbatchError(Exception):
+    """Root of every exception raised by pdbatch."""
+
+
+class InputError(PdbatchError, ValueError):
+    """Bad input detected before anything was sent (nothing was uploaded)."""
+
+
+class TemplateError(InputError):
+    """A prompt template cannot be parsed or rendered."""
+
+
+class MissingColumnError(TemplateError):
+    """A template or option names a column that the frame does not have."""
+
+    def __init__(self, missing: Sequence[str], available: Sequence[Any], where: str = "template"):
+        self.missing = list(missing)
+        self.available = [str(c) for c in available]
+        shown = ", ".join(repr(c) for c in self.available[:30])
+        if len(self.available) > 30:
+            shown += f", ... ({len(self.available)} in all)"
+        names = ", ".join(repr(m) for m in self.missing)
+        super().__init__(
+            f"{where} refers to column(s) {names} which the frame does not have; "
+            f"available columns: {shown}. Fix the field name or add the column "
+            f"(literal braces are written {{{{ and }}}})."
+        )
+
+
+class DuplicateIdError(InputError):
+    """Two index labels give the same custom_id."""
+
+    def __init__(self, duplicates: Sequence[str], total: int):
+        self.duplicates = list(duplicates)
+        shown = ", ".join(repr(d) for d in self.duplicates[:10])
+        more = f" and {total - 10} more" if total > 10 else ""
+        super().__init__(
+            f"the index must be unique once turned into strings (it becomes each request's "
+            f"custom_id), but these labels repeat: {shown}{more}. Call df.reset_index() "
+            f"(or otherwise make the index unique) before mapping."
+        )
+
+
+class ColumnCollisionError(InputError):
+    """A new column would overwrite an existing one."""
+
+    def __init__(self, columns: Sequence[str]):
+        self.columns = list(columns)
+        names = ", ".join(repr(c) for c in self.columns)
+        super().__init__(
+            f"output column(s) {names} already exist in the frame; pass overwrite=True to "
+            f"replace them, or choose other names with output= / error_column=."
+        )
+
+
+class SchemaError(InputError):
+    """A ``response_format`` schema is malformed or unsupported."""
+
+
+class OptionError(PdbatchError, TypeError):
+    """An unknown or invalid option was passed."""
+
+
+class BackendUnavailableError(PdbatchError, RuntimeError):
+    """The requested backend cannot run here (missing key, package or capability)."""
+
+
+class BatchFailedError(PdbatchError, RuntimeError):
+    """A batch failed file-level validation; ``errors`` holds the server's list."""
+
+    def __init__(self, batch_id: str, errors: Sequence[dict]):
+        self.batch_id = batch_id
+        self.errors = list(errors)
+        lines = []
+        for e in self.errors[:10]:
+            where = f" (line {e.get('line')})" if e.get("line") is not None else ""
+            lines.append(f"  - {e.get('code')}: {e.get('message')}{where}")
+        more = f"\n  ... and {len(self.errors) - 10} more" if len(self.errors) > 10 else ""
+        super().__init__(
+            f"batch {batch_id} failed validation on the server:\n" + "\n".join(lines) + more
+        )
+
+
+class JobError(PdbatchError, RuntimeError):
+    """A job cannot do what was asked (unknown id, wrong state)."""
+
+
+class ServerError(PdbatchError, RuntimeError):
+    """The local Batch API server could not start or serve."""

@@ -1,0 +1,82 @@
+"""custom_id from the index, and the checks that keep answers on the right rows.
+
+A request's ``custom_id`` is its row's index label turned into a string; a
+MultiIndex label joins its parts with :data:`SEP`. Output files come back in
+any order, so results are joined by custom_id only, through :func:`positions`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List
+
+import pandas as pd
+
+from .errors import DuplicateIdError
+
+__all__ = ["SEP", "custom_ids", "check_unique", "positions"]
+
+#: Separator between the parts of a MultiIndex label in a custom_id.
+SEP = "|"
+
+
+def _level_strings(index: pd.Index) -> List[str]:
+    if isinstance(index, pd.RangeIndex):
+        return [str(i) for i in range(index.start, index.stop, index.step)]
+    if isinstance(index, pd.DatetimeIndex):
+        # Timestamps render as their ISO text; midnight-only indexes as plain dates.
+        return index.astype(str).tolist()
+    # astype(str) keeps "1" and 1 apart from NaN and matches str() element-wise.
+    return [str(v) for v in index.tolist()] if index.dtype == object else index.astype(str).tolist()
+
+
+def custom_ids(index: pd.Index) -> List[str]:
+    """Return the custom_id of every row, in row order.
+
+    Parameters
+    ----------
+    index : pandas.Index
+        The frame's index. A MultiIndex label's parts are joined by ``SEP``.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> custom_ids(pd.Index([3, 1, 2]))
+    ['3', '1', '2']
+    >>> custom_ids(pd.MultiIndex.from_tuples([("a", 1), ("b", 2)]))
+    ['a|1', 'b|2']
+    >>> custom_ids(pd.DatetimeIndex(["2024-01-01", "2024-01-02"]))
+    ['2024-01-01', '2024-01-02']
+    """
+    if isinstance(index, pd.MultiIndex):
+        levels = [_level_strings(index.get_level_values(i)) for i in range(index.nlevels)]
+        return [SEP.join(parts) for parts in zip(*levels)]
+    return _level_strings(index)
+
+
+def check_unique(ids: List[str]) -> None:
+    """Raise :class:`~pdbatch.errors.DuplicateIdError` if any custom_id repeats.
+
+    Labels that differ as Python values but not as strings (``1`` and ``"1"``)
+    collide, because the answer could not be joined back to one row.
+
+    Examples
+    --------
+    >>> check_unique(["a", "b"])
+    >>> check_unique(["1", "2", "1"])
+    Traceback (most recent call last):
+    ...
+    pdbatch.errors.DuplicateIdError: the index must be unique once turned into strings ...
+    """
+    s = pd.Series(ids, dtype=object)
+    dup = s.duplicated(keep="first")
+    if dup.any():
+        repeated = pd.unique(s[dup])
+        raise DuplicateIdError([str(d) for d in repeated[:10]], len(repeated))
+
+
+def positions(ids: Iterable[str]) -> Dict[str, int]:
+    """Map each custom_id to its row position (the join key of every result)."""
+    return {cid: i for i, cid in enumerate(ids)}

@@ -1,0 +1,175 @@
+"""Results to columns on the caller's index: the only place frames are built.
+
+Results arrive in any order; each is placed by its custom_id alone. The
+returned frame is a new object with every original column, the original index
+and row order, plus the new columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
+
+import pandas as pd
+
+from .errors import ColumnCollisionError
+from .parsing import answer_reason
+from .records import Answers, Usage
+
+__all__ = ["JoinStats", "join_results", "NO_ANSWER"]
+
+NO_ANSWER = "no_answer: no result came back for this row"
+
+
+@dataclass
+class JoinStats:
+    """Counts and usage gathered while joining."""
+
+    rows: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unanswered: int = 0
+    unknown_ids: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+    def to_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "sent": self.rows - self.skipped,
+            "succeeded": self.succeeded,
+            "failed": self.failed + self.unanswered,
+            "skipped": self.skipped,
+            "unknown_ids": self.unknown_ids,
+        }
+
+
+def _series(values: List[Any], index: pd.Index, name: str) -> pd.Series:
+    """A column from Python values: integers beside gaps stay integers (``Int64``)."""
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind == "integer" and any(v is None for v in values):
+        return pd.Series(pd.array(values, dtype="Int64"), index=index, name=name)
+    if kind == "boolean" and any(v is None for v in values):
+        return pd.Series(pd.array(values, dtype="boolean"), index=index, name=name)
+    s = pd.Series(values, index=index, name=name)
+    if s.dtype == object and kind not in ("mixed", "empty"):
+        s = s.infer_objects()
+    return s
+
+
+def join_results(
+    host: Union[pd.DataFrame, pd.Series],
+    ids: List[str],
+    answers: Answers,
+    parse_text: Callable[[str], tuple],
+    *,
+    kind: str,
+    output: str,
+    error_column: Optional[str],
+    columns: Optional[List[str]] = None,
+    skipped: Optional[Mapping[int, str]] = None,
+    unanswered: Optional[Callable[[int], str]] = None,
+    overwrite: bool = False,
+    hint: str = "",
+):
+    """Join ``answers`` onto ``host`` by custom_id.
+
+    Parameters
+    ----------
+    host : DataFrame or Series
+        The caller's object; never modified.
+    ids : list of str
+        custom_id of every row, in row order.
+    answers : Answers
+        Column-wise results in any order; a custom_id that matches no row is
+        counted and ignored. When a custom_id appears more than once, a success
+        wins over a failure.
+    parse_text : callable
+        ``str -> (value, error)`` for a usable answer's text
+        (see :meth:`ResponseFormat.parse_text`).
+    kind : {"text", "json", "schema"}
+        Text goes to ``output``; JSON dicts expand into one column per
+        top-level key (``columns`` first, in that order).
+    skipped : mapping, optional
+        Row position -> reason, for rows that were not sent.
+    unanswered : callable, optional
+        Row position -> reason, for sent rows with no result (default
+        :data:`NO_ANSWER`).
+
+    Returns
+    -------
+    (DataFrame or Series, JoinStats, list of error reasons)
+    """
+    n = len(ids)
+    skipped = dict(skipped or {})
+    stats = JoinStats(rows=n, skipped=len(skipped), usage=answers.usage)
+    errors: List[Optional[str]] = [None] * n
+    answered = [False] * n
+    expand = kind in ("json", "schema")
+    values: Dict[str, List[Any]] = {}
+    if expand:
+        for c in columns or ():
+            values[c] = [None] * n
+    else:
+        values[output] = [None] * n
+    out_col = values.get(output)
+    a = answers
+    pos_of = {cid: i for i, cid in enumerate(ids)}
+    get = pos_of.get
+    where = [get(cid, -1) for cid in a.custom_id]  # -1 marks a custom_id that matches no row
+    for pos, status, content, finish, refusal, has, ecode, emsg in zip(
+        where, a.status_code, a.content, a.finish_reason, a.refusal, a.has_choice, a.error_code, a.error_message
+    ):
+        if pos < 0:
+            stats.unknown_ids += 1
+            continue
+        if answered[pos] and errors[pos] is None:
+            continue  # a success is already placed
+        answered[pos] = True
+        if finish == "stop" and ecode is None and emsg is None and not refusal and content is not None \
+                and (status is None or status < 400):
+            value, err = parse_text(content)
+        else:
+            err = answer_reason(status, content, finish, refusal, has, ecode, emsg)
+            if err is None:
+                value, err = parse_text(content)
+        if err is not None:
+            errors[pos] = err
+            continue
+        errors[pos] = None
+        if expand:
+            for key, v in value.items():
+                col = values.get(key)
+                if col is None:
+                    col = values[key] = [None] * n
+                col[pos] = v
+        else:
+            out_col[pos] = value
+    for pos in range(n):
+        if pos in skipped:
+            errors[pos] = skipped[pos]
+        elif not answered[pos]:
+            errors[pos] = unanswered(pos) if unanswered else NO_ANSWER
+            stats.unanswered += 1
+        elif errors[pos] is None:
+            stats.succeeded += 1
+        else:
+            stats.failed += 1
+
+    index = host.index
+    new_names = list(values) + ([error_column] if error_column else [])
+    if isinstance(host, pd.Series) and not expand:
+        out = _series(values[output], index, host.name if output is None else output)
+        return out, stats, errors
+    existing = [str(c) for c in host.columns] if isinstance(host, pd.DataFrame) else []
+    clash = [c for c in new_names if c in existing]
+    if clash and not overwrite:
+        raise ColumnCollisionError(clash, hint=hint)
+    new = pd.DataFrame({name: _series(vals, index, name) for name, vals in values.items()}, index=index)
+    if error_column:
+        new[error_column] = pd.Series(errors, index=index, dtype=object)
+    if isinstance(host, pd.Series):
+        return new, stats, errors
+    base = host.drop(columns=[c for c in host.columns if str(c) in clash]) if clash else host
+    out = pd.concat([base, new], axis=1)
+    return out, stats, errors

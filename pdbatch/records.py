@@ -1,0 +1,262 @@
+"""Frozen records that flow through the pipeline.
+
+``Request`` (what is sent), ``Result`` (what came back for one custom_id) and
+``Usage`` (token counts). Each round-trips through a plain dict that carries a
+version field, so it can be persisted and read back by a later release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import orjson
+
+__all__ = ["Request", "Result", "Usage", "Answers", "usage_counts", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL"]
+
+RECORD_VERSION = 1
+CHAT_URL = "/v1/chat/completions"
+EMBEDDINGS_URL = "/v1/embeddings"
+
+
+def usage_counts(body: Optional[Mapping[str, Any]]) -> tuple:
+    """``(prompt, completion, cached, reasoning)`` tokens of a response body; zeros if absent."""
+    u = body.get("usage") if body else None
+    if not u:
+        return (0, 0, 0, 0)
+    details = u.get("prompt_tokens_details") or u.get("input_tokens_details")
+    out_details = u.get("completion_tokens_details") or u.get("output_tokens_details")
+    return (
+        int(u.get("prompt_tokens") or u.get("input_tokens") or 0),
+        int(u.get("completion_tokens") or u.get("output_tokens") or 0),
+        int(details.get("cached_tokens") or 0) if details else 0,
+        int(out_details.get("reasoning_tokens") or 0) if out_details else 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one or more responses.
+
+    Examples
+    --------
+    >>> Usage(10, 2) + Usage(5, 1, cached_tokens=4)
+    Usage(prompt_tokens=15, completion_tokens=3, cached_tokens=4, reasoning_tokens=0)
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+    @classmethod
+    def from_body(cls, body: Optional[Mapping[str, Any]]) -> "Usage":
+        """Read the ``usage`` block of a chat or embeddings response body."""
+        return cls(*usage_counts(body))
+
+    def to_dict(self) -> dict:
+        return {
+            "input_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request line of a batch: ``custom_id``, endpoint ``url`` and ``body``.
+
+    Examples
+    --------
+    >>> r = Request("7", {"model": "m", "messages": []})
+    >>> r.to_line()
+    b'{"custom_id":"7","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}\\n'
+    >>> Request.from_dict(r.to_dict()) == r
+    True
+    """
+
+    custom_id: str
+    body: Mapping[str, Any]
+    url: str = CHAT_URL
+
+    def to_line(self) -> bytes:
+        """The JSONL line (with its newline) the Batch API expects."""
+        return orjson.dumps(
+            {"custom_id": self.custom_id, "method": "POST", "url": self.url, "body": self.body}
+        ) + b"\n"
+
+    def to_dict(self) -> dict:
+        return {"v": RECORD_VERSION, "custom_id": self.custom_id, "url": self.url, "body": self.body}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Request":
+        return cls(str(d["custom_id"]), d["body"], d.get("url", CHAT_URL))
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What came back for one ``custom_id``.
+
+    ``body`` is the endpoint's normal response on success (status 200);
+    otherwise ``error`` is a dict with at least ``code`` and ``message``.
+
+    Examples
+    --------
+    >>> ok = Result.from_line({"custom_id": "1", "response": {"status_code": 200, "body": {"x": 1}}, "error": None})
+    >>> ok.ok, ok.body
+    (True, {'x': 1})
+    >>> bad = Result.from_line({"custom_id": "2", "response": None,
+    ...                         "error": {"code": "batch_expired", "message": "expired"}})
+    >>> bad.ok, bad.error["code"]
+    (False, 'batch_expired')
+    """
+
+    custom_id: str
+    body: Optional[Mapping[str, Any]] = None
+    error: Optional[Mapping[str, Any]] = None
+    status_code: Optional[int] = None
+    request_id: Optional[str] = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.body is not None
+
+    @property
+    def usage(self) -> Usage:
+        return Usage.from_body(self.body)
+
+    @classmethod
+    def from_line(cls, line: Mapping[str, Any]) -> "Result":
+        """Build from one decoded line of a batch output or error file."""
+        cid = str(line.get("custom_id"))
+        resp = line.get("response")
+        err = line.get("error")
+        if resp is not None:
+            status = resp.get("status_code")
+            body = resp.get("body")
+            if status is not None and int(status) >= 400:
+                e = (body or {}).get("error") if isinstance(body, dict) else None
+                e = dict(e) if isinstance(e, dict) else {"message": str(body)}
+                e.setdefault("code", None)
+                e["status_code"] = int(status)
+                return cls(cid, None, e, int(status), resp.get("request_id"))
+            if err:
+                return cls(cid, None, dict(err), status, resp.get("request_id"))
+            return cls(cid, body, None, status, resp.get("request_id"))
+        if not err:
+            err = {"code": "no_response", "message": "the line carried neither a response nor an error"}
+        return cls(cid, None, dict(err), None, None)
+
+    @classmethod
+    def failure(cls, custom_id: str, code: str, message: str, status_code: Optional[int] = None) -> "Result":
+        """A result that records a failure produced locally (not by the API)."""
+        e = {"code": code, "message": message}
+        if status_code is not None:
+            e["status_code"] = status_code
+        return cls(custom_id, None, e, status_code)
+
+    def to_dict(self) -> dict:
+        return {
+            "v": RECORD_VERSION,
+            "custom_id": self.custom_id,
+            "status_code": self.status_code,
+            "body": self.body,
+            "error": self.error,
+            "request_id": self.request_id,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Result":
+        return cls(d["custom_id"], d.get("body"), d.get("error"), d.get("status_code"), d.get("request_id"))
+
+
+@dataclass
+class Answers:
+    """Many results, column-wise: the input of the join.
+
+    Column ``i`` of every list describes one result line. Built from output
+    files by :func:`pdbatch.batchfile.read_answers` (Arrow, no per-line
+    objects) or from :class:`Result` records by :meth:`from_results`.
+    """
+
+    custom_id: list = field(default_factory=list)
+    status_code: list = field(default_factory=list)
+    content: list = field(default_factory=list)
+    finish_reason: list = field(default_factory=list)
+    refusal: list = field(default_factory=list)
+    has_choice: list = field(default_factory=list)
+    error_code: list = field(default_factory=list)
+    error_message: list = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+    def __len__(self) -> int:
+        return len(self.custom_id)
+
+    def extend(self, other: "Answers") -> None:
+        """Append ``other``'s rows (and add its usage)."""
+        for name in ("custom_id", "status_code", "content", "finish_reason", "refusal", "has_choice",
+                     "error_code", "error_message"):
+            getattr(self, name).extend(getattr(other, name))
+        self.usage = self.usage + other.usage
+
+    @classmethod
+    def from_results(cls, results) -> "Answers":
+        """Collect :class:`Result` records into columns.
+
+        Examples
+        --------
+        >>> a = Answers.from_results([Result("1", {"choices": [{"message": {"content": "hi"},
+        ...                                         "finish_reason": "stop"}]}, status_code=200)])
+        >>> a.custom_id, a.content, a.error_code
+        (['1'], ['hi'], [None])
+        """
+        a = cls()
+        tokens = [0, 0, 0, 0]
+        for r in results:
+            a.custom_id.append(r.custom_id)
+            a.status_code.append(r.status_code)
+            err = r.error
+            if err is not None:
+                code = err.get("code") or err.get("type")
+                a.error_code.append(str(code) if code is not None else
+                                    (f"http_{r.status_code}" if r.status_code else "error"))
+                a.error_message.append(None if err.get("message") is None else str(err.get("message")))
+            else:
+                a.error_code.append(None)
+                a.error_message.append(None)
+            choice = None
+            body = r.body
+            if body is not None:
+                for k, v in zip(range(4), usage_counts(body)):
+                    tokens[k] += v
+                choices = body.get("choices") if isinstance(body, Mapping) else None
+                if choices:
+                    choice = choices[0]
+            if choice is not None:
+                msg = choice.get("message") or {}
+                content = msg.get("content")
+                a.content.append(content if content is None or isinstance(content, str) else str(content))
+                a.refusal.append(msg.get("refusal"))
+                a.finish_reason.append(choice.get("finish_reason"))
+                a.has_choice.append(True)
+            else:
+                a.content.append(None)
+                a.refusal.append(None)
+                a.finish_reason.append(None)
+                a.has_choice.append(False)
+        a.usage = Usage(*tokens)
+        return a

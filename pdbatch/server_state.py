@@ -1,0 +1,341 @@
+"""State of the local Batch API server: fault knobs, counters, files, batches.
+
+This module holds everything of :mod:`pdbatch.server` that is not HTTP:
+:class:`Faults` (knobs tests turn), :class:`Stats` (counters), :class:`Store`
+(file and batch objects, thread-safe) and :func:`error_body`. The batch
+lifecycle runs in :mod:`pdbatch.server_worker`.
+
+Server choices where the public contract is silent are collected here:
+
+* File-level validation codes: ``invalid_json_line``, ``duplicate_custom_id``,
+  ``url_mismatch``, ``model_mismatch``, ``empty_file``, ``too_many_tasks``
+  (more than ``Faults.max_lines`` requests), ``file_too_large`` (more than
+  ``Faults.max_bytes``), ``invalid_method`` (``method`` is not ``POST``),
+  ``missing_required_parameter`` (no ``custom_id``, ``body`` or
+  ``body.model``). At most :data:`MAX_REPORTED_ERRORS` are reported.
+* Unknown ids answer 404; a bad request answers 400; both with the
+  ``{"error": {message, type, param, code}}`` body.
+* Lists are newest first; an unknown ``after`` cursor gives an empty page.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import orjson
+
+__all__ = ["Faults", "Stats", "Store", "error_body", "status_error", "new_id",
+           "BATCH_ENDPOINTS", "FILE_PURPOSES", "MAX_REPORTED_ERRORS"]
+
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions",
+                   "/v1/responses", "/v1/moderations")
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+MAX_REPORTED_ERRORS = 100
+WINDOW_SECONDS = 24 * 3600
+
+# status -> (type, code, message) of injected or generic errors
+_STATUS_ERRORS = {
+    400: ("invalid_request_error", "invalid_request", "Bad request (injected by pdbatch faults)."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("invalid_request_error", "forbidden", "Forbidden."),
+    404: ("invalid_request_error", "not_found", "Not found."),
+    408: ("timeout", "timeout", "Request timed out."),
+    409: ("invalid_request_error", "conflict", "Conflict."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached; please try again later."),
+    500: ("server_error", "server_error", "The server had an error while processing your request."),
+    502: ("server_error", "bad_gateway", "Bad gateway."),
+    503: ("server_error", "service_unavailable", "The server is overloaded or not ready yet."),
+}
+
+
+def new_id(prefix: str) -> str:
+    """A fresh id such as ``file-0f3c...`` or ``batch_9ab1...``."""
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+def error_body(message: str, *, type: str = "invalid_request_error",
+               param: Optional[str] = None, code: Optional[str] = None) -> dict:
+    """The OpenAI error body ``{"error": {message, type, param, code}}``.
+
+    Examples
+    --------
+    >>> error_body("No such File object: file-x", param="id")["error"]["type"]
+    'invalid_request_error'
+    """
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def status_error(status: int, retry_after: float = 0.05) -> tuple[dict, dict]:
+    """Body and headers of a generic error with HTTP ``status``.
+
+    429 carries ``retry-after-ms`` and ``retry-after`` headers.
+    """
+    default = ("server_error", "server_error", "Server error.") if status >= 500 else \
+        ("invalid_request_error", None, f"HTTP {status}.")
+    type_, code, message = _STATUS_ERRORS.get(status, default)
+    headers = {}
+    if status == 429:
+        headers = {"retry-after-ms": str(int(retry_after * 1000)),
+                   "retry-after": str(max(0, round(retry_after)))}
+    return error_body(message, type=type_, code=code), headers
+
+
+@dataclass
+class Faults:
+    """Mutable knobs that make the server misbehave on purpose (all off).
+
+    Attributes
+    ----------
+    error_for : callable, optional
+        ``error_for(custom_id, body)`` returning ``(status, code, message)``
+        or ``None``; a tuple makes that batch line fail with an error-file
+        line (the engine is not called).
+    expire_after : int, optional
+        After this many requests of a batch ran, the batch ends ``expired``;
+        the other lines get ``batch_expired`` error lines.
+    request_delay : float
+        Seconds slept after each request inside a batch.
+    validating_delay : float
+        Seconds a batch stays ``validating``.
+    http_errors : dict of str to list of int
+        ``"METHOD /path"`` patterns (``*`` is a wildcard, e.g.
+        ``"GET /v1/batches/*"``) to status codes; each matching call pops the
+        first code and fails with it, doing nothing else.
+    max_lines, max_bytes : int
+        Validation limits of an input file.
+    shuffle_output : bool
+        Run (and so write) the lines in a deterministic order, seeded by the
+        batch id, that differs from the input order.
+    retry_after : float
+        Seconds advertised by 429 answers (``retry-after-ms``/``retry-after``).
+    realtime_latency : float
+        Seconds slept before each realtime call is answered.
+    realtime_errors : list of int
+        Status codes popped, one per realtime call, and answered as errors.
+    realtime_rpm : int, optional
+        Requests allowed per ``rate_window`` seconds on the realtime
+        endpoints; beyond it 429. When set, answers carry
+        ``x-ratelimit-*-requests`` headers.
+    rate_window : float
+        Window of ``realtime_rpm`` in seconds (60 by default).
+    """
+
+    error_for: Optional[Callable[[str, dict], Optional[tuple[int, str, str]]]] = None
+    expire_after: Optional[int] = None
+    request_delay: float = 0.0
+    validating_delay: float = 0.0
+    http_errors: dict[str, list[int]] = field(default_factory=dict)
+    max_lines: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024
+    shuffle_output: bool = True
+    retry_after: float = 0.05
+    realtime_latency: float = 0.0
+    realtime_errors: list[int] = field(default_factory=list)
+    realtime_rpm: Optional[int] = None
+    rate_window: float = 60.0
+    _stamps: deque = field(default_factory=deque, init=False, repr=False, compare=False)
+    # one lock for all Faults objects keeps them copyable (deepcopy, asdict)
+    _lock = threading.Lock()
+
+    def pop_http_error(self, method: str, path: str) -> Optional[int]:
+        """Pop the injected status for ``method path``, if one is queued."""
+        key = f"{method} {path}"
+        with self._lock:
+            for pattern, codes in self.http_errors.items():
+                if codes and (pattern == key or fnmatch.fnmatchcase(key, pattern)):
+                    return int(codes.pop(0))
+        return None
+
+    def pop_realtime_error(self) -> Optional[int]:
+        """Pop the next queued realtime error status, if any."""
+        with self._lock:
+            return int(self.realtime_errors.pop(0)) if self.realtime_errors else None
+
+    def take_rate(self) -> Optional[tuple[bool, int, float]]:
+        """Count one realtime call against ``realtime_rpm``.
+
+        Returns ``None`` when no limit is set, else ``(allowed, remaining,
+        seconds_until_a_slot_frees)``.
+        """
+        if not self.realtime_rpm:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            while self._stamps and self._stamps[0] <= now - self.rate_window:
+                self._stamps.popleft()
+            allowed = len(self._stamps) < self.realtime_rpm
+            if allowed:
+                self._stamps.append(now)
+            reset = (self._stamps[0] + self.rate_window - now) if self._stamps else 0.0
+            return allowed, self.realtime_rpm - len(self._stamps), max(reset, 0.0)
+
+
+class Stats:
+    """Thread-safe counters of what the server did.
+
+    Attributes
+    ----------
+    uploads : int
+        Successful ``POST /v1/files`` calls.
+    batches_created : int
+        Successful ``POST /v1/batches`` calls.
+    requests_executed : int
+        Engine calls made for batch lines.
+    realtime_calls : int
+        Calls to the realtime endpoints that passed the fault gate.
+    log : list of tuple
+        ``(method, path, status_code)`` of every HTTP call, in order. Headers
+        (and so API keys) are never recorded.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.uploads = 0
+        self.batches_created = 0
+        self.requests_executed = 0
+        self.realtime_calls = 0
+        self.log: list[tuple[str, str, int]] = []
+
+    def bump(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name``."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def record(self, method: str, path: str, status: int) -> None:
+        """Append one HTTP call to :attr:`log`."""
+        with self._lock:
+            self.log.append((method, path, int(status)))
+
+    def calls(self, method: str, pattern: str) -> int:
+        """How many logged calls match ``method`` and the path ``pattern``."""
+        with self._lock:
+            return sum(1 for m, p, _ in self.log if m == method and fnmatch.fnmatchcase(p, pattern))
+
+    def __repr__(self) -> str:
+        return (f"Stats(uploads={self.uploads}, batches_created={self.batches_created}, "
+                f"requests_executed={self.requests_executed}, "
+                f"realtime_calls={self.realtime_calls}, log=<{len(self.log)} calls>)")
+
+
+def _page(items: list[dict], after: Optional[str], limit: int) -> dict:
+    if after is not None:
+        ids = [o["id"] for o in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    data = items[:limit]
+    return {"object": "list", "data": data, "has_more": len(items) > limit,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
+
+
+class Store:
+    """Files (on disk under ``root``) and batch objects, guarded by one lock.
+
+    ``files`` and ``batches`` map ids to the exact JSON objects the API
+    returns; readers outside the lock get a consistent-enough view for tests,
+    and HTTP answers are serialised under the lock.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        (self.root / "incoming").mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self._paths: dict[str, Path] = {}
+
+    # -- files ---------------------------------------------------------------
+    def incoming_path(self) -> Path:
+        """A fresh path where an upload or an output file is written first."""
+        return self.root / "incoming" / uuid.uuid4().hex
+
+    def add_file(self, tmp: Path, filename: str, purpose: str, *,
+                 file_id: Optional[str] = None, status: str = "processed") -> dict:
+        """Adopt the finished file ``tmp`` as a new file object."""
+        file_id = file_id or new_id("file-")
+        path = self.root / file_id
+        shutil.move(str(tmp), str(path))
+        obj = {"id": file_id, "object": "file", "bytes": path.stat().st_size,
+               "created_at": int(time.time()), "filename": filename, "purpose": purpose,
+               "status": status, "expires_at": None, "status_details": None}
+        with self.lock:
+            self.files[file_id] = obj
+            self._paths[file_id] = path
+        return obj
+
+    def path(self, file_id: str) -> Optional[Path]:
+        """Where the content of ``file_id`` lives, or ``None``."""
+        with self.lock:
+            return self._paths.get(file_id)
+
+    def delete_file(self, file_id: str) -> bool:
+        """Forget ``file_id`` and remove its content; ``False`` if unknown."""
+        with self.lock:
+            if self.files.pop(file_id, None) is None:
+                return False
+            path = self._paths.pop(file_id)
+        path.unlink(missing_ok=True)
+        return True
+
+    def list_files(self, after: Optional[str], limit: int, order: str,
+                   purpose: Optional[str]) -> dict:
+        with self.lock:
+            items = [dict(f) for f in self.files.values() if purpose in (None, f["purpose"])]
+        if order != "asc":
+            items.reverse()
+        return _page(items, after, limit)
+
+    # -- batches -------------------------------------------------------------
+    def create_batch(self, input_file_id: str, endpoint: str, completion_window: str,
+                     metadata: Optional[dict]) -> dict:
+        now = int(time.time())
+        obj = {
+            "id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None,
+            "input_file_id": input_file_id, "completion_window": completion_window,
+            "status": "validating", "output_file_id": None, "error_file_id": None,
+            "created_at": now, "in_progress_at": None, "expires_at": now + WINDOW_SECONDS,
+            "finalizing_at": None, "completed_at": None, "failed_at": None,
+            "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": metadata, "model": None,
+            "usage": {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": 0},
+        }
+        with self.lock:
+            self.batches[obj["id"]] = obj
+        return obj
+
+    def update_batch(self, batch_id: str, **fields: Any) -> None:
+        """Set top-level fields of a batch atomically."""
+        with self.lock:
+            self.batches[batch_id].update(fields)
+
+    def count(self, batch_id: str, completed: int = 0, failed: int = 0) -> None:
+        """Add to a batch's live ``request_counts``."""
+        with self.lock:
+            rc = self.batches[batch_id]["request_counts"]
+            rc["completed"] += completed
+            rc["failed"] += failed
+
+    def status(self, batch_id: str) -> str:
+        with self.lock:
+            return self.batches[batch_id]["status"]
+
+    def list_batches(self, after: Optional[str], limit: int) -> dict:
+        with self.lock:
+            items = [orjson.loads(orjson.dumps(b)) for b in reversed(list(self.batches.values()))]
+        return _page(items, after, limit)
+
+    def dump(self, kind: str, obj_id: str) -> Optional[bytes]:
+        """JSON bytes of file or batch ``obj_id`` (``None`` if unknown)."""
+        with self.lock:
+            obj = (self.files if kind == "file" else self.batches).get(obj_id)
+            return None if obj is None else orjson.dumps(obj)

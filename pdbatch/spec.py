@@ -1,0 +1,248 @@
+"""A checked description of one ``map`` call, and the requests it renders.
+
+:class:`MapSpec` is built (and every argument validated) before anything is
+sent; :meth:`MapSpec.render` turns a frame into request bodies column-wise, and
+records rows that must not be sent (missing values, unreadable images) with
+the reason that becomes their error cell.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import pandas as pd
+
+from .errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
+from .parsing import ResponseFormat, response_format as _response_format
+from .records import CHAT_URL, Request
+from .template import SERIES_FIELD, Template, display_strings, image_part
+
+__all__ = ["MapSpec", "Rendered", "CHAT_PARAMS"]
+
+#: Chat Completions body parameters a user may pass through ``**params``.
+CHAT_PARAMS = frozenset(
+    """temperature top_p max_completion_tokens max_tokens seed n logprobs top_logprobs stop
+    presence_penalty frequency_penalty logit_bias user reasoning_effort service_tier store metadata
+    verbosity prediction modalities audio parallel_tool_calls tools tool_choice prompt_cache_key
+    safety_identifier web_search_options""".split()
+)
+
+JSON_HINT = "Answer with a JSON object."
+_DETAILS = (None, "auto", "low", "high")
+
+
+def check_params(params: Mapping[str, Any], known: Sequence[str] = ()) -> None:
+    """Raise :class:`OptionError` for a keyword that is neither an option nor a body parameter."""
+    for key in params:
+        if key not in CHAT_PARAMS:
+            close = difflib.get_close_matches(key, list(CHAT_PARAMS) + list(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise OptionError(
+                f"unknown option {key!r}.{hint} Request body parameters pdbatch passes through are: "
+                f"{', '.join(sorted(CHAT_PARAMS))}; put anything else in extra_body={{...}}."
+            )
+
+
+@dataclass
+class Rendered:
+    """Rows rendered for sending.
+
+    ``skipped`` maps a row position to the reason it is not sent; it grows while
+    :meth:`MapSpec.requests` runs (an unreadable image is found then).
+    """
+
+    ids: List[str]
+    user: List[Optional[str]]
+    system: Optional[List[Optional[str]]]
+    images: Optional[List[Any]]
+    skipped: Dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """Everything a ``map`` call asks for, checked.
+
+    Build it with :meth:`MapSpec.build`; it holds no frame, so one spec serves
+    any number of frames (or Dask partitions).
+    """
+
+    template: Template
+    model: Optional[str]
+    system: Optional[Template] = None
+    system_text: Optional[str] = None
+    images: Optional[Template] = None
+    image_detail: Optional[str] = None
+    fmt: ResponseFormat = field(default_factory=lambda: ResponseFormat("text"))
+    params: Mapping[str, Any] = field(default_factory=dict)
+    output: str = "llm_output"
+    error_column: Optional[str] = "llm_error"
+    url: str = CHAT_URL
+
+    @classmethod
+    def build(
+        cls,
+        template: str,
+        *,
+        columns: Sequence[Any],
+        series: bool = False,
+        model: Optional[str] = None,
+        system: Optional[str] = None,
+        response_format: Any = None,
+        images: Optional[str] = None,
+        image_detail: Optional[str] = None,
+        output: str = "llm_output",
+        error_column: Optional[str] = "llm_error",
+        extra_body: Optional[Mapping[str, Any]] = None,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> "MapSpec":
+        """Validate every argument against the frame's ``columns``; raise before any work."""
+        params = dict(params or {})
+        check_params(params)
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise OptionError(f"model must be a non-empty string such as 'gpt-4o-mini', got {model!r}")
+        if not isinstance(output, str) or not output:
+            raise OptionError(f"output must be a non-empty column name, got {output!r}")
+        if error_column is not None and (not isinstance(error_column, str) or not error_column):
+            raise OptionError(f"error_column must be a column name or None, got {error_column!r}")
+        if image_detail not in _DETAILS:
+            raise OptionError(f"image_detail must be one of 'auto', 'low', 'high' or None, got {image_detail!r}")
+        cols = [SERIES_FIELD] if series else list(columns)
+        tpl = Template.parse(template, series=series)
+        tpl.check_columns(cols, argument="template")
+        sys_t = None
+        if system is not None:
+            sys_t = Template.parse(system, series=series, argument="system")
+            sys_t.check_columns(cols, argument="system")
+        img_t = None
+        if images is not None:
+            if not isinstance(images, str):
+                raise OptionError(f"images must be a column name or a template string, got {images!r}")
+            if images in {str(c) for c in cols} and "{" not in images:
+                img_t = Template.parse("{" + images + "}", argument="images")
+            else:
+                img_t = Template.parse(images, series=series, argument="images")
+                if not img_t.fields:
+                    raise MissingColumnError([images], cols, where="images")
+            img_t.check_columns(cols, argument="images")
+        fmt = _response_format(response_format)
+        if fmt.kind != "text" and int(params.get("n", 1) or 1) != 1:
+            raise OptionError("n > 1 works only with text answers; drop n= or response_format=")
+        sys_text = system
+        if fmt.kind == "json":
+            said = (tpl.literal_text + " " + (sys_t.literal_text if sys_t else "")).lower()
+            if "json" not in said:
+                # The API rejects JSON mode unless the prompt mentions JSON.
+                sys_text = JSON_HINT if system is None else system.rstrip() + "\n\n" + JSON_HINT
+                sys_t = Template.parse(sys_text, series=series, argument="system")
+        if extra_body:
+            params.update(extra_body)
+        return cls(tpl, model, sys_t, sys_text, img_t, image_detail, fmt, params, output, error_column)
+
+    # ------------------------------------------------------------------ columns
+    def new_columns(self) -> List[str]:
+        """Columns the result will add, as far as they are known before sending."""
+        cols = list(self.fmt.columns) if self.fmt.columns else ([self.output] if self.fmt.kind == "text" else [])
+        if self.error_column:
+            cols.append(self.error_column)
+        return cols
+
+    def check_collisions(self, columns: Sequence[Any], overwrite: bool) -> None:
+        """Raise :class:`ColumnCollisionError` if a new column exists and ``overwrite`` is False."""
+        if overwrite:
+            return
+        have = {str(c) for c in columns}
+        clash = [c for c in self.new_columns() if c in have]
+        if clash:
+            raise ColumnCollisionError(clash)
+
+    # ---------------------------------------------------------------- rendering
+    def _column_strings(self, frame: pd.DataFrame, names: Sequence[str], skipped: Dict[int, str]) -> Dict[str, list]:
+        out = {}
+        by_name = {str(c): c for c in frame.columns}
+        for name in names:
+            if name in out:
+                continue
+            col = frame[by_name[name]]
+            if isinstance(col, pd.DataFrame):
+                raise TemplateError(f"column {name!r} appears more than once in the frame; rename one of them")
+            strings = display_strings(col)
+            for pos, s in enumerate(strings):
+                if s is None and pos not in skipped:
+                    skipped[pos] = f"missing value in column {name!r}"
+            raw = name in self.template.raw_fields or (self.system is not None and name in self.system.raw_fields)
+            out[name] = [None if s is None else v for s, v in zip(strings, col.tolist())] if raw else strings
+        return out
+
+    def render(self, frame: pd.DataFrame, ids: List[str]) -> Rendered:
+        """Render every row's prompt text; rows with missing values are marked skipped."""
+        skipped: Dict[int, str] = {}
+        n = len(frame)
+        names = list(self.template.fields)
+        if self.system:
+            names += [f for f in self.system.fields if f not in names]
+        if self.images:
+            names += [f for f in self.images.fields if f not in names]
+        strings = self._column_strings(frame, names, skipped)
+        user = self.template.render(strings, n, skipped)
+        system = self.system.render(strings, n, skipped) if self.system and self.system.fields else None
+        images = None
+        if self.images:
+            if self.images.text == "{" + self.images.fields[0] + "}":
+                by_name = {str(c): c for c in frame.columns}
+                images = frame[by_name[self.images.fields[0]]].tolist()
+            else:
+                images = self.images.render(strings, n, skipped)
+        return Rendered(ids, user, system, images, skipped)
+
+    def requests(self, rendered: Rendered) -> Iterator[Request]:
+        """Yield one :class:`Request` per row that can be sent, in row order."""
+        base = {k: v for k, v in self.params.items()}
+        if self.fmt.body is not None:
+            base["response_format"] = self.fmt.body
+        model = self.model
+        const_system = None
+        if self.system is not None and not self.system.fields:
+            const_system = {"role": "system", "content": self.system.compiled.format()}
+        skipped = rendered.skipped
+        url = self.url
+        user_texts, sys_texts, images = rendered.user, rendered.system, rendered.images
+        image_parts = self._image_parts
+        for pos, cid in enumerate(rendered.ids):
+            if pos in skipped:
+                continue
+            content: Any = user_texts[pos]
+            if images is not None:
+                parts, reason = image_parts(images[pos])
+                if reason is not None:
+                    skipped[pos] = reason
+                    continue
+                content = [{"type": "text", "text": content}] + parts
+            if const_system is not None:
+                msgs = [const_system, {"role": "user", "content": content}]
+            elif sys_texts is not None:
+                msgs = [{"role": "system", "content": sys_texts[pos]}, {"role": "user", "content": content}]
+            else:
+                msgs = [{"role": "user", "content": content}]
+            body = {"model": model, "messages": msgs}
+            if base:
+                body.update(base)
+            yield Request(cid, body, url)
+
+    def _image_parts(self, value: Any):
+        if value is None or (isinstance(value, float) and value != value):
+            return None, "missing value in images column"
+        if isinstance(value, str):
+            refs = [value]
+        elif isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+            refs = list(value)
+        else:
+            refs = [value]
+        parts = []
+        for ref in refs:
+            part, reason = image_part(str(ref), self.image_detail)
+            if reason is not None:
+                return None, reason
+            parts.append(part)
+        return parts, None
