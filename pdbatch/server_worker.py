@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import orjson
 
@@ -152,12 +152,15 @@ class _Sink:
 
 
 class BatchWorker(threading.Thread):
-    """Runs submitted batches one after another in a daemon thread."""
+    """Runs submitted batches one after another in a daemon thread.
 
-    def __init__(self, store: Store, engine: Callable[[dict, str], dict], faults: Faults,
-                 stats: Stats) -> None:
+    ``host`` (the :class:`~pdbatch.server.BatchServer`) provides ``engine``,
+    ``faults`` and ``stats``, read at each use.
+    """
+
+    def __init__(self, store: Store, host: Any) -> None:
         super().__init__(name="pdbatch-batch-worker", daemon=True)
-        self.store, self.engine, self.faults, self.stats = store, engine, faults, stats
+        self.store, self.host = store, host
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
         self._stop_event = threading.Event()
 
@@ -185,6 +188,14 @@ class BatchWorker(threading.Thread):
                     "object": "list", "data": [_err("server_error", f"internal error: {exc!r}")]})
 
     # -- helpers -------------------------------------------------------------
+    @property
+    def faults(self) -> Faults:
+        return self.host.faults
+
+    @property
+    def stats(self) -> Stats:
+        return self.host.stats
+
     def _cancelling(self, batch_id: str) -> bool:
         return self.store.status(batch_id) == "cancelling"
 
@@ -277,7 +288,7 @@ class BatchWorker(threading.Thread):
         else:
             self.stats.bump("requests_executed")
             try:
-                answer = self.engine(body, endpoint)
+                answer = self.host.engine(body, endpoint)
                 if not isinstance(answer, dict):
                     raise TypeError(f"engine returned {type(answer).__name__}, not dict")
             except EngineError as exc:

@@ -49,6 +49,18 @@ def submit(client, rows, endpoint=CHAT, **kw):
                                  **kw)
 
 
+def until(predicate, timeout=5.0, interval=0.01):
+    """Poll ``predicate`` until true; bounded in time and in count."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
 def read_jsonl(client, file_id):
     return [json.loads(x) for x in client.files.content(file_id).text.splitlines() if x]
 
@@ -117,6 +129,10 @@ def test_create_retrieve_list_paginate(server, client, wait_batch):
     assert [x.id for x in client.batches.list(limit=1)] == [m.id for m in reversed(made)]  # auto
     last = client.batches.list(limit=100)
     assert len(last.data) == 3 and last.has_more is False
+    assert client.batches.list(after="batch_unknown").data == []
+    for bad in (0, 101):
+        with pytest.raises(openai.BadRequestError):
+            client.batches.list(limit=bad)
     for m in made:
         assert wait_batch(client, m.id).status == "completed"
     assert server.stats.batches_created == 3
@@ -269,10 +285,7 @@ def test_cancel_keeps_finished_answers(make_server, make_client, wait_batch):
     srv = make_server(faults=Faults(request_delay=0.05))
     client = make_client(srv)
     b = submit(client, [line(str(i)) for i in range(20)])
-    for _ in range(300):
-        if client.batches.retrieve(b.id).request_counts.completed >= 2:
-            break
-        time.sleep(0.01)
+    until(lambda: client.batches.retrieve(b.id).request_counts.completed >= 2)
     c = client.batches.cancel(b.id)
     assert c.status == "cancelling" and c.cancelling_at
     b = wait_batch(client, b.id)
@@ -521,10 +534,7 @@ def test_context_manager_and_serve_forever_stop(make_client):
     srv2 = BatchServer()
     runner = threading.Thread(target=srv2.serve_forever, daemon=True)
     runner.start()
-    for _ in range(200):
-        if srv2._uvicorn is not None and srv2._uvicorn.started:
-            break
-        time.sleep(0.01)
+    until(lambda: srv2._uvicorn is not None and srv2._uvicorn.started)
     assert make_client(srv2).files.list().data == []
     srv2.stop()
     runner.join(5)

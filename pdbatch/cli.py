@@ -1,0 +1,279 @@
+"""The ``pdbatch`` command line.
+
+``pdbatch map INPUT --prompt FILE.toml --out OUTPUT`` is the main job: read a
+CSV / Parquet / JSONL file, run ``df.llm.map`` and write the enriched frame.
+``pdbatch serve`` runs the local OpenAI-compatible Batch API server.
+
+Bad input exits with status 2 and one line on stderr, having written nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from .errors import InputError, OptionError, PdbatchError
+
+__all__ = ["main", "build_parser"]
+
+PROMPT_KEYS = ("template", "system", "schema", "json", "model", "images", "image_detail", "backend", "params")
+READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "json"}
+WRITERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
+
+
+class CliError(PdbatchError):
+    """A command-line mistake, reported as one line with exit status 2."""
+
+
+def _toml():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def load_prompt(path: str) -> Dict[str, Any]:
+    """Read a prompt file (TOML): template, system, schema, model, ...
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "p.toml")
+    >>> _ = open(p, "w").write('template = "Hi {name}"\\nmodel = "gpt-4o-mini"\\n')
+    >>> load_prompt(p)["template"]
+    'Hi {name}'
+    """
+    if not os.path.isfile(path):
+        raise CliError(f"--prompt: file not found: {path}")
+    try:
+        with open(path, "rb") as fh:
+            data = _toml().load(fh)
+    except Exception as err:
+        raise CliError(f"--prompt: {path} is not valid TOML: {err}") from err
+    unknown = sorted(set(data) - set(PROMPT_KEYS))
+    if unknown:
+        raise CliError(f"--prompt: {path} has unknown key(s) {', '.join(unknown)}; known: {', '.join(PROMPT_KEYS)}")
+    return data
+
+
+def read_frame(path: str, limit: Optional[int] = None):
+    """Read CSV, Parquet or JSONL by suffix."""
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise CliError(f"INPUT: file not found: {path}")
+    kind = READERS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        raise CliError(f"INPUT: cannot tell the format of {path}; use a .csv, .parquet or .jsonl file")
+    try:
+        if kind == "csv":
+            df = pd.read_csv(path, nrows=limit)
+        elif kind == "parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_json(path, lines=(kind == "jsonl"))
+    except Exception as err:
+        raise CliError(f"INPUT: could not read {path}: {err}") from err
+    return df.head(limit) if limit is not None else df
+
+
+def _check_out(path: str) -> str:
+    kind = WRITERS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        raise CliError(f"--out: unknown format for {path}; use .parquet, .csv or .jsonl")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CliError(f"--out: directory does not exist: {parent}")
+    return kind
+
+
+def write_frame(df, path: str, kind: str) -> None:
+    """Write by kind, through a temporary file so a failure leaves nothing behind."""
+    tmp = path + ".part"
+    try:
+        if kind == "parquet":
+            df.to_parquet(tmp)
+        elif kind == "csv":
+            df.to_csv(tmp)
+        else:
+            df.to_json(tmp, orient="records", lines=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _param(text: str) -> tuple:
+    if "=" not in text:
+        raise CliError(f"--param expects KEY=VALUE (JSON value), got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def map_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """Merge the prompt file and the flags (flags win) into ``map`` arguments."""
+    opts: Dict[str, Any] = load_prompt(args.prompt) if args.prompt else {}
+    schema_from = f"schema in --prompt {args.prompt}"
+    params = dict(opts.pop("params", {}) or {})
+    if args.template is not None:
+        opts["template"] = args.template
+    if args.system is not None:
+        opts["system"] = args.system
+    if args.model is not None:
+        opts["model"] = args.model
+    if args.images is not None:
+        opts["images"] = args.images
+    if args.backend is not None:
+        opts["backend"] = args.backend
+    if args.schema is not None:
+        if not os.path.isfile(args.schema):
+            raise CliError(f"--schema: file not found: {args.schema}")
+        try:
+            with open(args.schema) as fh:
+                opts["schema"] = json.load(fh)
+            schema_from = f"--schema {args.schema}"
+        except json.JSONDecodeError as err:
+            raise CliError(f"--schema: {args.schema} is not valid JSON: {err}") from err
+    if args.json:
+        opts["json"] = True
+    for p in args.param or []:
+        k, v = _param(p)
+        params[k] = v
+    if "template" not in opts:
+        raise CliError("a template is required: --template 'Text with {column}' or a --prompt file with template = ...")
+    schema, as_json = opts.pop("schema", None), opts.pop("json", False)
+    if schema is not None:
+        from .parsing import response_format
+
+        response_format(schema, argument=schema_from)  # a malformed schema fails here, naming its source
+    if schema is not None and as_json:
+        raise CliError("--json and --schema (or schema in the prompt file) exclude each other; pick one")
+    opts["response_format"] = schema if schema is not None else ("json" if as_json else None)
+    opts.update(params)
+    return opts
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    import pdbatch  # noqa: F401  (registers .llm)
+
+    out_path = args.out or os.path.splitext(os.path.basename(args.input))[0] + ".llm.parquet"
+    kind = _check_out(out_path)
+    opts = map_options(args)
+    df = read_frame(args.input, args.limit)
+    template = opts.pop("template")
+    if args.poll_interval is not None:
+        opts["poll_interval"] = args.poll_interval
+    out = df.llm.map(template, overwrite=args.overwrite, progress=not args.quiet, **opts)
+    write_frame(out, out_path, kind)
+    info = out.attrs.get("pdbatch", {})
+    counts = info.get("counts", {})
+    print(
+        f"wrote {out_path}: {len(out)} rows, {counts.get('succeeded', 0)} answered, "
+        f"{counts.get('failed', 0)} failed, {counts.get('skipped', 0)} skipped "
+        f"(backend {info.get('backend')}, job {info.get('job_id')})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import BatchServer
+    except ImportError as err:
+        raise CliError(f"pdbatch serve needs the server extra: pip install 'pdbatch[server]' ({err})") from err
+    if args.engine == "local":
+        from .local_model import default_model_path, get_pool
+
+        engine = get_pool(args.model or default_model_path())
+    else:
+        from .engines import echo_engine
+
+        engine = echo_engine
+    srv = BatchServer(engine=engine, host=args.host, port=args.port, data_dir=args.data_dir, access_log=not args.quiet)
+    print(f"pdbatch serve: engine {args.engine}; point clients at base_url=http://{args.host}:{args.port}/v1",
+          file=sys.stderr)
+    srv.serve_forever()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``pdbatch`` command."""
+    p = argparse.ArgumentParser(
+        prog="pdbatch",
+        description="Enrich a table with LLM output: OpenAI Batch API (half price), or a local model offline.",
+        epilog="Examples:\n"
+        "  pdbatch map data/movies.csv --prompt data/prompts/movies.toml --out movies.parquet\n"
+        "  pdbatch map reviews.parquet --template 'Sentiment of: {text}' --model gpt-4o-mini --out out.csv\n"
+        "  pdbatch serve --engine local --port 8000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    m = sub.add_parser(
+        "map",
+        help="run a prompt over every row of a CSV/Parquet/JSONL file and write the answers as new columns",
+        description="Read INPUT, render every row through the template, run the requests (Batch API with "
+        "OPENAI_API_KEY set, else the local model), and write the frame with the new columns to --out.",
+    )
+    m.add_argument("input", metavar="INPUT", help="a .csv, .parquet or .jsonl file")
+    m.add_argument("--prompt", metavar="FILE.toml", help="prompt file with template, system, schema, model, images, params")
+    m.add_argument("--template", "-t", metavar="T", help="the prompt template; {column} fields name columns")
+    m.add_argument("--system", "-s", metavar="S", help="system message (may use {column} fields)")
+    fmt = m.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON mode: answers are JSON objects, one column per key")
+    fmt.add_argument("--schema", metavar="FILE.json", help="a JSON Schema file: strict structured output, validated")
+    m.add_argument("--images", metavar="COL", help="column of image URLs or local paths (vision)")
+    m.add_argument("--model", "-m", metavar="M", help="model name, e.g. gpt-4o-mini (a .gguf path for local)")
+    m.add_argument("--backend", "-b", choices=["batch", "local"], help="default: batch with OPENAI_API_KEY, else local")
+    m.add_argument("--out", "-o", metavar="OUTPUT", help="output file (.parquet, .csv or .jsonl); default INPUT.llm.parquet")
+    m.add_argument("--param", action="append", metavar="KEY=VALUE", help="request parameter, e.g. temperature=0.2 (repeatable)")
+    m.add_argument("--limit", type=int, metavar="N", help="only the first N rows (a quick try)")
+    m.add_argument("--overwrite", action="store_true", help="replace output columns that already exist")
+    m.add_argument("--poll-interval", type=float, metavar="SECONDS", help="first pause between Batch API polls (default 2)")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    m.set_defaults(func=cmd_map)
+
+    s = sub.add_parser(
+        "serve",
+        help="run a local OpenAI-compatible Files + Batches API server",
+        description="Serve the Files + Batches API (and /v1/chat/completions) on this machine, answered by an "
+        "engine: 'local' runs the shipped SmolLM2 model, 'echo' repeats each prompt (for tests).",
+    )
+    s.add_argument("--engine", choices=["local", "echo"], default="local", help="what answers requests (default local)")
+    s.add_argument("--model", metavar="FILE.gguf", help="a GGUF model for --engine local (default: SmolLM2-135M)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    s.add_argument("--data-dir", metavar="DIR", help="where uploaded and result files are kept (default: a temp dir)")
+    s.add_argument("--quiet", "-q", action="store_true", help="no access log")
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``pdbatch`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (CliError, InputError, OptionError) as err:
+        print(f"pdbatch: error: {err}", file=sys.stderr)
+        return 2
+    except PdbatchError as err:
+        print(f"pdbatch: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pdbatch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
