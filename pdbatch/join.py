@@ -105,14 +105,8 @@ def join_results(
     stats = JoinStats(rows=n, skipped=len(skipped), usage=answers.usage)
     errors: List[Optional[str]] = [None] * n
     answered = [False] * n
+    parsed: List[Any] = [None] * n
     expand = kind in ("json", "schema")
-    values: Dict[str, List[Any]] = {}
-    if expand:
-        for c in columns or ():
-            values[c] = [None] * n
-    else:
-        values[output] = [None] * n
-    out_col = values.get(output)
     a = answers
     pos_of = {cid: i for i, cid in enumerate(ids)}
     get = pos_of.get
@@ -133,18 +127,18 @@ def join_results(
             err = answer_reason(status, content, finish, refusal, has, ecode, emsg)
             if err is None:
                 value, err = parse_text(content)
-        if err is not None:
-            errors[pos] = err
-            continue
-        errors[pos] = None
-        if expand:
-            for key, v in value.items():
-                col = values.get(key)
-                if col is None:
-                    col = values[key] = [None] * n
-                col[pos] = v
-        else:
-            out_col[pos] = value
+        errors[pos] = err
+        parsed[pos] = value if err is None else None
+    values: Dict[str, List[Any]] = {}
+    if expand:
+        keys = dict.fromkeys(columns or ())
+        for obj in parsed:
+            if obj is not None and obj.keys() != keys.keys():
+                keys.update(dict.fromkeys(obj))
+        for key in keys:
+            values[key] = [None if obj is None else obj.get(key) for obj in parsed]
+    else:
+        values[output] = parsed
     for pos in range(n):
         if pos in skipped:
             errors[pos] = skipped[pos]

@@ -11,6 +11,10 @@ thread (127.0.0.1 by default) and answers, in the documented shapes:
   (see :mod:`pdbatch.server_worker`);
 * ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` realtime.
 
+The HTTP routes live in :mod:`pdbatch.server_app`, the batch lifecycle in
+:mod:`pdbatch.server_worker`, knobs, counters and stored objects in
+:mod:`pdbatch.server_state`; the engines in :mod:`pdbatch.engines`.
+
 Any ``Authorization: Bearer <token>`` is accepted; the token is neither
 checked, logged nor stored. :class:`~pdbatch.server_state.Faults` makes the
 server fail on purpose; :class:`~pdbatch.server_state.Stats` counts what it
@@ -30,12 +34,14 @@ Examples
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import socket
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -132,9 +138,11 @@ class BatchServer:
         self.stats = Stats()
         self.host, self.port = host, int(port)
         self.access_log = access_log
-        self._own_dir = data_dir is None
         self._dir = Path(tempfile.mkdtemp(prefix="pdbatch-server-") if data_dir is None
                          else data_dir)
+        # a temporary data_dir goes with stop(), or with the object if never stopped
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._dir), True) \
+            if data_dir is None else None
         self._store = Store(self._dir)
         self._worker: Optional[BatchWorker] = None
         self._uvicorn: Any = None
@@ -152,6 +160,17 @@ class BatchServer:
     def batches(self) -> dict:
         """Batch objects by id (the JSON the API returns)."""
         return self._store.batches
+
+    @property
+    def running(self) -> bool:
+        """Whether the server accepts connections."""
+        return bool(self._thread is not None and self._thread.is_alive()
+                    and self._uvicorn.started and not self._uvicorn.should_exit)
+
+    @property
+    def data_dir(self) -> Path:
+        """Where file contents live (``data_dir / <file id>``)."""
+        return self._dir
 
     @property
     def base_url(self) -> str:
@@ -179,16 +198,21 @@ class BatchServer:
             raise ServerError("this BatchServer is already started; create a new one")
         import uvicorn
 
+        sock = None
         try:
             family, kind, proto, _, addr = socket.getaddrinfo(
                 self.host, self.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)[0]
             # proto must be IPPROTO_TCP so that asyncio sets TCP_NODELAY on accepted
             # connections; otherwise each small response waits ~40 ms (Nagle + delayed ACK)
             sock = socket.socket(family, kind, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if os.name != "nt":  # on Windows it would let two servers share a port
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
             sock.listen(128)
         except OSError as exc:
+            if sock is not None:
+                sock.close()
+            self.stop()
             raise ServerError(f"cannot listen on {self.host}:{self.port}: {exc}; choose "
                               "another port (port=0 picks a free one)") from exc
         bound, self.port = sock.getsockname()[:2]
@@ -224,8 +248,8 @@ class BatchServer:
                 self._thread.join(1.0)
         if self._worker is not None:
             self._worker.stop(timeout)
-        if self._own_dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        if self._cleanup is not None:
+            self._cleanup()
 
     def serve_forever(self) -> None:
         """Start and block until Ctrl-C or SIGTERM (or :meth:`stop`), then stop."""
@@ -251,5 +275,4 @@ class BatchServer:
         self.stop()
 
     def __repr__(self) -> str:
-        state = "running" if self._thread is not None and self._thread.is_alive() else "stopped"
-        return f"BatchServer({self.base_url!r}, {state})"
+        return f"BatchServer({self.base_url!r}, {'running' if self.running else 'stopped'})"

@@ -12,7 +12,15 @@ Server choices where the public contract is silent are collected here:
   (more than ``Faults.max_lines`` requests), ``file_too_large`` (more than
   ``Faults.max_bytes``), ``invalid_method`` (``method`` is not ``POST``),
   ``missing_required_parameter`` (no ``custom_id``, ``body`` or
-  ``body.model``). At most :data:`MAX_REPORTED_ERRORS` are reported.
+  ``body.model``), ``invalid_file`` (the input file was deleted before the
+  batch ran). At most :data:`MAX_REPORTED_ERRORS` are reported; blank lines
+  are skipped.
+* ``POST /v1/batches`` answers 400 for an unknown ``input_file_id``, a file
+  whose purpose is not ``batch``, an endpoint outside
+  :data:`BATCH_ENDPOINTS`, a ``completion_window`` other than ``"24h"`` and
+  metadata beyond 16 pairs / 64-character keys / 512-character values.
+* Cancelling a finished batch answers 400 (``invalid_state``); cancelling a
+  cancelling or cancelled batch returns it unchanged.
 * Unknown ids answer 404; a bad request answers 400; both with the
   ``{"error": {message, type, param, code}}`` body.
 * Lists are newest first; an unknown ``after`` cursor gives an empty page.
@@ -37,7 +45,7 @@ __all__ = ["Faults", "Stats", "Store", "error_body", "status_error", "new_id",
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions",
                    "/v1/responses", "/v1/moderations")
-FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data")
 MAX_REPORTED_ERRORS = 100
 WINDOW_SECONDS = 24 * 3600
 

@@ -62,7 +62,11 @@ def run_notebook(tmp_path, monkeypatch):
             allow_errors=False,
         )
         start = time.monotonic()
-        client.execute()
+        try:
+            client.execute()
+        finally:  # nbclient leaves a kernel it was handed running: stop it here
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
         print(f"{name}: executed in {time.monotonic() - start:.1f} s")
         return nb
 

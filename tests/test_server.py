@@ -108,7 +108,7 @@ def test_upload_is_streamed_to_disk_and_round_trips(server, client):
     rows = [line(str(i), "word " * 50) for i in range(3000)]  # ~0.6 MB, several chunks
     f = upload(client, rows)
     assert client.files.content(f.id).content == jsonl(rows)
-    assert server._store.path(f.id).stat().st_size == f.bytes
+    assert (server.data_dir / f.id).stat().st_size == f.bytes
 
 
 # --------------------------------------------------------------------------- batches
@@ -161,7 +161,7 @@ def test_create_batch_rejects_non_batch_purpose(client):
         client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
 
 
-def test_full_lifecycle_output_and_error_files(server, make_client, make_server, wait_batch):
+def test_full_lifecycle_output_and_error_files(make_client, make_server, wait_batch):
     faults = Faults(error_for=lambda cid, body: (400, "context_length_exceeded", "too long")
                     if cid == "c3" else None)
     srv = make_server(faults=faults)
@@ -311,13 +311,15 @@ def test_cancel_while_validating_and_after_completion(make_server, make_client, 
 
 
 def test_batches_run_in_creation_order(make_server, make_client, wait_batch):
-    srv = make_server(faults=Faults(request_delay=0.02))
+    engine = ScriptedEngine(lambda text, body: text)
+    srv = make_server(engine=engine, faults=Faults(request_delay=0.01))
     client = make_client(srv)
-    first = submit(client, [line(str(i)) for i in range(5)])
-    second = submit(client, [line("x")])
-    a, b = wait_batch(client, first.id), wait_batch(client, second.id)
-    assert a.completed_at <= b.in_progress_at
+    first = submit(client, [line(str(i), "first") for i in range(5)])
+    second = submit(client, [line("x", "second")])
+    assert wait_batch(client, second.id).status == "completed"
     assert srv.batches[first.id]["status"] == "completed"
+    texts = [b["messages"][0]["content"] for b in engine.bodies]
+    assert texts == ["first"] * 5 + ["second"]
 
 
 # --------------------------------------------------------------------------- http faults
@@ -360,7 +362,7 @@ def test_sdk_retries_honour_retry_after(make_server, make_client):
 def test_api_key_is_never_logged_or_stored(server, client, wait_batch):
     wait_batch(client, submit(client, [line("a")]).id)
     assert "test-key-do-not-store" not in repr(server.stats.log)
-    stored = b"".join(p.read_bytes() for p in server._store.root.rglob("*") if p.is_file())
+    stored = b"".join(p.read_bytes() for p in server.data_dir.rglob("*") if p.is_file())
     assert b"test-key-do-not-store" not in stored
 
 
@@ -534,8 +536,8 @@ def test_context_manager_and_serve_forever_stop(make_client):
     srv2 = BatchServer()
     runner = threading.Thread(target=srv2.serve_forever, daemon=True)
     runner.start()
-    until(lambda: srv2._uvicorn is not None and srv2._uvicorn.started)
+    until(lambda: srv2.running)
     assert make_client(srv2).files.list().data == []
     srv2.stop()
     runner.join(5)
-    assert not runner.is_alive()
+    assert not runner.is_alive() and not srv2.running
