@@ -20,10 +20,10 @@ import pandas as pd
 from . import errors
 from .accessor import LLMAccessor
 from .errors import PdbatchError
-from .job import Job
+from .job import Job, jobs
 from .records import Request, Result, Usage
 
-__all__ = ["LLMAccessor", "Job", "Request", "Result", "Usage", "PdbatchError", "errors", "__version__"]
+__all__ = ["LLMAccessor", "Job", "jobs", "Request", "Result", "Usage", "PdbatchError", "errors", "__version__"]
 __version__ = "0.1.0"
 
 with warnings.catch_warnings():

@@ -78,6 +78,9 @@ class LLMAccessor:
         workers: Optional[int] = None,
         threads_per_worker: Optional[int] = None,
         extra_body: Optional[dict] = None,
+        cache: bool = True,
+        max_retries: int = 2,
+        retry_invalid: int = 0,
         **params: Any,
     ) -> Job:
         """Render every row into a request and start the job; return the :class:`Job`.
@@ -99,6 +102,9 @@ class LLMAccessor:
         )
         if not isinstance(overwrite, bool):
             raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
+        for name, value in (("max_retries", max_retries), ("retry_invalid", retry_invalid)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise OptionError(f"{name} must be a whole number >= 0, got {value!r}")
         be = resolve_backend(
             backend,
             client,
@@ -111,7 +117,8 @@ class LLMAccessor:
         )
         if spec.model is None and be.name == "batch":
             raise OptionError("model= is required for the Batch API, e.g. model='gpt-4o-mini'")
-        return start_job(self._obj, spec, be, overwrite=overwrite)
+        return start_job(self._obj, spec, be, overwrite=overwrite, cache=bool(cache), max_retries=max_retries,
+                         retry_invalid=retry_invalid)
 
     def map(
         self,
@@ -167,6 +174,16 @@ class LLMAccessor:
             (default one single-threaded instance per core, at most four).
         extra_body : dict, optional
             Provider-specific fields merged into every request body.
+        cache : bool
+            Serve rows whose exact request was answered before (by any job)
+            from the job store, and reuse a finished identical job (default
+            True). A job in flight is always re-attached, never paid twice.
+        max_retries : int
+            Rounds of resubmitting rows that failed for a retryable reason
+            (``batch_expired``, 429, 5xx, ``server_error``); default 2.
+        retry_invalid : int
+            Rounds of resubmitting rows whose answer is not valid JSON or fails
+            the schema; default 0.
         **params
             Chat Completions parameters copied into each body
             (``temperature``, ``max_completion_tokens``, ``seed``...).
@@ -212,6 +229,7 @@ class LLMAccessor:
         shard_size = options.pop("shard_size", None) or MAX_REQUESTS
         shard_bytes = options.pop("shard_bytes", None) or MAX_BYTES
         for unused in ("client", "backend", "wait", "overwrite", "poll_interval", "max_poll_interval", "progress",
+                       "cache", "max_retries", "retry_invalid",
                        "workers", "threads_per_worker"):
             options.pop(unused, None)
         spec = self._spec(template, **options)
@@ -262,7 +280,7 @@ class LLMAccessor:
             self._obj,
             ids,
             read_answers(paths),
-            spec.fmt.parse_text,
+            spec.fmt.text_parser(),
             kind=spec.fmt.kind,
             output=spec.output,
             error_column=spec.error_column,

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from .errors import InputError
-from .records import Answers, Request, Result, Usage
+from .records import NO_RESPONSE, Answers, Request, Result
 
 __all__ = ["Shard", "write_shards", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
 
@@ -165,15 +165,9 @@ _SCHEMA = _arrow_schema()
 _PARSE = pajson.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore")
 
 
-def _total(arr: pa.Array) -> int:
-    v = pc.sum(arr).as_py()
-    return int(v or 0)
-
-
 def _answers_arrow(path: str) -> Answers:
     """Columns of a chat output/error file, parsed by Arrow (streaming, by blocks)."""
     out = Answers()
-    tokens = [0, 0, 0, 0]
     reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=8 << 20), parse_options=_PARSE)
     for batch in reader:
         resp = batch.column("response")
@@ -186,26 +180,41 @@ def _answers_arrow(path: str) -> Answers:
         msg = pc.struct_field(first, "message")
         top_err = batch.column("error")
         body_err = pc.struct_field(body, "error")
+        # A line with neither a response nor an error: Result.from_line's "no_response".
+        empty = pc.and_(pc.is_null(resp), pc.is_null(top_err))
+        none = pa.scalar(None, pa.string())
         code = pc.coalesce(pc.struct_field(top_err, "code"), pc.struct_field(body_err, "code"),
-                           pc.struct_field(body_err, "type"))
-        message = pc.coalesce(pc.struct_field(top_err, "message"), pc.struct_field(body_err, "message"))
+                           pc.struct_field(body_err, "type"), pc.if_else(empty, "no_response", none))
+        message = pc.coalesce(pc.struct_field(top_err, "message"), pc.struct_field(body_err, "message"),
+                              pc.if_else(empty, NO_RESPONSE, none))
         usage = pc.struct_field(body, "usage")
-        tokens[0] += _total(pc.struct_field(usage, "prompt_tokens"))
-        tokens[1] += _total(pc.struct_field(usage, "completion_tokens"))
-        tokens[2] += _total(pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens"))
-        tokens[3] += _total(pc.struct_field(pc.struct_field(usage, "completion_tokens_details"), "reasoning_tokens"))
+        for name, col in (
+            ("prompt_tokens", pc.struct_field(usage, "prompt_tokens")),
+            ("completion_tokens", pc.struct_field(usage, "completion_tokens")),
+            ("cached_tokens", pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens")),
+            ("reasoning_tokens",
+             pc.struct_field(pc.struct_field(usage, "completion_tokens_details"), "reasoning_tokens")),
+        ):
+            getattr(out, name).extend(pc.fill_null(col, 0).to_pylist())
         ids = batch.column("custom_id")
         if ids.null_count:
             raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
         out.custom_id.extend(ids.to_pylist())
-        out.status_code.extend(pc.struct_field(resp, "status_code").to_pylist())
+        out.status_code.extend(pc.struct_field(resp, "status_code").to_pylist())  # noqa: E501
         out.content.extend(pc.struct_field(msg, "content").to_pylist())
         out.refusal.extend(pc.struct_field(msg, "refusal").to_pylist())
         out.finish_reason.extend(pc.struct_field(first, "finish_reason").to_pylist())
         out.has_choice.extend(has.to_pylist())
         out.error_code.extend(code.to_pylist())
         out.error_message.extend(message.to_pylist())
-    out.usage = Usage(*tokens)
+        status = pc.struct_field(resp, "status_code")
+        content = pc.struct_field(msg, "content")
+        ok = pc.and_kleene(
+            pc.and_kleene(pc.and_kleene(pc.is_null(code), pc.is_null(message)), pc.is_null(pc.struct_field(msg, "refusal"))),
+            pc.and_kleene(pc.and_kleene(pc.is_valid(content), pc.equal(pc.struct_field(first, "finish_reason"), "stop")),
+                          pc.or_kleene(pc.is_null(status), pc.less(status, 400))),
+        )
+        out.ok.extend(pc.fill_null(ok, False).to_pylist())
     return out
 
 

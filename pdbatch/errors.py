@@ -76,12 +76,12 @@ class DuplicateIdError(InputError):
 class ColumnCollisionError(InputError):
     """A new column would overwrite an existing one."""
 
-    def __init__(self, columns: Sequence[str]):
+    def __init__(self, columns: Sequence[str], hint: str = ""):
         self.columns = list(columns)
         names = ", ".join(repr(c) for c in self.columns)
         super().__init__(
             f"output column(s) {names} already exist in the frame; pass overwrite=True to "
-            f"replace them, or choose other names with output= / error_column=."
+            f"replace them, or choose other names with output= / error_column=." + (f" {hint}" if hint else "")
         )
 
 

@@ -24,9 +24,14 @@ def _level_strings(index: pd.Index) -> List[str]:
         return [str(i) for i in range(index.start, index.stop, index.step)]
     if isinstance(index, pd.DatetimeIndex):
         # Timestamps render as their ISO text; midnight-only indexes as plain dates.
-        return index.astype(str).tolist()
-    # astype(str) keeps "1" and 1 apart from NaN and matches str() element-wise.
-    return [str(v) for v in index.tolist()] if index.dtype == object else index.astype(str).tolist()
+        out = index.astype(str).tolist()
+    elif index.dtype == object:
+        # str() per label keeps 1 and "1" colliding, as they would in the output file.
+        return [str(v) for v in index.tolist()]
+    else:
+        out = index.astype(str).tolist()
+    # A missing label (NaN, NaT, None) still needs a string id.
+    return [v if isinstance(v, str) else str(v) for v in out]
 
 
 def custom_ids(index: pd.Index) -> List[str]:

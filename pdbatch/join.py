@@ -111,30 +111,33 @@ def join_results(
     pos_of = {cid: i for i, cid in enumerate(ids)}
     get = pos_of.get
     where = [get(cid, -1) for cid in a.custom_id]  # -1 marks a custom_id that matches no row
-    for pos, status, content, finish, refusal, has, ecode, emsg in zip(
-        where, a.status_code, a.content, a.finish_reason, a.refusal, a.has_choice, a.error_code, a.error_message
-    ):
+    for i, (pos, ok, content) in enumerate(zip(where, a.ok, a.content)):
         if pos < 0:
             stats.unknown_ids += 1
             continue
         if answered[pos] and errors[pos] is None:
             continue  # a success is already placed
         answered[pos] = True
-        if finish == "stop" and ecode is None and emsg is None and not refusal and content is not None \
-                and (status is None or status < 400):
+        if ok:
             value, err = parse_text(content)
         else:
-            err = answer_reason(status, content, finish, refusal, has, ecode, emsg)
+            err = answer_reason(a.status_code[i], content, a.finish_reason[i], a.refusal[i], a.has_choice[i],
+                                a.error_code[i], a.error_message[i])
             if err is None:
                 value, err = parse_text(content)
         errors[pos] = err
-        parsed[pos] = value if err is None else None
+        if err is None and pos not in skipped:
+            parsed[pos] = value
     values: Dict[str, List[Any]] = {}
     if expand:
         keys = dict.fromkeys(columns or ())
         for obj in parsed:
             if obj is not None and obj.keys() != keys.keys():
                 keys.update(dict.fromkeys(obj))
+        if error_column and error_column in keys:
+            raise ColumnCollisionError(
+                [error_column], hint=f"The answers have a key {error_column!r}: pass another error_column= name. {hint}"
+            )
         for key in keys:
             values[key] = [None if obj is None else obj.get(key) for obj in parsed]
     else:

@@ -60,12 +60,43 @@ class ResponseFormat:
     _validator: Any = field(default=None, compare=False, repr=False)
     _fast: Any = field(default=None, compare=False, repr=False)
 
+    @property
+    def source(self) -> Any:
+        """A JSON-able form that :func:`response_format` turns back into this format."""
+        if self.kind == "text":
+            return None
+        if self.kind == "json":
+            return "json"
+        if self.model is not None:  # the class cannot be stored: its (strict) JSON Schema stands in
+            return self.body
+        return self.body if self.body.get("json_schema", {}).get("schema") is self.schema else self.schema
+
     def parse(self, result: Result) -> Tuple[Any, Optional[str]]:
         """Read one :class:`Result`; see :meth:`parse_text` for what comes back."""
         text, err = answer_text(result)
         if err is not None:
             return None, err
         return self.parse_text(text)
+
+    def text_parser(self):
+        """``parse_text`` specialised for this format: the join's per-row hot path."""
+        if self.kind == "text":
+            return lambda text: (text, None)
+        fast, loads, slow = self._fast, orjson.loads, self.parse_text
+        if self.model is not None or (self._validator is not None and fast is None):
+            return slow
+        is_valid = fast.is_valid if fast is not None else (lambda obj: True)
+
+        def parse(text: str) -> Tuple[Any, Optional[str]]:
+            try:
+                obj = loads(text)
+            except orjson.JSONDecodeError:
+                return slow(text)
+            if type(obj) is dict and is_valid(obj):
+                return obj, None
+            return slow(text)  # the careful path words the reason
+
+        return parse
 
     def parse_text(self, text: str) -> Tuple[Any, Optional[str]]:
         """Turn one answer's text into a value.
@@ -91,7 +122,9 @@ class ResponseFormat:
                 inst = self.model.model_validate(obj)
             except Exception as e:  # pydantic.ValidationError
                 return None, "schema violation: " + _pydantic_reason(e)
-            return inst.model_dump(), None
+            data = inst.model_dump()
+            keys = _field_keys(self.model)
+            return {keys.get(k, k): v for k, v in data.items()}, None
         if self._validator is not None:
             if self._fast is not None and self._fast.is_valid(obj):
                 return obj, None
@@ -100,6 +133,15 @@ class ResponseFormat:
                 where = "/" + "/".join(str(p) for p in error.absolute_path)
                 return None, f"schema violation at {where}: {error.message[:200]}"
         return obj, None
+
+
+def _field_keys(model: Any) -> Dict[str, str]:
+    """Field name -> the property name in the model's (validation) JSON Schema, i.e. its columns."""
+    out = {}
+    for name, info in getattr(model, "model_fields", {}).items():
+        alias = info.validation_alias if isinstance(info.validation_alias, str) else info.alias
+        out[name] = alias or name
+    return out
 
 
 def _pydantic_reason(e: Exception) -> str:

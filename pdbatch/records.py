@@ -15,6 +15,7 @@ import orjson
 __all__ = ["Request", "Result", "Usage", "Answers", "usage_counts", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL"]
 
 RECORD_VERSION = 1
+NO_RESPONSE = "the line carried neither a response nor an error"
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
 
@@ -147,18 +148,25 @@ class Result:
         err = line.get("error")
         if resp is not None:
             status = resp.get("status_code")
+            try:
+                status = None if status is None else int(status)
+            except (TypeError, ValueError):
+                status = None
             body = resp.get("body")
-            if status is not None and int(status) >= 400:
-                e = (body or {}).get("error") if isinstance(body, dict) else None
-                e = dict(e) if isinstance(e, dict) else {"message": str(body)}
+            if err:  # a top-level error wins, as in the Arrow reader; the body still counts its usage
+                return cls(cid, body if isinstance(body, dict) else None, dict(err), status, resp.get("request_id"))
+            if status is not None and status >= 400:
+                e = body.get("error") if isinstance(body, dict) else None
+                if isinstance(e, dict):
+                    e = dict(e)
+                else:  # no error object: the status code alone says what happened
+                    e = {"message": body if isinstance(body, str) and body else None}
                 e.setdefault("code", None)
-                e["status_code"] = int(status)
-                return cls(cid, None, e, int(status), resp.get("request_id"))
-            if err:
-                return cls(cid, None, dict(err), status, resp.get("request_id"))
+                e["status_code"] = status
+                return cls(cid, None, e, status, resp.get("request_id"))
             return cls(cid, body, None, status, resp.get("request_id"))
         if not err:
-            err = {"code": "no_response", "message": "the line carried neither a response nor an error"}
+            err = {"code": "no_response", "message": NO_RESPONSE}
         return cls(cid, None, dict(err), None, None)
 
     @classmethod
@@ -201,17 +209,48 @@ class Answers:
     has_choice: list = field(default_factory=list)
     error_code: list = field(default_factory=list)
     error_message: list = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
+    #: True where the answer is a plain success (status < 400, no error, a choice
+    #: with content, finish_reason "stop", no refusal): the join's fast path.
+    ok: list = field(default_factory=list)
+    prompt_tokens: list = field(default_factory=list)
+    completion_tokens: list = field(default_factory=list)
+    cached_tokens: list = field(default_factory=list)
+    reasoning_tokens: list = field(default_factory=list)
+
+    #: The per-row columns, in the order the job store keeps them.
+    COLUMNS = ("status_code", "content", "finish_reason", "refusal", "has_choice", "error_code", "error_message",
+               "ok", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 
     def __len__(self) -> int:
         return len(self.custom_id)
 
+    @property
+    def usage(self) -> Usage:
+        """Token usage summed over every row."""
+        return Usage(sum(self.prompt_tokens), sum(self.completion_tokens), sum(self.cached_tokens),
+                     sum(self.reasoning_tokens))
+
+    def columns(self) -> list:
+        """The per-row lists named in :attr:`COLUMNS`, in that order."""
+        return [getattr(self, name) for name in self.COLUMNS]
+
     def extend(self, other: "Answers") -> None:
-        """Append ``other``'s rows (and add its usage)."""
-        for name in ("custom_id", "status_code", "content", "finish_reason", "refusal", "has_choice",
-                     "error_code", "error_message"):
-            getattr(self, name).extend(getattr(other, name))
-        self.usage = self.usage + other.usage
+        """Append ``other``'s rows."""
+        self.custom_id.extend(other.custom_id)
+        for mine, theirs in zip(self.columns(), other.columns()):
+            mine.extend(theirs)
+
+    @classmethod
+    def from_rows(cls, rows) -> "Answers":
+        """Build from ``(custom_id, *COLUMNS)`` tuples (the store's rows)."""
+        a = cls()
+        cols = [a.custom_id] + a.columns()
+        for row in rows:
+            for col, v in zip(cols, row):
+                col.append(v)
+        a.has_choice[:] = [bool(v) for v in a.has_choice]
+        a.ok[:] = [bool(v) for v in a.ok]
+        return a
 
     @classmethod
     def from_results(cls, results) -> "Answers":
@@ -225,38 +264,46 @@ class Answers:
         (['1'], ['hi'], [None])
         """
         a = cls()
-        tokens = [0, 0, 0, 0]
         for r in results:
             a.custom_id.append(r.custom_id)
             a.status_code.append(r.status_code)
             err = r.error
             if err is not None:
                 code = err.get("code") or err.get("type")
-                a.error_code.append(str(code) if code is not None else
-                                    (f"http_{r.status_code}" if r.status_code else "error"))
+                if code is None and err.get("message") is None and not (r.status_code or 0) >= 400:
+                    code = "error"  # an error with nothing in it is still an error
+                a.error_code.append(None if code is None else str(code))
                 a.error_message.append(None if err.get("message") is None else str(err.get("message")))
             else:
                 a.error_code.append(None)
                 a.error_message.append(None)
             choice = None
             body = r.body
+            p, c, k, t = usage_counts(body)
+            a.prompt_tokens.append(p)
+            a.completion_tokens.append(c)
+            a.cached_tokens.append(k)
+            a.reasoning_tokens.append(t)
             if body is not None:
-                for k, v in zip(range(4), usage_counts(body)):
-                    tokens[k] += v
                 choices = body.get("choices") if isinstance(body, Mapping) else None
                 if choices:
                     choice = choices[0]
             if choice is not None:
                 msg = choice.get("message") or {}
                 content = msg.get("content")
-                a.content.append(content if content is None or isinstance(content, str) else str(content))
+                content = content if content is None or isinstance(content, str) else str(content)
+                a.content.append(content)
                 a.refusal.append(msg.get("refusal"))
                 a.finish_reason.append(choice.get("finish_reason"))
                 a.has_choice.append(True)
+                a.ok.append(
+                    err is None and content is not None and msg.get("refusal") is None
+                    and choice.get("finish_reason") == "stop" and (r.status_code is None or r.status_code < 400)
+                )
             else:
                 a.content.append(None)
                 a.refusal.append(None)
                 a.finish_reason.append(None)
                 a.has_choice.append(False)
-        a.usage = Usage(*tokens)
+                a.ok.append(False)
         return a

@@ -12,6 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
+import orjson
 import pandas as pd
 
 from .errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
@@ -79,13 +80,22 @@ class MapSpec:
     output: str = "llm_output"
     error_column: Optional[str] = "llm_error"
     url: str = CHAT_URL
+    #: The build arguments, JSON-able: what the job store keeps to rebuild the spec.
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_source(cls, source: Mapping[str, Any]) -> "MapSpec":
+        """Rebuild a spec from :attr:`source` (no column checks: the frame is not at hand)."""
+        src = dict(source)
+        params = src.pop("params", {})
+        return cls.build(src.pop("template"), columns=None, params=params, **src)
 
     @classmethod
     def build(
         cls,
         template: str,
         *,
-        columns: Sequence[Any],
+        columns: Optional[Sequence[Any]],
         series: bool = False,
         model: Optional[str] = None,
         system: Optional[str] = None,
@@ -108,24 +118,28 @@ class MapSpec:
             raise OptionError(f"error_column must be a column name or None, got {error_column!r}")
         if image_detail not in _DETAILS:
             raise OptionError(f"image_detail must be one of 'auto', 'low', 'high' or None, got {image_detail!r}")
-        cols = [SERIES_FIELD] if series else list(columns)
+        check = columns is not None or series
+        cols = [SERIES_FIELD] if series else list(columns or ())
         tpl = Template.parse(template, series=series)
-        tpl.check_columns(cols, argument="template")
+        if check:
+            tpl.check_columns(cols, argument="template")
         sys_t = None
         if system is not None:
             sys_t = Template.parse(system, series=series, argument="system")
-            sys_t.check_columns(cols, argument="system")
+            if check:
+                sys_t.check_columns(cols, argument="system")
         img_t = None
         if images is not None:
             if not isinstance(images, str):
                 raise OptionError(f"images must be a column name or a template string, got {images!r}")
-            if images in {str(c) for c in cols} and "{" not in images:
+            if "{" not in images and (not check or images in {str(c) for c in cols}):
                 img_t = Template.parse("{" + images + "}", argument="images")
             else:
                 img_t = Template.parse(images, series=series, argument="images")
                 if not img_t.fields:
                     raise MissingColumnError([images], cols, where="images")
-            img_t.check_columns(cols, argument="images")
+            if check:
+                img_t.check_columns(cols, argument="images")
         fmt = _response_format(response_format)
         if fmt.kind != "text" and int(params.get("n", 1) or 1) != 1:
             raise OptionError("n > 1 works only with text answers; drop n= or response_format=")
@@ -138,7 +152,18 @@ class MapSpec:
                 sys_t = Template.parse(sys_text, series=series, argument="system")
         if extra_body:
             params.update(extra_body)
-        return cls(tpl, model, sys_t, sys_text, img_t, image_detail, fmt, params, output, error_column)
+        source = {
+            "template": template, "series": series, "model": model, "system": system,
+            "response_format": fmt.source, "images": images, "image_detail": image_detail,
+            "output": output, "error_column": error_column, "params": params,
+        }
+        return cls(tpl, model, sys_t, sys_text, img_t, image_detail, fmt, params, output, error_column,
+                   source=source)
+
+    def key(self) -> bytes:
+        """Canonical bytes of what the requests depend on (part of a job's fingerprint)."""
+        src = {k: v for k, v in self.source.items() if k not in ("output", "error_column")}
+        return orjson.dumps({"spec": src, "url": self.url}, option=orjson.OPT_SORT_KEYS)
 
     # ------------------------------------------------------------------ columns
     def new_columns(self) -> List[str]:

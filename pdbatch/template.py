@@ -112,6 +112,10 @@ class Template:
                     f"{argument} field '{{{name}}}' uses attribute or item access, which is not "
                     f"supported; add a column holding the value you need"
                 )
+            if conv is not None and conv not in ("r", "s", "a"):
+                raise TemplateError(
+                    f"{argument} field '{{{name}!{conv}}}' has an unknown conversion; use !r, !s or !a"
+                )
             if spec and ("{" in spec):
                 raise TemplateError(f"{argument} field '{{{name}}}' has a nested field in its format spec")
             if root not in fields:
@@ -146,10 +150,10 @@ class Template:
         return [fmt(*vals) for vals in zip(*cols)]
 
 
-def _float_text(v: float) -> str:
-    if math.isfinite(v) and v.is_integer() and abs(v) < 1e16:
+def _float_text(v) -> str:
+    if math.isfinite(v) and float(v).is_integer() and abs(v) < 1e16:
         return str(int(v))
-    return repr(v)
+    return str(v)
 
 
 def display_strings(col: pd.Series) -> List[Any]:
@@ -176,8 +180,10 @@ def display_strings(col: pd.Series) -> List[Any]:
         out = [None if m else str(int(v)) for v, m in zip(vals, mask)]
         return out
     if kind == "f" or str(col.dtype) in ("Float32", "Float64"):
-        vals = col.astype(object).tolist()
-        return [None if m else _float_text(float(v)) for v, m in zip(vals, mask)]
+        # Keep the column's precision: a float32 0.1 prints as 0.1, as the frame shows it.
+        np_type = np.float32 if str(col.dtype).lower() == "float32" else np.float64
+        vals = col.to_numpy(dtype=np_type, na_value=np.nan)
+        return [None if m else _float_text(v) for v, m in zip(vals, mask)]
     if kind == "M":
         text = col.astype(str).tolist()
         return [None if m else t for t, m in zip(text, mask)]
@@ -189,7 +195,7 @@ def display_strings(col: pd.Series) -> List[Any]:
         elif isinstance(v, str):
             out.append(v)
         elif isinstance(v, (list, dict, tuple)):
-            out.append(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+            out.append(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode())
         elif isinstance(v, np.ndarray):
             out.append(orjson.dumps(v.tolist()).decode())
         elif isinstance(v, float):

@@ -23,6 +23,19 @@ TEST_KEY = "test-key-do-not-store"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
+@pytest.fixture(autouse=True)
+def pdbatch_home(tmp_path, monkeypatch):
+    """Every test gets its own job store and job directories under ``$PDBATCH_HOME``."""
+    import pdbatch.store as store_mod
+
+    home = tmp_path / "pdbatch-home"
+    monkeypatch.setenv("PDBATCH_HOME", str(home))
+    yield home
+    s = store_mod._DEFAULT.pop(str(home / "store.sqlite3"), None)
+    if s is not None:
+        s.close()
+
+
 @pytest.fixture
 def make_server():
     """Factory starting servers; all are stopped when the test ends."""

@@ -79,7 +79,8 @@ def test_text_answers_land_on_their_rows(make_server, make_client, movies):
     assert out["llm_error"].tolist() == [None] * 5
     assert "llm_output" not in movies.columns  # never in place
     summary = out.attrs["pdbatch"]
-    assert summary["counts"] == {"rows": 5, "sent": 5, "succeeded": 5, "failed": 0, "skipped": 0, "unknown_ids": 0}
+    assert summary["counts"] == {"rows": 5, "sent": 5, "succeeded": 5, "failed": 0, "skipped": 0, "unknown_ids": 0,
+                                 "cached": 0}
     assert len(summary["batch_ids"]) == 1 and summary["usage"]["input_tokens"] > 0
     # the server wrote its output in an order different from the input
     batch = srv.batches[summary["batch_ids"][0]]
@@ -172,7 +173,7 @@ def test_error_file_rows(make_server, make_client, movies):
 
 def test_expired_batch_keeps_partial_results(make_server, make_client, movies):
     srv = make_server(faults=Faults(expire_after=2))
-    out = run(movies, srv, make_client)
+    out = run(movies, srv, make_client, max_retries=0)
     assert out.attrs["pdbatch"]["state"] == "expired"
     ok = out["llm_error"].isna()
     assert ok.sum() == 2

@@ -7,6 +7,7 @@ import dataclasses
 import orjson
 import pytest
 
+from pdbatch.parsing import answer_reason
 from pdbatch.records import (
     CHAT_URL,
     EMBEDDINGS_URL,
@@ -172,7 +173,7 @@ def test_line_with_neither_response_nor_error():
 def test_top_level_error_beside_ok_response_is_a_failure():
     line = dict(SUCCESS, error={"code": "server_error", "message": "boom"})
     r = Result.from_line(line)
-    assert not r.ok and r.body is None
+    assert not r.ok and r.error["code"] == "server_error"  # the body stays: its tokens were billed
     assert r.error["code"] == "server_error" and r.status_code == 200
 
 
@@ -221,9 +222,16 @@ def test_answers_from_every_line_shape():
     assert a.refusal == [None, None, None, "no", None, None, None]
     assert a.finish_reason == ["stop", None, None, "stop", "length", None, None]
     assert a.has_choice == [True, False, False, True, True, False, False]
-    assert a.error_code == [None, "context_length_exceeded", "batch_expired", None, None, None, "http_502"]
+    assert a.error_code == [None, "context_length_exceeded", "batch_expired", None, None, None, None]
     assert a.error_message == [None, "too many tokens", "not executed before the window expired",
                                None, None, None, "Bad gateway"]
+    assert a.ok == [True, False, False, False, False, False, False]
+    reasons = [answer_reason(*row) for row in zip(a.status_code, a.content, a.finish_reason, a.refusal,
+                                                  a.has_choice, a.error_code, a.error_message)]
+    assert reasons == [None, "context_length_exceeded: too many tokens",
+                       "batch_expired: not executed before the window expired", "refused: no",
+                       "truncated: finish_reason=length (raise max_completion_tokens)",
+                       "malformed response: no choices", "http_502: Bad gateway"]
     assert a.usage == Usage(24, 10, 8, 4)  # SUCCESS and the refusal carry USAGE
 
 

@@ -8,9 +8,9 @@ accessor before any work, never by ``isinstance``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol, runtime_checkable
 
-from ..records import Request, Result
+from ..records import Request
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..job import Job
@@ -61,10 +61,10 @@ class Backend(Protocol):
         """Update and return the job's progress without blocking for long."""
 
     def wait(self, job: "Job", *, progress: bool, timeout: Optional[float]) -> Progress:
-        """Block until the job is done (or ``timeout`` seconds pass)."""
+        """Block until the job is done (or ``timeout`` seconds pass); store answers as they arrive."""
 
-    def results(self, job: "Job") -> Iterator[Result]:
-        """Yield every result received, in any order."""
+    def attach(self, job: "Job", requests: Optional[Callable[[], Iterator[Request]]] = None) -> None:
+        """Pick up a job found in the store (a re-run, ``Job.load``); ``requests`` regenerates them."""
 
     def cancel(self, job: "Job") -> None:
         """Stop the work; answers already made are kept."""

@@ -1,39 +1,55 @@
 """The OpenAI Batch API backend (Files + Batches), or any provider with that API.
 
 Requests are written to JSONL shards (50,000 requests / 200 MB each by
-default), each uploaded and submitted as one batch tagged with the job and
-shard ids in ``metadata``. Polling backs off from ``poll_interval`` to
-``max_poll_interval``. Output and error files are downloaded to the job's
-directory once and read line by line.
+default), each uploaded and submitted as one batch tagged in ``metadata`` with
+the job id, shard and submission number. Every step is recorded in the job
+store before the next one starts:
 
-Retry policy: the SDK retries every call (its ``max_retries``) *except*
-``batches.create``, which pdbatch retries itself: the SDK sends no idempotency
-key, so before creating again after an ambiguous failure, pdbatch looks for
-the batch it may already have created (by its metadata). Retries are never
-stacked.
+``written`` → ``uploaded`` (file id) → ``creating`` (the intent, recorded
+*before* the call) → the batch id and status (recorded as soon as the call
+returns). A process killed between "created" and "recorded" leaves a shard in
+``creating``; whoever picks the job up next finds the batch by its metadata
+(``batches.list``) instead of creating a second one.
+
+Polling backs off from ``poll_interval`` to ``max_poll_interval``. Finished
+shards are downloaded once and their answers stored. Rows that failed for a
+retryable reason (``batch_expired``, 429, 5xx, ``server_error``, a batch that
+expired or hit ``token_limit_exceeded``) go again in a new batch holding only
+those rows, up to ``max_retries`` rounds; answers that are not valid JSON or
+fail the schema go again up to ``retry_invalid`` rounds. A shard refused for
+the enqueued-token limit waits and is resubmitted as earlier shards finish.
+
+Retry policy for API calls: the SDK retries every call (its ``max_retries``)
+*except* ``batches.create``, which pdbatch retries itself (see above). Retries
+are never stacked.
 """
 
 from __future__ import annotations
 
-import bisect
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
 import openai
+import orjson
 
-from ..batchfile import MAX_BYTES, MAX_REQUESTS, read_results, write_shards
+from ..batchfile import MAX_BYTES, MAX_REQUESTS, iter_lines, read_answers, read_results, write_shards
 from ..errors import BackendUnavailableError, BatchFailedError, JobError, PdbatchError
 from ..ids import positions
 from ..join import NO_ANSWER
 from ..records import Request, Result
 from .base import TERMINAL, Progress
 
-__all__ = ["BatchBackend", "ShardState", "default_client"]
+__all__ = ["BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
 
-_ORDER = ["validating", "in_progress", "finalizing", "cancelling", "completed", "expired", "cancelled", "failed"]
+_ORDER = ["written", "uploaded", "creating", "waiting", "validating", "in_progress", "finalizing", "cancelling",
+          "completed", "expired", "cancelled", "failed"]
 _RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+#: Error codes of rows worth sending again.
+RETRYABLE_CODES = frozenset({"batch_expired", "server_error", "rate_limit_exceeded", "token_limit_exceeded",
+                             "internal_error", "timeout", "service_unavailable"})
+TOKEN_LIMIT = "token_limit_exceeded"
 
 
 def default_client() -> "openai.OpenAI":
@@ -48,26 +64,27 @@ def default_client() -> "openai.OpenAI":
 
 @dataclass
 class ShardState:
-    """One input shard and its batch, as the job tracks it."""
+    """One input shard and its batch, as the job tracks it (mirrored in the store)."""
 
     index: int
     path: str
     count: int
     bytes: int
-    first_pos: int = 0
+    attempt: int = 0
     file_id: Optional[str] = None
     batch_id: Optional[str] = None
-    status: str = "pending"
+    status: str = "written"
     output_file_id: Optional[str] = None
     error_file_id: Optional[str] = None
     completed: int = 0
     failed: int = 0
     errors: List[dict] = field(default_factory=list)
-    downloaded: List[str] = field(default_factory=list)
-    fetched: bool = False
+    ingested: int = 0
+    submits: int = 0
 
     def update(self, batch: Any) -> None:
         """Copy the fields pdbatch tracks from an SDK ``Batch`` object."""
+        self.batch_id = batch.id
         self.status = batch.status
         self.output_file_id = batch.output_file_id
         self.error_file_id = batch.error_file_id
@@ -78,6 +95,27 @@ class ShardState:
         data = getattr(errs, "data", None) if errs is not None else None
         if data:
             self.errors = [e.model_dump() if hasattr(e, "model_dump") else dict(e) for e in data]
+        if self.status == "failed" and any(e.get("code") == TOKEN_LIMIT for e in self.errors):
+            self.status = "waiting"  # the enqueued-token limit: submit again as earlier shards finish
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def fields(self) -> Dict[str, Any]:
+        return {"attempt": self.attempt, "path": self.path, "count": self.count, "bytes": self.bytes,
+                "file_id": self.file_id, "batch_id": self.batch_id, "status": self.status,
+                "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+                "completed": self.completed, "failed": self.failed, "errors": self.errors,
+                "ingested": self.ingested}
+
+    @classmethod
+    def from_store(cls, d: Dict[str, Any]) -> "ShardState":
+        st = cls(d["index"], d["path"], d["count"] or 0, d["bytes"] or 0, d["attempt"] or 0)
+        for k in ("file_id", "batch_id", "status", "output_file_id", "error_file_id", "errors"):
+            setattr(st, k, d[k])
+        st.completed, st.failed, st.ingested = d["completed"] or 0, d["failed"] or 0, d["ingested"] or 0
+        return st
 
 
 def _retry_after(err: Exception) -> Optional[float]:
@@ -131,6 +169,15 @@ class BatchBackend:
         self.max_poll_interval = float(max_poll_interval)
         self.create_attempts = int(create_attempts)
 
+    # ------------------------------------------------------------ bookkeeping
+    @staticmethod
+    def _shards(job) -> List[ShardState]:
+        return job.state.setdefault("shards", [])
+
+    @staticmethod
+    def _save(job, st: ShardState) -> None:
+        job.store.put_shard(job.id, st.index, **st.fields())
+
     # ----------------------------------------------------------------- submit
     def submit(self, job, requests: Iterator[Request]) -> None:
         too_large: Dict[str, str] = {}
@@ -141,44 +188,63 @@ class BatchBackend:
             pos_of = positions(job.ids)
             for cid, reason in too_large.items():
                 job.skipped[pos_of[cid]] = reason
-        sent = [p for p in range(len(job.ids)) if p not in job.skipped]
-        states: List[ShardState] = []
-        offset = 0
-        for s in shards:
-            states.append(ShardState(s.index, s.path, s.count, s.bytes, first_pos=sent[offset]))
-            offset += s.count
+        states = [ShardState(s.index, s.path, s.count, s.bytes) for s in shards]
         job.state["shards"] = states
+        for st in states:  # all shards are on disk and known before the first upload
+            self._save(job, st)
+        job.mark_written()
         for st in states:
+            self._launch(job, st)
+
+    def attach(self, job, requests=None) -> None:
+        """Pick up a job from the store; finish whatever a dead process left half done."""
+        job.state["shards"] = [ShardState.from_store(d) for d in job.store.shards(job.id)]
+        for st in self._shards(job):
+            if st.status in ("written", "uploaded", "creating"):
+                self._launch(job, st)
+
+    def _launch(self, job, st: ShardState) -> None:
+        """Upload (if needed) and create the batch of one shard, recording each step first."""
+        if st.file_id is None:
             with open(st.path, "rb") as fh:
                 st.file_id = self.client.files.create(file=fh, purpose="batch").id
-            batch = self._create(job, st)
-            st.batch_id = batch.id
-            st.update(batch)
+            st.status = "uploaded"
+            self._save(job, st)
+        if st.status == "creating":
+            found = self._find(job.id, st)  # a create may have happened before a crash
+            if found is not None:
+                st.update(found)
+                self._save(job, st)
+                return
+        st.status = "creating"
+        self._save(job, st)  # the intent is on disk before the call
+        batch = self._create(job, st)
+        st.update(batch)
+        self._save(job, st)
+
+    def _meta(self, job_id: str, st: ShardState) -> Dict[str, str]:
+        return {"pdbatch_job": job_id, "pdbatch_shard": str(st.index), "pdbatch_submit": str(st.submits)}
 
     def _create(self, job, st: ShardState):
-        meta = {"pdbatch_job": job.id, "pdbatch_shard": str(st.index)}
+        meta = self._meta(job.id, st)
         delay = 1.0
         last: Optional[Exception] = None
         for _attempt in range(self.create_attempts):
             try:
                 return self._create_client.batches.create(
-                    input_file_id=st.file_id,
-                    endpoint=job.spec.url,
-                    completion_window="24h",
-                    metadata=meta,
+                    input_file_id=st.file_id, endpoint=job.spec.url, completion_window="24h", metadata=meta,
                 )
             except _RETRYABLE as err:
                 last = err
             except openai.APIStatusError as err:
-                if err.status_code in (408, 409):
-                    last = err
-                else:
+                if err.status_code not in (408, 409):
                     raise PdbatchError(
                         f"the server refused to create the batch for shard {st.index} of job {job.id} "
                         f"(HTTP {err.status_code}): {err.message}"
                     ) from err
+                last = err
             # The create may have succeeded before the failure reached us: adopt it, never duplicate.
-            found = self._find(job.id, st.index)
+            found = self._find(job.id, st)
             if found is not None:
                 return found
             time.sleep(min(_retry_after(last) or delay, 120.0))
@@ -188,36 +254,40 @@ class BatchBackend:
             f"{self.create_attempts} attempts: {last}"
         ) from last
 
-    def _find(self, job_id: str, shard: int, scan: int = 500):
-        """The batch already created for (job, shard), found by its metadata; None if none."""
-        seen = 0
-        for b in self.client.batches.list(limit=100):
+    def _find(self, job_id: str, st: ShardState, scan: int = 1000):
+        """The batch already created for this shard and submission, found by metadata; None if none."""
+        want = self._meta(job_id, st)
+        for seen, b in enumerate(self.client.batches.list(limit=100)):
             meta = b.metadata or {}
-            if meta.get("pdbatch_job") == job_id and meta.get("pdbatch_shard") == str(shard):
+            if all(meta.get(k) == v for k, v in want.items()):
                 return b
-            seen += 1
-            if seen >= scan:
+            if seen + 1 >= scan:
                 break
         return None
 
     # ----------------------------------------------------------------- status
     def refresh(self, job) -> Progress:
-        shards: List[ShardState] = job.state.get("shards", [])
+        shards = self._shards(job)
         for st in shards:
-            if st.batch_id and st.status not in TERMINAL:
+            if st.batch_id and st.status not in TERMINAL and st.status != "waiting":
+                before = (st.status, st.completed, st.failed)
                 st.update(self.client.batches.retrieve(st.batch_id))
-        total = sum(s.count for s in shards)
+                if (st.status, st.completed, st.failed) != before:
+                    self._save(job, st)
         if not shards:
             return Progress("completed", 0)
-        state = min((s.status for s in shards), key=lambda x: _ORDER.index(x) if x in _ORDER else -1)
-        if all(s.status in TERMINAL for s in shards):
-            for name in ("failed", "expired", "cancelled"):
-                if any(s.status == name for s in shards):
-                    state = name
-                    break
-            else:
-                state = "completed"
-        return Progress(state, total, sum(s.completed for s in shards), sum(s.failed for s in shards))
+        total = sum(s.count for s in shards if s.attempt == 0)
+        stored_ok = job.store.count_answers(job.id, ok_only=True) if any(s.ingested for s in shards) else 0
+        completed = stored_ok + sum(s.completed for s in shards if not s.ingested)
+        latest = max(s.attempt for s in shards)
+        failed = sum(s.failed for s in shards if s.attempt == latest)
+        if all(s.done for s in shards):
+            state = next((n for n in ("failed", "cancelled", "expired") if any(s.status == n for s in shards
+                                                                                 if s.attempt == latest)),
+                         "completed")
+        else:
+            state = min((s.status for s in shards if not s.done), key=_ORDER.index, default="in_progress")
+        return Progress(state, total, min(completed, total), min(failed, total))
 
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
         from tqdm.auto import tqdm
@@ -229,6 +299,13 @@ class BatchBackend:
             while True:
                 p = self.refresh(job)
                 self._raise_failed(job)
+                self._resubmit_waiting(job)
+                if all(s.done for s in self._shards(job)):
+                    self.collect(job)
+                    if self._retry(job):
+                        interval = self.poll_interval
+                        continue
+                    p = self.refresh(job)
                 if progress:
                     if bar is None:
                         bar = tqdm(total=p.total, unit="req", desc=f"pdbatch {job.id[-10:]}", leave=True)
@@ -250,9 +327,22 @@ class BatchBackend:
                 bar.close()
 
     def _raise_failed(self, job) -> None:
-        for st in job.state.get("shards", []):
+        for st in self._shards(job):
             if st.status == "failed":
                 raise BatchFailedError(st.batch_id, st.errors or [{"code": "failed", "message": "no details given"}])
+
+    def _resubmit_waiting(self, job) -> None:
+        """Shards refused for the enqueued-token limit go again once others have finished."""
+        shards = self._shards(job)
+        busy = [s for s in shards if not s.done and s.status != "waiting"]
+        for st in shards:
+            if st.status == "waiting" and len(busy) < max(1, job.state.get("busy_at_wait", {}).get(st.index, 1)):
+                st.submits += 1
+                st.errors = []
+                self._launch(job, st)
+                busy.append(st)
+            elif st.status == "waiting":
+                job.state.setdefault("busy_at_wait", {}).setdefault(st.index, len(busy))
 
     # ---------------------------------------------------------------- results
     def _download(self, file_id: str, path: str) -> str:
@@ -262,37 +352,104 @@ class BatchBackend:
         os.replace(tmp, path)
         return path
 
-    def result_files(self, job) -> List[str]:
-        """Download (once) and list the output and error files of every finished shard."""
-        paths: List[str] = []
-        for st in job.state.get("shards", []):
-            if st.status not in TERMINAL:
-                continue
-            if not st.fetched:
-                got = []
-                for kind, fid in (("output", st.output_file_id), ("errors", st.error_file_id)):
-                    if fid:
-                        got.append(self._download(fid, os.path.join(job.workdir, f"{kind}-{st.index:04d}.jsonl")))
-                st.downloaded = got
-                st.fetched = True
-            paths.extend(st.downloaded)
+    def _files(self, job, st: ShardState) -> List[str]:
+        paths = []
+        for kind, fid in (("output", st.output_file_id), ("errors", st.error_file_id)):
+            if fid:
+                path = os.path.join(job.workdir, f"{kind}-{st.index:04d}.jsonl")
+                if not os.path.exists(path):
+                    self._download(fid, path)
+                paths.append(path)
         return paths
+
+    def collect(self, job) -> None:
+        """Download and store the answers of every finished shard not yet stored."""
+        for st in self._shards(job):
+            if st.done and not st.ingested:
+                answers = read_answers(self._files(job, st))
+                job.store.put_answers(job.id, answers, job.hashes, attempt=st.attempt)
+                st.ingested = 1
+                self._save(job, st)
+
+    def result_files(self, job) -> List[str]:
+        """The output and error files of every finished shard (downloaded once)."""
+        return [p for st in self._shards(job) if st.done for p in self._files(job, st)]
 
     def results(self, job) -> Iterator[Result]:
         yield from read_results(self.result_files(job))
 
+    def _retry(self, job) -> bool:
+        """Send again, in one new shard, the rows of the last round that failed retryably."""
+        shards = self._shards(job)
+        if not shards or any(s.status == "cancelled" for s in shards):
+            return False
+        round_ = max(s.attempt for s in shards)
+        if round_ >= max(job.max_retries, job.retry_invalid):
+            return False
+        last = [s for s in shards if s.attempt == round_]
+        a = job.store.answers(job.id)
+        by_id = {cid: i for i, cid in enumerate(a.custom_id)}
+        parse = job.spec.fmt.text_parser() if job.retry_invalid > round_ else None
+        todo: List[str] = []
+        sent_ids = self._ids_in(last)
+        for cid in sent_ids:
+            i = by_id.get(cid)
+            if i is None:
+                retry = round_ < job.max_retries  # never answered: the batch expired or failed
+            elif a.ok[i]:
+                retry = parse is not None and parse(a.content[i])[1] is not None
+            else:
+                code = a.error_code[i]
+                status = a.status_code[i] or 0
+                invalid = a.has_choice[i] and code is None and status < 400
+                retry = (round_ < job.max_retries and (code in RETRYABLE_CODES or status == 429 or status >= 500)) \
+                    or (invalid and parse is not None)
+            if retry:
+                todo.append(cid)
+        if not todo:
+            return False
+        want = set(todo)
+        index = max(s.index for s in shards) + 1
+        path = os.path.join(job.workdir, f"retry-{index:04d}.jsonl")
+        n = size = 0
+        with open(path, "wb") as fh:
+            for st in last:
+                for line in iter_lines(st.path):
+                    if line["custom_id"] in want:
+                        data = orjson.dumps(line) + b"\n"
+                        fh.write(data)
+                        n += 1
+                        size += len(data)
+        st = ShardState(index, path, n, size, attempt=round_ + 1)
+        shards.append(st)
+        self._save(job, st)
+        summary = job.state.setdefault("summary", {})
+        summary["resubmitted"] = summary.get("resubmitted", 0) + n
+        self._launch(job, st)
+        return True
+
+    @staticmethod
+    def _ids_in(shards: List[ShardState]) -> List[str]:
+        return [line["custom_id"] for st in shards for line in iter_lines(st.path)]
+
     def unanswered(self, job, pos: int) -> str:
-        shards: List[ShardState] = job.state.get("shards", [])
-        k = bisect.bisect_right([s.first_pos for s in shards], pos) - 1
-        if 0 <= k < len(shards):
-            status = shards[k].status
-            if status == "expired":
-                return "batch_expired: the batch's 24 h window ended before this row ran"
-            if status == "cancelled":
-                return "batch_cancelled: the batch was cancelled before this row ran"
+        status = job.state.get("row_status")
+        if status is None:  # which shard each row went out in last, and how that batch ended
+            status = job.state["row_status"] = {
+                line["custom_id"]: st.status for st in self._shards(job) for line in iter_lines(st.path)
+            }
+        s = status.get(job.ids[pos])
+        if s == "expired":
+            return "batch_expired: the batch's 24 h window ended before this row ran"
+        if s == "cancelled":
+            return "batch_cancelled: the batch was cancelled before this row ran"
         return NO_ANSWER
 
     def cancel(self, job) -> None:
-        for st in job.state.get("shards", []):
-            if st.batch_id and st.status not in TERMINAL and st.status != "cancelling":
+        for st in self._shards(job):
+            if st.batch_id and st.status not in TERMINAL and st.status not in ("cancelling", "waiting"):
                 st.update(self.client.batches.cancel(st.batch_id))
+                self._save(job, st)
+            elif st.status == "waiting":
+                st.status = "cancelled"
+                self._save(job, st)

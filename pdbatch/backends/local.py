@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from ..errors import InputError, JobError, OptionError
 from ..local_model import get_pool, resolve_model
-from ..records import Request, Result
+from ..records import Answers, Request, Result
 from .base import Progress
 
 __all__ = ["LocalBackend", "INTERRUPTED", "CANCELLED"]
@@ -110,36 +110,42 @@ class LocalBackend:
             print(f"pdbatch: {notice}", file=sys.stderr)
         job.state.update(
             requests=reqs,
-            results={},
             model_path=path,
             stop=threading.Event(),
             status="pending",  # pending | interrupted | cancelled
         )
 
+    def attach(self, job, requests=None) -> None:
+        """Resume a stored job: its unanswered rows run on the next ``wait``."""
+        done = job.store.answered_ids(job.id)
+        todo = [r for r in requests()] if requests is not None else []
+        self.submit(job, (r for r in todo if r.custom_id not in done))
+        if job.record.state == "cancelling":
+            job.state["status"] = "cancelled"
+
     # ----------------------------------------------------------------- status
     def refresh(self, job) -> Progress:
-        reqs: List[Request] = job.state.get("requests", [])
-        results: Dict[str, Result] = job.state.get("results", {})
-        ok = sum(1 for r in results.values() if r.ok)
-        failed = len(results) - ok
-        if len(results) >= len(reqs):
+        total = len(job.ids) - len(job.skipped)
+        answered = job.store.count_answers(job.id)
+        ok = job.store.count_answers(job.id, ok_only=True)
+        if answered >= total:
             state = "completed"
         elif job.state.get("status") in ("interrupted", "cancelled"):
             state = "cancelled"
         else:
             state = "in_progress"
-        return Progress(state, len(reqs), ok, failed)
+        return Progress(state, total, ok, answered - ok)
 
     def _arrived(self, job, result: Result) -> None:
-        """Record one answer (the single place answers are stored)."""
-        job.state["results"][result.custom_id] = result
+        """Record one answer in the job store (the single place answers are stored)."""
+        job.store.put_answers(job.id, Answers.from_results([result]), job.hashes)
 
     # ------------------------------------------------------------------- wait
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
         if job.state.get("status") == "cancelled":
             return self.refresh(job)
-        results: Dict[str, Result] = job.state["results"]
-        todo = [r for r in job.state["requests"] if r.custom_id not in results]
+        answered = job.store.answered_ids(job.id)
+        todo = [r for r in job.state["requests"] if r.custom_id not in answered]
         if not todo:
             return self.refresh(job)
         job.state["status"] = "pending"
@@ -171,7 +177,7 @@ class LocalBackend:
         if progress and self.progress:
             from tqdm.auto import tqdm
 
-            total = len(job.state["requests"])
+            total = len(job.ids) - len(job.skipped)
             bar = tqdm(total=total, initial=total - len(todo), unit="row", desc=f"pdbatch local {job.id[-10:]}")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -236,10 +242,6 @@ class LocalBackend:
             if bar is not None:
                 bar.update(1)
         return got
-
-    # ---------------------------------------------------------------- results
-    def results(self, job) -> Iterator[Result]:
-        yield from list(job.state.get("results", {}).values())
 
     def cancel(self, job) -> None:
         job.state["status"] = "cancelled"
