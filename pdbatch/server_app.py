@@ -133,6 +133,9 @@ class _Gate:
             if message["type"] == "http.response.start":  # log before the client can see it
                 logged.append(message["status"])
                 self.server.stats.record(method, path, message["status"])
+                hook = self.server.faults.on_response
+                if hook is not None:
+                    hook(method, path, message["status"])
             await send(message)
 
         try:

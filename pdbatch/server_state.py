@@ -134,6 +134,13 @@ class Faults:
         ``x-ratelimit-*-requests`` headers.
     rate_window : float
         Window of ``realtime_rpm`` in seconds (60 by default).
+    batch_failures : list of str
+        Error codes popped, one per batch validated: that batch ends
+        ``failed`` with the code (e.g. ``token_limit_exceeded``).
+    on_response : callable, optional
+        ``on_response(method, path, status)`` runs after the server did the
+        work of a call and *before* the client sees the answer: a test can kill
+        its client there (e.g. between "batch created" and "batch id recorded").
     """
 
     error_for: Optional[Callable[[str, dict], Optional[tuple[int, str, str]]]] = None
@@ -149,6 +156,8 @@ class Faults:
     realtime_errors: list[int] = field(default_factory=list)
     realtime_rpm: Optional[int] = None
     rate_window: float = 60.0
+    on_response: Optional[Callable[[str, str, int], None]] = None
+    batch_failures: list[str] = field(default_factory=list)
     _stamps: deque = field(default_factory=deque, init=False, repr=False, compare=False)
     # one lock for all Faults objects keeps them copyable (deepcopy, asdict)
     _lock = threading.Lock()
@@ -161,6 +170,11 @@ class Faults:
                 if codes and (pattern == key or fnmatch.fnmatchcase(key, pattern)):
                     return int(codes.pop(0))
         return None
+
+    def pop_batch_failure(self) -> Optional[str]:
+        """Pop the next injected batch-level failure code, if any."""
+        with self._lock:
+            return self.batch_failures.pop(0) if self.batch_failures else None
 
     def pop_realtime_error(self) -> Optional[int]:
         """Pop the next queued realtime error status, if any."""

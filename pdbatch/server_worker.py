@@ -228,6 +228,9 @@ class BatchWorker(threading.Thread):
             return
         offsets, model, errors = validate_input(self.store.path(batch["input_file_id"]),
                                                 batch["endpoint"], self.faults)
+        refused = self.faults.pop_batch_failure()
+        if refused is not None and not errors:
+            errors = [_err(refused, f"injected failure: {refused} (Faults.batch_failures)")]
         if errors:
             self.store.update_batch(batch_id, status="failed", failed_at=int(time.time()),
                                     errors={"object": "list", "data": errors})

@@ -86,7 +86,7 @@ class MapSpec:
     @classmethod
     def from_source(cls, source: Mapping[str, Any]) -> "MapSpec":
         """Rebuild a spec from :attr:`source` (no column checks: the frame is not at hand)."""
-        src = dict(source)
+        src = {k: v for k, v in source.items() if not k.startswith("_")}  # "_..." keys are job options
         params = src.pop("params", {})
         return cls.build(src.pop("template"), columns=None, params=params, **src)
 

@@ -237,7 +237,8 @@ class Store:
     # ---------------------------------------------------------------- answers
     def put_answers(self, job_id: str, answers: Answers, hashes: Dict[str, str], *, attempt: int = 0,
                     source: str = "api") -> int:
-        """Store answers by custom_id; a success is never replaced by a failure.
+        """Store answers by custom_id: a later attempt replaces an earlier one, and within one
+        attempt a success is never replaced by a failure (duplicate lines).
 
         ``hashes`` maps custom_id to request hash (answers for unknown ids are
         ignored). Returns how many rows were written.
@@ -257,7 +258,8 @@ class Store:
         with self._tx() as db:
             db.executemany(
                 f"INSERT INTO answers ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
-                f"ON CONFLICT(job_id, custom_id) DO UPDATE SET {updates} WHERE answers.ok = 0",
+                f"ON CONFLICT(job_id, custom_id) DO UPDATE SET {updates} "
+                f"WHERE answers.ok = 0 OR excluded.attempt > answers.attempt",
                 rows,
             )
         return len(rows)

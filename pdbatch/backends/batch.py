@@ -27,6 +27,7 @@ are never stacked.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
@@ -346,7 +347,7 @@ class BatchBackend:
 
     # ---------------------------------------------------------------- results
     def _download(self, file_id: str, path: str) -> str:
-        tmp = path + ".part"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part"  # two processes may fetch the same file
         with self.client.files.with_streaming_response.content(file_id) as resp:
             resp.stream_to_file(tmp)
         os.replace(tmp, path)
