@@ -17,10 +17,15 @@ from .errors import OptionError
 from .ids import check_unique, custom_ids
 from .job import Job, start_job
 from .join import join_results
+from .records import EMBEDDINGS_URL
 from .spec import MapSpec
 
 __all__ = ["LLMAccessor"]
 
+_JOB_OPTIONS = frozenset(
+    "shard_size shard_bytes poll_interval max_poll_interval workers threads_per_worker cache max_retries "
+    "retry_invalid max_concurrency rpm tpm".split()
+)
 _SPEC_ARGS = frozenset(
     "model system response_format images image_detail output error_column extra_body".split()
 )
@@ -81,6 +86,9 @@ class LLMAccessor:
         cache: bool = True,
         max_retries: int = 2,
         retry_invalid: int = 0,
+        max_concurrency: Optional[int] = None,
+        rpm: Optional[int] = None,
+        tpm: Optional[int] = None,
         **params: Any,
     ) -> Job:
         """Render every row into a request and start the job; return the :class:`Job`.
@@ -100,6 +108,34 @@ class LLMAccessor:
             extra_body=extra_body,
             params=params,
         )
+        return self._start(
+            spec, overwrite=overwrite, client=client, backend=backend, shard_size=shard_size,
+            shard_bytes=shard_bytes, poll_interval=poll_interval, max_poll_interval=max_poll_interval,
+            workers=workers, threads_per_worker=threads_per_worker, cache=cache, max_retries=max_retries,
+            retry_invalid=retry_invalid, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
+        )
+
+    def _start(
+        self,
+        spec: MapSpec,
+        *,
+        overwrite: bool = False,
+        client: Any = None,
+        backend: Any = None,
+        shard_size: Optional[int] = None,
+        shard_bytes: Optional[int] = None,
+        poll_interval: Optional[float] = None,
+        max_poll_interval: Optional[float] = None,
+        workers: Optional[int] = None,
+        threads_per_worker: Optional[int] = None,
+        cache: bool = True,
+        max_retries: int = 2,
+        retry_invalid: int = 0,
+        max_concurrency: Optional[int] = None,
+        rpm: Optional[int] = None,
+        tpm: Optional[int] = None,
+    ) -> Job:
+        """Check the job options, pick the backend and start the job (``submit`` and ``embed``)."""
         if not isinstance(overwrite, bool):
             raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
         for name, value in (("max_retries", max_retries), ("retry_invalid", retry_invalid)):
@@ -114,9 +150,19 @@ class LLMAccessor:
             max_poll_interval=max_poll_interval,
             workers=workers,
             threads_per_worker=threads_per_worker,
+            max_concurrency=max_concurrency,
+            rpm=rpm,
+            tpm=tpm,
         )
-        if spec.model is None and be.name == "batch":
+        if spec.model is None and be.name in ("batch", "realtime"):
             raise OptionError("model= is required for the Batch API, e.g. model='gpt-4o-mini'")
+        if spec.embeddings and not be.supports_embeddings:
+            from .errors import BackendUnavailableError
+
+            raise BackendUnavailableError(
+                f"the {be.name!r} backend cannot embed; use backend='batch' or backend='realtime' with a client "
+                f"or OPENAI_API_KEY"
+            )
         return start_job(self._obj, spec, be, overwrite=overwrite, cache=bool(cache), max_retries=max_retries,
                          retry_invalid=retry_invalid)
 
@@ -212,6 +258,73 @@ class LLMAccessor:
             return job
         return job.wait(progress=progress, timeout=timeout).result()
 
+    def embed(
+        self,
+        template: str,
+        *,
+        model: str = "text-embedding-3-small",
+        dimensions: Optional[int] = None,
+        output: str = "embedding",
+        error_column: Optional[str] = "llm_error",
+        backend: Any = None,
+        client: Any = None,
+        wait: bool = True,
+        progress: bool = True,
+        timeout: Optional[float] = None,
+        overwrite: bool = False,
+        **options: Any,
+    ):
+        """Embed every row's rendered text; one float32 vector per row.
+
+        Same custom_id, cache, resume and error-cell rules as :meth:`map`;
+        runs on the ``"batch"`` (one input per request, so a batch's
+        50,000-request limit is also the 50,000-input limit) or
+        ``"realtime"`` backend.
+
+        Parameters
+        ----------
+        template : str
+            As for :meth:`map`.
+        model : str
+            An embeddings model.
+        dimensions : int, optional
+            Shorter vectors, for models that support it.
+        output : str
+            The column of vectors: a float32 NumPy array per row in an object
+            column (``np.stack(out[output])`` gives the matrix; ``to_parquet``
+            stores it as a list column).
+        **options
+            ``shard_size``, ``poll_interval``, ``max_concurrency``, ``cache``... as for :meth:`map`.
+
+        Returns
+        -------
+        DataFrame, Series or Job
+
+        Examples
+        --------
+        >>> from pdbatch.server import BatchServer
+        >>> with BatchServer() as srv:
+        ...     out = pd.DataFrame({"t": ["a cat", "a dog"]}).llm.embed(
+        ...         "{t}", dimensions=4, client=srv.client(), poll_interval=0.05, progress=False)
+        >>> out["embedding"][0].dtype, out["embedding"][0].shape
+        (dtype('float32'), (4,))
+        """
+        for bad in ("system", "images", "response_format"):
+            if bad in options:
+                raise OptionError(f"embed() takes no {bad}=; it embeds the rendered template only")
+        params = {"dimensions": dimensions} if dimensions is not None else {}
+        params.update({k: options.pop(k) for k in list(options) if k in ("encoding_format", "user")})
+        unknown = sorted(set(options) - _JOB_OPTIONS)
+        if unknown:
+            raise OptionError(f"embed() got unknown option(s) {', '.join(map(repr, unknown))}; it takes "
+                              f"{', '.join(sorted(_JOB_OPTIONS | {'dimensions', 'encoding_format', 'user'}))}")
+        spec = MapSpec.build(template, columns=self._columns(), series=self._series, model=model, output=output,
+                             error_column=error_column, params=params, url=EMBEDDINGS_URL)
+        job = self._start(spec, backend=backend, client=client, overwrite=overwrite, **options)
+        if not wait:
+            return job
+        return job.wait(progress=progress, timeout=timeout).result()
+
     def to_batch_file(self, path: Union[str, os.PathLike], template: str, **options: Any) -> List[str]:
         """Write the Batch API input JSONL for this frame without sending anything.
 
@@ -229,7 +342,7 @@ class LLMAccessor:
         shard_size = options.pop("shard_size", None) or MAX_REQUESTS
         shard_bytes = options.pop("shard_bytes", None) or MAX_BYTES
         for unused in ("client", "backend", "wait", "overwrite", "poll_interval", "max_poll_interval", "progress",
-                       "cache", "max_retries", "retry_invalid",
+                       "cache", "max_retries", "retry_invalid", "max_concurrency", "rpm", "tpm",
                        "workers", "threads_per_worker"):
             options.pop(unused, None)
         spec = self._spec(template, **options)
@@ -279,7 +392,7 @@ class LLMAccessor:
         out, stats, errors = join_results(
             self._obj,
             ids,
-            read_answers(paths),
+            read_answers(paths, "embedding" if spec.embeddings else "chat"),
             spec.fmt.text_parser(),
             kind=spec.fmt.kind,
             output=spec.output,

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -161,22 +162,54 @@ def _arrow_schema() -> pa.Schema:
     return pa.schema([("custom_id", s), ("response", resp), ("error", err)])
 
 
+def _arrow_embedding_schema() -> pa.Schema:
+    s, i = pa.string(), pa.int64()
+    err = pa.struct([("code", s), ("message", s), ("type", s)])
+    data = pa.list_(pa.struct([("embedding", pa.list_(pa.float64()))]))
+    usage = pa.struct([("prompt_tokens", i)])
+    body = pa.struct([("data", data), ("usage", usage), ("error", err)])
+    resp = pa.struct([("status_code", i), ("body", body)])
+    return pa.schema([("custom_id", s), ("response", resp), ("error", err)])
+
+
 _SCHEMA = _arrow_schema()
+_EMBED_PARSE = pajson.ParseOptions(explicit_schema=_arrow_embedding_schema(), unexpected_field_behavior="ignore")
 _PARSE = pajson.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore")
 
 
-def _answers_arrow(path: str) -> Answers:
-    """Columns of a chat output/error file, parsed by Arrow (streaming, by blocks)."""
+def _first(lists: pa.Array):
+    """Element 0 of each list (null where the list is null or empty), and where there was one."""
+    has = pc.greater(pc.fill_null(pc.list_value_length(lists), 0), 0)
+    return pc.list_element(pc.if_else(has, lists, pa.scalar([None], type=lists.type)), 0), has
+
+
+def _vectors(lists: pa.Array) -> list:
+    """float32 NumPy vectors (views of one buffer) from a list<double> array; None where null."""
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float32)
+    ends = np.cumsum(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False))
+    starts = ends - pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    valid = pc.is_valid(lists).to_pylist()
+    return [flat[a:b] if ok else None for a, b, ok in zip(starts.tolist(), ends.tolist(), valid)]
+
+
+def _answers_arrow(path: str, kind: str = "chat") -> Answers:
+    """Columns of an output/error file, parsed by Arrow (streaming, by blocks)."""
     out = Answers()
-    reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=8 << 20), parse_options=_PARSE)
+    embed = kind == "embedding"
+    reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=8 << 20),
+                              parse_options=_EMBED_PARSE if embed else _PARSE)
     for batch in reader:
         resp = batch.column("response")
         body = pc.struct_field(resp, "body")
-        choices = pc.struct_field(body, "choices")
-        n_choices = pc.fill_null(pc.list_value_length(choices), 0)
-        has = pc.greater(n_choices, 0)
-        # Give empty/null choice lists one null element so that element 0 always exists.
-        first = pc.list_element(pc.if_else(has, choices, pa.scalar([None], type=choices.type)), 0)
+        if embed:
+            first, has = _first(pc.struct_field(body, "data"))
+            vectors = pc.struct_field(first, "embedding")
+            has = pc.and_(has, pc.is_valid(vectors))
+            none = pa.nulls(len(batch), pa.string())
+            msg = pa.StructArray.from_arrays([none, none], names=["content", "refusal"])
+            first = pa.StructArray.from_arrays([msg, pc.if_else(has, "stop", none)], names=["message", "finish_reason"])
+        else:
+            first, has = _first(pc.struct_field(body, "choices"))
         msg = pc.struct_field(first, "message")
         top_err = batch.column("error")
         body_err = pc.struct_field(body, "error")
@@ -188,27 +221,33 @@ def _answers_arrow(path: str) -> Answers:
         message = pc.coalesce(pc.struct_field(top_err, "message"), pc.struct_field(body_err, "message"),
                               pc.if_else(empty, NO_RESPONSE, none))
         usage = pc.struct_field(body, "usage")
-        for name, col in (
-            ("prompt_tokens", pc.struct_field(usage, "prompt_tokens")),
-            ("completion_tokens", pc.struct_field(usage, "completion_tokens")),
-            ("cached_tokens", pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens")),
-            ("reasoning_tokens",
-             pc.struct_field(pc.struct_field(usage, "completion_tokens_details"), "reasoning_tokens")),
-        ):
-            getattr(out, name).extend(pc.fill_null(col, 0).to_pylist())
+        zeros = [0] * len(batch)
+        out.prompt_tokens.extend(pc.fill_null(pc.struct_field(usage, "prompt_tokens"), 0).to_pylist())
+        if embed:
+            out.completion_tokens.extend(zeros)
+            out.cached_tokens.extend(zeros)
+            out.reasoning_tokens.extend(zeros)
+        else:
+            for name, col in (
+                ("completion_tokens", pc.struct_field(usage, "completion_tokens")),
+                ("cached_tokens", pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens")),
+                ("reasoning_tokens",
+                 pc.struct_field(pc.struct_field(usage, "completion_tokens_details"), "reasoning_tokens")),
+            ):
+                getattr(out, name).extend(pc.fill_null(col, 0).to_pylist())
         ids = batch.column("custom_id")
         if ids.null_count:
             raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
         out.custom_id.extend(ids.to_pylist())
         out.status_code.extend(pc.struct_field(resp, "status_code").to_pylist())  # noqa: E501
-        out.content.extend(pc.struct_field(msg, "content").to_pylist())
+        out.content.extend(_vectors(vectors) if embed else pc.struct_field(msg, "content").to_pylist())
         out.refusal.extend(pc.struct_field(msg, "refusal").to_pylist())
         out.finish_reason.extend(pc.struct_field(first, "finish_reason").to_pylist())
         out.has_choice.extend(has.to_pylist())
         out.error_code.extend(code.to_pylist())
         out.error_message.extend(message.to_pylist())
         status = pc.struct_field(resp, "status_code")
-        content = pc.struct_field(msg, "content")
+        content = vectors if embed else pc.struct_field(msg, "content")
         ok = pc.and_kleene(
             pc.and_kleene(pc.and_kleene(pc.is_null(code), pc.is_null(message)), pc.is_null(pc.struct_field(msg, "refusal"))),
             pc.and_kleene(pc.and_kleene(pc.is_valid(content), pc.equal(pc.struct_field(first, "finish_reason"), "stop")),
@@ -218,8 +257,11 @@ def _answers_arrow(path: str) -> Answers:
     return out
 
 
-def read_answers(paths: Union[str, Sequence[str]]) -> Answers:
-    """Read chat-completion output and error files into column-wise :class:`Answers`.
+def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answers:
+    """Read output and error files into column-wise :class:`Answers`.
+
+    ``kind`` is ``"chat"`` (chat completions) or ``"embedding"`` (embeddings:
+    each row's ``content`` is its float32 vector).
 
     Arrow parses the files by blocks (no per-line Python objects, bounded
     memory); a file whose lines do not fit the expected shape (a provider that
@@ -236,7 +278,7 @@ def read_answers(paths: Union[str, Sequence[str]]) -> Answers:
         if os.path.getsize(path) == 0:
             continue
         try:
-            part = _answers_arrow(path)
+            part = _answers_arrow(path, kind)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             part = Answers.from_results(read_results([path]))
         out.extend(part)

@@ -42,7 +42,7 @@ class ResponseFormat:
 
     Attributes
     ----------
-    kind : {"text", "json", "schema"}
+    kind : {"text", "json", "schema", "embedding"}
     body : dict or None
         What goes into each request body's ``response_format``.
     columns : list of str or None
@@ -63,7 +63,7 @@ class ResponseFormat:
     @property
     def source(self) -> Any:
         """A JSON-able form that :func:`response_format` turns back into this format."""
-        if self.kind == "text":
+        if self.kind in ("text", "embedding"):
             return None
         if self.kind == "json":
             return "json"
@@ -80,7 +80,7 @@ class ResponseFormat:
 
     def text_parser(self):
         """``parse_text`` specialised for this format: the join's per-row hot path."""
-        if self.kind == "text":
+        if self.kind in ("text", "embedding"):  # an embedding's "text" is already its vector
             return lambda text: (text, None)
         fast, loads, slow = self._fast, orjson.loads, self.parse_text
         if self.model is not None or (self._validator is not None and fast is None):

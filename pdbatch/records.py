@@ -10,14 +10,39 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+import base64
+
+import numpy as np
 import orjson
 
-__all__ = ["Request", "Result", "Usage", "Answers", "usage_counts", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL"]
+__all__ = ["Request", "Result", "Usage", "Answers", "usage_counts", "embedding_of", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL"]
 
 RECORD_VERSION = 1
 NO_RESPONSE = "the line carried neither a response nor an error"
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
+
+
+def embedding_of(body: Optional[Mapping[str, Any]]) -> Optional[np.ndarray]:
+    """The first vector of an embeddings response body as float32, or None.
+
+    Handles both encodings the API returns: a list of floats, or base64 of
+    little-endian float32.
+
+    Examples
+    --------
+    >>> embedding_of({"data": [{"embedding": [0.5, 1.0]}]})
+    array([0.5, 1. ], dtype=float32)
+    """
+    data = body.get("data") if isinstance(body, Mapping) else None
+    if not data or not isinstance(data, list):
+        return None
+    emb = data[0].get("embedding") if isinstance(data[0], Mapping) else None
+    if isinstance(emb, str):
+        return np.frombuffer(base64.b64decode(emb), dtype="<f4").astype(np.float32)
+    if isinstance(emb, list):
+        return np.asarray(emb, dtype=np.float32)
+    return None
 
 
 def usage_counts(body: Optional[Mapping[str, Any]]) -> tuple:
@@ -209,6 +234,7 @@ class Answers:
     has_choice: list = field(default_factory=list)
     error_code: list = field(default_factory=list)
     error_message: list = field(default_factory=list)
+    #: For embeddings, ``content`` holds the float32 vector and ``has_choice`` says one came back.
     #: True where the answer is a plain success (status < 400, no error, a choice
     #: with content, finish_reason "stop", no refusal): the join's fast path.
     ok: list = field(default_factory=list)
@@ -248,6 +274,9 @@ class Answers:
         for row in rows:
             for col, v in zip(cols, row):
                 col.append(v)
+        # The store keeps an embedding as float32 bytes in the content column.
+        a.content[:] = [np.frombuffer(v, dtype=np.float32).copy() if isinstance(v, (bytes, memoryview)) else v
+                        for v in a.content]
         a.has_choice[:] = [bool(v) for v in a.has_choice]
         a.ok[:] = [bool(v) for v in a.ok]
         return a
@@ -288,10 +317,14 @@ class Answers:
                 choices = body.get("choices") if isinstance(body, Mapping) else None
                 if choices:
                     choice = choices[0]
+                elif isinstance(body, Mapping) and "data" in body:
+                    # An embeddings answer: the vector stands in the content column.
+                    vec = embedding_of(body)
+                    choice = {"message": {"content": vec}, "finish_reason": "stop" if vec is not None else None}
             if choice is not None:
                 msg = choice.get("message") or {}
                 content = msg.get("content")
-                content = content if content is None or isinstance(content, str) else str(content)
+                content = content if content is None or isinstance(content, (str, np.ndarray)) else str(content)
                 a.content.append(content)
                 a.refusal.append(msg.get("refusal"))
                 a.finish_reason.append(choice.get("finish_reason"))

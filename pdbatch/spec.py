@@ -17,7 +17,7 @@ import pandas as pd
 
 from .errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
 from .parsing import ResponseFormat, response_format as _response_format
-from .records import CHAT_URL, Request
+from .records import CHAT_URL, EMBEDDINGS_URL, Request
 from .template import SERIES_FIELD, Template, display_strings, image_part
 
 __all__ = ["MapSpec", "Rendered", "CHAT_PARAMS"]
@@ -31,18 +31,20 @@ CHAT_PARAMS = frozenset(
 )
 
 JSON_HINT = "Answer with a JSON object."
+#: Embeddings body parameters a user may pass.
+EMBED_PARAMS = frozenset({"dimensions", "encoding_format", "user"})
 _DETAILS = (None, "auto", "low", "high")
 
 
-def check_params(params: Mapping[str, Any], known: Sequence[str] = ()) -> None:
+def check_params(params: Mapping[str, Any], known: Sequence[str] = (), allowed=CHAT_PARAMS) -> None:
     """Raise :class:`OptionError` for a keyword that is neither an option nor a body parameter."""
     for key in params:
-        if key not in CHAT_PARAMS:
-            close = difflib.get_close_matches(key, list(CHAT_PARAMS) + list(known), n=1)
+        if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed) + list(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise OptionError(
                 f"unknown option {key!r}.{hint} Request body parameters pdbatch passes through are: "
-                f"{', '.join(sorted(CHAT_PARAMS))}; put anything else in extra_body={{...}}."
+                f"{', '.join(sorted(allowed))}; put anything else in extra_body={{...}}."
             )
 
 
@@ -106,10 +108,18 @@ class MapSpec:
         error_column: Optional[str] = "llm_error",
         extra_body: Optional[Mapping[str, Any]] = None,
         params: Optional[Mapping[str, Any]] = None,
+        url: str = CHAT_URL,
     ) -> "MapSpec":
         """Validate every argument against the frame's ``columns``; raise before any work."""
         params = dict(params or {})
-        check_params(params)
+        embed = url == EMBEDDINGS_URL
+        check_params(params, allowed=EMBED_PARAMS if embed else CHAT_PARAMS)
+        if embed and (system is not None or images is not None or response_format is not None):
+            raise OptionError("embeddings take a template only: drop system=, images= and response_format=")
+        if embed and params.get("dimensions") is not None and (
+                isinstance(params["dimensions"], bool) or not isinstance(params["dimensions"], int)
+                or params["dimensions"] < 1):
+            raise OptionError(f"dimensions must be a positive integer or None, got {params['dimensions']!r}")
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise OptionError(f"model must be a non-empty string such as 'gpt-4o-mini', got {model!r}")
         if not isinstance(output, str) or not output:
@@ -140,8 +150,11 @@ class MapSpec:
                     raise MissingColumnError([images], cols, where="images")
             if check:
                 img_t.check_columns(cols, argument="images")
-        fmt = _response_format(response_format)
-        if fmt.kind != "text" and int(params.get("n", 1) or 1) != 1:
+        fmt = ResponseFormat("embedding") if embed else _response_format(response_format)
+        if embed:
+            params = {k: v for k, v in params.items() if v is not None}
+            params.setdefault("encoding_format", "float")
+        if fmt.kind not in ("text", "embedding") and int(params.get("n", 1) or 1) != 1:
             raise OptionError("n > 1 works only with text answers; drop n= or response_format=")
         sys_text = system
         if fmt.kind == "json":
@@ -155,9 +168,9 @@ class MapSpec:
         source = {
             "template": template, "series": series, "model": model, "system": system,
             "response_format": fmt.source, "images": images, "image_detail": image_detail,
-            "output": output, "error_column": error_column, "params": params,
+            "output": output, "error_column": error_column, "params": params, "url": url,
         }
-        return cls(tpl, model, sys_t, sys_text, img_t, image_detail, fmt, params, output, error_column,
+        return cls(tpl, model, sys_t, sys_text, img_t, image_detail, fmt, params, output, error_column, url,
                    source=source)
 
     def key(self) -> bytes:
@@ -165,10 +178,15 @@ class MapSpec:
         src = {k: v for k, v in self.source.items() if k not in ("output", "error_column")}
         return orjson.dumps({"spec": src, "url": self.url}, option=orjson.OPT_SORT_KEYS)
 
+    @property
+    def embeddings(self) -> bool:
+        return self.url == EMBEDDINGS_URL
+
     # ------------------------------------------------------------------ columns
     def new_columns(self) -> List[str]:
         """Columns the result will add, as far as they are known before sending."""
-        cols = list(self.fmt.columns) if self.fmt.columns else ([self.output] if self.fmt.kind == "text" else [])
+        cols = list(self.fmt.columns) if self.fmt.columns else (
+            [self.output] if self.fmt.kind in ("text", "embedding") else [])
         if self.error_column:
             cols.append(self.error_column)
         return cols
@@ -234,6 +252,13 @@ class MapSpec:
         url = self.url
         user_texts, sys_texts, images = rendered.user, rendered.system, rendered.images
         image_parts = self._image_parts
+        if self.url == EMBEDDINGS_URL:
+            for pos, cid in enumerate(rendered.ids):
+                if pos not in skipped:
+                    body = {"model": model, "input": user_texts[pos]}
+                    body.update(base)
+                    yield Request(cid, body, url)
+            return
         for pos, cid in enumerate(rendered.ids):
             if pos in skipped:
                 continue

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import orjson
 
 from .records import Answers
@@ -245,6 +246,8 @@ class Store:
         """
         now = time.time()
         cols = answers.columns()
+        content = cols[1]  # an embedding vector is kept as float32 bytes
+        cols[1] = [v.astype(np.float32).tobytes() if isinstance(v, np.ndarray) else v for v in content]
         rows = []
         for i, cid in enumerate(answers.custom_id):
             h = hashes.get(cid)

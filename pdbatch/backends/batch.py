@@ -367,7 +367,7 @@ class BatchBackend:
         """Download and store the answers of every finished shard not yet stored."""
         for st in self._shards(job):
             if st.done and not st.ingested:
-                answers = read_answers(self._files(job, st))
+                answers = read_answers(self._files(job, st), "embedding" if job.spec.embeddings else "chat")
                 job.store.put_answers(job.id, answers, job.hashes, attempt=st.attempt)
                 st.ingested = 1
                 self._save(job, st)
