@@ -17,13 +17,13 @@ import warnings
 
 import pandas as pd
 
-from . import errors
+from . import errors, pricing
 from .accessor import LLMAccessor
 from .errors import PdbatchError
 from .job import Job, jobs
 from .records import Request, Result, Usage
 
-__all__ = ["LLMAccessor", "Job", "jobs", "Request", "Result", "Usage", "PdbatchError", "errors", "__version__"]
+__all__ = ["LLMAccessor", "Job", "jobs", "Request", "Result", "Usage", "PdbatchError", "errors", "pricing", "__version__"]
 __version__ = "0.1.0"
 
 with warnings.catch_warnings():

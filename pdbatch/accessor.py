@@ -404,3 +404,63 @@ class LLMAccessor:
         out.attrs = dict(out.attrs)
         out.attrs["pdbatch"] = {"counts": stats.to_dict(), "usage": stats.usage.to_dict()}
         return out
+
+    def estimate(self, template: str, *, show: bool = True, **options: Any) -> dict:
+        """Count and price what :meth:`map` would send, without sending anything.
+
+        Renders the requests exactly as ``map`` would (same checks, same
+        skipped rows, same answer-cache lookup with ``cache=True``); no job is
+        created and nothing is uploaded. See :mod:`pdbatch.pricing` for the
+        price table, its date and how to override it, and for how tokens are
+        counted (tiktoken when its encoding loads, else ~4 characters per token).
+
+        Parameters
+        ----------
+        template : str
+            As for :meth:`map`.
+        show : bool
+            Print the one-paragraph summary (default True).
+        **options
+            The arguments of :meth:`map`; unknown ones raise as they would there.
+
+        Returns
+        -------
+        dict
+            ``rows``, ``requests`` (to send), ``cached``, ``skipped``,
+            ``skip_reasons``, ``input_tokens``, ``images``, ``output_tokens``
+            (the ``max_completion_tokens`` cap, else None), ``tokenizer``,
+            ``cost_batch`` / ``cost_realtime`` (None for a model without a
+            price) and ``summary``.
+
+        Examples
+        --------
+        >>> import pandas as pd, pdbatch
+        >>> df = pd.DataFrame({"city": ["Paris", None, "Lima"]})
+        >>> est = df.llm.estimate("Country of {city}?", model="gpt-4o-mini", max_completion_tokens=5, show=False)
+        >>> est["rows"], est["requests"], est["skipped"], est["output_tokens"]
+        (3, 2, 1, 10)
+        """
+        import inspect
+
+        from .pricing import estimate_requests
+        from .store import default_store, store_path
+
+        run_opts = {name for name, p in inspect.signature(self.submit).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and name not in _SPEC_ARGS} | {"wait", "progress", "timeout"}
+        runtime = {k: options.pop(k) for k in list(options) if k in run_opts}
+        overwrite = runtime.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
+        spec = self._spec(template, **options)
+        ids = custom_ids(self._obj.index)
+        check_unique(ids)
+        if not self._series:
+            spec.check_collisions(self._obj.columns, overwrite)
+        frame = self._obj.to_frame(name="value") if self._series else self._obj
+        rendered = spec.render(frame, ids)
+        store = default_store() if runtime.get("cache", True) and os.path.exists(store_path()) else None
+        est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(ids),
+                                skipped=rendered.skipped, store=store)
+        if show:
+            print(est["summary"])
+        return est

@@ -3,6 +3,8 @@
 ``pdbatch map INPUT --prompt FILE.toml --out OUTPUT`` is the main job: read a
 CSV / Parquet / JSONL file, run ``df.llm.map`` and write the enriched frame.
 ``pdbatch serve`` runs the local OpenAI-compatible Batch API server.
+``pdbatch jobs`` / ``status ID`` / ``cancel ID`` / ``result ID --out FILE``
+look after jobs in the job store.
 
 Bad input exits with status 2 and one line on stderr, having written nothing.
 """
@@ -203,6 +205,107 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_job(job_id: str):
+    """``Job.load`` after checking the id exists (unknown id: exit 2); clients come from the environment."""
+    from .job import Job
+    from .store import default_store
+
+    store = default_store()
+    if store.job(job_id) is None:
+        raise CliError(f"no job {job_id!r} in the store at {store.path}; list the jobs with: pdbatch jobs")
+    return Job.load(job_id, store=store)  # batch jobs: OpenAI() from OPENAI_API_KEY / OPENAI_BASE_URL
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from .job import jobs
+    from .store import default_store
+
+    store = default_store()
+    table = jobs(limit=args.limit, store=store)
+    if table.empty:
+        print(f"no jobs in the store at {store.path}", file=sys.stderr)
+        return 0
+    done, failed, state = [], [], []
+    for job_id, st in zip(table["job_id"], table["state"]):
+        ok = store.count_answers(job_id, ok_only=True)
+        done.append(ok)
+        failed.append(store.count_answers(job_id) - ok)
+        seen = sorted({s["status"] for s in store.shards(job_id)}) if st != "finished" else []
+        state.append(f"{st} ({','.join(seen)})" if seen else st)  # batch statuses as last seen
+    table = table.assign(created=table["created"].dt.strftime("%Y-%m-%d %H:%M:%S"), state=state, done=done,
+                         failed=failed)
+    print(table[["job_id", "created", "backend", "model", "rows", "state", "done", "failed"]].to_string(index=False))
+    return 0
+
+
+def job_status(job) -> Dict[str, Any]:
+    """A job's refreshed status with its stored token usage and estimated cost."""
+    from .pricing import job_cost
+
+    st = job.status()
+    usage = job.answers().usage
+    st.update(model=job.spec.model, rows=len(job.ids), created=job.record.created_at,
+              batches=[(s.batch_id, s.status) for s in job.state.get("shards", []) if s.batch_id],
+              usage=usage.to_dict(), **job_cost(usage, job.spec.model, job.backend.name, cached_rows=job.record.cached))
+    return st
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from .pricing import format_cost
+
+    st = job_status(_load_job(args.id))
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    u, c = st["usage"], st["cost"]
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(st["created"]))
+    batches = ", ".join(f"{b} ({s})" for b, s in st["batches"]) or "none"
+    price = f"{format_cost(c)} ({'Batch API, 50% off' if c['batch'] else c['source']})" if c else "unknown"
+    print(f"job {st['job_id']}: backend {st['backend']}, model {st['model']}, created {created} UTC\n"
+          f"state: {st['state']}\n"
+          f"requests: {st['total']} sent, {st['completed']} completed, {st['failed']} failed; "
+          f"{st['skipped']} rows skipped, {st['cached']} from the cache ({st['rows']} rows)\n"
+          f"batches: {batches}\n"
+          f"tokens (answers stored so far): {u['input_tokens']} input ({u['cached_tokens']} cached), "
+          f"{u['output_tokens']} output\n"
+          f"estimated cost: {price}" + (f"\nnote: {st['cost_note']}" if st.get("cost_note") else ""))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .backends.base import TERMINAL
+
+    job = _load_job(args.id)
+    state = job.status()["state"]
+    if state in TERMINAL:
+        print(f"job {args.id} is already {state}: nothing to cancel")
+        return 0
+    state = job.cancel().status()["state"]
+    print(f"job {args.id}: cancel requested, now {state}; answers already made are kept: "
+          f"pdbatch result {args.id} --out FILE")
+    return 0
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    from .pricing import format_cost
+
+    out_path = args.out or f"{args.id}.parquet"
+    kind = _check_out(out_path)
+    job = _load_job(args.id)
+    if args.poll_interval is not None and hasattr(job.backend, "poll_interval"):
+        job.backend.poll_interval = args.poll_interval
+    out = job.wait(progress=not args.quiet, timeout=args.timeout).result(overwrite=args.overwrite or None)
+    write_frame(out, out_path, kind)
+    info = out.attrs.get("pdbatch", {})
+    counts = info.get("counts", {})
+    print(f"wrote {out_path}: {len(out)} rows, {counts.get('succeeded', 0)} answered, {counts.get('failed', 0)} "
+          f"failed, {counts.get('skipped', 0)} skipped (job {info.get('job_id')}, state {info.get('state')}, "
+          f"cost {format_cost(info.get('cost'))})", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pdbatch`` command."""
     p = argparse.ArgumentParser(
@@ -211,7 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
         "  pdbatch map data/movies.csv --prompt data/prompts/movies.toml --out movies.parquet\n"
         "  pdbatch map reviews.parquet --template 'Sentiment of: {text}' --model gpt-4o-mini --out out.csv\n"
-        "  pdbatch serve --engine local --port 8000",
+        "  pdbatch serve --engine local --port 8000\n"
+        "  pdbatch jobs\n"
+        "  pdbatch status JOB_ID\n"
+        "  pdbatch result JOB_ID --out out.parquet\n"
+        "  pdbatch cancel JOB_ID",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -252,6 +359,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", metavar="DIR", help="where uploaded and result files are kept (default: a temp dir)")
     s.add_argument("--quiet", "-q", action="store_true", help="no access log")
     s.set_defaults(func=cmd_serve)
+
+    env = " Batch jobs reach the API through OPENAI_API_KEY (and OPENAI_BASE_URL) in the environment."
+    j = sub.add_parser("jobs", help="list the jobs in the job store, newest first",
+                       description="List the jobs in $PDBATCH_HOME's store: id, created (UTC), backend, model, "
+                       "rows, state (with the batch statuses last seen), answers done and failed.")
+    j.add_argument("--limit", "-n", type=int, default=20, metavar="N", help="at most N jobs (default 20)")
+    j.set_defaults(func=cmd_jobs)
+    st = sub.add_parser("status", help="a job's state, counts, batch ids, tokens and estimated cost",
+                        description="Refresh and show one job: state, request counts, batch ids, tokens and "
+                        "estimated cost (see pdbatch.pricing)." + env)
+    st.add_argument("id", metavar="ID", help="a job id, as pdbatch jobs lists them")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.set_defaults(func=cmd_status)
+    c = sub.add_parser("cancel", help="cancel a running job (answers already made are kept)",
+                       description="Cancel the job's batches that are still running; finished answers are kept "
+                       "and pdbatch result writes them." + env)
+    c.add_argument("id", metavar="ID", help="a job id")
+    c.set_defaults(func=cmd_cancel)
+    r = sub.add_parser("result", help="wait for a job if needed and write its frame to a file",
+                       description="Wait for the job (with a progress bar unless -q), join its answers onto the "
+                       "stored frame and write it (.parquet, .csv or .jsonl by suffix)." + env)
+    r.add_argument("id", metavar="ID", help="a job id")
+    r.add_argument("--out", "-o", metavar="OUTPUT", help="output file (.parquet, .csv or .jsonl); default ID.parquet")
+    r.add_argument("--overwrite", action="store_true", help="replace output columns that already exist")
+    r.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after this long (the job goes on)")
+    r.add_argument("--poll-interval", type=float, metavar="SECONDS", help="first pause between Batch API polls (default 2)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_result)
     return p
 
 

@@ -25,6 +25,7 @@ from .backends.base import Backend, Progress
 from .errors import BackendUnavailableError, JobError
 from .ids import check_unique, custom_ids
 from .join import join_results
+from .pricing import job_cost
 from .records import Answers, Request
 from .spec import MapSpec, Rendered
 from .store import JobRecord, Store, default_store
@@ -252,6 +253,7 @@ class Job:
                            cached=self.record.cached),
             "usage": stats.usage.to_dict(),
         }
+        summary.update(job_cost(stats.usage, spec.model, self.backend.name, cached_rows=self.record.cached))
         summary.update(self.state.get("summary", {}))
         if isinstance(out, pd.Series) and spec.error_column:
             summary["errors"] = {self.ids[i]: e for i, e in enumerate(errors) if e is not None}

@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import ColumnCollisionError
-from .parsing import answer_reason
+from .parsing import answer_reason, as_is
 from .records import Answers, Usage
 
 __all__ = ["JoinStats", "join_results", "NO_ANSWER"]
@@ -103,31 +106,60 @@ def join_results(
     n = len(ids)
     skipped = dict(skipped or {})
     stats = JoinStats(rows=n, skipped=len(skipped), usage=answers.usage)
-    errors: List[Optional[str]] = [None] * n
-    answered = [False] * n
-    parsed: List[Any] = [None] * n
     expand = kind in ("json", "schema")
     a = answers
-    pos_of = {cid: i for i, cid in enumerate(ids)}
-    get = pos_of.get
-    where = [get(cid, -1) for cid in a.custom_id]  # -1 marks a custom_id that matches no row
-    for i, (pos, ok, content) in enumerate(zip(where, a.ok, a.content)):
-        if pos < 0:
-            stats.unknown_ids += 1
-            continue
-        if answered[pos] and errors[pos] is None:
-            continue  # a success is already placed
-        answered[pos] = True
-        if ok:
-            value, err = parse_text(content)
-        else:
-            err = answer_reason(a.status_code[i], content, a.finish_reason[i], a.refusal[i], a.has_choice[i],
-                                a.error_code[i], a.error_message[i])
+    m = len(a)
+    # Row position of every line by a hash join in Arrow; -1 where a custom_id matches no row.
+    where = pc.fill_null(pc.index_in(pa.array(a.custom_id, type=pa.string()),
+                                     value_set=pa.array(ids, type=pa.string())), -1).to_numpy().astype(np.int64)
+    ok = np.fromiter(a.ok, dtype=bool, count=m)
+    lines = np.flatnonzero(where >= 0)
+    stats.unknown_ids = int(m - len(lines))
+    if m and np.bincount(where[lines], minlength=n).max(initial=0) > 1:
+        # A custom_id on several lines: keep its last success, else its last line.
+        order = np.lexsort((lines, ok[lines], where[lines]))
+        ranked = lines[order]
+        last = np.r_[where[ranked][1:] != where[ranked][:-1], True]
+        lines = ranked[last]
+    errors = np.full(n, None, dtype=object)
+    parsed = np.full(n, None, dtype=object)
+    answered = np.zeros(n, dtype=bool)
+    answered[where[lines]] = True
+    content = a.content
+    good = lines[ok[lines]]
+    if parse_text is as_is:  # nothing to parse: place every success at once
+        parsed[where[good]] = np.fromiter((content[i] for i in good), dtype=object, count=len(good))
+    else:
+        for i in good.tolist():
+            value, err = parse_text(content[i])
             if err is None:
-                value, err = parse_text(content)
-        errors[pos] = err
-        if err is None and pos not in skipped:
-            parsed[pos] = value
+                parsed[where[i]] = value
+            else:
+                errors[where[i]] = err
+    for i in lines[~ok[lines]].tolist():  # the rest: say why, or parse what is usable after all
+        err = answer_reason(a.status_code[i], content[i], a.finish_reason[i], a.refusal[i], a.has_choice[i],
+                            a.error_code[i], a.error_message[i])
+        if err is None:
+            value, err = parse_text(content[i])
+            if err is None:
+                parsed[where[i]] = value
+        errors[where[i]] = err
+    for pos, reason in skipped.items():
+        errors[pos] = reason
+        parsed[pos] = None
+    missing = np.flatnonzero(~answered)
+    for pos in missing.tolist():
+        if pos not in skipped:
+            errors[pos] = unanswered(pos) if unanswered else NO_ANSWER
+            stats.unanswered += 1
+    done = answered.copy()
+    if skipped:
+        done[list(skipped)] = False
+    is_ok = np.equal(errors, None)
+    stats.succeeded = int((done & is_ok).sum())
+    stats.failed = int((done & ~is_ok).sum())
+    parsed = parsed.tolist()
+    errors = errors.tolist()
     values: Dict[str, List[Any]] = {}
     if expand:
         keys = dict.fromkeys(columns or ())
@@ -142,17 +174,6 @@ def join_results(
             values[key] = [None if obj is None else obj.get(key) for obj in parsed]
     else:
         values[output] = parsed
-    for pos in range(n):
-        if pos in skipped:
-            errors[pos] = skipped[pos]
-        elif not answered[pos]:
-            errors[pos] = unanswered(pos) if unanswered else NO_ANSWER
-            stats.unanswered += 1
-        elif errors[pos] is None:
-            stats.succeeded += 1
-        else:
-            stats.failed += 1
-
     index = host.index
     new_names = list(values) + ([error_column] if error_column else [])
     if isinstance(host, pd.Series) and not expand:

@@ -81,7 +81,7 @@ class ResponseFormat:
     def text_parser(self):
         """``parse_text`` specialised for this format: the join's per-row hot path."""
         if self.kind in ("text", "embedding"):  # an embedding's "text" is already its vector
-            return lambda text: (text, None)
+            return as_is
         fast, loads, slow = self._fast, orjson.loads, self.parse_text
         if self.model is not None or (self._validator is not None and fast is None):
             return slow
@@ -133,6 +133,11 @@ class ResponseFormat:
                 where = "/" + "/".join(str(p) for p in error.absolute_path)
                 return None, f"schema violation at {where}: {error.message[:200]}"
         return obj, None
+
+
+def as_is(text: Any) -> Tuple[Any, None]:
+    """The parser of text and embedding answers: the value is the answer itself."""
+    return text, None
 
 
 def _field_keys(model: Any) -> Dict[str, str]:
