@@ -122,38 +122,22 @@ class LLMAccessor:
         overwrite: bool = False,
         client: Any = None,
         backend: Any = None,
-        shard_size: Optional[int] = None,
-        shard_bytes: Optional[int] = None,
-        poll_interval: Optional[float] = None,
-        max_poll_interval: Optional[float] = None,
-        workers: Optional[int] = None,
-        threads_per_worker: Optional[int] = None,
         cache: bool = True,
         max_retries: int = 2,
         retry_invalid: int = 0,
-        max_concurrency: Optional[int] = None,
-        rpm: Optional[int] = None,
-        tpm: Optional[int] = None,
+        **backend_options: Any,
     ) -> Job:
-        """Check the job options, pick the backend and start the job (``submit`` and ``embed``)."""
+        """Check the job options, pick the backend and start the job (``submit`` and ``embed``).
+
+        ``backend_options`` are the backends' own (``shard_size``, ``workers``,
+        ``max_concurrency``...); each backend takes its own and ignores None.
+        """
         if not isinstance(overwrite, bool):
             raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
         for name, value in (("max_retries", max_retries), ("retry_invalid", retry_invalid)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise OptionError(f"{name} must be a whole number >= 0, got {value!r}")
-        be = resolve_backend(
-            backend,
-            client,
-            shard_size=shard_size,
-            shard_bytes=shard_bytes,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            workers=workers,
-            threads_per_worker=threads_per_worker,
-            max_concurrency=max_concurrency,
-            rpm=rpm,
-            tpm=tpm,
-        )
+        be = resolve_backend(backend, client, **backend_options)
         if spec.model is None and be.name in ("batch", "realtime"):
             raise OptionError("model= is required for the Batch API, e.g. model='gpt-4o-mini'")
         if spec.embeddings and not be.supports_embeddings:
