@@ -40,6 +40,7 @@ from ..errors import BackendUnavailableError, BatchFailedError, JobError, Pdbatc
 from ..ids import positions
 from ..join import NO_ANSWER
 from ..records import Request, Result
+from ..progress import progress_bar
 from .base import TERMINAL, Progress
 
 __all__ = ["BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
@@ -291,8 +292,6 @@ class BatchBackend:
         return Progress(state, total, min(completed, total), min(failed, total))
 
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
-        from tqdm.auto import tqdm
-
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.poll_interval
         bar = None
@@ -309,7 +308,9 @@ class BatchBackend:
                     p = self.refresh(job)
                 if progress:
                     if bar is None:
-                        bar = tqdm(total=p.total, unit="req", desc=f"pdbatch {job.id[-10:]}", leave=True)
+                        # Polls jump in steps: a rate would mislead, so the bar shows counts and time.
+                        bar = progress_bar(total=p.total, unit="req", desc=f"pdbatch {job.id[-10:]}", leave=True,
+                                           bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
                     bar.n = p.completed + p.failed
                     bar.set_postfix_str(f"{p.state}, failed={p.failed}", refresh=False)
                     bar.refresh()

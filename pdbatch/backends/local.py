@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from ..errors import InputError, JobError, OptionError
 from ..local_model import get_pool, resolve_model
 from ..records import Answers, Request, Result
+from ..progress import progress_bar
 from .base import Progress
 
 __all__ = ["LocalBackend", "INTERRUPTED", "CANCELLED"]
@@ -175,10 +176,8 @@ class LocalBackend:
         ]
         bar = None
         if progress and self.progress:
-            from tqdm.auto import tqdm
-
             total = len(job.ids) - len(job.skipped)
-            bar = tqdm(total=total, initial=total - len(todo), unit="row", desc=f"pdbatch local {job.id[-10:]}")
+            bar = progress_bar(total=total, initial=total - len(todo), unit="row", desc=f"pdbatch local {job.id[-10:]}")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             try:
