@@ -483,9 +483,10 @@ def estimate_requests(
 
     def flush() -> None:
         nonlocal sent, cached, tokens, images, image_tokens, out_tokens, output_known
-        hits = store.cached([request_hash(r) for r in batch]) if store is not None else {}
-        for r in batch:
-            if hits and request_hash(r) in hits:
+        hashes = [request_hash(r) for r in batch] if store is not None else [None] * len(batch)
+        hits = store.cached(hashes) if store is not None else {}
+        for r, h in zip(batch, hashes):
+            if h in hits:
                 cached += 1
                 continue
             sent += 1
