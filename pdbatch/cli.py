@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--schema", metavar="FILE.json", help="a JSON Schema file: strict structured output, validated")
     m.add_argument("--images", metavar="COL", help="column of image URLs or local paths (vision)")
     m.add_argument("--model", "-m", metavar="M", help="model name, e.g. gpt-4o-mini (a .gguf path for local)")
-    m.add_argument("--backend", "-b", choices=["batch", "local"], help="default: batch with OPENAI_API_KEY, else local")
+    m.add_argument("--backend", "-b", choices=["batch", "realtime", "local"], help="default: batch with OPENAI_API_KEY, else local")
     m.add_argument("--out", "-o", metavar="OUTPUT", help="output file (.parquet, .csv or .jsonl); default INPUT.llm.parquet")
     m.add_argument("--param", action="append", metavar="KEY=VALUE", help="request parameter, e.g. temperature=0.2 (repeatable)")
     m.add_argument("--limit", type=int, metavar="N", help="only the first N rows (a quick try)")

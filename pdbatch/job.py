@@ -284,16 +284,19 @@ class Job:
         spec = MapSpec.from_source(rec.spec)
         host = _load_host(rec.workdir)
         ids = custom_ids(host.index) if host is not None else list(store.row_hashes(job_id))
-        skipped: Dict[int, str] = {}
+        rendered = None
         if host is not None:
             frame = host.to_frame(name="value") if isinstance(host, pd.Series) else host
-            skipped = spec.render(frame, ids).skipped
+            rendered = spec.render(frame, ids)
         backend = resolve_backend(rec.backend, client)
-        job = cls(rec.id, host, spec, backend, ids, skipped, rec.workdir, store, rec,
+        job = cls(rec.id, host, spec, backend, ids, rendered.skipped if rendered else {}, rec.workdir, store, rec,
                   max_retries=int(rec.spec.get("_max_retries", 2)),
                   retry_invalid=int(rec.spec.get("_retry_invalid", 0)),
                   hashes=store.row_hashes(job_id))
-        backend.attach(job)
+        # Backends that send row by row (local, realtime) resume the rows still unanswered.
+        requests = None if rendered is None else (
+            lambda: _filtered(job, spec.requests(rendered), True, store.answered_ids(job.id, True)))
+        backend.attach(job, requests=requests)
         return job
 
     def __repr__(self) -> str:

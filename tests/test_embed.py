@@ -80,3 +80,14 @@ def test_embed_bad_input_sends_nothing(make_server, make_client, texts, monkeypa
     with pytest.raises(BackendUnavailableError, match="cannot embed"):
         texts.llm.embed("{t}", backend="local")
     assert srv.stats.uploads == 0
+
+
+def test_embed_on_realtime_backend(make_server, make_client, texts):
+    srv = make_server()
+    out = texts.llm.embed("{t}", dimensions=5, backend="realtime", client=make_client(srv), progress=False)
+    assert out.loc["l", "embedding"].shape == (5,) and out.loc["l", "embedding"].dtype == np.float32
+    assert out.loc["x", "llm_error"].startswith("missing value")
+    assert srv.stats.realtime_calls == 3 and srv.stats.uploads == 0
+    batch = texts.llm.embed("{t}", dimensions=5, client=make_client(srv), **FAST)
+    np.testing.assert_allclose(np.stack(batch.loc[["k", "m", "l"], "embedding"]),
+                               np.stack(out.loc[["k", "m", "l"], "embedding"]), rtol=1e-6)
