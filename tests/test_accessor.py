@@ -9,13 +9,12 @@ import os
 import struct
 import zlib
 
-import numpy as np
 import pandas as pd
 import pytest
 from pydantic import BaseModel
 
 import pdbatch
-from pdbatch.engines import EngineError, ScriptedEngine
+from pdbatch.engines import ScriptedEngine
 from pdbatch.errors import (
     BackendUnavailableError,
     BatchFailedError,

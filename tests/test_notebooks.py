@@ -10,7 +10,6 @@ at a temporary directory.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

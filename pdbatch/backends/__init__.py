@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import BackendUnavailableError, OptionError
 from .base import Backend, Progress

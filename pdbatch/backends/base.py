@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol, runtime_checkable
 
-from ..records import Request
+from ..records import Answers, Request, Result
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..job import Job
 
-__all__ = ["Backend", "Progress", "TERMINAL"]
+__all__ = ["Backend", "Progress", "TERMINAL", "RowByRow"]
 
 #: Batch statuses after which nothing more will happen.
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -71,3 +71,43 @@ class Backend(Protocol):
 
     def unanswered(self, job: "Job", pos: int) -> str:
         """The error-cell reason for a sent row that has no result."""
+
+
+class RowByRow:
+    """Bookkeeping shared by backends that answer row by row (local, realtime).
+
+    Answers go to the job store as they arrive (:meth:`_arrived`, the one
+    place); progress is read back from the store; a resumed job sends only the
+    rows without an answer. Subclasses set :attr:`INTERRUPTED` and
+    :attr:`CANCELLED`, the error cells of rows a stopped run never reached.
+    """
+
+    INTERRUPTED = "interrupted: the run stopped before this row; run again to resume"
+    CANCELLED = "cancelled: the run was cancelled before this row"
+
+    def attach(self, job: "Job", requests: Optional[Callable[[], Iterator[Request]]] = None) -> None:
+        """Resume a stored job: its unanswered rows go on the next ``wait``."""
+        done = job.store.answered_ids(job.id)
+        todo = list(requests()) if requests is not None else []
+        self.submit(job, (r for r in todo if r.custom_id not in done))
+        if job.record.state == "cancelling":
+            job.state["status"] = "cancelled"
+
+    def refresh(self, job: "Job") -> Progress:
+        total = len(job.ids) - len(job.skipped)
+        answered = job.store.count_answers(job.id)
+        ok = job.store.count_answers(job.id, ok_only=True)
+        if answered >= total:
+            state = "completed"
+        elif job.state.get("status") in ("interrupted", "cancelled"):
+            state = "cancelled"
+        else:
+            state = "in_progress"
+        return Progress(state, total, ok, answered - ok)
+
+    def _arrived(self, job: "Job", result: Result) -> None:
+        """Record one answer in the job store (the single place answers are stored)."""
+        job.store.put_answers(job.id, Answers.from_results([result]), job.hashes)
+
+    def unanswered(self, job: "Job", pos: int) -> str:
+        return self.CANCELLED if job.state.get("status") == "cancelled" else self.INTERRUPTED

@@ -16,13 +16,13 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from ..errors import InputError, JobError, OptionError
 from ..local_model import get_pool, resolve_model
-from ..records import Answers, Request, Result
+from ..records import Request, Result
 from ..progress import progress_bar
-from .base import Progress
+from .base import RowByRow, Progress
 
 __all__ = ["LocalBackend", "INTERRUPTED", "CANCELLED"]
 
@@ -45,7 +45,7 @@ def _failure(custom_id: str, err: Exception) -> Result:
     return Result.failure(custom_id, "local_error", text)
 
 
-class LocalBackend:
+class LocalBackend(RowByRow):
     """Run chat requests on a local model (llama-cpp-python).
 
     The model is the requests' ``model``: a path ending in ``.gguf`` is
@@ -71,6 +71,8 @@ class LocalBackend:
     """
 
     name = "local"
+    INTERRUPTED = INTERRUPTED
+    CANCELLED = CANCELLED
     supports_vision = False
     supports_json_schema = True
     supports_embeddings = False
@@ -115,31 +117,6 @@ class LocalBackend:
             stop=threading.Event(),
             status="pending",  # pending | interrupted | cancelled
         )
-
-    def attach(self, job, requests=None) -> None:
-        """Resume a stored job: its unanswered rows run on the next ``wait``."""
-        done = job.store.answered_ids(job.id)
-        todo = [r for r in requests()] if requests is not None else []
-        self.submit(job, (r for r in todo if r.custom_id not in done))
-        if job.record.state == "cancelling":
-            job.state["status"] = "cancelled"
-
-    # ----------------------------------------------------------------- status
-    def refresh(self, job) -> Progress:
-        total = len(job.ids) - len(job.skipped)
-        answered = job.store.count_answers(job.id)
-        ok = job.store.count_answers(job.id, ok_only=True)
-        if answered >= total:
-            state = "completed"
-        elif job.state.get("status") in ("interrupted", "cancelled"):
-            state = "cancelled"
-        else:
-            state = "in_progress"
-        return Progress(state, total, ok, answered - ok)
-
-    def _arrived(self, job, result: Result) -> None:
-        """Record one answer in the job store (the single place answers are stored)."""
-        job.store.put_answers(job.id, Answers.from_results([result]), job.hashes)
 
     # ------------------------------------------------------------------- wait
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
@@ -247,8 +224,3 @@ class LocalBackend:
         stop = job.state.get("stop")
         if stop is not None:
             stop.set()
-
-    def unanswered(self, job, pos: int) -> str:
-        if job.state.get("status") == "cancelled":
-            return CANCELLED
-        return INTERRUPTED

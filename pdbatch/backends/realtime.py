@@ -40,9 +40,9 @@ import openai
 
 from ..errors import JobError, OptionError, PdbatchError
 from ..ratelimit import RateLimiter, backoff_delay, estimate_tokens, retry_after, sleep_unless
-from ..records import CHAT_URL, EMBEDDINGS_URL, Answers, Request, Result
+from ..records import CHAT_URL, EMBEDDINGS_URL, Request, Result
 from ..progress import progress_bar
-from .base import Progress
+from .base import RowByRow, Progress
 from .batch import default_client
 
 __all__ = ["RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED", "RETRY_STATUSES", "FINAL_CODES"]
@@ -291,7 +291,7 @@ class _Run:
                 return None
 
 
-class RealtimeBackend:
+class RealtimeBackend(RowByRow):
     """Answer requests with concurrent realtime API calls (Chat Completions, Embeddings).
 
     Parameters
@@ -335,6 +335,8 @@ class RealtimeBackend:
     """
 
     name = "realtime"
+    INTERRUPTED = INTERRUPTED
+    CANCELLED = CANCELLED
     supports_vision = True
     supports_json_schema = True
     supports_embeddings = True
@@ -377,31 +379,6 @@ class RealtimeBackend:
     # ----------------------------------------------------------------- submit
     def submit(self, job, requests: Iterator[Request]) -> None:
         job.state.update(requests=list(requests), status="pending")  # pending | interrupted | cancelled
-
-    def attach(self, job, requests=None) -> None:
-        """Resume a stored job: its unanswered rows are sent on the next ``wait``."""
-        done = job.store.answered_ids(job.id)
-        todo = list(requests()) if requests is not None else []
-        self.submit(job, (r for r in todo if r.custom_id not in done))
-        if job.record.state == "cancelling":
-            job.state["status"] = "cancelled"
-
-    # ----------------------------------------------------------------- status
-    def refresh(self, job) -> Progress:
-        total = len(job.ids) - len(job.skipped)
-        answered = job.store.count_answers(job.id)
-        ok = job.store.count_answers(job.id, ok_only=True)
-        if answered >= total:
-            state = "completed"
-        elif job.state.get("status") in ("interrupted", "cancelled"):
-            state = "cancelled"
-        else:
-            state = "in_progress"
-        return Progress(state, total, ok, answered - ok)
-
-    def _arrived(self, job, result: Result) -> None:
-        """Record one answer in the job store (the single place answers are stored)."""
-        job.store.put_answers(job.id, Answers.from_results([result]), job.hashes)
 
     # ------------------------------------------------------------------- wait
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
@@ -572,8 +549,3 @@ class RealtimeBackend:
         run = job.state.get("run")
         if run is not None:
             run.stop()
-
-    def unanswered(self, job, pos: int) -> str:
-        if job.state.get("status") == "cancelled":
-            return CANCELLED
-        return INTERRUPTED
