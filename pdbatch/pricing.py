@@ -37,15 +37,16 @@ from __future__ import annotations
 import math
 import os
 import re
-import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import orjson
 
 from .errors import OptionError, PdbatchError
 from .records import Usage
+from .tokens import (CHARS_PER_TOKEN, IMAGE_TOKENS, IMAGE_TOKENS_LOW, MESSAGE_OVERHEAD, REQUEST_OVERHEAD,  # noqa: F401
+                     TokenCounter, body_tokens, encoding_name, token_counter)
 
 __all__ = [
     "Price", "DEFAULT_PRICES", "PRICES_AS_OF", "PRICES_ENV", "set_price", "reset_prices", "price", "base_model",
@@ -57,20 +58,6 @@ __all__ = [
 PRICES_AS_OF = "August 2025"
 PRICES_ENV = "PDBATCH_PRICES"
 BATCH_DISCOUNT = 0.5
-
-#: Characters per token of the fallback counter (a rule of thumb for English text).
-CHARS_PER_TOKEN = 4
-#: Flat token estimate of one image: gpt-4o's rule for a 1024x1024 image at high
-#: detail (85 base + 4 tiles of 170). Real counts depend on size and model:
-#: gpt-4o-mini bills images at many times more tokens (at a lower price per token).
-IMAGE_TOKENS = 765
-#: An image sent with ``detail="low"``: the base 85 tokens.
-IMAGE_TOKENS_LOW = 85
-#: Tokens each chat message adds around its content (role, separators).
-MESSAGE_OVERHEAD = 3
-#: Tokens each chat request adds to prime the reply.
-REQUEST_OVERHEAD = 3
-
 
 @dataclass(frozen=True)
 class Price:
@@ -304,130 +291,6 @@ def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: i
     return out
 
 
-# ------------------------------------------------------------------ tokens
-_O200K = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4")
-_ENCODINGS: Dict[str, Tuple[Any, Optional[str]]] = {}
-_ENC_LOCK = threading.Lock()
-#: Seconds to wait for tiktoken to load (it may try to download) before falling back.
-LOAD_TIMEOUT = 5.0
-
-
-def encoding_name(model: Optional[str]) -> str:
-    """tiktoken encoding of a model family.
-
-    Examples
-    --------
-    >>> encoding_name("gpt-4.1-mini"), encoding_name("text-embedding-3-small")
-    ('o200k_base', 'cl100k_base')
-    """
-    return "o200k_base" if (model or "").strip().lower().startswith(_O200K) else "cl100k_base"
-
-
-def _load_encoding(name: str) -> Tuple[Any, Optional[str]]:
-    """``(encoding, None)`` or ``(None, why not)``; tried once per process, bounded in time."""
-    with _ENC_LOCK:
-        if name in _ENCODINGS:
-            return _ENCODINGS[name]
-        try:
-            import tiktoken
-        except ImportError:
-            _ENCODINGS[name] = (None, "tiktoken is not installed")
-            return _ENCODINGS[name]
-        box: Dict[str, Any] = {}
-
-        def load() -> None:
-            try:
-                box["enc"] = tiktoken.get_encoding(name)
-            except Exception as err:  # no network, no cached file, a broken cache...
-                box["err"] = type(err).__name__
-
-        t = threading.Thread(target=load, name=f"pdbatch-tiktoken-{name}", daemon=True)
-        t.start()
-        t.join(LOAD_TIMEOUT)
-        if "enc" in box:
-            _ENCODINGS[name] = (box["enc"], None)
-        else:
-            why = box.get("err") or f"no answer within {LOAD_TIMEOUT:g} s"
-            _ENCODINGS[name] = (None, f"tiktoken could not load {name} ({why}: it downloads the encoding on "
-                                      f"first use; a copy in TIKTOKEN_CACHE_DIR gives exact counts offline)")
-        return _ENCODINGS[name]
-
-
-@dataclass(frozen=True)
-class TokenCounter:
-    """Counts tokens of text; ``name`` and ``note`` say how."""
-
-    name: str
-    note: str
-    encode: Optional[Callable[[str], List[int]]] = None
-
-    @property
-    def exact(self) -> bool:
-        return self.encode is not None
-
-    def count(self, text: Optional[str]) -> int:
-        if not text:
-            return 0
-        if self.encode is not None:
-            return len(self.encode(text))
-        return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def token_counter(model: Optional[str]) -> TokenCounter:
-    """tiktoken for ``model`` if its encoding loads, else the characters/4 heuristic.
-
-    ``PDBATCH_TOKENIZER=heuristic`` skips tiktoken.
-
-    Examples
-    --------
-    >>> os.environ["PDBATCH_TOKENIZER"] = "heuristic"
-    >>> token_counter("gpt-4o").count("twelve chars")
-    3
-    >>> del os.environ["PDBATCH_TOKENIZER"]
-    """
-    enc_name = encoding_name(model)
-    heuristic = f"heuristic: ~{CHARS_PER_TOKEN} characters per token"
-    if os.environ.get("PDBATCH_TOKENIZER", "").strip().lower() == "heuristic":
-        return TokenCounter("heuristic", f"{heuristic} (PDBATCH_TOKENIZER=heuristic)")
-    enc, why = _load_encoding(enc_name)
-    if enc is None:
-        return TokenCounter("heuristic", f"{heuristic}; {why}")
-    return TokenCounter(f"tiktoken {enc_name}", f"counted with tiktoken {enc_name}", enc.encode_ordinary)
-
-
-# ---------------------------------------------------------------- estimate
-def _body_tokens(body: Mapping[str, Any], count: Callable[[Optional[str]], int], memo: Dict[int, Any]):
-    """``(text tokens, images, image tokens)`` of one request body."""
-    tokens = images = image_tokens = 0
-    messages = body.get("messages")
-    if messages is not None:
-        tokens += REQUEST_OVERHEAD
-        for msg in messages:
-            tokens += MESSAGE_OVERHEAD
-            content = msg.get("content")
-            if isinstance(content, str):
-                tokens += count(content)
-                continue
-            for part in content or ():
-                if part.get("type") == "text":
-                    tokens += count(part.get("text"))
-                elif part.get("type") == "image_url":
-                    images += 1
-                    low = (part.get("image_url") or {}).get("detail") == "low"
-                    image_tokens += IMAGE_TOKENS_LOW if low else IMAGE_TOKENS
-        rf = body.get("response_format")
-        if isinstance(rf, Mapping) and rf.get("type") == "json_schema":
-            # The API puts the schema into the prompt; its JSON text is a fair approximation.
-            if id(rf) not in memo:
-                memo[id(rf)] = (rf, count(orjson.dumps(rf.get("json_schema")).decode()))
-            tokens += memo[id(rf)][1]
-    elif "input" in body:
-        inp = body["input"]
-        for text in [inp] if isinstance(inp, str) else inp:
-            tokens += count(text) if isinstance(text, str) else len(text)  # a list of token ids
-    return tokens, images, image_tokens
-
-
 def format_cost(x: Optional[Dict[str, Any]]) -> str:
     """A cost dict as dollars for people: ``$0.0123``; ``unknown`` for None."""
     if x is None:
@@ -490,7 +353,7 @@ def estimate_requests(
                 cached += 1
                 continue
             sent += 1
-            t, i, it = _body_tokens(r.body, count, memo)
+            t, i, it = body_tokens(r.body, count, memo)
             tokens, images, image_tokens = tokens + t, images + i, image_tokens + it
             cap = r.body.get("max_completion_tokens", r.body.get("max_tokens"))
             if cap is None:

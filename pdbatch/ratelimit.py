@@ -14,9 +14,8 @@ call back, and all senders of a run share them:
   waits, not only the one refused.
 
 The token cost of a call is an estimate (:func:`estimate_tokens`): prompt
-tokens counted with tiktoken's ``o200k_base`` encoding when it can be loaded
-(it is downloaded once by tiktoken and cached; offline it usually cannot be),
-otherwise about 4 characters per token, plus the body's
+tokens as :mod:`pdbatch.tokens` counts them (tiktoken when its encoding can be
+loaded, else about 4 characters per token), plus the body's
 ``max_completion_tokens`` / ``max_tokens``.
 
 The limiter is driven from one event loop at a time; its state is plain
@@ -27,16 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import math
 import random
 import re
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
 
 from .records import EMBEDDINGS_URL
+from .tokens import CHARS_PER_TOKEN, body_tokens, token_counter
 
 __all__ = [
     "RateLimiter",
@@ -50,12 +48,6 @@ __all__ = [
     "CHARS_PER_TOKEN",
 ]
 
-#: Heuristic when no tokenizer can be loaded: about four characters per token.
-CHARS_PER_TOKEN = 4
-#: Tokens counted per chat message on top of its text (role, separators).
-MESSAGE_TOKENS = 3
-#: Tokens counted per image part (the low-detail price).
-IMAGE_TOKENS = 85
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
@@ -139,64 +131,16 @@ def backoff_delay(attempt: int, base: float = 0.5, cap: float = 8.0, rng: Callab
 
 
 # ------------------------------------------------------------------ token estimates
-_ENC: Dict[str, Any] = {}
-_ENC_LOCK = threading.Lock()
-_ENC_READY = threading.Event()
-
-
-def _load_encoding() -> None:
-    try:
-        import tiktoken
-
-        enc: Any = tiktoken.get_encoding("o200k_base")
-    except Exception:  # not installed, not cached and no network: use the heuristic
-        enc = None
-    _ENC["enc"] = enc
-    _ENC_READY.set()
-
-
-def _encoding(wait: float = 2.0) -> Any:
-    """The tiktoken encoding, or None; the first call waits at most ``wait`` s for it to load."""
-    with _ENC_LOCK:
-        first = "started" not in _ENC
-        if first:
-            _ENC["started"] = True
-            threading.Thread(target=_load_encoding, name="pdbatch-tiktoken", daemon=True).start()
-    if first:
-        _ENC_READY.wait(wait)
-    return _ENC.get("enc")
-
-
 def count_tokens(text: str) -> int:
-    """Tokens in ``text``: tiktoken's ``o200k_base`` if loadable, else ``ceil(len / 4)``."""
-    if not text:
-        return 0
-    enc = _encoding()
-    if enc is not None:
-        return len(enc.encode(text, disallowed_special=()))
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def _content_tokens(content: Any) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return count_tokens(content)
-    total = 0
-    for part in content if isinstance(content, list) else []:
-        if isinstance(part, Mapping):
-            if part.get("type") in ("image_url", "input_image"):
-                total += IMAGE_TOKENS
-            else:
-                total += count_tokens(str(part.get("text") or ""))
-    return total
+    """Tokens in ``text`` (see :mod:`pdbatch.tokens`: tiktoken, else about 4 characters per token)."""
+    return token_counter("gpt-4o").count(text)
 
 
 def estimate_tokens(body: Mapping[str, Any], url: str = "/v1/chat/completions") -> int:
     """The tokens a call will count against a ``tpm`` limit (an estimate).
 
-    Prompt tokens (see :func:`count_tokens`; 3 per chat message and 85 per
-    image on top) plus the completion budget ``max_completion_tokens`` or
+    The prompt's tokens as :func:`pdbatch.tokens.body_tokens` counts them
+    (images included) plus the completion budget ``max_completion_tokens`` or
     ``max_tokens`` times ``n``.
 
     Examples
@@ -205,23 +149,14 @@ def estimate_tokens(body: Mapping[str, Any], url: str = "/v1/chat/completions") 
     >>> estimate_tokens(body) >= 5 + 3
     True
     """
-    if url == EMBEDDINGS_URL:
-        inputs = body.get("input")
-        if isinstance(inputs, str):
-            return count_tokens(inputs)
-        if isinstance(inputs, list):
-            return sum(count_tokens(x) if isinstance(x, str) else (len(x) if isinstance(x, list) else 1)
-                       for x in inputs)
-        return 0
-    total = 0
-    for msg in body.get("messages") or []:
-        if isinstance(msg, Mapping):
-            total += MESSAGE_TOKENS + _content_tokens(msg.get("content"))
-    budget = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    try:
-        total += int(budget) * max(int(body.get("n") or 1), 1)
-    except (TypeError, ValueError):
-        pass
+    text, _images, image_tokens = body_tokens(body, token_counter(body.get("model")).count)
+    total = text + image_tokens
+    if url != EMBEDDINGS_URL:
+        budget = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        try:
+            total += int(budget) * max(int(body.get("n") or 1), 1)
+        except (TypeError, ValueError):
+            pass
     return total
 
 

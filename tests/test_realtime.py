@@ -19,6 +19,8 @@ import openai
 import pandas as pd
 import pytest
 
+from pdbatch.tokens import IMAGE_TOKENS, MESSAGE_OVERHEAD, REQUEST_OVERHEAD
+
 import pdbatch  # noqa: F401  (registers .llm)
 from pdbatch.backends.realtime import CANCELLED, INTERRUPTED, RealtimeBackend, async_client
 from pdbatch.engines import EngineError, ScriptedEngine
@@ -422,7 +424,8 @@ def test_headers_and_token_estimates():
                          {"role": "user", "content": [{"type": "text", "text": text},
                                                       {"type": "image_url", "image_url": {"url": "x"}}]}],
             "max_completion_tokens": 50, "n": 2}
-    assert estimate_tokens(body) == 3 + count_tokens("Be brief.") + 3 + n + 85 + 100
+    assert estimate_tokens(body) == (REQUEST_OVERHEAD + MESSAGE_OVERHEAD + count_tokens("Be brief.") + MESSAGE_OVERHEAD
+                                     + n + IMAGE_TOKENS + 100)
     assert estimate_tokens({"input": ["ab" * 8, [1, 2, 3]]}, EMBEDDINGS_URL) == count_tokens("ab" * 8) + 3
 
 
