@@ -111,3 +111,22 @@ class RowByRow:
 
     def unanswered(self, job: "Job", pos: int) -> str:
         return self.CANCELLED if job.state.get("status") == "cancelled" else self.INTERRUPTED
+
+    def _timed_out(self, job: "Job", timeout: Optional[float]) -> Exception:
+        """The error ``wait`` raises when its timeout stopped the run (answers kept)."""
+        from ..errors import JobError
+
+        p = self.refresh(job)
+        return JobError(
+            f"job {job.id} stopped at its {timeout} s timeout with {p.completed + p.failed} of {p.total} rows "
+            f"answered; the answers are kept: call job.wait() (or run the same map) again to send the rest"
+        )
+
+    def _interrupted(self, job: "Job") -> Progress:
+        """After Ctrl-C: say what was kept; ``map`` then returns the partial frame."""
+        import sys
+
+        p = self.refresh(job)
+        print(f"interrupted: {p.completed + p.failed} of {p.total} rows answered; "
+              f"the rest are marked 'interrupted'", file=sys.stderr)
+        return p

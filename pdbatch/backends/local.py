@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Iterator, List, Optional
 
-from ..errors import InputError, JobError, OptionError
+from ..errors import InputError, OptionError
 from ..local_model import get_pool, resolve_model
 from ..records import Request, Result
 from ..progress import progress_bar
@@ -164,12 +164,7 @@ class LocalBackend(RowByRow):
                     if deadline is not None and time.monotonic() >= deadline:
                         stop.set()
                         self._drain(job, threads, done, bar)
-                        p = self.refresh(job)
-                        raise JobError(
-                            f"job {job.id} stopped at its {timeout} s timeout with {p.completed + p.failed} "
-                            f"of {p.total} rows answered; the answers are kept: call job.wait() again to "
-                            f"run the rest"
-                        )
+                        raise self._timed_out(job, timeout)
                     wait_for = _TICK if deadline is None else max(0.0, min(_TICK, deadline - time.monotonic()))
                     try:
                         res = done.get(timeout=wait_for)
@@ -185,16 +180,10 @@ class LocalBackend(RowByRow):
                     self._drain(job, threads, done, bar)
                 except KeyboardInterrupt:
                     pass  # a second Ctrl-C: give up on the rows in flight
-                p = self.refresh(job)
                 if bar is not None:
                     bar.close()
                     bar = None
-                print(
-                    f"interrupted: {p.completed + p.failed} of {p.total} rows answered; "
-                    f"the rest are marked 'interrupted'",
-                    file=sys.stderr,
-                )
-                return p
+                return self._interrupted(job)
         finally:
             stop.set()
             if bar is not None:

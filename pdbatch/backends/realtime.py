@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -38,7 +37,7 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional
 
 import openai
 
-from ..errors import JobError, OptionError, PdbatchError
+from ..errors import OptionError, PdbatchError
 from ..ratelimit import RateLimiter, backoff_delay, estimate_tokens, retry_after, sleep_unless
 from ..records import CHAT_URL, EMBEDDINGS_URL, Request, Result
 from ..progress import progress_bar
@@ -426,12 +425,7 @@ class RealtimeBackend(RowByRow):
                     if deadline is not None and time.monotonic() >= deadline:
                         run.stop()
                         self._drain(job, run, bar, failed)
-                        p = self.refresh(job)
-                        raise JobError(
-                            f"job {job.id} stopped at its {timeout} s timeout with {p.completed + p.failed} of "
-                            f"{p.total} rows answered; the answers are kept: call job.wait() (or run the same "
-                            f"map) again to send the rest"
-                        )
+                        raise self._timed_out(job, timeout)
                     tick = _TICK if deadline is None else max(0.0, min(_TICK, deadline - time.monotonic()))
                     self._take(job, run, bar, failed, tick)
             except KeyboardInterrupt:
@@ -441,13 +435,10 @@ class RealtimeBackend(RowByRow):
                     self._drain(job, run, bar, failed)
                 except KeyboardInterrupt:
                     run.abort()  # a second Ctrl-C: give up on the calls in flight
-                p = self.refresh(job)
                 if bar is not None:
                     bar.close()
                     bar = None
-                print(f"interrupted: {p.completed + p.failed} of {p.total} rows answered; "
-                      f"the rest are marked 'interrupted'", file=sys.stderr)
-                return p
+                return self._interrupted(job)
         finally:
             run.abort()
             run.thread.join(5.0)
