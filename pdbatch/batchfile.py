@@ -196,7 +196,7 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
     """Columns of an output/error file, parsed by Arrow (streaming, by blocks)."""
     out = Answers()
     embed = kind == "embedding"
-    reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=8 << 20),
+    reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=4 << 20),
                               parse_options=_EMBED_PARSE if embed else _PARSE)
     for batch in reader:
         resp = batch.column("response")
