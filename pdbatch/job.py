@@ -259,9 +259,15 @@ class Job:
             summary["errors"] = {self.ids[i]: e for i, e in enumerate(errors) if e is not None}
         out.attrs = dict(out.attrs)
         out.attrs["pdbatch"] = summary
-        if self.record.state not in ("finished",):
-            self.record.state = "finished"
-            self.store.update_job(self.id, state="finished")
+        if p.state == "cancelled":
+            # Cancelled on purpose: never reused, so running the same map again sends the rest.
+            # Interrupted (Ctrl-C, a timeout): left as it is, so running it again resumes it.
+            new_state = "cancelled" if self.record.state in ("cancelling", "cancelled") else self.record.state
+        else:
+            new_state = "finished"
+        if self.record.state != new_state:
+            self.record.state = new_state
+            self.store.update_job(self.id, state=new_state)
         return out
 
     # ------------------------------------------------------------------- load

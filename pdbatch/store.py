@@ -149,12 +149,14 @@ class Store:
 
         Returns ``(job, created)``. Two processes running the same ``map`` at
         once get the same job: one creates it, the other attaches to it.
-        A job whose state is ``abandoned`` is never reused.
+        A cancelled job (``cancelling``, ``cancelled``) is never reused: running the same map
+        after ``cancel()`` starts a new job, which takes the answers that did
+        arrive from the cache and sends the rest.
         """
         with self._tx(immediate=True) as db:
             if reuse:
                 row = db.execute(
-                    "SELECT * FROM jobs WHERE fingerprint = ? AND state != 'abandoned' "
+                    "SELECT * FROM jobs WHERE fingerprint = ? AND state NOT IN ('abandoned', 'cancelling', 'cancelled') "
                     "ORDER BY created_at DESC LIMIT 1",
                     (record.fingerprint,),
                 ).fetchone()

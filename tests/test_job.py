@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -226,3 +227,24 @@ def test_submit_then_load_in_flight(make_server, make_client):
     other = pdbatch.Job.load(job.id, client=make_client(srv))  # as a restarted kernel would
     out = other.wait(progress=False, timeout=30).result()
     assert out["llm_error"].isna().all() and srv.stats.batches_created == 2
+
+
+def test_rerun_after_cancel_sends_only_the_rest(make_server, make_client):
+    engine = ScriptedEngine(lambda text, body: text)
+    srv = make_server(engine=engine, faults=Faults(request_delay=0.1))
+    df = crashy_child.make_frame(6)
+    opts = {k: v for k, v in crashy_child.OPTIONS.items() if k not in ("progress", "timeout", "shard_size")}
+    job = df.llm.submit(crashy_child.TEMPLATE, client=make_client(srv), **opts)
+    for _ in range(300):  # bounded: until the first answers are in
+        if job.status()["completed"] >= 2:
+            break
+        time.sleep(0.02)
+    job.cancel()
+    partial = job.wait(progress=False, timeout=30).result()
+    done = int(partial["llm_error"].isna().sum())
+    assert 2 <= done < 6
+    srv.faults.request_delay = 0.0
+    out = df.llm.map(crashy_child.TEMPLATE, client=make_client(srv), **crashy_child.OPTIONS)
+    assert out["llm_error"].isna().all()
+    assert out.attrs["pdbatch"]["job_id"] != job.id and out.attrs["pdbatch"]["counts"]["cached"] == done
+    assert engine.calls == 6  # the rows answered before the cancel were not paid twice

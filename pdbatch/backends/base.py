@@ -90,7 +90,7 @@ class RowByRow:
         done = job.store.answered_ids(job.id)
         todo = list(requests()) if requests is not None else []
         self.submit(job, (r for r in todo if r.custom_id not in done))
-        if job.record.state == "cancelling":
+        if job.record.state in ("cancelling", "cancelled"):
             job.state["status"] = "cancelled"
 
     def refresh(self, job: "Job") -> Progress:
