@@ -80,21 +80,36 @@ def fingerprint(spec: MapSpec, rendered: Rendered, backend: str) -> str:
 
 
 @contextmanager
-def _job_lock(workdir: str) -> Iterator[None]:
-    """An exclusive lock on the job's directory while it is being submitted or healed.
+def _job_lock(workdir: str, name: str = "lock", timeout: Optional[float] = None) -> Iterator[None]:
+    """An exclusive lock on a file of the job's directory (submitting, healing, running).
 
     The kernel drops it when the holder dies (even by SIGKILL), so a second
-    process waits for a live submitter and takes over from a dead one.
+    process waits for a live holder and takes over from a dead one. With a
+    ``timeout``, :class:`~pdbatch.errors.JobError` once it has passed.
     """
     os.makedirs(workdir, exist_ok=True)
-    fh = open(os.path.join(workdir, "lock"), "a+")
+    fh = open(os.path.join(workdir, name), "a+")
     try:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no cross-process lock
             fcntl = None
         if fcntl is not None:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            if timeout is None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            else:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise JobError(
+                                f"job {os.path.basename(workdir)} is being run by another process; it goes on "
+                                f"there: call job.wait() again later, or run the same map once it is done"
+                            ) from None
+                        time.sleep(0.1)
         yield
     finally:
         fh.close()
@@ -188,7 +203,15 @@ class Job:
         Job
             ``self``, so that ``job.wait().result()`` reads well.
         """
-        self._last = self.backend.wait(self, progress=progress, timeout=timeout)
+        if getattr(self.backend, "exclusive_run", False):
+            # Row-by-row backends send from this process: one process at a time per job, so two
+            # notebooks running the same cell never pay twice for a row; the second one waits.
+            start = time.monotonic()
+            with _job_lock(self.workdir, "run.lock", timeout):
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+                self._last = self.backend.wait(self, progress=progress, timeout=left)
+        else:
+            self._last = self.backend.wait(self, progress=progress, timeout=timeout)
         return self
 
     def cancel(self) -> "Job":

@@ -1,6 +1,6 @@
 """A child process for the crash tests: runs one ``map`` against a given server.
 
-``python crashy_child.py BASE_URL OUT.parquet`` maps :func:`make_frame` with
+``python crashy_child.py BASE_URL OUT.parquet [BACKEND]`` maps :func:`make_frame` with
 :data:`OPTIONS` and writes the result; the tests SIGKILL it at chosen points
 and run the same map again.
 """
@@ -21,12 +21,13 @@ def make_frame(n: int = 6) -> pd.DataFrame:
                         index=[f"id{i}" for i in range(n)])
 
 
-def run(client, n: int = 6):
-    return make_frame(n).llm.map(TEMPLATE, client=client, **OPTIONS)
+def run(client, n: int = 6, **options):
+    return make_frame(n).llm.map(TEMPLATE, client=client, **dict(OPTIONS, **options))
 
 
 if __name__ == "__main__":
     import openai
 
     client = openai.OpenAI(base_url=sys.argv[1], api_key="sk-child-secret-123", max_retries=2, timeout=10)
-    run(client).to_parquet(sys.argv[2])
+    extra = {"backend": sys.argv[3], "max_concurrency": 2} if len(sys.argv) > 3 else {}
+    run(client, **extra).to_parquet(sys.argv[2])

@@ -32,9 +32,10 @@ HERE = Path(__file__).resolve().parent
 FAST = dict(model="gpt-4o-mini", poll_interval=0.02, max_poll_interval=0.05, progress=False, timeout=60)
 
 
-def start_child(srv, tmp_path, name="out"):
+def start_child(srv, tmp_path, name="out", backend=None):
     out = tmp_path / f"{name}.parquet"
-    proc = subprocess.Popen([sys.executable, str(HERE / "crashy_child.py"), srv.base_url, str(out)],
+    proc = subprocess.Popen([sys.executable, str(HERE / "crashy_child.py"), srv.base_url, str(out)]
+                            + ([backend] if backend else []),
                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return proc, out
 
@@ -248,3 +249,16 @@ def test_rerun_after_cancel_sends_only_the_rest(make_server, make_client):
     assert out["llm_error"].isna().all()
     assert out.attrs["pdbatch"]["job_id"] != job.id and out.attrs["pdbatch"]["counts"]["cached"] == done
     assert engine.calls == 6  # the rows answered before the cancel were not paid twice
+
+
+def test_parallel_realtime_runs_pay_once(make_server, tmp_path):
+    """Two processes running the same realtime map: every row is sent once, both get every answer."""
+    engine = ScriptedEngine(lambda text, body: text)
+    srv = make_server(engine=engine, faults=Faults(realtime_latency=0.05))
+    a, out_a = start_child(srv, tmp_path, "a", backend="realtime")
+    b, out_b = start_child(srv, tmp_path, "b", backend="realtime")
+    for p in (a, b):
+        p.wait(timeout=90)
+        assert p.returncode == 0, p.stderr.read().decode()[-2000:]
+    assert engine.calls == 6 and srv.stats.realtime_calls == 6
+    pd.testing.assert_frame_equal(pd.read_parquet(out_a), pd.read_parquet(out_b))

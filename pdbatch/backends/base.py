@@ -82,6 +82,8 @@ class RowByRow:
     :attr:`CANCELLED`, the error cells of rows a stopped run never reached.
     """
 
+    #: Only one process at a time runs a job's rows (see :meth:`pdbatch.job.Job.wait`).
+    exclusive_run = True
     INTERRUPTED = "interrupted: the run stopped before this row; run again to resume"
     CANCELLED = "cancelled: the run was cancelled before this row"
 
