@@ -16,7 +16,6 @@ from .batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_shards
 from .errors import OptionError
 from .ids import check_unique, custom_ids
 from .job import Job, start_job
-from .join import join_results
 from .records import EMBEDDINGS_URL
 from .spec import MapSpec
 
@@ -373,18 +372,8 @@ class LLMAccessor:
         if template is not None:
             frame = self._obj.to_frame(name="value") if self._series else self._obj
             skipped = spec.render(frame, ids).skipped
-        out, stats, errors = join_results(
-            self._obj,
-            ids,
-            read_answers(paths, "embedding" if spec.embeddings else "chat"),
-            spec.fmt.text_parser(),
-            kind=spec.fmt.kind,
-            output=spec.output,
-            error_column=spec.error_column,
-            columns=list(spec.fmt.columns or ()),
-            skipped=skipped,
-            overwrite=overwrite,
-        )
+        out, stats, _errors = spec.join(self._obj, ids, read_answers(paths, "embedding" if spec.embeddings else "chat"),
+                                        skipped=skipped, overwrite=overwrite)
         out.attrs = dict(out.attrs)
         out.attrs["pdbatch"] = {"counts": stats.to_dict(), "usage": stats.usage.to_dict()}
         return out

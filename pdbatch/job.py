@@ -24,7 +24,6 @@ import pandas as pd
 from .backends.base import Backend, Progress
 from .errors import BackendUnavailableError, JobError
 from .ids import check_unique, custom_ids
-from .join import join_results
 from .pricing import job_cost
 from .records import Answers, Request
 from .spec import MapSpec, Rendered
@@ -252,15 +251,10 @@ class Job:
             collect(self)
         spec = self.spec
         answers = self.answers()
-        out, stats, errors = join_results(
+        out, stats, errors = spec.join(
             self.host,
             self.ids,
             answers,
-            spec.fmt.text_parser(),
-            kind=spec.fmt.kind,
-            output=spec.output,
-            error_column=spec.error_column,
-            columns=list(spec.fmt.columns or ()),
             skipped=self.skipped,
             unanswered=lambda pos: self.backend.unanswered(self, pos),
             overwrite=self.overwrite if overwrite is None else overwrite,

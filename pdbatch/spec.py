@@ -16,6 +16,7 @@ import orjson
 import pandas as pd
 
 from .errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
+from .join import join_results
 from .parsing import ResponseFormat, response_format as _response_format
 from .records import CHAT_URL, EMBEDDINGS_URL, Request
 from .template import SERIES_FIELD, Template, display_strings, image_part
@@ -181,6 +182,15 @@ class MapSpec:
     @property
     def embeddings(self) -> bool:
         return self.url == EMBEDDINGS_URL
+
+    def join(self, host, ids: List[str], answers, **options: Any):
+        """Join ``answers`` onto ``host`` the way this spec asks (parser, kind, column names).
+
+        ``options`` are :func:`pdbatch.join.join_results`'s ``skipped``,
+        ``unanswered``, ``overwrite`` and ``hint``.
+        """
+        return join_results(host, ids, answers, self.fmt.text_parser(), kind=self.fmt.kind, output=self.output,
+                            error_column=self.error_column, columns=list(self.fmt.columns or ()), **options)
 
     # ------------------------------------------------------------------ columns
     def new_columns(self) -> List[str]:
