@@ -319,7 +319,9 @@ class Job:
         # Backends that send row by row (local, realtime) resume the rows still unanswered.
         requests = None if rendered is None else (
             lambda: _filtered(job, spec.requests(rendered), True, store.answered_ids(job.id, True)))
-        backend.attach(job, requests=requests)
+        with _job_lock(rec.workdir):  # never heal a shard while its submitter is still at work
+            job.record = store.job(job_id) or rec
+            backend.attach(job, requests=requests)
         return job
 
     def __repr__(self) -> str:
