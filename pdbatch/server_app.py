@@ -159,6 +159,17 @@ class _Gate:
                 self.server.stats.record(method, path, 500)
 
 
+async def _json_body(request: Request) -> dict:
+    """The request's JSON object body, or a 400 as the API words it."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise _ApiError(400, "We could not parse the JSON body of your request.")
+    return body
+
+
 async def _drain(receive: Callable) -> None:
     more = True
     while more:
@@ -284,12 +295,7 @@ class _Api:
         return FileResponse(path, media_type="application/octet-stream")
 
     async def create_batch(self, request: Request) -> Response:
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            raise _ApiError(400, "We could not parse the JSON body of your request.")
+        body = await _json_body(request)
         for name in ("input_file_id", "endpoint", "completion_window"):
             if not body.get(name):
                 raise _ApiError(400, f"Missing required parameter: '{name}'.", param=name,
@@ -372,12 +378,7 @@ class _Api:
         if status is not None:
             body, extra = status_error(status, faults.retry_after)
             return _json(body, status, {**headers, **extra})
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            raise _ApiError(400, "We could not parse the JSON body of your request.")
+        body = await _json_body(request)
         if body.get("stream"):
             raise _ApiError(400, "Streaming is not supported by the pdbatch server.",
                             param="stream", code="unsupported_value")
