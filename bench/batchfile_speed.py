@@ -3,7 +3,8 @@
 Run: ``python bench/batchfile_speed.py [ROWS]`` (default 200,000 rows).
 
 Both ways are measured side by side in one run, on the same frame and the same
-(shuffled) output file, and the script prints the ratios. The cookbook's way is
+(shuffled) output file, each the best of three repeats, and the script prints
+the ratios. The cookbook's way is
 the loop from the OpenAI batch-processing cookbook: ``iterrows``, build a dict,
 ``json.dumps`` per line; and for the results, ``json.loads`` per line and
 ``df.iloc[int(custom_id.split('-')[-1])]`` to find the row. The join is timed
@@ -101,10 +102,17 @@ def make_output(df: pd.DataFrame, path: str, prefix: str) -> None:
             fh.write(json.dumps({"id": f"batch_req_{i}", "custom_id": f"{prefix}{i}", "response": {"status_code": 200, "request_id": f"r{i}", "body": body}, "error": None}) + "\n")
 
 
+REPEATS = 3
+
+
 def timed(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - t0, out
+    """Best of :data:`REPEATS` runs (this machine is shared: the minimum is the least disturbed)."""
+    best, out = float("inf"), None
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
 
 
 def main(n: int = 200_000) -> None:

@@ -82,6 +82,13 @@ def write_shards(
     shards: List[Shard] = []
     fh = None
     current: Optional[Shard] = None
+    pending: List[bytes] = []  # lines written in chunks: one write call per ~1,000 lines
+
+    def flush() -> None:
+        if pending:
+            fh.writelines(pending)
+            pending.clear()
+
     try:
         for req in requests:
             line = req.to_line()
@@ -94,14 +101,19 @@ def write_shards(
                 continue
             if current is None or current.count >= max_requests or current.bytes + size > max_bytes:
                 if fh is not None:
+                    flush()
                     fh.close()
                 path = os.path.join(directory, f"{prefix}-{len(shards):04d}.jsonl")
                 current = Shard(len(shards), path)
                 shards.append(current)
                 fh = open(path, "wb", buffering=_BUFFER)
-            fh.write(line)
+            pending.append(line)
+            if len(pending) >= 1000:
+                flush()
             current.count += 1
             current.bytes += size
+        if fh is not None:
+            flush()
     finally:
         if fh is not None:
             fh.close()

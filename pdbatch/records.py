@@ -122,8 +122,9 @@ class Request:
     def to_line(self) -> bytes:
         """The JSONL line (with its newline) the Batch API expects."""
         return orjson.dumps(
-            {"custom_id": self.custom_id, "method": "POST", "url": self.url, "body": self.body}
-        ) + b"\n"
+            {"custom_id": self.custom_id, "method": "POST", "url": self.url, "body": self.body},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
 
     def to_dict(self) -> dict:
         return {"v": RECORD_VERSION, "custom_id": self.custom_id, "url": self.url, "body": self.body}

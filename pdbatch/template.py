@@ -188,6 +188,9 @@ def display_strings(col: pd.Series) -> List[Any]:
         text = col.astype(str).tolist()
         return [None if m else t for t, m in zip(text, mask)]
     vals = col.tolist()
+    if pd.api.types.is_string_dtype(col.dtype) and col.dtype != object:
+        # A string column: every present value is already a str (the common, hot case).
+        return [None if m else v for v, m in zip(vals, mask)] if mask.any() else vals
     out: List[Any] = []
     for v, m in zip(vals, mask):
         if m:
