@@ -148,7 +148,7 @@ class Job:
 
     def mark_written(self) -> None:
         """Record that every request is on disk: rows, hashes, counts (backends call this)."""
-        self.store.put_rows(self.id, list(self.hashes), list(self.hashes.values()), [-1] * len(self.hashes))
+        self.store.put_rows(self.id, list(self.hashes), list(self.hashes.values()))
         self.record.sent = len(self.ids) - len(self.skipped) - self.record.cached
         self.record.state = "written"
         self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached)

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS shards(
     completed INTEGER, failed INTEGER, errors TEXT, ingested INTEGER DEFAULT 0, updated_at REAL,
     PRIMARY KEY(job_id, idx));
 CREATE TABLE IF NOT EXISTS rows(
-    job_id TEXT, custom_id TEXT, hash TEXT, shard INTEGER, PRIMARY KEY(job_id, custom_id)) WITHOUT ROWID;
+    job_id TEXT, custom_id TEXT, hash TEXT, PRIMARY KEY(job_id, custom_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS answers(
     job_id TEXT, custom_id TEXT, hash TEXT, attempt INTEGER, status_code INTEGER, content TEXT,
     finish_reason TEXT, refusal TEXT, has_choice INTEGER, error_code TEXT, error_message TEXT, ok INTEGER,
@@ -213,27 +213,15 @@ class Store:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
 
     # ------------------------------------------------------------------- rows
-    def put_rows(self, job_id: str, custom_ids: Sequence[str], hashes: Sequence[str], shards: Sequence[int]) -> None:
-        """Record each row's request hash and shard (-1: not sent, cached or skipped)."""
+    def put_rows(self, job_id: str, custom_ids: Sequence[str], hashes: Sequence[str]) -> None:
+        """Record the request hash of each row that was sent or answered from the cache."""
         with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO rows VALUES (?,?,?,?)",
-                ((job_id, c, h, s) for c, h, s in zip(custom_ids, hashes, shards)),
-            )
+            db.executemany("INSERT OR REPLACE INTO rows (job_id, custom_id, hash) VALUES (?,?,?)",
+                           ((job_id, c, h) for c, h in zip(custom_ids, hashes)))
 
     def row_hashes(self, job_id: str) -> Dict[str, str]:
         with self._lock:
             return dict(self._db.execute("SELECT custom_id, hash FROM rows WHERE job_id = ?", (job_id,)))
-
-    def set_row_shard(self, job_id: str, custom_ids: Iterable[str], shard: int) -> None:
-        with self._tx() as db:
-            db.executemany("UPDATE rows SET shard = ? WHERE job_id = ? AND custom_id = ?",
-                           ((shard, job_id, c) for c in custom_ids))
-
-    def rows_of_shard(self, job_id: str, shard: int) -> List[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT custom_id FROM rows WHERE job_id = ? AND shard = ?", (job_id, shard))]
 
     # ----------------------------------------------------------------- shards
     def put_shard(self, job_id: str, idx: int, **fields: Any) -> None:

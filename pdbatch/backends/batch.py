@@ -35,11 +35,11 @@ from typing import Any, Dict, Iterator, List, Optional
 import openai
 import orjson
 
-from ..batchfile import MAX_BYTES, MAX_REQUESTS, iter_lines, read_answers, read_results, write_shards
+from ..batchfile import MAX_BYTES, MAX_REQUESTS, iter_lines, read_answers, write_shards
 from ..errors import BackendUnavailableError, BatchFailedError, JobError, PdbatchError
 from ..ids import positions
 from ..join import NO_ANSWER
-from ..records import Request, Result
+from ..records import Request
 from ..progress import progress_bar
 from .base import TERMINAL, Progress
 
@@ -373,13 +373,6 @@ class BatchBackend:
                 st.ingested = 1
                 self._save(job, st)
 
-    def result_files(self, job) -> List[str]:
-        """The output and error files of every finished shard (downloaded once)."""
-        return [p for st in self._shards(job) if st.done for p in self._files(job, st)]
-
-    def results(self, job) -> Iterator[Result]:
-        yield from read_results(self.result_files(job))
-
     def _retry(self, job) -> bool:
         """Send again, in one new shard, the rows of the last round that failed retryably."""
         shards = self._shards(job)
@@ -392,36 +385,34 @@ class BatchBackend:
         a = job.store.answers(job.id)
         by_id = {cid: i for i, cid in enumerate(a.custom_id)}
         parse = job.spec.fmt.text_parser() if job.retry_invalid > round_ else None
-        todo: List[str] = []
-        sent_ids = self._ids_in(last)
-        for cid in sent_ids:
+
+        def retry(cid: str) -> bool:
             i = by_id.get(cid)
             if i is None:
-                retry = round_ < job.max_retries  # never answered: the batch expired or failed
-            elif a.ok[i]:
-                retry = parse is not None and parse(a.content[i])[1] is not None
-            else:
-                code = a.error_code[i]
-                status = a.status_code[i] or 0
-                invalid = a.has_choice[i] and code is None and status < 400
-                retry = (round_ < job.max_retries and (code in RETRYABLE_CODES or status == 429 or status >= 500)) \
-                    or (invalid and parse is not None)
-            if retry:
-                todo.append(cid)
-        if not todo:
-            return False
-        want = set(todo)
+                return round_ < job.max_retries  # never answered: the batch expired or failed
+            if a.ok[i]:
+                return parse is not None and parse(a.content[i])[1] is not None
+            code = a.error_code[i]
+            status = a.status_code[i] or 0
+            invalid = a.has_choice[i] and code is None and status < 400
+            return (round_ < job.max_retries and (code in RETRYABLE_CODES or status == 429 or status >= 500)) \
+                or (invalid and parse is not None)
+
+        # One pass over the last round's input lines: each one that must go again is copied as it is.
         index = max(s.index for s in shards) + 1
         path = os.path.join(job.workdir, f"retry-{index:04d}.jsonl")
         n = size = 0
         with open(path, "wb") as fh:
             for st in last:
                 for line in iter_lines(st.path):
-                    if line["custom_id"] in want:
-                        data = orjson.dumps(line) + b"\n"
+                    if retry(line["custom_id"]):
+                        data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
                         fh.write(data)
                         n += 1
                         size += len(data)
+        if not n:
+            os.remove(path)
+            return False
         st = ShardState(index, path, n, size, attempt=round_ + 1)
         shards.append(st)
         self._save(job, st)
@@ -429,10 +420,6 @@ class BatchBackend:
         summary["resubmitted"] = summary.get("resubmitted", 0) + n
         self._launch(job, st)
         return True
-
-    @staticmethod
-    def _ids_in(shards: List[ShardState]) -> List[str]:
-        return [line["custom_id"] for st in shards for line in iter_lines(st.path)]
 
     def unanswered(self, job, pos: int) -> str:
         status = job.state.get("row_status")
