@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import orjson
 
-from .records import Answers
+from .records import Answers, Usage
 
 __all__ = ["Store", "JobRecord", "STORE_VERSION", "default_store", "store_path"]
 
@@ -291,6 +291,14 @@ class Store:
                 f"SELECT custom_id, {', '.join(_ANSWER_COLS)} FROM answers WHERE job_id = ?", (job_id,)
             ).fetchall()
         return Answers.from_rows(rows)
+
+    def usage(self, job_id: str) -> Usage:
+        """Token usage summed over a job's stored answers (without loading them)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(reasoning_tokens) "
+                "FROM answers WHERE job_id = ?", (job_id,)).fetchone()
+        return Usage(*(int(v or 0) for v in row))
 
     def count_answers(self, job_id: str, ok_only: bool = False) -> int:
         q = "SELECT COUNT(*) FROM answers WHERE job_id = ?" + (" AND ok = 1" if ok_only else "")
