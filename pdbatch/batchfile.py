@@ -205,68 +205,64 @@ def _vectors(lists: pa.Array) -> list:
 
 
 def _answers_arrow(path: str, kind: str = "chat") -> Answers:
-    """Columns of an output/error file, parsed by Arrow (streaming, by blocks)."""
-    out = Answers()
+    """Columns of an output/error file, parsed by Arrow (by blocks, in parallel).
+
+    Only the fields named in the schema are kept, and they stay Arrow arrays:
+    no Python object is made per line (see :class:`Answers`).
+    """
     embed = kind == "embedding"
     reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=4 << 20),
                               parse_options=_EMBED_PARSE if embed else _PARSE)
-    for batch in reader:
-        resp = batch.column("response")
-        body = pc.struct_field(resp, "body")
-        if embed:
-            first, has = _first(pc.struct_field(body, "data"))
-            vectors = pc.struct_field(first, "embedding")
-            has = pc.and_(has, pc.is_valid(vectors))
-            none = pa.nulls(len(batch), pa.string())
-            msg = pa.StructArray.from_arrays([none, none], names=["content", "refusal"])
-            first = pa.StructArray.from_arrays([msg, pc.if_else(has, "stop", none)], names=["message", "finish_reason"])
-        else:
-            first, has = _first(pc.struct_field(body, "choices"))
+    table = pa.Table.from_batches(list(reader), schema=reader.schema)
+    n = table.num_rows
+    ids = table.column("custom_id")
+    if ids.null_count:
+        raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
+    resp = table.column("response")
+    body = pc.struct_field(resp, "body")
+    none = pa.scalar(None, pa.string())
+    if embed:
+        first, has = _first(pc.struct_field(body, "data"))
+        vectors = pc.struct_field(first, "embedding")
+        has = pc.and_(has, pc.is_valid(vectors))
+        content = _vectors(vectors.combine_chunks() if isinstance(vectors, pa.ChunkedArray) else vectors)
+        refusal = pa.nulls(n, pa.string())
+        finish = pc.if_else(has, "stop", none)
+        valid = pc.is_valid(vectors)
+    else:
+        first, has = _first(pc.struct_field(body, "choices"))
         msg = pc.struct_field(first, "message")
-        top_err = batch.column("error")
-        body_err = pc.struct_field(body, "error")
-        # A line with neither a response nor an error: Result.from_line's "no_response".
-        empty = pc.and_(pc.is_null(resp), pc.is_null(top_err))
-        none = pa.scalar(None, pa.string())
-        code = pc.coalesce(pc.struct_field(top_err, "code"), pc.struct_field(body_err, "code"),
-                           pc.struct_field(body_err, "type"), pc.if_else(empty, "no_response", none))
-        message = pc.coalesce(pc.struct_field(top_err, "message"), pc.struct_field(body_err, "message"),
-                              pc.if_else(empty, NO_RESPONSE, none))
-        usage = pc.struct_field(body, "usage")
-        zeros = [0] * len(batch)
-        out.prompt_tokens.extend(pc.fill_null(pc.struct_field(usage, "prompt_tokens"), 0).to_pylist())
-        if embed:
-            out.completion_tokens.extend(zeros)
-            out.cached_tokens.extend(zeros)
-            out.reasoning_tokens.extend(zeros)
-        else:
-            for name, col in (
-                ("completion_tokens", pc.struct_field(usage, "completion_tokens")),
-                ("cached_tokens", pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens")),
-                ("reasoning_tokens",
-                 pc.struct_field(pc.struct_field(usage, "completion_tokens_details"), "reasoning_tokens")),
-            ):
-                getattr(out, name).extend(pc.fill_null(col, 0).to_pylist())
-        ids = batch.column("custom_id")
-        if ids.null_count:
-            raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
-        out.custom_id.extend(ids.to_pylist())
-        out.status_code.extend(pc.struct_field(resp, "status_code").to_pylist())  # noqa: E501
-        out.content.extend(_vectors(vectors) if embed else pc.struct_field(msg, "content").to_pylist())
-        out.refusal.extend(pc.struct_field(msg, "refusal").to_pylist())
-        out.finish_reason.extend(pc.struct_field(first, "finish_reason").to_pylist())
-        out.has_choice.extend(has.to_pylist())
-        out.error_code.extend(code.to_pylist())
-        out.error_message.extend(message.to_pylist())
-        status = pc.struct_field(resp, "status_code")
-        content = vectors if embed else pc.struct_field(msg, "content")
-        ok = pc.and_kleene(
-            pc.and_kleene(pc.and_kleene(pc.is_null(code), pc.is_null(message)), pc.is_null(pc.struct_field(msg, "refusal"))),
-            pc.and_kleene(pc.and_kleene(pc.is_valid(content), pc.equal(pc.struct_field(first, "finish_reason"), "stop")),
-                          pc.or_kleene(pc.is_null(status), pc.less(status, 400))),
+        content = pc.struct_field(msg, "content")
+        refusal = pc.struct_field(msg, "refusal")
+        finish = pc.struct_field(first, "finish_reason")
+        valid = pc.is_valid(content)
+    top_err = table.column("error")
+    body_err = pc.struct_field(body, "error")
+    # A line with neither a response nor an error: Result.from_line's "no_response".
+    empty = pc.and_(pc.is_null(resp), pc.is_null(top_err))
+    code = pc.coalesce(pc.struct_field(top_err, "code"), pc.struct_field(body_err, "code"),
+                       pc.struct_field(body_err, "type"), pc.if_else(empty, "no_response", none))
+    message = pc.coalesce(pc.struct_field(top_err, "message"), pc.struct_field(body_err, "message"),
+                          pc.if_else(empty, NO_RESPONSE, none))
+    status = pc.struct_field(resp, "status_code")
+    ok = pc.and_kleene(
+        pc.and_kleene(pc.and_kleene(pc.is_null(code), pc.is_null(message)), pc.is_null(refusal)),
+        pc.and_kleene(pc.and_kleene(valid, pc.equal(finish, "stop")),
+                      pc.or_kleene(pc.is_null(status), pc.less(status, 400))),
+    )
+    usage = pc.struct_field(body, "usage")
+    zeros = pa.array(np.zeros(n, dtype=np.int64))
+    tokens = {"prompt_tokens": pc.struct_field(usage, "prompt_tokens")}
+    if not embed:
+        tokens.update(
+            completion_tokens=pc.struct_field(usage, "completion_tokens"),
+            cached_tokens=pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens=pc.struct_field(pc.struct_field(usage, "completion_tokens_details"), "reasoning_tokens"),
         )
-        out.ok.extend(pc.fill_null(ok, False).to_pylist())
-    return out
+    tokens = {name: pc.fill_null(tokens.get(name, zeros), 0)
+              for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")}
+    return Answers(custom_id=ids, status_code=status, content=content, finish_reason=finish, refusal=refusal,
+                   has_choice=has, error_code=code, error_message=message, ok=pc.fill_null(ok, False), **tokens)
 
 
 def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answers:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jsonschema
 import orjson
@@ -96,6 +96,20 @@ class ResponseFormat:
                 return obj, None
             return slow(text)  # the careful path words the reason
 
+        def many(texts: List[str]) -> Tuple[list, list]:
+            """``(values, errors)`` of many answers: decode and check them in bulk, word failures one by one."""
+            try:
+                objs = list(map(loads, texts))
+            except orjson.JSONDecodeError:  # some answer is not JSON: go one by one
+                pairs = list(map(parse, texts))
+                return [p[0] for p in pairs], [p[1] for p in pairs]
+            valid = map(is_valid, objs) if fast is not None else (True for _ in objs)
+            errors = [None] * len(objs)
+            for i in [i for i, (obj, v) in enumerate(zip(objs, valid)) if not v or type(obj) is not dict]:
+                objs[i], errors[i] = slow(texts[i])
+            return objs, errors
+
+        parse.many = many
         return parse
 
     def parse_text(self, text: str) -> Tuple[Any, Optional[str]]:

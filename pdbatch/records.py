@@ -14,6 +14,8 @@ import base64
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["Request", "Result", "Usage", "Answers", "usage_counts", "embedding_of", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL"]
 
@@ -218,54 +220,112 @@ class Result:
         return cls(d["custom_id"], d.get("body"), d.get("error"), d.get("status_code"), d.get("request_id"))
 
 
-@dataclass
+_ANSWER_FIELDS = ("custom_id", "status_code", "content", "finish_reason", "refusal", "has_choice", "error_code",
+                  "error_message", "ok", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+
+
+def _answer_column(name: str) -> property:
+    def get(self) -> list:
+        col = self._cols[name]
+        if not isinstance(col, list):  # an Arrow column becomes a list the first time it is read as one
+            col = self._cols[name] = col.to_pylist()
+        return col
+
+    def set(self, value) -> None:
+        self._cols[name] = value if isinstance(value, (list, pa.Array, pa.ChunkedArray)) else list(value)
+
+    return property(get, set, doc=f"The ``{name}`` of every result line, as a list.")
+
+
 class Answers:
     """Many results, column-wise: the input of the join.
 
-    Column ``i`` of every list describes one result line. Built from output
+    Column ``i`` of every column describes one result line. Built from output
     files by :func:`pdbatch.batchfile.read_answers` (Arrow, no per-line
-    objects) or from :class:`Result` records by :meth:`from_results`.
+    objects), from :class:`Result` records by :meth:`from_results`, or from
+    the job store's rows by :meth:`from_rows`.
+
+    Each column is held either as a list or as an Arrow array. Reading an
+    attribute (``a.content``) always gives a list, converted once on first
+    use; :meth:`arrow` gives an Arrow array without making Python objects,
+    which is how the join reads the columns it needs in bulk.
+
+    ``ok`` is True where the answer is a plain success (status < 400, no
+    error, a choice with content, finish_reason "stop", no refusal): the
+    join's fast path. For embeddings, ``content`` holds the float32 vector and
+    ``has_choice`` says one came back.
+
+    Examples
+    --------
+    >>> a = Answers(custom_id=["1"], content=["hi"], ok=[True])
+    >>> a.custom_id, a.arrow("content").to_pylist(), len(a)
+    (['1'], ['hi'], 1)
     """
 
-    custom_id: list = field(default_factory=list)
-    status_code: list = field(default_factory=list)
-    content: list = field(default_factory=list)
-    finish_reason: list = field(default_factory=list)
-    refusal: list = field(default_factory=list)
-    has_choice: list = field(default_factory=list)
-    error_code: list = field(default_factory=list)
-    error_message: list = field(default_factory=list)
-    #: For embeddings, ``content`` holds the float32 vector and ``has_choice`` says one came back.
-    #: True where the answer is a plain success (status < 400, no error, a choice
-    #: with content, finish_reason "stop", no refusal): the join's fast path.
-    ok: list = field(default_factory=list)
-    prompt_tokens: list = field(default_factory=list)
-    completion_tokens: list = field(default_factory=list)
-    cached_tokens: list = field(default_factory=list)
-    reasoning_tokens: list = field(default_factory=list)
-
     #: The per-row columns, in the order the job store keeps them.
-    COLUMNS = ("status_code", "content", "finish_reason", "refusal", "has_choice", "error_code", "error_message",
-               "ok", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+    COLUMNS = _ANSWER_FIELDS[1:]
+    __slots__ = ("_cols",)
+
+    def __init__(self, **columns: Any) -> None:
+        unknown = set(columns) - set(_ANSWER_FIELDS)
+        if unknown:
+            raise TypeError(f"Answers() got unknown columns {sorted(unknown)}; known: {list(_ANSWER_FIELDS)}")
+        self._cols: dict = {}
+        for name in _ANSWER_FIELDS:
+            setattr(self, name, columns.get(name, []))
 
     def __len__(self) -> int:
-        return len(self.custom_id)
+        return len(self._cols["custom_id"])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Answers):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in _ANSWER_FIELDS)
+
+    def __repr__(self) -> str:
+        return f"Answers({len(self)} rows)"
+
+    def arrow(self, name: str) -> pa.ChunkedArray:
+        """Column ``name`` as an Arrow array (no Python objects when it was read by Arrow)."""
+        col = self._cols[name]
+        if isinstance(col, pa.ChunkedArray):
+            return col
+        if isinstance(col, pa.Array):
+            return pa.chunked_array([col])
+        return pa.chunked_array([pa.array(col)]) if col else pa.chunked_array([], type=pa.null())
+
+    def take(self, name: str, rows: np.ndarray) -> list:
+        """Column ``name`` at row positions ``rows``, as a list."""
+        col = self._cols[name]
+        if isinstance(col, list):
+            return [col[i] for i in rows.tolist()]
+        return col.take(pa.array(rows, type=pa.int64())).to_pylist()
 
     @property
     def usage(self) -> Usage:
         """Token usage summed over every row."""
-        return Usage(sum(self.prompt_tokens), sum(self.completion_tokens), sum(self.cached_tokens),
-                     sum(self.reasoning_tokens))
+        def total(name: str) -> int:
+            col = self._cols[name]
+            return sum(col) if isinstance(col, list) else int(pc.sum(col).as_py() or 0)
+        return Usage(total("prompt_tokens"), total("completion_tokens"), total("cached_tokens"),
+                     total("reasoning_tokens"))
 
     def columns(self) -> list:
         """The per-row lists named in :attr:`COLUMNS`, in that order."""
         return [getattr(self, name) for name in self.COLUMNS]
 
     def extend(self, other: "Answers") -> None:
-        """Append ``other``'s rows."""
-        self.custom_id.extend(other.custom_id)
-        for mine, theirs in zip(self.columns(), other.columns()):
-            mine.extend(theirs)
+        """Append ``other``'s rows (Arrow columns stay Arrow when both sides are)."""
+        for name in _ANSWER_FIELDS:
+            mine, theirs = self._cols[name], other._cols[name]
+            if not len(theirs):
+                continue
+            if isinstance(mine, list) and not mine:
+                self._cols[name] = theirs if not isinstance(theirs, list) else list(theirs)
+            elif not isinstance(mine, list) and not isinstance(theirs, list):
+                self._cols[name] = pa.chunked_array(self.arrow(name).chunks + other.arrow(name).chunks)
+            else:
+                getattr(self, name).extend(getattr(other, name))
 
     @classmethod
     def from_rows(cls, rows) -> "Answers":
@@ -341,3 +401,8 @@ class Answers:
                 a.has_choice.append(False)
                 a.ok.append(False)
         return a
+
+
+for _name in _ANSWER_FIELDS:
+    setattr(Answers, _name, _answer_column(_name))
+del _name

@@ -183,6 +183,25 @@ def test_json_expands_declared_columns_first_then_free_keys(df):
     assert stats.succeeded == 2
 
 
+@pytest.mark.parametrize("broken", [False, True], ids=["all-decode", "one-not-json"])
+def test_bulk_parser_matches_one_by_one(df, broken):
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}},
+                                               "k": {"type": "integer"}},
+              "required": ["tags", "k"], "additionalProperties": False}
+    fmt = response_format(schema)
+    results = [ok("pe", '{"tags": ["a", "b"], "k": 1}'), ok("fr", '{"k": 2, "tags": ["c", "d"]}'),
+               ok("it", '{"tags": ["x"], "k": "bad"}' if not broken else "not json"), ok("no", '{"tags": [], "k": 4}')]
+    bulk, stats, errors = join(df, results, parse=fmt.text_parser(), kind="schema", columns=list(fmt.columns))
+    single, stats1, errors1 = join(df, results, parse=fmt.parse_text, kind="schema", columns=list(fmt.columns))
+    pd.testing.assert_frame_equal(bulk, single)
+    assert errors == errors1 and stats.to_dict() == stats1.to_dict()
+    # list values stay whole lists in their cells (equal lengths must not be broadcast into a 2-D array)
+    assert bulk.loc["pe", "tags"] == ["a", "b"] and bulk.loc["fr", "tags"] == ["c", "d"]
+    assert bulk.loc["no", "tags"] == []
+    assert bulk["k"].tolist()[:3] == [2, 1, 4] and pd.isna(bulk.loc["it", "k"])
+    assert errors[df.index.get_loc("it")].startswith("invalid JSON" if broken else "schema violation at /k")
+
+
 def test_schema_columns_exist_even_when_nothing_answered(df):
     out, _, _ = join(df, [], parse=JSON, kind="schema", columns=["p", "q"])
     assert list(out.columns) == ["city", "n", "p", "q", "llm_error"]
@@ -308,10 +327,12 @@ def _output_line(req: dict, outcome: str, numeric: bool) -> dict:
                 "response": {"status_code": 500, "request_id": "r",
                              "body": {"error": {"message": "boom", "type": "server_error", "code": "server_error"}}}}
     content = "echo:" + req["body"]["messages"][0]["content"]
+    # "usable": not a plain success (no finish_reason), yet its content is the answer.
+    finish = None if outcome == "usable" else "stop"
     return {"id": "batch_req", "custom_id": cid, "error": None,
             "response": {"status_code": 200, "request_id": "r",
                          "body": {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                               "finish_reason": "stop"}],
+                                               "finish_reason": finish}],
                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1}}}}
 
 
@@ -329,7 +350,10 @@ def test_property_ids_round_trip_through_files_onto_the_right_rows(index, data):
     tpl = Template.parse("P:{v}")
     prompts = tpl.render({"v": display_strings(host["v"])}, n)
     reqs = [Request(cid, {"model": "m", "messages": [{"role": "user", "content": p}]}) for cid, p in zip(ids, prompts)]
-    outcomes = data.draw(st.lists(st.sampled_from(["ok", "ok", "error", "missing"]), min_size=n, max_size=n))
+    outcomes = data.draw(st.lists(st.sampled_from(["ok", "ok", "usable", "error", "missing", "skipped"]),
+                                  min_size=n, max_size=n))
+    # "skipped": the row was not sent this time, but a line for it is in the files; the skip wins.
+    skipped = {i: "missing value in column 'v'" for i, o in enumerate(outcomes) if o == "skipped"}
     numeric = data.draw(st.booleans())
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_shards(reqs, os.path.join(tmp, "in"), max_requests=data.draw(st.integers(1, 8)))
@@ -353,20 +377,29 @@ def test_property_ids_round_trip_through_files_onto_the_right_rows(index, data):
             paths.append(path)
         got = read_answers(paths)
     out, stats, errors = join_results(host, ids, got, TEXT, kind="text", output="llm_output",
-                                      error_column="llm_error")
+                                      error_column="llm_error", skipped=skipped)
+    # The same lines as Result records (lists, one parse per answer) join to the same frame.
+    listed = Answers.from_results(Result.from_line(line) for line in lines)
+    out2, stats2, errors2 = join_results(host, ids, listed, lambda t: (t, None), kind="text", output="llm_output",
+                                         error_column="llm_error", skipped=skipped)
+    pd.testing.assert_frame_equal(out, out2)
+    assert errors2 == errors and stats2.to_dict() == stats.to_dict()
     assert out.index.equals(host.index)
     assert out["v"].tolist() == host["v"].tolist()
     values = out["llm_output"].tolist()
     for i, outcome in enumerate(outcomes):
-        if outcome == "ok":
+        if outcome in ("ok", "usable"):
             assert values[i] == f"echo:P:row {i} {{}}"
             assert errors[i] is None
+        elif outcome == "skipped":
+            assert pd.isna(values[i]) and errors[i] == skipped[i]
         elif outcome == "error":
             assert pd.isna(values[i]) and errors[i] == "server_error: boom"
         else:
             assert pd.isna(values[i]) and errors[i] == NO_ANSWER
     assert out["llm_error"].tolist() == errors
-    assert stats.succeeded == outcomes.count("ok")
+    assert stats.succeeded == outcomes.count("ok") + outcomes.count("usable")
+    assert stats.skipped == outcomes.count("skipped")
     assert stats.unanswered == outcomes.count("missing")
     assert stats.unknown_ids == 0
-    assert stats.usage.prompt_tokens == outcomes.count("ok")
+    assert stats.usage.prompt_tokens == len(lines) - outcomes.count("error")

@@ -341,6 +341,13 @@ def test_text_parser_agrees_with_parse_text(rf):
     parse = f.text_parser()
     for text in SAMPLES:
         assert parse(text) == f.parse_text(text), text
+    many = getattr(parse, "many", None)
+    if many is not None:  # the join's bulk path: same answers, whether or not every text decodes
+        expected = [f.parse_text(t) for t in SAMPLES]
+        assert list(zip(*many(SAMPLES))) == expected
+        decodable = [t for t in SAMPLES if t not in ("not json", "", '{"a": 1', "plain text {x}")]
+        assert list(zip(*many(decodable))) == [f.parse_text(t) for t in decodable]
+        assert many([]) == ([], [])
 
 
 class ValidationAliased(BaseModel):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 
 from pdbatch.parsing import answer_reason
@@ -254,9 +256,48 @@ def test_answers_extend_appends_and_adds_usage():
     assert a.custom_id == ["row-1", "row-3", "row-1"]
     assert a.error_code == [None, "batch_expired", None]
     assert a.usage == Usage(24, 10, 8, 4)
-    assert all(len(getattr(a, f.name)) == 3 for f in dataclasses.fields(a) if f.name != "usage")
+    assert all(len(getattr(a, name)) == 3 for name in ("custom_id",) + Answers.COLUMNS)
 
 
 def test_empty_answers():
     a = Answers.from_results([])
     assert len(a) == 0 and a.usage == Usage()
+
+
+def _arrow_answers(ids, content, tokens):
+    n = len(ids)
+    return Answers(custom_id=pa.chunked_array([pa.array(ids)]), status_code=pa.array([200] * n),
+                   content=pa.array(content, pa.string()), finish_reason=pa.array(["stop"] * n),
+                   refusal=pa.nulls(n, pa.string()), has_choice=pa.array([True] * n),
+                   error_code=pa.nulls(n, pa.string()), error_message=pa.nulls(n, pa.string()),
+                   ok=pa.array([c is not None for c in content]), prompt_tokens=pa.array(tokens, pa.int64()),
+                   completion_tokens=pa.array([1] * n, pa.int64()), cached_tokens=pa.array([0] * n, pa.int64()),
+                   reasoning_tokens=pa.array([0] * n, pa.int64()))
+
+
+def test_answers_arrow_columns_read_as_lists_and_stay_arrow_when_extended():
+    a = _arrow_answers(["1", "2"], ["x", None], [3, 4])
+    b = _arrow_answers(["3"], ["z"], [5])
+    assert a.usage == Usage(7, 2) and len(a) == 2
+    a.extend(b)
+    assert isinstance(a.arrow("content"), pa.ChunkedArray) and a.arrow("content").num_chunks == 2
+    assert a.take("content", np.array([2, 0])) == ["z", "x"]
+    assert a.usage == Usage(12, 3)
+    assert a.content == ["x", None, "z"] and a.ok == [True, False, True]  # lists on attribute access
+    assert a.take("content", np.array([1])) == [None]
+
+
+def test_answers_mixed_arrow_and_list_extend_and_compare():
+    listed = Answers.from_results([Result.from_line(SUCCESS)])
+    arrow = _arrow_answers(["9"], ["y"], [2])
+    empty = Answers()
+    empty.extend(arrow)  # an empty start takes the Arrow columns as they are
+    assert empty == arrow and empty.arrow("custom_id").to_pylist() == ["9"]
+    arrow.extend(listed)  # Arrow then list: becomes lists
+    assert arrow.custom_id == ["9", "row-1"] and arrow.content == ["y", "hi"]
+    assert arrow.usage == Usage(2 + 12, 1 + 5, 4, 2)
+    listed.extend(_arrow_answers(["8"], ["w"], [1]))
+    assert listed.custom_id == ["row-1", "8"] and listed.prompt_tokens == [12, 1]
+    assert listed != arrow and Answers() == Answers()
+    with pytest.raises(TypeError, match="unknown columns"):
+        Answers(contents=[])
