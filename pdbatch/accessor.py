@@ -7,12 +7,13 @@ object on every ``df.llm`` access); jobs live in :class:`~pdbatch.job.Job`.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence, Union
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import pandas as pd
 
 from .backends import resolve_backend
-from .batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_shards
+from .batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_lines
 from .errors import OptionError
 from .ids import check_unique, custom_ids
 from .job import Job, start_job
@@ -337,9 +338,14 @@ class LLMAccessor:
         rendered = spec.render(frame, ids)
         directory = os.path.dirname(os.path.abspath(path))
         stem = os.path.splitext(os.path.basename(path))[0]
-        shards = write_shards(
-            spec.requests(rendered), directory, prefix=stem, max_requests=shard_size, max_bytes=shard_bytes
-        )
+        too_large: Dict[str, str] = {}
+        shards = write_lines(spec.lines(rendered), directory, prefix=stem, max_requests=shard_size,
+                             max_bytes=shard_bytes, too_large=too_large)
+        if too_large:
+            first = ", ".join(repr(c) for c in list(too_large)[:5])
+            warnings.warn(f"{len(too_large)} request(s) left out of the batch file, each larger than shard_bytes="
+                          f"{shard_bytes} on its own (custom_id {first}{', ...' if len(too_large) > 5 else ''}); "
+                          f"shorten those rows or raise shard_bytes=", stacklevel=2)
         if len(shards) == 1:
             os.replace(shards[0].path, path)
             return [path]

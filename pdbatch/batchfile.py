@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import orjson
@@ -19,7 +19,7 @@ import pyarrow.json as pajson
 from .errors import InputError
 from .records import NO_RESPONSE, Answers, Request, Result
 
-__all__ = ["Shard", "write_shards", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
+__all__ = ["Shard", "write_shards", "write_lines", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
 
 #: Batch API limits per input file (configurable for other providers).
 MAX_REQUESTS = 50_000
@@ -40,8 +40,21 @@ class Shard:
         return {"index": self.index, "path": self.path, "count": self.count, "bytes": self.bytes}
 
 
-def write_shards(
-    requests: Iterable[Request],
+def write_shards(requests: Iterable[Request], directory: str, **options) -> List[Shard]:
+    """Write :class:`Request` records to JSONL shards; see :func:`write_lines` for ``options``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> reqs = [Request(str(i), {"model": "m", "messages": []}) for i in range(5)]
+    >>> [s.count for s in write_shards(reqs, tempfile.mkdtemp(), max_requests=2)]
+    [2, 2, 1]
+    """
+    return write_lines(((r.custom_id, r.to_line()) for r in requests), directory, **options)
+
+
+def write_lines(
+    lines: Iterable[Tuple[str, bytes]],
     directory: str,
     *,
     prefix: str = "input",
@@ -49,12 +62,14 @@ def write_shards(
     max_bytes: int = MAX_BYTES,
     too_large: Optional[Dict[str, str]] = None,
 ) -> List[Shard]:
-    """Write requests to JSONL shards of at most ``max_requests`` lines and ``max_bytes`` bytes.
+    """Write request lines to JSONL shards of at most ``max_requests`` lines and ``max_bytes`` bytes.
 
     Parameters
     ----------
-    requests : iterable of Request
-        Consumed once, streaming.
+    lines : iterable of (custom_id, bytes)
+        Each request's JSONL line, newline included (as
+        :meth:`Request.to_line` or :meth:`pdbatch.spec.MapSpec.lines` make
+        them). Consumed once, streaming.
     directory : str
         Where the shards go (created if needed). Files are named
         ``{prefix}-{k:04d}.jsonl``.
@@ -68,55 +83,44 @@ def write_shards(
     -------
     list of Shard
         Empty when there was nothing to write.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> reqs = [Request(str(i), {"model": "m", "messages": []}) for i in range(5)]
-    >>> [s.count for s in write_shards(reqs, tempfile.mkdtemp(), max_requests=2)]
-    [2, 2, 1]
     """
     if max_requests < 1 or max_bytes < 1:
         raise InputError("max_requests and max_bytes must be positive (shard_size= / shard_bytes=)")
     os.makedirs(directory, exist_ok=True)
     shards: List[Shard] = []
     fh = None
-    current: Optional[Shard] = None
-    pending: List[bytes] = []  # lines written in chunks: one write call per ~1,000 lines
+    pending: List[bytes] = []  # lines written in chunks of about 1,000
+    count = size = 0  # of the current shard; written back to it when it closes
 
-    def flush() -> None:
-        if pending:
+    def close() -> None:
+        if fh is not None:
             fh.writelines(pending)
             pending.clear()
+            fh.close()
+            shards[-1].count, shards[-1].bytes = count, size
 
     try:
-        for req in requests:
-            line = req.to_line()
-            size = len(line)
-            if size > max_bytes:
+        for cid, line in lines:
+            n = len(line)
+            if n > max_bytes:
                 if too_large is not None:
-                    too_large[req.custom_id] = (
-                        f"request too large for one batch file ({size} bytes > {max_bytes})"
-                    )
+                    too_large[cid] = f"request too large for one batch file ({n} bytes > {max_bytes})"
                 continue
-            if current is None or current.count >= max_requests or current.bytes + size > max_bytes:
-                if fh is not None:
-                    flush()
-                    fh.close()
+            if fh is None or count >= max_requests or size + n > max_bytes:
+                close()
+                fh = None
                 path = os.path.join(directory, f"{prefix}-{len(shards):04d}.jsonl")
-                current = Shard(len(shards), path)
-                shards.append(current)
+                shards.append(Shard(len(shards), path))
                 fh = open(path, "wb", buffering=_BUFFER)
+                count = size = 0
             pending.append(line)
+            count += 1
+            size += n
             if len(pending) >= 1000:
-                flush()
-            current.count += 1
-            current.bytes += size
-        if fh is not None:
-            flush()
+                fh.writelines(pending)
+                pending.clear()
     finally:
-        if fh is not None:
-            fh.close()
+        close()
     return shards
 
 

@@ -8,7 +8,6 @@ and row order, plus the new columns.
 from __future__ import annotations
 
 import gc
-import operator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
@@ -100,20 +99,14 @@ def _expand(parsed: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.nd
     present = np.flatnonzero(np.not_equal(parsed, None))
     objs = parsed[present].tolist()
     keys = dict.fromkeys(columns or ())
-    for obj in objs:
-        if obj.keys() != keys.keys():
-            keys.update(dict.fromkeys(obj))
-    names = list(keys)
+    for shape in dict.fromkeys(map(tuple, objs)):  # each distinct key sequence, in row order
+        keys.update(dict.fromkeys(shape))
     out = {}
-    columns_ = None
-    if objs and len(names) > 1:
-        try:  # every answer has every key (strict schemas): one C-level pass
-            columns_ = list(zip(*map(operator.itemgetter(*names), objs)))
+    for name in keys:
+        try:  # every answer has the key (strict schemas): no default to look up
+            col = [obj[name] for obj in objs]
         except KeyError:
-            pass
-    if columns_ is None:
-        columns_ = [[obj.get(k) for obj in objs] for k in names]
-    for name, col in zip(names, columns_):
+            col = [obj.get(name) for obj in objs]
         arr = np.full(n, None, dtype=object)
         arr[present] = np.fromiter(col, dtype=object, count=len(objs))
         out[name] = arr

@@ -18,7 +18,7 @@ import pandas as pd
 from .errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
 from .join import join_results
 from .parsing import ResponseFormat, response_format as _response_format
-from .records import CHAT_URL, EMBEDDINGS_URL, Request
+from .records import CHAT_URL, EMBEDDINGS_URL, LineTemplate, Request
 from .template import SERIES_FIELD, Template, display_strings, image_part
 
 __all__ = ["MapSpec", "Rendered", "CHAT_PARAMS"]
@@ -249,26 +249,19 @@ class MapSpec:
                 images = self.images.render(strings, n, skipped)
         return Rendered(ids, user, system, images, skipped)
 
-    def requests(self, rendered: Rendered) -> Iterator[Request]:
-        """Yield one :class:`Request` per row that can be sent, in row order."""
-        base = {k: v for k, v in self.params.items()}
-        if self.fmt.body is not None:
-            base["response_format"] = self.fmt.body
-        model = self.model
-        const_system = None
-        if self.system is not None and not self.system.fields:
-            const_system = {"role": "system", "content": self.system.compiled.format()}
+    def _slots(self, rendered: Rendered) -> Iterator[tuple]:
+        """``(custom_id, values)`` of every row that can be sent, in row order.
+
+        ``values`` are what differs between two rows' bodies, in the order they
+        appear in the body (see :meth:`_body`): the input text of an
+        embedding; else the system text when it is a template, then the user
+        content (text, or text and image parts). A row whose images cannot be
+        read is marked skipped instead.
+        """
         skipped = rendered.skipped
-        url = self.url
         user_texts, sys_texts, images = rendered.user, rendered.system, rendered.images
+        per_row_system = sys_texts is not None and self.url != EMBEDDINGS_URL
         image_parts = self._image_parts
-        if self.url == EMBEDDINGS_URL:
-            for pos, cid in enumerate(rendered.ids):
-                if pos not in skipped:
-                    body = {"model": model, "input": user_texts[pos]}
-                    body.update(base)
-                    yield Request(cid, body, url)
-            return
         for pos, cid in enumerate(rendered.ids):
             if pos in skipped:
                 continue
@@ -279,16 +272,48 @@ class MapSpec:
                     skipped[pos] = reason
                     continue
                 content = [{"type": "text", "text": content}] + parts
-            if const_system is not None:
-                msgs = [const_system, {"role": "user", "content": content}]
-            elif sys_texts is not None:
-                msgs = [{"role": "system", "content": sys_texts[pos]}, {"role": "user", "content": content}]
-            else:
-                msgs = [{"role": "user", "content": content}]
-            body = {"model": model, "messages": msgs}
-            if base:
-                body.update(base)
-            yield Request(cid, body, url)
+            yield cid, ((sys_texts[pos], content) if per_row_system else (content,))
+
+    def _body_maker(self):
+        """A function from a row's values (see :meth:`_slots`) to its request body."""
+        base = dict(self.params)
+        if self.fmt.body is not None:
+            base["response_format"] = self.fmt.body
+        model = self.model
+        if self.url == EMBEDDINGS_URL:
+            return lambda values: {"model": model, "input": values[0], **base}
+        if self.system is not None and not self.system.fields:
+            const_system = {"role": "system", "content": self.system.compiled.format()}
+            return lambda values: {"model": model, "messages": [const_system, {"role": "user", "content": values[0]}],
+                                   **base}
+        if self.system is not None:
+            return lambda values: {"model": model, "messages": [{"role": "system", "content": values[0]},
+                                                                {"role": "user", "content": values[1]}], **base}
+        return lambda values: {"model": model, "messages": [{"role": "user", "content": values[0]}], **base}
+
+    def requests(self, rendered: Rendered) -> Iterator[Request]:
+        """Yield one :class:`Request` per row that can be sent, in row order."""
+        body, url = self._body_maker(), self.url
+        for cid, values in self._slots(rendered):
+            yield Request(cid, body(values), url)
+
+    def lines(self, rendered: Rendered) -> Iterator[tuple]:
+        """Yield ``(custom_id, JSONL line)`` per row that can be sent: the bytes of :meth:`requests`, made faster.
+
+        Everything the rows share is serialized once (see
+        :class:`~pdbatch.records.LineTemplate`).
+        """
+        body, url = self._body_maker(), self.url
+        per_row_system = rendered.system is not None and url != EMBEDDINGS_URL
+        n = 2 if per_row_system else 1
+        template = LineTemplate.build(url, body(tuple(LineTemplate.slot(k) for k in range(n))), n)
+        if template is None:
+            for cid, values in self._slots(rendered):
+                yield cid, Request(cid, body(values), url).to_line()
+            return
+        line = template.line
+        for cid, values in self._slots(rendered):
+            yield cid, line(cid, values)
 
     def _image_parts(self, value: Any):
         if value is None or (isinstance(value, float) and value != value):

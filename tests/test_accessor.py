@@ -326,6 +326,39 @@ def test_to_batch_file_shards(movies, tmp_path):
     assert sum(1 for p in paths for _ in open(p)) == 5
 
 
+SHAPES = {
+    "text": ("{Series_Title}", {}),
+    "const-system": ("T: {Series_Title}\n{Overview}", {"system": 'Say "hi" 100% \u2713 %s {{x}}', "seed": 3}),
+    "row-system": ("{Overview}", {"system": "Films of {Released_Year}: 100%"}),
+    "json": ("{Series_Title} as JSON", {"response_format": "json", "temperature": 0}),
+    "schema": ("{Series_Title}", {"response_format": MOVIE_SCHEMA, "extra_body": {"metadata": {"k": [1, 2]}}}),
+    "pydantic": ("{Series_Title}", {"response_format": Movie, "max_completion_tokens": 50}),
+    "images": ("{Series_Title}", {"images": "https://example.com/{Series_Title}.png", "image_detail": "low"}),
+    # a system prompt holding the splice marker: the lines are made the slow way, with the same bytes
+    "marker": ("{Series_Title}", {"system": "\x00pdbatch:slot:0\x00"}),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_to_batch_file_bytes_are_the_requests_map_sends(movies, tmp_path, shape):
+    from pdbatch.ids import custom_ids
+    template, opts = SHAPES[shape]
+    paths = movies.llm.to_batch_file(tmp_path / "in.jsonl", template, model="gpt-4o-mini", **opts)
+    spec = movies.llm._spec(template, model="gpt-4o-mini", **opts)
+    rendered = spec.render(movies, custom_ids(movies.index))
+    expected = b"".join(r.to_line() for r in spec.requests(rendered))
+    assert open(paths[0], "rb").read() == expected
+    assert len(expected.splitlines()) == (4 if shape == "row-system" else 5)  # Released_Year has a gap
+
+
+def test_to_batch_file_warns_about_rows_too_large_for_a_file(movies, tmp_path):
+    big = movies.assign(Overview=["x" * 5000 if i == 2 else "short" for i in range(5)])
+    with pytest.warns(UserWarning, match=rf"1 request\(s\) left out .*custom_id '{movies.index[2]}'.*shard_bytes="):
+        paths = big.llm.to_batch_file(tmp_path / "in.jsonl", "{Overview}", model="m", shard_bytes=2000)
+    ids = [json.loads(x)["custom_id"] for p in paths for x in open(p)]
+    assert ids == [str(i) for k, i in enumerate(movies.index) if k != 2]
+
+
 def test_validation_failure_raises_with_server_errors(make_server, make_client, movies):
     srv = make_server(faults=Faults(max_lines=3))
     with pytest.raises(BatchFailedError) as info:
