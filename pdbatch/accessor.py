@@ -15,7 +15,7 @@ import pandas as pd
 from .backends import resolve_backend
 from .batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_lines
 from .errors import OptionError
-from .ids import check_unique, custom_ids
+from .ids import unique_ids
 from .job import Job, start_job
 from .records import EMBEDDINGS_URL
 from .spec import MapSpec
@@ -332,8 +332,7 @@ class LLMAccessor:
         spec = self._spec(template, **options)
         if spec.model is None:
             raise OptionError("model= is required to write a batch file, e.g. model='gpt-4o-mini'")
-        ids = custom_ids(self._obj.index)
-        check_unique(ids)
+        ids = unique_ids(self._obj.index)
         frame = self._obj.to_frame(name="value") if self._series else self._obj
         rendered = spec.render(frame, ids)
         directory = os.path.dirname(os.path.abspath(path))
@@ -372,8 +371,7 @@ class LLMAccessor:
         overwrite = bool(options.pop("overwrite", False))
         keep = {k: options[k] for k in ("response_format", "output", "error_column", "system", "images") if k in options}
         spec = self._spec(template if template is not None else "", **keep)
-        ids = custom_ids(self._obj.index)
-        check_unique(ids)
+        ids = unique_ids(self._obj.index)
         skipped = {}
         if template is not None:
             frame = self._obj.to_frame(name="value") if self._series else self._obj
@@ -431,8 +429,7 @@ class LLMAccessor:
         if not isinstance(overwrite, bool):
             raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
         spec = self._spec(template, **options)
-        ids = custom_ids(self._obj.index)
-        check_unique(ids)
+        ids = unique_ids(self._obj.index)
         if not self._series:
             spec.check_collisions(self._obj.columns, overwrite)
         frame = self._obj.to_frame(name="value") if self._series else self._obj

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .errors import DuplicateIdError
 
-__all__ = ["SEP", "custom_ids", "check_unique", "positions"]
+__all__ = ["SEP", "custom_ids", "check_unique", "unique_ids", "positions"]
 
 #: Separator between the parts of a MultiIndex label in a custom_id.
 SEP = "|"
@@ -80,6 +80,22 @@ def check_unique(ids: List[str]) -> None:
     if dup.any():
         repeated = pd.unique(s[dup])
         raise DuplicateIdError([str(d) for d in repeated[:10]], len(repeated))
+
+
+def unique_ids(index: pd.Index) -> List[str]:
+    """:func:`custom_ids` of ``index``, checked by :func:`check_unique`.
+
+    A ``RangeIndex`` is unique by construction, so its check is skipped.
+
+    Examples
+    --------
+    >>> unique_ids(pd.RangeIndex(3))
+    ['0', '1', '2']
+    """
+    ids = custom_ids(index)
+    if not isinstance(index, pd.RangeIndex):
+        check_unique(ids)
+    return ids
 
 
 def positions(ids: Iterable[str]) -> Dict[str, int]:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from .backends.base import Backend, Progress
 from .errors import BackendUnavailableError, JobError
-from .ids import check_unique, custom_ids
+from .ids import custom_ids, unique_ids
 from .pricing import job_cost
 from .records import Answers, Request
 from .spec import MapSpec, Rendered
@@ -423,8 +423,7 @@ def start_job(
     Everything that can be checked is checked here, before the backend sees a
     single request: duplicate custom_ids, column collisions, capabilities.
     """
-    ids = custom_ids(host.index)
-    check_unique(ids)
+    ids = unique_ids(host.index)
     if isinstance(host, pd.DataFrame):
         spec.check_collisions(host.columns, overwrite)
         frame = host

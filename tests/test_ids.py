@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pdbatch.errors import DuplicateIdError
-from pdbatch.ids import SEP, check_unique, custom_ids, positions
+from pdbatch.ids import SEP, check_unique, custom_ids, positions, unique_ids
 
 
 @pytest.mark.parametrize(
@@ -92,3 +92,11 @@ def test_multiindex_with_missing_label():
     # regression: raised TypeError (sequence item 1: expected str instance, float found)
     ids = custom_ids(pd.MultiIndex.from_tuples([("a", 1), ("b", None)]))
     assert len(ids) == 2 and all(type(i) is str for i in ids)
+
+
+def test_unique_ids_checks_every_index_but_a_range():
+    assert unique_ids(pd.RangeIndex(2, 8, 3)) == ["2", "5"]
+    with pytest.raises(DuplicateIdError, match="reset_index"):
+        unique_ids(pd.Index([1, "1"], dtype=object))
+    with pytest.raises(DuplicateIdError):
+        unique_ids(pd.Index([3, 3]))
