@@ -189,7 +189,7 @@ def join_results(
     skipped_pos = np.fromiter(skipped, dtype=np.int64, count=len(skipped))
     text_column = None
     parsed = np.full(n, None, dtype=object)
-    if parse_text is as_is and not isinstance(a._cols["content"], list):
+    if parse_text is as_is and a.is_arrow("content"):
         # Nothing to parse and the text is in Arrow: one gather builds the column, no Python strings.
         src = np.full(n, -1, dtype=np.int64)
         src[where[usable]] = usable

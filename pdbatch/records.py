@@ -347,6 +347,10 @@ class Answers:
             return pa.chunked_array([col])
         return pa.chunked_array([pa.array(col)]) if col else pa.chunked_array([], type=pa.null())
 
+    def is_arrow(self, name: str) -> bool:
+        """Whether column ``name`` is held as Arrow (not yet turned into a list)."""
+        return not isinstance(self._cols[name], list)
+
     def take(self, name: str, rows: np.ndarray) -> list:
         """Column ``name`` at row positions ``rows``, as a list."""
         col = self._cols[name]

@@ -12,7 +12,7 @@ from pdbatch import batchfile
 from pdbatch.batchfile import MAX_BYTES, MAX_REQUESTS, Shard, read_answers, read_results, write_shards
 from pdbatch.errors import InputError
 from pdbatch.parsing import answer_reason
-from pdbatch.records import Answers, Request, Result, Usage
+from pdbatch.records import Answers, Request, Usage
 
 # ------------------------------------------------------------------ helpers
 

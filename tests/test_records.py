@@ -280,10 +280,11 @@ def test_answers_arrow_columns_read_as_lists_and_stay_arrow_when_extended():
     b = _arrow_answers(["3"], ["z"], [5])
     assert a.usage == Usage(7, 2) and len(a) == 2
     a.extend(b)
-    assert isinstance(a.arrow("content"), pa.ChunkedArray) and a.arrow("content").num_chunks == 2
+    assert a.is_arrow("content") and a.arrow("content").num_chunks == 2
     assert a.take("content", np.array([2, 0])) == ["z", "x"]
     assert a.usage == Usage(12, 3)
     assert a.content == ["x", None, "z"] and a.ok == [True, False, True]  # lists on attribute access
+    assert not a.is_arrow("content") and a.is_arrow("custom_id")
     assert a.take("content", np.array([1])) == [None]
 
 
