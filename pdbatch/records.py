@@ -310,7 +310,8 @@ class Answers:
 
     Examples
     --------
-    >>> a = Answers(custom_id=["1"], content=["hi"], ok=[True])
+    >>> a = Answers.from_results([Result("1", {"choices": [{"message": {"content": "hi"},
+    ...                                         "finish_reason": "stop"}]})])
     >>> a.custom_id, a.arrow("content").to_pylist(), len(a)
     (['1'], ['hi'], 1)
     """
@@ -326,6 +327,9 @@ class Answers:
         self._cols: dict = {}
         for name in _ANSWER_FIELDS:
             setattr(self, name, columns.get(name, []))
+        lengths = {name: len(col) for name, col in self._cols.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"Answers() columns must all have one length, got {lengths}")
 
     def __len__(self) -> int:
         return len(self._cols["custom_id"])

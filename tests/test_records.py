@@ -302,3 +302,5 @@ def test_answers_mixed_arrow_and_list_extend_and_compare():
     assert listed != arrow and Answers() == Answers()
     with pytest.raises(TypeError, match="unknown columns"):
         Answers(contents=[])
+    with pytest.raises(ValueError, match="one length"):
+        Answers(custom_id=["1"], content=["hi"])
