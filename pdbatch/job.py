@@ -317,8 +317,7 @@ class Job:
                   retry_invalid=int(rec.spec.get("_retry_invalid", 0)),
                   hashes=store.row_hashes(job_id))
         # Backends that send row by row (local, realtime) resume the rows still unanswered.
-        requests = None if rendered is None else (
-            lambda: _filtered(job, spec.requests(rendered), True, store.answered_ids(job.id, True)))
+        requests = None if rendered is None else (lambda: _to_send(job, rendered, True))
         with _job_lock(rec.workdir):  # never heal a shard while its submitter is still at work
             job.record = store.job(job_id) or rec
             backend.attach(job, requests=requests)
@@ -373,6 +372,11 @@ def jobs(limit: int = 50, store: Optional[Store] = None) -> pd.DataFrame:
             "state": [r.state for r in recs],
         }
     )
+
+
+def _to_send(job: Job, rendered: Rendered, use_cache: bool) -> Iterator[Request]:
+    """The job's requests that are neither answered in this job nor (with ``use_cache``) in the cache."""
+    return _filtered(job, job.spec.requests(rendered), use_cache, job.store.answered_ids(job.id, True))
 
 
 def _filtered(job: Job, requests: Iterator[Request], use_cache: bool, answered: set) -> Iterator[Request]:
@@ -440,16 +444,14 @@ def start_job(
     job_id = new_job_id()
     workdir = os.path.join(pdbatch_home(), "jobs", job_id)
     source = dict(spec.source, _max_retries=max_retries, _retry_invalid=retry_invalid)
-    rec = JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
-                    spec=source, workdir=workdir)
-    rec, created = store.create_or_attach(rec, reuse=True)
+    def new_record() -> JobRecord:
+        return JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
+                         spec=source, workdir=workdir)
+
+    rec, created = store.create_or_attach(new_record(), reuse=True)
     if not created and not cache and rec.state == "finished":
         # cache=False: a finished job's answers are not reused; start afresh.
-        rec, created = store.create_or_attach(
-            JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
-                      spec=source, workdir=workdir),
-            reuse=False,
-        )
+        rec, created = store.create_or_attach(new_record(), reuse=False)
     job = Job(rec.id, host, spec, backend, ids, rendered.skipped, rec.workdir, store, rec, overwrite,
               max_retries, retry_invalid)
     with _job_lock(rec.workdir):
@@ -457,14 +459,12 @@ def start_job(
         job.record = rec
         if rec.state == "created":  # new, or its submitter died before its requests were on disk
             _save_host(host, rec.workdir)
-            backend.submit(job, _filtered(job, spec.requests(rendered), cache, store.answered_ids(rec.id, True)))
+            backend.submit(job, _to_send(job, rendered, cache))
             if rec.state == "created":  # a backend that did not call mark_written itself
                 job.mark_written()
         else:
             job.hashes = store.row_hashes(rec.id)
-            backend.attach(
-                job, requests=lambda: _filtered(job, spec.requests(rendered), cache, store.answered_ids(rec.id, True))
-            )
+            backend.attach(job, requests=lambda: _to_send(job, rendered, cache))
         if rec.state == "written":
             rec.state = "submitted"
             store.update_job(rec.id, state="submitted")
