@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import struct
+import time
 import zlib
 
 import pandas as pd
@@ -187,8 +188,6 @@ def test_cancelled_job(make_server, make_client, movies):
     for _ in range(200):  # bounded: until the first answer is in
         if job.status()["completed"] >= 1:
             break
-        import time
-
         time.sleep(0.02)
     job.cancel()
     out = job.wait(progress=False, timeout=30).result()
