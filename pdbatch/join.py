@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ColumnCollisionError
-from .parsing import answer_reason, as_is
+from .parsing import answer_reason, as_is, one_by_one
 from .records import Answers, Usage
 
 __all__ = ["JoinStats", "join_results", "NO_ANSWER"]
@@ -85,12 +85,6 @@ def _gc_paused():
     finally:
         if was:
             gc.enable()
-
-
-def _one_by_one(parse_text: Callable[[str], tuple], texts: List[str]) -> tuple:
-    """``(values, errors)`` of ``texts`` through a one-answer parser."""
-    pairs = [parse_text(t) for t in texts]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _expand(parsed: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.ndarray]:
@@ -196,7 +190,7 @@ def join_results(
         src[skipped_pos] = -1
         text_column = a.arrow("content").take(pa.array(src, mask=src < 0))
     else:
-        many = getattr(parse_text, "many", None) or (lambda texts: _one_by_one(parse_text, texts))
+        many = getattr(parse_text, "many", None) or (lambda texts: one_by_one(parse_text, texts))
         rows = where[usable]
         with _gc_paused():
             values, errs = many(a.take("content", usable))

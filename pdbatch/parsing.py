@@ -101,8 +101,7 @@ class ResponseFormat:
             try:
                 objs = list(map(loads, texts))
             except orjson.JSONDecodeError:  # some answer is not JSON: go one by one
-                pairs = list(map(parse, texts))
-                return [p[0] for p in pairs], [p[1] for p in pairs]
+                return one_by_one(parse, texts)
             valid = map(is_valid, objs) if fast is not None else (True for _ in objs)
             errors = [None] * len(objs)
             for i in [i for i, (obj, v) in enumerate(zip(objs, valid)) if not v or type(obj) is not dict]:
@@ -147,6 +146,12 @@ class ResponseFormat:
                 where = "/" + "/".join(str(p) for p in error.absolute_path)
                 return None, f"schema violation at {where}: {error.message[:200]}"
         return obj, None
+
+
+def one_by_one(parse_text, texts: List[str]) -> Tuple[list, list]:
+    """``(values, errors)`` of ``texts`` through a one-answer parser such as :meth:`ResponseFormat.parse_text`."""
+    pairs = [parse_text(t) for t in texts]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def as_is(text: Any) -> Tuple[Any, None]:

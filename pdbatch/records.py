@@ -158,10 +158,9 @@ class LineTemplate:
     """
 
     _ID = "\x00pdbatch:custom_id\x00"
-    __slots__ = ("_format", "line")
+    __slots__ = ("line",)
 
     def __init__(self, format_: bytes, slots: int) -> None:
-        self._format = format_
         dumps = orjson.dumps
         if slots == 1:  # the common shape, without building an argument list per line
             self.line = lambda custom_id, values: format_ % (dumps(custom_id), dumps(values[0]))

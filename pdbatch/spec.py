@@ -260,7 +260,7 @@ class MapSpec:
         """
         skipped = rendered.skipped
         user_texts, sys_texts, images = rendered.user, rendered.system, rendered.images
-        per_row_system = sys_texts is not None and self.url != EMBEDDINGS_URL
+        per_row_system = self._per_row_system(rendered)
         image_parts = self._image_parts
         for pos, cid in enumerate(rendered.ids):
             if pos in skipped:
@@ -273,6 +273,10 @@ class MapSpec:
                     continue
                 content = [{"type": "text", "text": content}] + parts
             yield cid, ((sys_texts[pos], content) if per_row_system else (content,))
+
+    def _per_row_system(self, rendered: Rendered) -> bool:
+        """Whether each row has its own system text (a chat body whose system prompt is a template)."""
+        return rendered.system is not None and self.url != EMBEDDINGS_URL
 
     def _body_maker(self):
         """A function from a row's values (see :meth:`_slots`) to its request body."""
@@ -304,8 +308,7 @@ class MapSpec:
         :class:`~pdbatch.records.LineTemplate`).
         """
         body, url = self._body_maker(), self.url
-        per_row_system = rendered.system is not None and url != EMBEDDINGS_URL
-        n = 2 if per_row_system else 1
+        n = 2 if self._per_row_system(rendered) else 1
         template = LineTemplate.build(url, body(tuple(LineTemplate.slot(k) for k in range(n))), n)
         if template is None:
             for cid, values in self._slots(rendered):
