@@ -8,7 +8,7 @@ Compares, on the same short prompts (answers capped at the same length):
 
 Run ``python bench/local_threads.py [rows] [max_tokens] [rounds]``; it prints
 the median rows/s of each layout (rounds interleaved) and their ratio. The faster one is pdbatch's default
-(``pdbatch.local_model.DEFAULT_THREADS_PER_WORKER``).
+(``pdbatch.local_model.model.DEFAULT_THREADS_PER_WORKER``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pdbatch.local_model import ModelPool, default_model_path  # noqa: E402
+from pdbatch.local_model.model import ModelPool, default_model_path  # noqa: E402
 
 CITIES = ["Paris", "Lima", "Tokyo", "Cairo", "Oslo", "Quito", "Delhi", "Accra", "Hanoi", "Bern", "Rome", "Perth"]
 

@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import pandas as pd  # noqa: E402
 
 import pdbatch  # noqa: E402,F401  (registers .llm)
-from pdbatch.backends.realtime import RealtimeBackend  # noqa: E402
-from pdbatch.engines import ScriptedEngine  # noqa: E402
+from pdbatch.backends.realtime import Realtime  # noqa: E402
+from pdbatch.server.engines import ScriptedEngine  # noqa: E402
 from pdbatch.server import BatchServer, Faults  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def run(rows: int, faults: Faults, waves: bool = False, **backend) -> dict:
     with BatchServer(engine=ScriptedEngine(reply), faults=faults) as srv:
         client = srv.client(max_retries=0)
         df = pd.DataFrame({"w": [f"row {i}" for i in range(rows)]})
-        be = RealtimeBackend(client, **backend)
+        be = Realtime(client, **backend)
         t0 = time.monotonic()
         out = df.llm.map("{w}", model="gpt-4o-mini", backend=be, progress=False, cache=False, timeout=120)
         wall = time.monotonic() - t0

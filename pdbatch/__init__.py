@@ -17,13 +17,17 @@ import warnings
 
 import pandas as pd
 
-from . import errors, pricing
+from . import errors
+from .pricing import prices as pricing
 from .accessor import LLMAccessor
+from .backends.batch import Batch
+from .backends.local import Local
+from .backends.realtime import Realtime
 from .errors import PdbatchError
-from .job import Job, jobs
-from .records import Request, Result, Usage
+from .job.lifecycle import Job, jobs
+from .core.records import Request, Result, Usage
 
-__all__ = ["LLMAccessor", "Job", "jobs", "Request", "Result", "Usage", "PdbatchError", "errors", "pricing", "__version__"]
+__all__ = ["LLMAccessor", "Batch", "Realtime", "Local", "Job", "jobs", "Request", "Result", "Usage", "PdbatchError", "errors", "pricing", "__version__"]
 __version__ = "0.1.0"
 
 with warnings.catch_warnings():

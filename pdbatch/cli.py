@@ -152,7 +152,7 @@ def map_options(args: argparse.Namespace) -> Dict[str, Any]:
         raise CliError("a template is required: --template 'Text with {column}' or a --prompt file with template = ...")
     schema, as_json = opts.pop("schema", None), opts.pop("json", False)
     if schema is not None:
-        from .parsing import response_format
+        from .core.parsing import response_format
 
         response_format(schema, argument=schema_from)  # a malformed schema fails here, naming its source
     if schema is not None and as_json:
@@ -191,11 +191,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise CliError(f"pdbatch serve needs the server extra: pip install 'pdbatch[server]' ({err})") from err
     if args.engine == "local":
-        from .local_model import default_model_path, get_pool
+        from .local_model.model import default_model_path, get_pool
 
         engine = get_pool(args.model or default_model_path())
     else:
-        from .engines import echo_engine
+        from .server.engines import echo_engine
 
         engine = echo_engine
     srv = BatchServer(engine=engine, host=args.host, port=args.port, data_dir=args.data_dir, access_log=not args.quiet)
@@ -207,8 +207,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _load_job(job_id: str):
     """``Job.load`` after checking the id exists (unknown id: exit 2); clients come from the environment."""
-    from .job import Job
-    from .store import default_store
+    from .job.lifecycle import Job
+    from .job.store import default_store
 
     store = default_store()
     if store.job(job_id) is None:
@@ -217,8 +217,8 @@ def _load_job(job_id: str):
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from .job import jobs
-    from .store import default_store
+    from .job.lifecycle import jobs
+    from .job.store import default_store
 
     store = default_store()
     table = jobs(limit=args.limit, store=store)
@@ -240,7 +240,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def job_status(job) -> Dict[str, Any]:
     """A job's refreshed status with its stored token usage and estimated cost."""
-    from .pricing import job_cost
+    from .pricing.prices import job_cost
 
     st = job.status()
     usage = job.store.usage(job.id)
@@ -253,7 +253,7 @@ def job_status(job) -> Dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from .pricing import format_cost
+    from .pricing.prices import format_cost
 
     st = job_status(_load_job(args.id))
     if args.json:
@@ -289,7 +289,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_result(args: argparse.Namespace) -> int:
-    from .pricing import format_cost
+    from .pricing.prices import format_cost
 
     out_path = args.out or f"{args.id}.parquet"
     kind = _check_out(out_path)

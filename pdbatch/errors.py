@@ -12,7 +12,7 @@ are *not* exceptions: they become error cells in the result frame.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = [
     "PdbatchError",
@@ -27,6 +27,7 @@ __all__ = [
     "BatchFailedError",
     "JobError",
     "ServerError",
+    "EngineError",
 ]
 
 
@@ -119,3 +120,42 @@ class JobError(PdbatchError, RuntimeError):
 
 class ServerError(PdbatchError, RuntimeError):
     """The local Batch API server could not start or serve."""
+
+
+class EngineError(PdbatchError, RuntimeError):
+    """A request failed inside an engine of the local server or the local model; becomes an OpenAI-shaped error.
+
+    Parameters
+    ----------
+    status_code : int
+        HTTP status of the failure (4xx or 5xx).
+    code : str
+        Machine-readable code, e.g. ``"context_length_exceeded"``.
+    message : str
+        Human-readable message.
+    type : str, optional
+        Error type; defaults to ``"invalid_request_error"`` for 4xx and
+        ``"server_error"`` for 5xx.
+    param : str, optional
+        The request parameter at fault, if any.
+
+    Examples
+    --------
+    >>> e = EngineError(400, "context_length_exceeded", "too long")
+    >>> e.to_body()["error"]["type"]
+    'invalid_request_error'
+    """
+
+    def __init__(self, status_code: int, code: str, message: str, *,
+                 type: Optional[str] = None, param: Optional[str] = None):
+        super().__init__(message)
+        self.status_code = int(status_code)
+        self.code = code
+        self.message = message
+        self.type = type or ("server_error" if self.status_code >= 500 else "invalid_request_error")
+        self.param = param
+
+    def to_body(self) -> dict:
+        """The ``{"error": {...}}`` body OpenAI returns for this failure."""
+        return {"error": {"message": self.message, "type": self.type,
+                          "param": self.param, "code": self.code}}

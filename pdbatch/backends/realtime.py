@@ -33,15 +33,16 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import openai
 
-from ..errors import OptionError, PdbatchError
-from ..ratelimit import RateLimiter
-from ..records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBEDDINGS_URL: for the examples)
-from ..progress import progress_bar
+from ..errors import PdbatchError
+from ..options import check
+from .ratelimit import RateLimiter
+from ..core.records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBEDDINGS_URL: for the examples)
+from .progress import progress_bar
 from .base import RowByRow, Progress
 from .batch import default_client
 from .realtime_run import FINAL_CODES, RETRY_STATUSES, _Run, async_client  # noqa: F401  (re-exported)
 
-__all__ = ["RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED", "RETRY_STATUSES", "FINAL_CODES"]
+__all__ = ["Realtime", "RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED", "RETRY_STATUSES", "FINAL_CODES"]
 
 #: Error cell of a row the run never answered after Ctrl-C or a timeout.
 INTERRUPTED = "interrupted: the realtime run stopped before this row was answered; run again to resume"
@@ -50,7 +51,7 @@ CANCELLED = "cancelled: the realtime run was cancelled before this row was answe
 # Longest wait for calls in flight after a stop, in seconds.
 _DRAIN_SECONDS = 30.0
 _TICK = 0.1
-class RealtimeBackend(RowByRow):
+class Realtime(RowByRow):
     """Answer requests with concurrent realtime API calls (Chat Completions, Embeddings).
 
     Parameters
@@ -114,18 +115,10 @@ class RealtimeBackend(RowByRow):
         max_retry_after: float = 60.0,
         progress: bool = True,
     ):
-        for key, value in (("max_concurrency", max_concurrency), ("max_attempts", max_attempts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OptionError(f"{key} must be a positive integer, got {value!r}")
-        for key, value in (("rpm", rpm), ("tpm", tpm)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise OptionError(f"{key} must be a positive number or None, got {value!r}")
-        for key, value in (("rate_period", rate_period), ("backoff", backoff), ("max_backoff", max_backoff),
-                           ("max_retry_after", max_retry_after)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise OptionError(f"{key} must be a number of seconds >= 0, got {value!r}")
-        if rate_period <= 0:
-            raise OptionError(f"rate_period must be > 0 seconds, got {rate_period!r}")
+        max_concurrency, max_attempts = check("max_concurrency", max_concurrency), check("max_attempts", max_attempts)
+        rpm, tpm, rate_period = check("rpm", rpm), check("tpm", tpm), check("rate_period", rate_period)
+        backoff, max_backoff = check("backoff", backoff), check("max_backoff", max_backoff)
+        max_retry_after = check("max_retry_after", max_retry_after)
         self.client = client if client is not None else default_client()
         async_client(self.client)  # refuse an unsupported client now, before any work
         self.max_concurrency = max_concurrency
@@ -266,7 +259,7 @@ class RealtimeBackend(RowByRow):
         --------
         >>> from pdbatch.server import BatchServer
         >>> with BatchServer() as srv:
-        ...     res = RealtimeBackend(srv.client()).answer(
+        ...     res = Realtime(srv.client()).answer(
         ...         [Request("a", {"model": "e", "input": "hi"}, url=EMBEDDINGS_URL)])
         >>> len(res[0].body["data"][0]["embedding"])
         8
@@ -300,3 +293,7 @@ class RealtimeBackend(RowByRow):
         run = job.state.get("run")
         if run is not None:
             run.stop()
+
+
+#: The name of earlier releases.
+RealtimeBackend = Realtime

@@ -14,16 +14,14 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Optional
+from typing import Any, Deque, Dict, Iterable, Optional
 
 import openai
 
 from ..errors import OptionError
-from ..ratelimit import backoff_delay, estimate_tokens, retry_after, sleep_unless
-from ..records import CHAT_URL, EMBEDDINGS_URL, Request, Result
+from .ratelimit import backoff_delay, estimate_tokens, retry_after, sleep_unless
+from ..core.records import CHAT_URL, EMBEDDINGS_URL, Request, Result
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .realtime import RealtimeBackend
 
 __all__ = ["async_client", "RETRY_STATUSES", "FINAL_CODES"]
 
@@ -137,7 +135,7 @@ class _Run:
     nothing new (calls in flight finish), ``abort`` cancels everything now.
     """
 
-    def __init__(self, backend: "RealtimeBackend", requests: Iterable[Request]):
+    def __init__(self, backend: Any, requests: Iterable[Request]):
         self.backend = backend
         self.todo: Deque[Request] = deque(requests)
         self.results: "queue.SimpleQueue[Result]" = queue.SimpleQueue()

@@ -1,0 +1,297 @@
+"""Batch files on disk: write JSONL input shards, read output and error files.
+
+Both directions stream line by line: no file is ever held as one string, so a
+frame of millions of rows costs memory for its rows, not for its JSONL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from ..errors import InputError
+from .records import NO_RESPONSE, Answers, Request, Result
+
+__all__ = ["Shard", "write_shards", "write_lines", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
+
+#: Batch API limits per input file (configurable for other providers).
+MAX_REQUESTS = 50_000
+MAX_BYTES = 200 * 1024 * 1024
+_BUFFER = 1 << 20
+
+
+@dataclass
+class Shard:
+    """One input file: its path, how many requests and bytes it holds."""
+
+    index: int
+    path: str
+    count: int = 0
+    bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "path": self.path, "count": self.count, "bytes": self.bytes}
+
+
+def write_shards(requests: Iterable[Request], directory: str, **options) -> List[Shard]:
+    """Write :class:`Request` records to JSONL shards; see :func:`write_lines` for ``options``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> reqs = [Request(str(i), {"model": "m", "messages": []}) for i in range(5)]
+    >>> [s.count for s in write_shards(reqs, tempfile.mkdtemp(), max_requests=2)]
+    [2, 2, 1]
+    """
+    return write_lines(((r.custom_id, r.to_line()) for r in requests), directory, **options)
+
+
+def write_lines(
+    lines: Iterable[Tuple[str, bytes]],
+    directory: str,
+    *,
+    prefix: str = "input",
+    max_requests: int = MAX_REQUESTS,
+    max_bytes: int = MAX_BYTES,
+    too_large: Optional[Dict[str, str]] = None,
+) -> List[Shard]:
+    """Write request lines to JSONL shards of at most ``max_requests`` lines and ``max_bytes`` bytes.
+
+    Parameters
+    ----------
+    lines : iterable of (custom_id, bytes)
+        Each request's JSONL line, newline included (as
+        :meth:`Request.to_line` or :meth:`pdbatch.spec.MapSpec.lines` make
+        them). Consumed once, streaming.
+    directory : str
+        Where the shards go (created if needed). Files are named
+        ``{prefix}-{k:04d}.jsonl``.
+    max_requests, max_bytes : int
+        Per-shard limits; the Batch API allows 50,000 requests and 200 MB.
+    too_large : dict, optional
+        Receives ``custom_id -> reason`` for a request whose single line is
+        larger than ``max_bytes`` (it is not written; it becomes an error cell).
+
+    Returns
+    -------
+    list of Shard
+        Empty when there was nothing to write.
+    """
+    if max_requests < 1 or max_bytes < 1:
+        raise InputError("max_requests and max_bytes must be positive (shard_size= / shard_bytes=)")
+    os.makedirs(directory, exist_ok=True)
+    shards: List[Shard] = []
+    fh = None
+    pending: List[bytes] = []  # lines written in chunks of about 1,000
+    count = size = 0  # of the current shard; written back to it when it closes
+
+    def close() -> None:
+        if fh is not None:
+            fh.writelines(pending)
+            pending.clear()
+            fh.close()
+            shards[-1].count, shards[-1].bytes = count, size
+
+    try:
+        for cid, line in lines:
+            n = len(line)
+            if n > max_bytes:
+                if too_large is not None:
+                    too_large[cid] = f"request too large for one batch file ({n} bytes > {max_bytes})"
+                continue
+            if fh is None or count >= max_requests or size + n > max_bytes:
+                close()
+                fh = None
+                path = os.path.join(directory, f"{prefix}-{len(shards):04d}.jsonl")
+                shards.append(Shard(len(shards), path))
+                fh = open(path, "wb", buffering=_BUFFER)
+                count = size = 0
+            pending.append(line)
+            count += 1
+            size += n
+            if len(pending) >= 1000:
+                fh.writelines(pending)
+                pending.clear()
+    finally:
+        close()
+    return shards
+
+
+def iter_lines(path: str) -> Iterator[dict]:
+    """Decode a JSONL file line by line; raise :class:`InputError` on a corrupt line."""
+    with open(path, "rb", buffering=_BUFFER) as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield orjson.loads(raw)
+            except orjson.JSONDecodeError as err:
+                raise InputError(
+                    f"{path}, line {n}, is not valid JSON ({err}); is this a Batch API output or error file?"
+                ) from err
+
+
+def read_results(paths: Union[str, Sequence[str]]) -> Iterator[Result]:
+    """Read Batch API output and error files into :class:`Result` records, streaming.
+
+    Parameters
+    ----------
+    paths : str or sequence of str
+        Output and/or error JSONL files, in any order.
+
+    Yields
+    ------
+    Result
+        One per line, in file order (which is not the input order).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for path in paths:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise InputError(f"results file not found: {path!r}; pass the downloaded output/error files")
+        for line in iter_lines(path):
+            if "custom_id" not in line:
+                raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
+            yield Result.from_line(line)
+
+
+def _arrow_schema() -> pa.Schema:
+    s, i = pa.string(), pa.int64()
+    err = pa.struct([("code", s), ("message", s), ("type", s)])
+    msg = pa.struct([("content", s), ("refusal", s)])
+    choice = pa.struct([("message", msg), ("finish_reason", s)])
+    usage = pa.struct([
+        ("prompt_tokens", i), ("completion_tokens", i),
+        ("prompt_tokens_details", pa.struct([("cached_tokens", i)])),
+        ("completion_tokens_details", pa.struct([("reasoning_tokens", i)])),
+    ])
+    body = pa.struct([("choices", pa.list_(choice)), ("usage", usage), ("error", err)])
+    resp = pa.struct([("status_code", i), ("body", body)])
+    return pa.schema([("custom_id", s), ("response", resp), ("error", err)])
+
+
+def _arrow_embedding_schema() -> pa.Schema:
+    s, i = pa.string(), pa.int64()
+    err = pa.struct([("code", s), ("message", s), ("type", s)])
+    data = pa.list_(pa.struct([("embedding", pa.list_(pa.float64()))]))
+    usage = pa.struct([("prompt_tokens", i)])
+    body = pa.struct([("data", data), ("usage", usage), ("error", err)])
+    resp = pa.struct([("status_code", i), ("body", body)])
+    return pa.schema([("custom_id", s), ("response", resp), ("error", err)])
+
+
+_SCHEMA = _arrow_schema()
+_EMBED_PARSE = pajson.ParseOptions(explicit_schema=_arrow_embedding_schema(), unexpected_field_behavior="ignore")
+_PARSE = pajson.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore")
+
+
+def _first(lists: pa.Array):
+    """Element 0 of each list (null where the list is null or empty), and where there was one."""
+    has = pc.greater(pc.fill_null(pc.list_value_length(lists), 0), 0)
+    return pc.list_element(pc.if_else(has, lists, pa.scalar([None], type=lists.type)), 0), has
+
+
+def _vectors(lists: pa.Array) -> list:
+    """float32 NumPy vectors (views of one buffer) from a list<double> array; None where null."""
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float32)
+    ends = np.cumsum(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False))
+    starts = ends - pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    valid = pc.is_valid(lists).to_pylist()
+    return [flat[a:b] if ok else None for a, b, ok in zip(starts.tolist(), ends.tolist(), valid)]
+
+
+def _answers_arrow(path: str, kind: str = "chat") -> Answers:
+    """Columns of an output/error file, parsed by Arrow (by blocks, in parallel).
+
+    Only the fields named in the schema are kept, and they stay Arrow arrays:
+    no Python object is made per line (see :class:`Answers`).
+    """
+    embed = kind == "embedding"
+    reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=4 << 20),
+                              parse_options=_EMBED_PARSE if embed else _PARSE)
+    table = pa.Table.from_batches(list(reader), schema=reader.schema)
+    n = table.num_rows
+    ids = table.column("custom_id")
+    if ids.null_count:
+        raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
+    resp = table.column("response")
+    body = pc.struct_field(resp, "body")
+    none = pa.scalar(None, pa.string())
+    if embed:
+        first, has = _first(pc.struct_field(body, "data"))
+        vectors = pc.struct_field(first, "embedding")
+        has = pc.and_(has, pc.is_valid(vectors))
+        content = _vectors(vectors.combine_chunks() if isinstance(vectors, pa.ChunkedArray) else vectors)
+        refusal = pa.nulls(n, pa.string())
+        finish = pc.if_else(has, "stop", none)
+        valid = pc.is_valid(vectors)
+    else:
+        first, has = _first(pc.struct_field(body, "choices"))
+        msg = pc.struct_field(first, "message")
+        content = pc.struct_field(msg, "content")
+        refusal = pc.struct_field(msg, "refusal")
+        finish = pc.struct_field(first, "finish_reason")
+        valid = pc.is_valid(content)
+    top_err = table.column("error")
+    body_err = pc.struct_field(body, "error")
+    # A line with neither a response nor an error: Result.from_line's "no_response".
+    empty = pc.and_(pc.is_null(resp), pc.is_null(top_err))
+    code = pc.coalesce(pc.struct_field(top_err, "code"), pc.struct_field(body_err, "code"),
+                       pc.struct_field(body_err, "type"), pc.if_else(empty, "no_response", none))
+    message = pc.coalesce(pc.struct_field(top_err, "message"), pc.struct_field(body_err, "message"),
+                          pc.if_else(empty, NO_RESPONSE, none))
+    status = pc.struct_field(resp, "status_code")
+    ok = pc.and_kleene(
+        pc.and_kleene(pc.and_kleene(pc.is_null(code), pc.is_null(message)), pc.is_null(refusal)),
+        pc.and_kleene(pc.and_kleene(valid, pc.equal(finish, "stop")),
+                      pc.or_kleene(pc.is_null(status), pc.less(status, 400))),
+    )
+    usage = pc.struct_field(body, "usage")
+    zeros = pa.array(np.zeros(n, dtype=np.int64))
+    tokens = {"prompt_tokens": pc.struct_field(usage, "prompt_tokens")}
+    if not embed:
+        tokens.update(
+            completion_tokens=pc.struct_field(usage, "completion_tokens"),
+            cached_tokens=pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens=pc.struct_field(pc.struct_field(usage, "completion_tokens_details"), "reasoning_tokens"),
+        )
+    tokens = {name: pc.fill_null(tokens.get(name, zeros), 0)
+              for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")}
+    return Answers(custom_id=ids, status_code=status, content=content, finish_reason=finish, refusal=refusal,
+                   has_choice=has, error_code=code, error_message=message, ok=pc.fill_null(ok, False), **tokens)
+
+
+def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answers:
+    """Read output and error files into column-wise :class:`Answers`.
+
+    ``kind`` is ``"chat"`` (chat completions) or ``"embedding"`` (embeddings:
+    each row's ``content`` is its float32 vector).
+
+    Arrow parses the files by blocks (no per-line Python objects, bounded
+    memory); a file whose lines do not fit the expected shape (a provider that
+    types a field differently) is read line by line through :func:`read_results`
+    instead, with the same outcome.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out = Answers()
+    for path in paths:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise InputError(f"results file not found: {path!r}; pass the downloaded output/error files")
+        if os.path.getsize(path) == 0:
+            continue
+        try:
+            part = _answers_arrow(path, kind)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            part = Answers.from_results(read_results([path]))
+        out.extend(part)
+    return out

@@ -1,0 +1,369 @@
+"""A checked description of one ``map`` call, and the requests it renders.
+
+:class:`MapSpec` is built (and every argument validated) before anything is
+sent; :meth:`MapSpec.render` turns a frame into request bodies column-wise, and
+records rows that must not be sent (missing values, unreadable images) with
+the reason that becomes their error cell.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import orjson
+import pandas as pd
+
+from ..errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
+from .join import join_results
+from .parsing import ResponseFormat, response_format as _response_format
+from .lines import LineTemplate, encode_one
+from .records import CHAT_URL, EMBEDDINGS_URL, Request
+from .template import SERIES_FIELD, Template, display_strings, image_part
+
+__all__ = ["MapSpec", "Rendered", "CHAT_PARAMS"]
+
+#: Chat Completions body parameters a user may pass through ``**params``.
+CHAT_PARAMS = frozenset(
+    """temperature top_p max_completion_tokens max_tokens seed n logprobs top_logprobs stop
+    presence_penalty frequency_penalty logit_bias user reasoning_effort service_tier store metadata
+    verbosity prediction modalities audio parallel_tool_calls tools tool_choice prompt_cache_key
+    safety_identifier web_search_options""".split()
+)
+
+JSON_HINT = "Answer with a JSON object."
+#: Embeddings body parameters a user may pass.
+EMBED_PARAMS = frozenset({"dimensions", "encoding_format", "user"})
+_DETAILS = (None, "auto", "low", "high")
+
+
+def check_params(params: Mapping[str, Any], known: Sequence[str] = (), allowed=CHAT_PARAMS) -> None:
+    """Raise :class:`OptionError` for a keyword that is neither an option nor a body parameter."""
+    for key in params:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed) + list(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise OptionError(
+                f"unknown option {key!r}.{hint} Request body parameters pdbatch passes through are: "
+                f"{', '.join(sorted(allowed))}; put anything else in extra_body={{...}}."
+            )
+
+
+def _check_new_names(fmt: ResponseFormat, output: str, error_column: Optional[str]) -> None:
+    """The new columns must differ from each other: an answer must never land under the error column."""
+    if error_column is None:
+        return
+    if fmt.columns and error_column in fmt.columns:
+        raise OptionError(f"error_column={error_column!r} is also a key of the response_format schema; "
+                          f"pass another error_column= name (or error_column=None)")
+    if not fmt.columns and fmt.kind != "json" and error_column == output:
+        raise OptionError(f"output and error_column are both {output!r}; the answers would be lost under the "
+                          f"errors: pass another output= or error_column= name")
+
+
+@dataclass
+class Rendered:
+    """Rows rendered for sending.
+
+    ``skipped`` maps a row position to the reason it is not sent; it grows while
+    :meth:`MapSpec.requests` runs (an unreadable image is found then).
+    """
+
+    ids: List[str]
+    user: List[Optional[str]]
+    system: Optional[List[Optional[str]]]
+    images: Optional[List[Any]]
+    skipped: Dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """Everything a ``map`` call asks for, checked.
+
+    Build it with :meth:`MapSpec.build`; it holds no frame, so one spec serves
+    any number of frames (or Dask partitions).
+    """
+
+    template: Template
+    model: Optional[str]
+    system: Optional[Template] = None
+    system_text: Optional[str] = None
+    images: Optional[Template] = None
+    image_detail: Optional[str] = None
+    fmt: ResponseFormat = field(default_factory=lambda: ResponseFormat("text"))
+    params: Mapping[str, Any] = field(default_factory=dict)
+    output: str = "llm_output"
+    error_column: Optional[str] = "llm_error"
+    url: str = CHAT_URL
+    #: The build arguments, JSON-able: what the job store keeps to rebuild the spec.
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_source(cls, source: Mapping[str, Any]) -> "MapSpec":
+        """Rebuild a spec from :attr:`source` (no column checks: the frame is not at hand)."""
+        src = {k: v for k, v in source.items() if not k.startswith("_")}  # "_..." keys are job options
+        params = src.pop("params", {})
+        return cls.build(src.pop("template"), columns=None, params=params, **src)
+
+    @classmethod
+    def build(
+        cls,
+        template: str,
+        *,
+        columns: Optional[Sequence[Any]],
+        series: bool = False,
+        model: Optional[str] = None,
+        system: Optional[str] = None,
+        response_format: Any = None,
+        images: Optional[str] = None,
+        image_detail: Optional[str] = None,
+        output: str = "llm_output",
+        error_column: Optional[str] = "llm_error",
+        extra_body: Optional[Mapping[str, Any]] = None,
+        params: Optional[Mapping[str, Any]] = None,
+        url: str = CHAT_URL,
+    ) -> "MapSpec":
+        """Validate every argument against the frame's ``columns``; raise before any work."""
+        params = dict(params or {})
+        embed = url == EMBEDDINGS_URL
+        check_params(params, allowed=EMBED_PARAMS if embed else CHAT_PARAMS)
+        if embed and (system is not None or images is not None or response_format is not None):
+            raise OptionError("embeddings take a template only: drop system=, images= and response_format=")
+        if embed and params.get("dimensions") is not None and (
+                isinstance(params["dimensions"], bool) or not isinstance(params["dimensions"], int)
+                or params["dimensions"] < 1):
+            raise OptionError(f"dimensions must be a positive integer or None, got {params['dimensions']!r}")
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise OptionError(f"model must be a non-empty string such as 'gpt-4o-mini', got {model!r}")
+        if not isinstance(output, str) or not output:
+            raise OptionError(f"output must be a non-empty column name, got {output!r}")
+        if error_column is not None and (not isinstance(error_column, str) or not error_column):
+            raise OptionError(f"error_column must be a column name or None, got {error_column!r}")
+        if image_detail not in _DETAILS:
+            raise OptionError(f"image_detail must be one of 'auto', 'low', 'high' or None, got {image_detail!r}")
+        check = columns is not None or series
+        cols = [SERIES_FIELD] if series else list(columns or ())
+        tpl = Template.parse(template, series=series)
+        if check:
+            tpl.check_columns(cols, argument="template")
+        sys_t = None
+        if system is not None:
+            sys_t = Template.parse(system, series=series, argument="system")
+            if check:
+                sys_t.check_columns(cols, argument="system")
+        img_t = None
+        if images is not None:
+            if not isinstance(images, str):
+                raise OptionError(f"images must be a column name or a template string, got {images!r}")
+            if "{" not in images and (not check or images in {str(c) for c in cols}):
+                img_t = Template.parse("{" + images + "}", argument="images")
+            else:
+                img_t = Template.parse(images, series=series, argument="images")
+                if not img_t.fields:
+                    raise MissingColumnError([images], cols, where="images")
+            if check:
+                img_t.check_columns(cols, argument="images")
+        fmt = ResponseFormat("embedding") if embed else _response_format(response_format)
+        if embed:
+            params = {k: v for k, v in params.items() if v is not None}
+            params.setdefault("encoding_format", "float")
+        if fmt.kind not in ("text", "embedding") and int(params.get("n", 1) or 1) != 1:
+            raise OptionError("n > 1 works only with text answers; drop n= or response_format=")
+        sys_text = system
+        if fmt.kind == "json":
+            said = (tpl.literal_text + " " + (sys_t.literal_text if sys_t else "")).lower()
+            if "json" not in said:
+                # The API rejects JSON mode unless the prompt mentions JSON.
+                sys_text = JSON_HINT if system is None else system.rstrip() + "\n\n" + JSON_HINT
+                sys_t = Template.parse(sys_text, series=series, argument="system")
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            raise OptionError(f"extra_body must be a dict of body fields, got {extra_body!r}")
+        if extra_body:
+            params.update(extra_body)
+        _check_new_names(fmt, output, error_column)
+        source = {
+            "template": template, "series": series, "model": model, "system": system,
+            "response_format": fmt.source, "images": images, "image_detail": image_detail,
+            "output": output, "error_column": error_column, "params": params, "url": url,
+        }
+        return cls(tpl, model, sys_t, sys_text, img_t, image_detail, fmt, params, output, error_column, url,
+                   source=source)
+
+    def key(self) -> bytes:
+        """Canonical bytes of what the requests depend on (part of a job's fingerprint)."""
+        src = {k: v for k, v in self.source.items() if k not in ("output", "error_column")}
+        return orjson.dumps({"spec": src, "url": self.url}, option=orjson.OPT_SORT_KEYS)
+
+    @property
+    def embeddings(self) -> bool:
+        return self.url == EMBEDDINGS_URL
+
+    def join(self, host, ids: List[str], answers, **options: Any):
+        """Join ``answers`` onto ``host`` the way this spec asks (parser, kind, column names).
+
+        ``options`` are :func:`pdbatch.join.join_results`'s ``skipped``,
+        ``unanswered``, ``overwrite`` and ``hint``.
+        """
+        return join_results(host, ids, answers, self.fmt.text_parser(), kind=self.fmt.kind, output=self.output,
+                            error_column=self.error_column, columns=list(self.fmt.columns or ()), **options)
+
+    # ------------------------------------------------------------------ columns
+    def new_columns(self) -> List[str]:
+        """Columns the result will add, as far as they are known before sending."""
+        cols = list(self.fmt.columns) if self.fmt.columns else (
+            [self.output] if self.fmt.kind in ("text", "embedding") else [])
+        if self.error_column:
+            cols.append(self.error_column)
+        return cols
+
+    def check_collisions(self, columns: Sequence[Any], overwrite: bool) -> None:
+        """Raise :class:`ColumnCollisionError` if a new column exists and ``overwrite`` is False."""
+        if overwrite:
+            return
+        have = {str(c) for c in columns}
+        clash = [c for c in self.new_columns() if c in have]
+        if clash:
+            raise ColumnCollisionError(clash)
+
+    # ---------------------------------------------------------------- rendering
+    def _column_strings(self, frame: pd.DataFrame, names: Sequence[str], skipped: Dict[int, str]) -> Dict[str, list]:
+        out = {}
+        by_name = {str(c): c for c in frame.columns}
+        for name in names:
+            if name in out:
+                continue
+            col = frame[by_name[name]]
+            if isinstance(col, pd.DataFrame):
+                raise TemplateError(f"column {name!r} appears more than once in the frame; rename one of them")
+            strings = display_strings(col)
+            for pos, s in enumerate(strings):
+                if s is None and pos not in skipped:
+                    skipped[pos] = f"missing value in column {name!r}"
+            raw = name in self.template.raw_fields or (self.system is not None and name in self.system.raw_fields)
+            out[name] = [None if s is None else v for s, v in zip(strings, col.tolist())] if raw else strings
+        return out
+
+    def render(self, frame: pd.DataFrame, ids: List[str]) -> Rendered:
+        """Render every row's prompt text; rows with missing values are marked skipped."""
+        skipped: Dict[int, str] = {}
+        n = len(frame)
+        names = list(self.template.fields)
+        if self.system:
+            names += [f for f in self.system.fields if f not in names]
+        if self.images:
+            names += [f for f in self.images.fields if f not in names]
+        strings = self._column_strings(frame, names, skipped)
+        user = self.template.render(strings, n, skipped)
+        system = self.system.render(strings, n, skipped) if self.system and self.system.fields else None
+        images = None
+        if self.images:
+            if self.images.text == "{" + self.images.fields[0] + "}":
+                by_name = {str(c): c for c in frame.columns}
+                images = frame[by_name[self.images.fields[0]]].tolist()
+            else:
+                images = self.images.render(strings, n, skipped)
+        return Rendered(ids, user, system, images, skipped)
+
+    def _slots(self, rendered: Rendered) -> Iterator[tuple]:
+        """``(position, custom_id, values)`` of every row that can be sent, in row order.
+
+        ``values`` are what differs between two rows' bodies, in the order they
+        appear in the body (see :meth:`_body`): the input text of an
+        embedding; else the system text when it is a template, then the user
+        content (text, or text and image parts). A row whose images cannot be
+        read is marked skipped instead.
+        """
+        skipped = rendered.skipped
+        user_texts, sys_texts, images = rendered.user, rendered.system, rendered.images
+        per_row_system = self._per_row_system(rendered)
+        image_parts = self._image_parts
+        for pos, cid in enumerate(rendered.ids):
+            if pos in skipped:
+                continue
+            content: Any = user_texts[pos]
+            if images is not None:
+                parts, reason = image_parts(images[pos])
+                if reason is not None:
+                    skipped[pos] = reason
+                    continue
+                content = [{"type": "text", "text": content}] + parts
+            yield pos, cid, ((sys_texts[pos], content) if per_row_system else (content,))
+
+    def _per_row_system(self, rendered: Rendered) -> bool:
+        """Whether each row has its own system text (a chat body whose system prompt is a template)."""
+        return rendered.system is not None and self.url != EMBEDDINGS_URL
+
+    def _body_maker(self):
+        """A function from a row's values (see :meth:`_slots`) to its request body."""
+        base = dict(self.params)
+        if self.fmt.body is not None:
+            base["response_format"] = self.fmt.body
+        model = self.model
+        if self.url == EMBEDDINGS_URL:
+            return lambda values: {"model": model, "input": values[0], **base}
+        if self.system is not None and not self.system.fields:
+            const_system = {"role": "system", "content": self.system.compiled.format()}
+            return lambda values: {"model": model, "messages": [const_system, {"role": "user", "content": values[0]}],
+                                   **base}
+        if self.system is not None:
+            return lambda values: {"model": model, "messages": [{"role": "system", "content": values[0]},
+                                                                {"role": "user", "content": values[1]}], **base}
+        return lambda values: {"model": model, "messages": [{"role": "user", "content": values[0]}], **base}
+
+    def requests(self, rendered: Rendered) -> Iterator[Request]:
+        """Yield one :class:`Request` per row that can be sent, in row order (bodies as dicts)."""
+        body, url = self._body_maker(), self.url
+        for _pos, cid, values in self._slots(rendered):
+            yield Request(cid, body(values), url)
+
+    def _line_template(self, rendered: Rendered):
+        """``(body maker, url, LineTemplate or None)`` for this spec and these rows."""
+        body, url = self._body_maker(), self.url
+        n = 2 if self._per_row_system(rendered) else 1
+        return body, url, LineTemplate.build(url, body(tuple(LineTemplate.slot(k) for k in range(n))), n)
+
+    def encode(self, rendered: Rendered) -> Iterator[tuple]:
+        """Yield ``(position, custom_id, JSONL line, request hash)`` per row that can be sent, in row order.
+
+        The lines are the bytes :meth:`requests` would serialize and the hashes
+        what :func:`~pdbatch.core.records.request_hash` gives, made by splicing
+        each row's values into a body serialized once
+        (:class:`~pdbatch.core.lines.LineTemplate`).
+        """
+        body, url, template = self._line_template(rendered)
+        if template is None:  # a body the splicer cannot take: each request serialized whole
+            for pos, cid, values in self._slots(rendered):
+                yield (pos, cid, *encode_one(cid, body(values), url))
+            return
+        line, key = template.line, template.hash
+        for pos, cid, values in self._slots(rendered):
+            yield pos, cid, line(cid, values), key(values)
+
+    def lines(self, rendered: Rendered) -> Iterator[tuple]:
+        """Yield ``(custom_id, JSONL line)`` per row that can be sent (see :meth:`encode`), without hashing."""
+        body, url, template = self._line_template(rendered)
+        if template is None:
+            for _pos, cid, values in self._slots(rendered):
+                yield cid, Request(cid, body(values), url).to_line()
+            return
+        line = template.line
+        for _pos, cid, values in self._slots(rendered):
+            yield cid, line(cid, values)
+
+    def _image_parts(self, value: Any):
+        if value is None or (isinstance(value, float) and value != value):
+            return None, "missing value in images column"
+        if isinstance(value, str):
+            refs = [value]
+        elif isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+            refs = list(value)
+        else:
+            refs = [value]
+        parts = []
+        for ref in refs:
+            part, reason = image_part(str(ref), self.image_detail)
+            if reason is not None:
+                return None, reason
+            parts.append(part)
+        return parts, None

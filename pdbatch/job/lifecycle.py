@@ -1,0 +1,449 @@
+"""``Job``: one ``map`` call in flight — submit, wait, collect, cancel, resume.
+
+:func:`start_job` is the single path every entry point (``map``, ``submit``,
+the CLI) goes through: validate, render, fingerprint, then either attach to the
+job already made from the same requests (in flight or finished) or create one,
+serve what the answer cache holds, and hand the rest to the backend. Jobs,
+shards, batch ids and answers live in the job store (:mod:`pdbatch.store`),
+never only on this object: a restarted kernel finds them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import orjson
+import pandas as pd
+
+from ..backends.base import Backend, Progress
+from ..errors import BackendUnavailableError, JobError
+from ..core.ids import custom_ids, unique_ids
+from ..options import JobOptions
+from ..pricing.prices import job_cost
+from ..core.records import Answers, Request, request_hash
+from ..core.spec import MapSpec, Rendered
+from .store import JobRecord, Store, default_store, pdbatch_home
+
+__all__ = ["Job", "start_job", "pdbatch_home", "new_job_id", "request_hash", "jobs"]
+
+_CACHE_CHUNK = 5000
+
+
+def new_job_id() -> str:
+    """A new job id: sortable by creation time, unique across processes."""
+    return "job_" + time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "_" + uuid.uuid4().hex[:10]
+
+
+def fingerprint(spec: MapSpec, rendered: Rendered, backend: str) -> str:
+    """Identify a job by what it would send: the spec, the backend and every row's inputs."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(spec.key())
+    h.update(backend.encode() + b"\x00")
+    user, system, images, skipped = rendered.user, rendered.system, rendered.images, rendered.skipped
+    for pos, cid in enumerate(rendered.ids):
+        parts = [cid, "" if pos in skipped else (user[pos] or "")]
+        if system is not None:
+            parts.append(system[pos] or "")
+        if images is not None:
+            parts.append(repr(images[pos]))
+        h.update("\x00".join(parts).encode("utf-8", "surrogatepass") + b"\x01")
+    return h.hexdigest()
+
+
+@contextmanager
+def _job_lock(workdir: str, name: str = "lock", timeout: Optional[float] = None) -> Iterator[None]:
+    """An exclusive lock on a file of the job's directory (submitting, healing, running).
+
+    The kernel drops it when the holder dies (even by SIGKILL), so a second
+    process waits for a live holder and takes over from a dead one. With a
+    ``timeout``, :class:`~pdbatch.errors.JobError` once it has passed.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    fh = open(os.path.join(workdir, name), "a+")
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no cross-process lock
+            fcntl = None
+        if fcntl is not None:
+            if timeout is None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            else:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise JobError(
+                                f"job {os.path.basename(workdir)} is being run by another process; it goes on "
+                                f"there: call job.wait() again later, or run the same map once it is done"
+                            ) from None
+                        time.sleep(0.1)
+        yield
+    finally:
+        fh.close()
+
+
+@dataclass
+class Job:
+    """A submitted ``map``: its requests, its backend's state, its results.
+
+    Use :meth:`wait` then :meth:`result`; ``map`` is ``submit`` + ``wait`` +
+    ``result``. ``batch_ids`` lists the Batch API batches (one per shard and
+    retry). Load a job from another process with :meth:`Job.load`.
+
+    Examples
+    --------
+    >>> job = df.llm.submit("Summarise: {text}", model="gpt-4o-mini")   # doctest: +SKIP
+    >>> job.wait().result()                                             # doctest: +SKIP
+    """
+
+    id: str
+    host: Union[pd.DataFrame, pd.Series, None]
+    spec: MapSpec
+    backend: Backend
+    ids: List[str]
+    skipped: Dict[int, str]
+    workdir: str
+    store: Store
+    record: JobRecord
+    overwrite: bool = False
+    max_retries: int = 2
+    retry_invalid: int = 0
+    #: custom_id -> request hash of every sent or cached row
+    hashes: Dict[str, str] = field(default_factory=dict)
+    #: backend-owned state (shards, local queue)
+    state: Dict[str, Any] = field(default_factory=dict)
+    _last: Optional[Progress] = None
+
+    def mark_written(self) -> None:
+        """Record that every request is on disk: rows, hashes, counts (backends call this)."""
+        self.store.put_rows(self.id, list(self.hashes), list(self.hashes.values()))
+        self.record.sent = len(self.ids) - len(self.skipped) - self.record.cached
+        self.record.state = "written"
+        self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached)
+
+    # ----------------------------------------------------------------- status
+    @property
+    def batch_ids(self) -> List[str]:
+        """Batch API batch ids of this job (empty for other backends)."""
+        return [s.batch_id for s in self.state.get("shards", []) if getattr(s, "batch_id", None)]
+
+    @property
+    def sent(self) -> int:
+        return len(self.ids) - len(self.skipped)
+
+    def status(self) -> Dict[str, Any]:
+        """Refresh and return a summary: state, counts, batch ids, usage so far.
+
+        Returns
+        -------
+        dict
+            ``{"job_id", "backend", "state", "total", "completed", "failed",
+            "skipped", "cached", "batch_ids"}``.
+        """
+        p = self.backend.refresh(self)
+        self._last = p
+        return {
+            "job_id": self.id,
+            "backend": self.backend.name,
+            "state": p.state,
+            "total": p.total,
+            "completed": p.completed,
+            "failed": p.failed,
+            "skipped": len(self.skipped),
+            "cached": self.record.cached,
+            "batch_ids": self.batch_ids,
+        }
+
+    def wait(self, progress: bool = True, timeout: Optional[float] = None) -> "Job":
+        """Block until every request is answered, failed or given up.
+
+        Parameters
+        ----------
+        progress : bool
+            Show a tqdm progress bar of completed/failed requests.
+        timeout : float, optional
+            Seconds to wait at most; :class:`~pdbatch.errors.JobError` after
+            that (the job keeps running: call ``wait`` again).
+
+        Returns
+        -------
+        Job
+            ``self``, so that ``job.wait().result()`` reads well.
+        """
+        if getattr(self.backend, "exclusive_run", False):
+            # Row-by-row backends send from this process: one process at a time per job, so two
+            # notebooks running the same cell never pay twice for a row; the second one waits.
+            start = time.monotonic()
+            with _job_lock(self.workdir, "run.lock", timeout):
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+                self._last = self.backend.wait(self, progress=progress, timeout=left)
+        else:
+            self._last = self.backend.wait(self, progress=progress, timeout=timeout)
+        return self
+
+    def cancel(self) -> "Job":
+        """Cancel what is still running; answers already made are kept."""
+        self.backend.cancel(self)
+        self.store.update_job(self.id, state="cancelling")
+        return self
+
+    # ----------------------------------------------------------------- result
+    def answers(self) -> Answers:
+        """Every answer stored for this job (cached ones included), column-wise."""
+        return self.store.answers(self.id)
+
+    def result(self, *, overwrite: Optional[bool] = None):
+        """Join the answers onto the original object and return a new one.
+
+        Rows that failed, were skipped or never answered carry their reason in
+        the error column; the run never raises for a single row.
+
+        Returns
+        -------
+        DataFrame or Series
+            With ``attrs["pdbatch"]`` holding ids, counts and token usage.
+        """
+        p = self._last if self._last is not None and self._last.done else self.backend.refresh(self)
+        if not p.done:
+            raise JobError(
+                f"job {self.id} is still {p.state} ({p.completed + p.failed}/{p.total} done); "
+                f"call job.wait() first"
+            )
+        if self.host is None:
+            raise JobError(
+                f"job {self.id}: the original frame could not be stored, so the answers cannot be joined "
+                f"back here; use job.answers() or run the same df.llm.map(...) again (it re-attaches)"
+            )
+        collect = getattr(self.backend, "collect", None)
+        if collect is not None:
+            collect(self)
+        spec = self.spec
+        answers = self.answers()
+        out, stats, errors = spec.join(
+            self.host,
+            self.ids,
+            answers,
+            skipped=self.skipped,
+            unanswered=lambda pos: self.backend.unanswered(self, pos),
+            overwrite=self.overwrite if overwrite is None else overwrite,
+            hint=f"The answers are kept: call pdbatch.Job.load({self.id!r}).result(overwrite=True).",
+        )
+        summary = {
+            "job_id": self.id,
+            "backend": self.backend.name,
+            "model": spec.model,
+            "state": p.state,
+            "batch_ids": self.batch_ids,
+            "counts": dict(stats.to_dict(), sent=stats.rows - stats.skipped - self.record.cached,
+                           cached=self.record.cached),
+            "usage": stats.usage.to_dict(),
+        }
+        summary.update(job_cost(stats.usage, spec.model, self.backend.name, cached_rows=self.record.cached))
+        summary.update(self.state.get("summary", {}))
+        if isinstance(out, pd.Series) and spec.error_column:
+            summary["errors"] = {self.ids[i]: e for i, e in enumerate(errors) if e is not None}
+        out.attrs = dict(out.attrs)
+        out.attrs["pdbatch"] = summary
+        if p.state == "cancelled":
+            # Cancelled on purpose: never reused, so running the same map again sends the rest.
+            # Interrupted (Ctrl-C, a timeout): left as it is, so running it again resumes it.
+            new_state = "cancelled" if self.record.state in ("cancelling", "cancelled") else self.record.state
+        else:
+            new_state = "finished"
+        if self.record.state != new_state:
+            self.record.state = new_state
+            self.store.update_job(self.id, state=new_state)
+        return out
+
+    # ------------------------------------------------------------------- load
+    @classmethod
+    def load(cls, job_id: str, *, client: Any = None, store: Optional[Store] = None) -> "Job":
+        """Load a job from the store by id (another process, a restarted kernel).
+
+        Parameters
+        ----------
+        job_id : str
+        client : openai.OpenAI, optional
+            For batch jobs; default ``OpenAI()`` from the environment.
+        """
+        from ..backends import resolve_backend
+
+        store = store or default_store()
+        rec = store.job(job_id)
+        if rec is None:
+            raise JobError(f"no job {job_id!r} in the store at {store.path}; list jobs with pdbatch.jobs()")
+        spec = MapSpec.from_source(rec.spec)
+        host = _load_host(rec.workdir)
+        ids = custom_ids(host.index) if host is not None else list(store.row_hashes(job_id))
+        rendered = None
+        if host is not None:
+            frame = host.to_frame(name="value") if isinstance(host, pd.Series) else host
+            rendered = spec.render(frame, ids)
+        backend = resolve_backend(rec.backend, client)
+        job = cls(rec.id, host, spec, backend, ids, rendered.skipped if rendered else {}, rec.workdir, store, rec,
+                  max_retries=int(rec.spec.get("_max_retries", 2)),
+                  retry_invalid=int(rec.spec.get("_retry_invalid", 0)),
+                  hashes=store.row_hashes(job_id))
+        # Backends that send row by row (local, realtime) resume the rows still unanswered.
+        requests = None if rendered is None else (lambda: _to_send(job, rendered, True))
+        with _job_lock(rec.workdir):  # never heal a shard while its submitter is still at work
+            job.record = store.job(job_id) or rec
+            backend.attach(job, requests=requests)
+        return job
+
+    def __repr__(self) -> str:
+        state = self._last.state if self._last else self.record.state
+        return (f"<pdbatch.Job {self.id} backend={self.backend.name} rows={len(self.ids)} "
+                f"sent={self.sent} cached={self.record.cached} state={state}>")
+
+
+def _save_host(host, workdir: str) -> None:
+    """Keep a copy of the frame so that ``Job.load(id).result()`` can join (best effort)."""
+    try:
+        frame = host.to_frame() if isinstance(host, pd.Series) else host
+        frame.to_parquet(os.path.join(workdir, "host.parquet"))
+        with open(os.path.join(workdir, "host.json"), "w") as fh:
+            fh.write(orjson.dumps({"series": isinstance(host, pd.Series)}).decode())
+    except Exception:  # a frame Arrow cannot store: Job.load then returns answers only
+        pass
+
+
+def _load_host(workdir: str):
+    path = os.path.join(workdir, "host.parquet")
+    if not os.path.exists(path):
+        return None
+    frame = pd.read_parquet(path)
+    with open(os.path.join(workdir, "host.json")) as fh:
+        meta = orjson.loads(fh.read())
+    return frame.iloc[:, 0] if meta.get("series") else frame
+
+
+def jobs(limit: int = 50, store: Optional[Store] = None) -> pd.DataFrame:
+    """The newest jobs in the store, one row each.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``job_id, created, backend, model, rows, sent, cached, state``.
+    """
+    store = store or default_store()
+    recs = store.jobs(limit)
+    return pd.DataFrame(
+        {
+            "job_id": [r.id for r in recs],
+            "created": pd.to_datetime([r.created_at for r in recs], unit="s"),
+            "backend": [r.backend for r in recs],
+            "model": [r.model for r in recs],
+            "rows": [r.rows for r in recs],
+            "sent": [r.sent for r in recs],
+            "cached": [r.cached for r in recs],
+            "state": [r.state for r in recs],
+        }
+    )
+
+
+def _to_send(job: Job, rendered: Rendered, use_cache: bool) -> Iterator[Request]:
+    """The job's requests that are neither answered in this job nor (with ``use_cache``) in the cache."""
+    return _filtered(job, job.spec.requests(rendered), use_cache, job.store.answered_ids(job.id, True))
+
+
+def _filtered(job: Job, requests: Iterator[Request], use_cache: bool, answered: set) -> Iterator[Request]:
+    """Yield the requests still to send; store cached answers for the others.
+
+    Hashes every request (the cache key, recorded per row), looks the hashes
+    up in chunks, and keeps rows answered by the cache or already answered in
+    this job from being sent again.
+    """
+    chunk: List[Request] = []
+
+    def flush() -> Iterator[Request]:
+        hs = [request_hash(r) for r in chunk]
+        for r, h in zip(chunk, hs):
+            job.hashes[r.custom_id] = h
+        hits = job.store.cached(hs) if use_cache else {}
+        if hits:
+            rows = [(r.custom_id, *hits[h]) for r, h in zip(chunk, hs) if h in hits and r.custom_id not in answered]
+            if rows:
+                job.store.put_answers(job.id, Answers.from_rows(rows), job.hashes, source="cache")
+                job.record.cached += len(rows)
+        for r, h in zip(chunk, hs):
+            if h not in hits and r.custom_id not in answered:
+                yield r
+
+    for req in requests:
+        chunk.append(req)
+        if len(chunk) >= _CACHE_CHUNK:
+            yield from flush()
+            chunk = []
+    if chunk:
+        yield from flush()
+
+
+def start_job(
+    host: Union[pd.DataFrame, pd.Series],
+    spec: MapSpec,
+    backend: Backend,
+    options: Optional[JobOptions] = None,
+    *,
+    store: Optional[Store] = None,
+) -> Job:
+    """Validate ``host`` against ``spec``, then attach to the same job or start a new one.
+
+    Everything that can be checked is checked here, before the backend sees a
+    single request: duplicate custom_ids, column collisions, capabilities.
+    """
+    options = options or JobOptions()
+    overwrite, cache = options.overwrite, options.cache
+    max_retries, retry_invalid = options.max_retries, options.retry_invalid
+    ids = unique_ids(host.index)
+    if isinstance(host, pd.DataFrame):
+        spec.check_collisions(host.columns, overwrite)
+        frame = host
+    else:
+        frame = host.to_frame(name="value")
+    if spec.images is not None and not backend.supports_vision:
+        raise BackendUnavailableError(
+            f"images= needs a vision model, which the {backend.name!r} backend does not have; "
+            f"use backend='batch' with a vision model such as gpt-4o-mini"
+        )
+    rendered = spec.render(frame, ids)
+    store = store or default_store()
+    fp = fingerprint(spec, rendered, backend.name)
+    job_id = new_job_id()
+    workdir = os.path.join(pdbatch_home(), "jobs", job_id)
+    source = dict(spec.source, _max_retries=max_retries, _retry_invalid=retry_invalid)
+    def new_record() -> JobRecord:
+        return JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
+                         spec=source, workdir=workdir)
+
+    rec, created = store.create_or_attach(new_record(), reuse=True)
+    if not created and not cache and rec.state == "finished":
+        # cache=False: a finished job's answers are not reused; start afresh.
+        rec, created = store.create_or_attach(new_record(), reuse=False)
+    job = Job(rec.id, host, spec, backend, ids, rendered.skipped, rec.workdir, store, rec, overwrite,
+              max_retries, retry_invalid)
+    with _job_lock(rec.workdir):
+        rec = store.job(rec.id) or rec  # the state another process may have reached meanwhile
+        job.record = rec
+        if rec.state == "created":  # new, or its submitter died before its requests were on disk
+            _save_host(host, rec.workdir)
+            backend.submit(job, _to_send(job, rendered, cache))
+            if rec.state == "created":  # a backend that did not call mark_written itself
+                job.mark_written()
+        else:
+            job.hashes = store.row_hashes(rec.id)
+            backend.attach(job, requests=lambda: _to_send(job, rendered, cache))
+        if rec.state == "written":
+            rec.state = "submitted"
+            store.update_job(rec.id, state="submitted")
+    return job

@@ -1,0 +1,412 @@
+"""What a job costs, and what a ``map`` would cost before it is sent.
+
+Prices
+------
+:data:`DEFAULT_PRICES` is a small table in US dollars per million tokens
+(input, cached input, output), as listed on the OpenAI pricing page
+(https://openai.com/api/pricing/) in :data:`PRICES_AS_OF`. Prices change:
+the table is a default that the user overrides, with precedence
+
+1. :func:`set_price` (this process),
+2. a JSON file named by the ``PDBATCH_PRICES`` environment variable::
+
+       {"gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.6},
+        "my-finetune": {"input": 0.3, "output": 1.2}}
+
+3. :data:`DEFAULT_PRICES`.
+
+A dated model name (``gpt-4o-mini-2024-07-18``) is priced as its base model
+(``gpt-4o-mini``) unless the name itself has an entry. The Batch API costs
+half the realtime price (input, cached input and output alike); the local
+backend costs nothing.
+
+Token counts for estimates
+--------------------------
+:func:`token_counter` uses tiktoken (``o200k_base`` for the gpt-4o, gpt-4.1,
+gpt-5 and o-series families, ``cl100k_base`` for the others) when its
+encoding file can be loaded. tiktoken downloads that file on first use; with
+no network (or ``PDBATCH_TOKENIZER=heuristic``) the count falls back to
+:data:`CHARS_PER_TOKEN` characters per token, and every estimate says which
+counter it used. Chat messages add :data:`MESSAGE_OVERHEAD` tokens each and
+:data:`REQUEST_OVERHEAD` per request; an image counts a flat
+:data:`IMAGE_TOKENS` (:data:`IMAGE_TOKENS_LOW` with ``detail="low"``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import orjson
+
+from ..errors import OptionError, PdbatchError
+from ..core.records import Usage, request_hash
+from .tokens import (CHARS_PER_TOKEN, IMAGE_TOKENS, IMAGE_TOKENS_LOW, MESSAGE_OVERHEAD, REQUEST_OVERHEAD,  # noqa: F401
+                     TokenCounter, body_tokens, encoding_name, token_counter)
+
+__all__ = [
+    "Price", "DEFAULT_PRICES", "PRICES_AS_OF", "PRICES_ENV", "set_price", "reset_prices", "price", "base_model",
+    "cost", "job_cost", "format_cost", "TokenCounter", "token_counter", "estimate_requests", "CHARS_PER_TOKEN",
+    "IMAGE_TOKENS", "IMAGE_TOKENS_LOW",
+]
+
+#: When :data:`DEFAULT_PRICES` was read off the OpenAI pricing page.
+PRICES_AS_OF = "August 2025"
+PRICES_ENV = "PDBATCH_PRICES"
+BATCH_DISCOUNT = 0.5
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens; ``cached_input`` None means cached tokens cost ``input``."""
+
+    input: float
+    cached_input: Optional[float] = None
+    output: float = 0.0
+
+
+#: Realtime (standard tier) prices, USD per 1M tokens, as listed on the OpenAI
+#: pricing page in August 2025. Embedding models have no output or cached price.
+DEFAULT_PRICES: Mapping[str, Price] = {
+    "gpt-4o-mini": Price(0.15, 0.075, 0.60),
+    "gpt-4o": Price(2.50, 1.25, 10.00),
+    # The first gpt-4o snapshot kept its launch price; not sure it is still listed.
+    "gpt-4o-2024-05-13": Price(5.00, None, 15.00),
+    "gpt-4.1": Price(2.00, 0.50, 8.00),
+    "gpt-4.1-mini": Price(0.40, 0.10, 1.60),
+    "gpt-4.1-nano": Price(0.10, 0.025, 0.40),
+    "o4-mini": Price(1.10, 0.275, 4.40),
+    "gpt-5": Price(1.25, 0.125, 10.00),
+    "gpt-5-mini": Price(0.25, 0.025, 2.00),
+    "gpt-5-nano": Price(0.05, 0.005, 0.40),
+    "text-embedding-3-small": Price(0.02),
+    "text-embedding-3-large": Price(0.13),
+}
+# Not certain: whether the Batch API grants the cached-input rate on every model
+# (its price list shows no cached column for some older ones). Cached tokens are
+# priced here at the cached rate with the batch discount applied: an estimate.
+
+_OVERRIDES: Dict[str, Price] = {}
+_FILE_CACHE: Dict[str, Tuple[int, Dict[str, Price]]] = {}
+_DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
+def _check_number(name: str, value: Any, model: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise OptionError(f"{where}: {name} for {model!r} must be a number >= 0 (USD per 1M tokens), got {value!r}")
+    return float(value)
+
+
+def _make_price(model: str, input: Any, cached_input: Any, output: Any, where: str) -> Price:
+    cached = None if cached_input is None else _check_number("cached_input", cached_input, model, where)
+    return Price(_check_number("input", input, model, where), cached,
+                 _check_number("output", output, model, where))
+
+
+def set_price(model: str, *, input: float, cached_input: Optional[float] = None, output: float = 0.0) -> None:
+    """Set (or replace) the price of ``model`` for this process, in USD per 1M tokens.
+
+    Parameters
+    ----------
+    model : str
+        A model name; a dated name overrides only that snapshot.
+    input, cached_input, output : float
+        Realtime prices; the Batch API is priced at half of these.
+        ``cached_input`` None charges cached tokens at ``input``.
+
+    Examples
+    --------
+    >>> set_price("my-model", input=1.0, output=2.0)
+    >>> price("my-model")
+    Price(input=1.0, cached_input=None, output=2.0)
+    >>> reset_prices()
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise OptionError(f"set_price: model must be a non-empty string, got {model!r}")
+    _OVERRIDES[model.strip().lower()] = _make_price(model, input, cached_input, output, "set_price")
+
+
+def reset_prices() -> None:
+    """Forget every :func:`set_price` override."""
+    _OVERRIDES.clear()
+
+
+def _file_prices() -> Tuple[Dict[str, Price], Optional[str]]:
+    """Prices from the ``PDBATCH_PRICES`` JSON file (re-read when it changes)."""
+    path = os.environ.get(PRICES_ENV)
+    if not path:
+        return {}, None
+    path = os.path.expanduser(path)
+    where = f"{PRICES_ENV}={path}"
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError as err:
+        raise OptionError(f"{where}: cannot read the price file ({err.strerror}); fix the path or unset "
+                          f"{PRICES_ENV}") from err
+    hit = _FILE_CACHE.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1], path
+    try:
+        with open(path, "rb") as fh:
+            data = orjson.loads(fh.read())
+    except (OSError, orjson.JSONDecodeError) as err:
+        raise OptionError(f"{where}: not a JSON file ({err}); expected "
+                          f'{{"model": {{"input": 0.15, "cached_input": 0.075, "output": 0.6}}}}') from err
+    if not isinstance(data, dict):
+        raise OptionError(f"{where}: expected a JSON object mapping model names to prices")
+    prices = {}
+    for model, entry in data.items():
+        if not isinstance(entry, dict) or "input" not in entry or set(entry) - {"input", "cached_input", "output"}:
+            raise OptionError(f"{where}: the entry for {model!r} must be an object with input, and optionally "
+                              f"cached_input and output (USD per 1M tokens), got {entry!r}")
+        prices[model.strip().lower()] = _make_price(model, entry["input"], entry.get("cached_input"),
+                                                    entry.get("output", 0.0), where)
+    _FILE_CACHE[path] = (stamp, prices)
+    return prices, path
+
+
+def base_model(model: str) -> str:
+    """The model name without a date suffix.
+
+    Examples
+    --------
+    >>> base_model("gpt-4o-mini-2024-07-18")
+    'gpt-4o-mini'
+    >>> base_model("gpt-3.5-turbo-0125")
+    'gpt-3.5-turbo'
+    >>> base_model("gpt-5")
+    'gpt-5'
+    """
+    return _DATED.sub("", model)
+
+
+def _lookup(model: Optional[str]) -> Tuple[Optional[Price], Optional[str], str]:
+    """``(price, priced_as, source)``; the exact name first, then the undated one."""
+    if not model:
+        return None, None, ""
+    name = model.strip().lower()
+    from_file, path = _file_prices()
+    layers = ((_OVERRIDES, "set_price"), (from_file, f"{PRICES_ENV}={path}"),
+              (DEFAULT_PRICES, f"OpenAI pricing page, {PRICES_AS_OF}"))
+    for candidate in dict.fromkeys((name, base_model(name))):
+        for table, source in layers:
+            if candidate in table:
+                return table[candidate], candidate, source
+    return None, None, ""
+
+
+def price(model: Optional[str]) -> Optional[Price]:
+    """The realtime price of ``model``, or None when no table knows it.
+
+    Examples
+    --------
+    >>> price("gpt-4o-mini-2024-07-18") == price("gpt-4o-mini")
+    True
+    >>> price("no-such-model") is None
+    True
+    """
+    return _lookup(model)[0]
+
+
+def cost(usage: Usage, model: Optional[str], *, batch: bool, local: bool = False) -> Optional[Dict[str, Any]]:
+    """The cost in USD of ``usage`` on ``model``.
+
+    Parameters
+    ----------
+    usage : Usage
+        ``prompt_tokens`` include ``cached_tokens`` (as the API reports them).
+    model : str
+    batch : bool
+        Apply the Batch API's 50% discount.
+    local : bool
+        The local backend: everything costs 0.
+
+    Returns
+    -------
+    dict or None
+        ``{"input", "cached", "output", "total"}`` in USD (``input`` is the
+        uncached part), with ``currency``, ``batch``, ``priced_as``,
+        ``prices`` (USD per 1M before the discount) and ``source``; None
+        when the model has no price (see :func:`job_cost` for the note).
+
+    Examples
+    --------
+    >>> c = cost(Usage(2_000_000, 1_000_000, cached_tokens=1_000_000), "gpt-4o-mini", batch=True)
+    >>> c["input"], c["cached"], c["output"], c["total"]
+    (0.075, 0.0375, 0.3, 0.4125)
+    >>> cost(Usage(10, 10), "no-such-model", batch=False) is None
+    True
+    """
+    if local:
+        return {"input": 0.0, "cached": 0.0, "output": 0.0, "total": 0.0, "currency": "USD", "batch": False,
+                "priced_as": None, "prices": None, "source": "local model: no charge"}
+    p, priced_as, source = _lookup(model)
+    if p is None:
+        return None
+    factor = (BATCH_DISCOUNT if batch else 1.0) / 1e6
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    parts = {
+        "input": (usage.prompt_tokens - cached) * p.input * factor,
+        "cached": cached * (p.input if p.cached_input is None else p.cached_input) * factor,
+        "output": usage.completion_tokens * p.output * factor,
+    }
+    out: Dict[str, Any] = {k: round(v, 10) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()), 10)
+    out.update(currency="USD", batch=bool(batch), priced_as=priced_as,
+               prices={"input": p.input, "cached_input": p.cached_input, "output": p.output}, source=source)
+    return out
+
+
+def _unknown(model: Optional[str]) -> str:
+    return (f"no price known for model {model!r}: set one with pdbatch.pricing.set_price({model!r}, input=..., "
+            f"output=...) or a JSON file named by {PRICES_ENV}")
+
+
+def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: int = 0) -> Dict[str, Any]:
+    """The ``cost`` entry of a job's summary (and ``cost_note`` when there is something to say).
+
+    Never raises: a missing price or a bad ``PDBATCH_PRICES`` file becomes
+    ``{"cost": None, "cost_note": ...}``.
+
+    Examples
+    --------
+    >>> job_cost(Usage(1000, 10), "gpt-4o-mini", "local")["cost"]["total"]
+    0.0
+    >>> job_cost(Usage(1000, 10), "mystery", "batch")["cost"] is None
+    True
+    """
+    try:
+        c = cost(usage, model, batch=backend == "batch", local=backend == "local")
+    except PdbatchError as err:
+        return {"cost": None, "cost_note": str(err)}
+    if c is None:
+        return {"cost": None, "cost_note": _unknown(model)}
+    out: Dict[str, Any] = {"cost": c}
+    if cached_rows and backend != "local":
+        out["cost_note"] = (f"{cached_rows} row(s) came from pdbatch's answer cache: their tokens are counted "
+                            f"here but were paid by an earlier job")
+    return out
+
+
+def format_cost(x: Optional[Dict[str, Any]]) -> str:
+    """A cost dict as dollars for people: ``$0.0123``; ``unknown`` for None."""
+    if x is None:
+        return "unknown"
+    t = x["total"]
+    return f"${t:,.2f}" if t >= 1 else f"${t:.4f}" if t >= 0.01 or t == 0 else f"${t:.6f}"
+
+
+def estimate_requests(
+    requests: Iterable[Any],
+    *,
+    model: Optional[str],
+    rows: int,
+    skipped: Mapping[int, str],
+    store: Any = None,
+    chunk: int = 5000,
+) -> Dict[str, Any]:
+    """Count what ``requests`` would send and price it; nothing is sent.
+
+    Parameters
+    ----------
+    requests : iterable of Request
+        As :meth:`pdbatch.spec.MapSpec.requests` yields them.
+    model : str or None
+    rows : int
+        Rows of the frame.
+    skipped : mapping
+        Row position to reason, read after ``requests`` is consumed (it grows
+        while they render).
+    store : Store, optional
+        Look each request up in the answer cache (what ``map`` with
+        ``cache=True`` would not send again).
+
+    Returns
+    -------
+    dict
+        ``rows, requests, cached, skipped, skip_reasons, input_tokens, images,
+        image_tokens, output_tokens, max_output_per_request, tokenizer,
+        tokenizer_note, cost_batch, cost_realtime, cost_covers, summary``.
+        ``requests`` counts what would be sent; ``output_tokens`` is the cap
+        from ``max_completion_tokens`` (or ``max_tokens``) times ``n``, None
+        when a request sets neither.
+    """
+
+    counter = token_counter(model)
+    count = counter.count
+    memo: Dict[int, Any] = {}
+    sent = cached = tokens = images = image_tokens = out_tokens = 0
+    caps: set = set()
+    output_known = True
+    batch: List[Any] = []
+
+    def flush() -> None:
+        nonlocal sent, cached, tokens, images, image_tokens, out_tokens, output_known
+        hashes = [request_hash(r) for r in batch] if store is not None else [None] * len(batch)
+        hits = store.cached(hashes) if store is not None else {}
+        for r, h in zip(batch, hashes):
+            if h in hits:
+                cached += 1
+                continue
+            sent += 1
+            t, i, it = body_tokens(r.body, count, memo)
+            tokens, images, image_tokens = tokens + t, images + i, image_tokens + it
+            cap = r.body.get("max_completion_tokens", r.body.get("max_tokens"))
+            if cap is None:
+                output_known = False
+            else:
+                caps.add(int(cap))
+                out_tokens += int(cap) * int(r.body.get("n") or 1)
+        batch.clear()
+
+    for req in requests:
+        batch.append(req)
+        if len(batch) >= chunk:
+            flush()
+    flush()
+    input_tokens = tokens + image_tokens
+    output = out_tokens if output_known else None
+    usage = Usage(input_tokens, output or 0)
+    cost_batch = cost(usage, model, batch=True)
+    cost_realtime = cost(usage, model, batch=False)
+    reasons = Counter(skipped.values())
+    est: Dict[str, Any] = {
+        "model": model, "rows": rows, "requests": sent, "cached": cached, "skipped": len(skipped),
+        "skip_reasons": dict(reasons.most_common()), "input_tokens": input_tokens, "images": images,
+        "image_tokens": image_tokens, "output_tokens": output,
+        "max_output_per_request": max(caps) if output_known and caps else None,
+        "tokenizer": counter.name, "tokenizer_note": counter.note,
+        "cost_batch": cost_batch, "cost_realtime": cost_realtime,
+        "cost_covers": "input and at most the output cap" if output is not None else "input only",
+        "prices_as_of": PRICES_AS_OF,
+    }
+    est["summary"] = _summary(est)
+    return est
+
+
+def _summary(e: Dict[str, Any]) -> str:
+    skip = ""
+    if e["skipped"]:
+        top = "; ".join(f"{n}: {r}" for r, n in list(e["skip_reasons"].items())[:3])
+        skip = f", {e['skipped']} skipped ({top})"
+    cached = f", {e['cached']} answered from the cache" if e["cached"] else ""
+    imgs = (f", including {e['images']} image(s) at a flat {e['image_tokens'] // max(e['images'], 1)} tokens each"
+            if e["images"] else "")
+    if e["output_tokens"] is None:
+        out = "output tokens unknown (set max_completion_tokens= to bound them)"
+    else:
+        out = f"output at most {e['output_tokens']:,} tokens"
+    if e["cost_batch"] is None:
+        money = _unknown(e["model"])
+    else:
+        alias = e["cost_batch"]["priced_as"]
+        model = e["model"] if alias == (e["model"] or "").lower() else f"{e['model']} (priced as {alias})"
+        money = (f"estimated cost on {model}: {format_cost(e['cost_batch'])} with the Batch API, "
+                 f"{format_cost(e['cost_realtime'])} realtime ({e['cost_covers']}; prices from "
+                 f"{e['cost_batch']['source']})")
+    return (f"pdbatch estimate: {e['rows']:,} rows -> {e['requests']:,} requests to send{skip}{cached}. "
+            f"Input ~{e['input_tokens']:,} tokens{imgs} [{e['tokenizer_note']}]; {out}; {money}. "
+            f"Nothing was sent.")

@@ -1,0 +1,394 @@
+"""The HTTP side of the local Batch API server: a Starlette app.
+
+:func:`build_app` wires the routes of :class:`pdbatch.server.BatchServer`:
+Files (uploads streamed to disk with python-multipart, downloads streamed
+from disk), Batches and the realtime ``/v1/chat/completions`` and
+``/v1/embeddings``. An ASGI gate in front of every route records each call in
+``Stats.log``, injects ``Faults.http_errors`` and requires a bearer token (any
+token; it is never looked at again). Handlers read ``server.faults``,
+``server.stats`` and ``server.engine`` at call time, so tests may change them
+between calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import orjson
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from .engines import EngineError
+from ..core.records import CHAT_URL, EMBEDDINGS_URL
+from .state import BATCH_ENDPOINTS, FILE_PURPOSES, error_body, status_error
+
+__all__ = ["build_app"]
+
+_MAX_FIELD = 64 * 1024
+
+
+class _ApiError(Exception):
+    """Raised inside a handler; answered as an OpenAI-shaped error."""
+
+    def __init__(self, status: int, message: str, param: Optional[str] = None,
+                 code: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, param=param, code=code)
+
+
+def _json(obj: Any, status: int = 200, headers: Optional[dict] = None) -> Response:
+    raw = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return Response(raw, status_code=status, media_type="application/json", headers=headers)
+
+
+def _duration(seconds: float) -> str:
+    """Format like the API's ``x-ratelimit-reset-*`` headers (``120ms``, ``6m0s``)."""
+    if seconds < 1:
+        return f"{int(seconds * 1000)}ms"
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes)}m{secs:.0f}s" if minutes else f"{secs:.3g}s"
+
+
+class _Upload:
+    """python-multipart callbacks writing the ``file`` part straight to disk."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest, self.fields, self.filename, self.size = dest, {}, None, 0
+        self._fh: Any = None
+        self._buf: Optional[bytearray] = None
+        self._headers: dict = {}
+        self._hname = self._hvalue = b""
+        self._name = b""
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self._begin, "on_header_field": self._hfield,
+                "on_header_value": self._hval, "on_header_end": self._hend,
+                "on_headers_finished": self._headers_done, "on_part_data": self._data,
+                "on_part_end": self._end}
+
+    def _begin(self) -> None:
+        self._headers, self._buf = {}, None
+
+    def _hfield(self, data: bytes, start: int, end: int) -> None:
+        self._hname += data[start:end]
+
+    def _hval(self, data: bytes, start: int, end: int) -> None:
+        self._hvalue += data[start:end]
+
+    def _hend(self) -> None:
+        self._headers[self._hname.lower()] = self._hvalue
+        self._hname = self._hvalue = b""
+
+    def _headers_done(self) -> None:
+        _, opts = parse_options_header(self._headers.get(b"content-disposition"))
+        self._name = opts.get(b"name", b"")
+        if self._name == b"file" and b"filename" in opts and self._fh is None and not self.filename:
+            self.filename = opts[b"filename"].decode("utf-8", "replace") or "upload.jsonl"
+            self._fh = open(self.dest, "wb")
+        else:
+            self._buf = bytearray()
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._buf is not None:
+            self._buf += data[start:end]
+            if len(self._buf) > _MAX_FIELD:
+                raise _ApiError(400, "A form field is too large.")
+        elif self._fh is not None:
+            self._fh.write(data[start:end])
+            self.size += end - start
+
+    def _end(self) -> None:
+        if self._buf is not None:
+            self.fields[self._name.decode("utf-8", "replace")] = self._buf.decode("utf-8", "replace")
+            self._buf = None
+        elif self._fh is not None:
+            self.close()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class _Gate:
+    """ASGI middleware: records every call, injects faults, requires a bearer token."""
+
+    def __init__(self, app: Any, server: Any) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        method, path, logged = scope["method"], scope["path"], []
+
+        async def send_and_see(message: dict) -> None:
+            if message["type"] == "http.response.start":  # log before the client can see it
+                logged.append(message["status"])
+                self.server.stats.record(method, path, message["status"])
+                hook = self.server.faults.on_response
+                if hook is not None:
+                    hook(method, path, message["status"])
+            await send(message)
+
+        try:
+            code = self.server.faults.pop_http_error(method, path)
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            if code is not None:
+                body, headers = status_error(code, self.server.faults.retry_after)
+                await _drain(receive)
+                response = _json(body, code, headers)
+            elif not auth.startswith(b"Bearer ") or not auth[7:].strip():
+                await _drain(receive)
+                response = _json(error_body("Missing bearer token: send the header "
+                                            "'Authorization: Bearer <token>' (any token is "
+                                            "accepted by this local server).",
+                                            code="invalid_api_key"), 401)
+            else:
+                return await self.app(scope, receive, send_and_see)
+            await response(scope, receive, send_and_see)
+        finally:
+            if not logged:  # the app crashed before answering; Starlette answers 500
+                self.server.stats.record(method, path, 500)
+
+
+async def _json_body(request: Request) -> dict:
+    """The request's JSON object body, or a 400 as the API words it."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise _ApiError(400, "We could not parse the JSON body of your request.")
+    return body
+
+
+async def _drain(receive: Callable) -> None:
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False) and message["type"] == "http.request"
+
+
+def _upload_problem(sink: _Upload) -> Optional[_ApiError]:
+    """What is wrong with a parsed upload, if anything."""
+    purpose = sink.fields.get("purpose")
+    if sink.filename is None:
+        return _ApiError(400, "Missing required parameter: 'file'.", param="file",
+                         code="missing_required_parameter")
+    if purpose is None:
+        return _ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
+                         code="missing_required_parameter")
+    if purpose not in FILE_PURPOSES:
+        return _ApiError(400, f"Invalid purpose {purpose!r}; expected one of "
+                         f"{', '.join(FILE_PURPOSES)}.", param="purpose", code="invalid_value")
+    return None
+
+
+def build_app(server: Any) -> Starlette:
+    """The Starlette app serving ``server`` (a :class:`~pdbatch.server.BatchServer`)."""
+    api = _Api(server)
+
+    def wrap(handler: Callable) -> Callable:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except _ApiError as exc:
+                return _json(exc.body, exc.status)
+        return endpoint
+
+    async def not_found(request: Request, exc: HTTPException) -> Response:
+        return _json(error_body(f"Invalid URL ({request.method} {request.url.path})"),
+                     exc.status_code)
+
+    routes = [
+        Route("/v1/files", wrap(api.upload), methods=["POST"]),
+        Route("/v1/files", wrap(api.list_files), methods=["GET"]),
+        Route("/v1/files/{file_id}", wrap(api.get_file), methods=["GET"]),
+        Route("/v1/files/{file_id}", wrap(api.delete_file), methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", wrap(api.file_content), methods=["GET"]),
+        Route("/v1/batches", wrap(api.create_batch), methods=["POST"]),
+        Route("/v1/batches", wrap(api.list_batches), methods=["GET"]),
+        Route("/v1/batches/{batch_id}", wrap(api.get_batch), methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", wrap(api.cancel_batch), methods=["POST"]),
+        Route(CHAT_URL, wrap(api.chat), methods=["POST"]),
+        Route(EMBEDDINGS_URL, wrap(api.embeddings), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.add_middleware(_Gate, server=server)
+    return app
+
+
+class _Api:
+    """Route handlers; state comes from the server at call time."""
+
+    def __init__(self, server: Any) -> None:
+        self.srv = server
+        self.store = server._store
+
+    def _file_or_404(self, file_id: str) -> bytes:
+        raw = self.store.dump("file", file_id)
+        if raw is None:
+            raise _ApiError(404, f"No such File object: {file_id}", param="id")
+        return raw
+
+    @staticmethod
+    def _limit(request: Request, default: int, top: int) -> int:
+        try:
+            limit = int(request.query_params.get("limit", default))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= top:
+            raise _ApiError(400, f"'limit' must be an integer from 1 to {top}.", param="limit")
+        return limit
+
+    async def upload(self, request: Request) -> Response:
+        ctype, opts = parse_options_header(request.headers.get("content-type"))
+        if ctype != b"multipart/form-data" or b"boundary" not in opts:
+            raise _ApiError(400, "Send the file as multipart/form-data.", param="file")
+        sink = _Upload(self.store.incoming_path())
+        try:
+            parser = MultipartParser(opts[b"boundary"], sink.callbacks())
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+            problem = _upload_problem(sink)
+        except Exception as exc:
+            problem = exc if isinstance(exc, _ApiError) else \
+                _ApiError(400, f"Malformed multipart body: {exc}", param="file")
+        finally:
+            sink.close()
+        if problem is not None:
+            sink.dest.unlink(missing_ok=True)
+            raise problem
+        obj = self.store.add_file(sink.dest, sink.filename or "upload", sink.fields["purpose"])
+        self.srv.stats.bump("uploads")
+        return _json(obj)
+
+    async def list_files(self, request: Request) -> Response:
+        q = request.query_params
+        return _json(self.store.list_files(q.get("after"), self._limit(request, 10_000, 10_000),
+                                            q.get("order", "desc"), q.get("purpose")))
+
+    async def get_file(self, request: Request) -> Response:
+        return _json(self._file_or_404(request.path_params["file_id"]))
+
+    async def delete_file(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        if not self.store.delete_file(file_id):
+            raise _ApiError(404, f"No such File object: {file_id}", param="id")
+        return _json({"id": file_id, "object": "file", "deleted": True})
+
+    async def file_content(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        self._file_or_404(file_id)
+        path = self.store.path(file_id)
+        if path is None or not path.exists():
+            raise _ApiError(404, f"No such File object: {file_id}", param="id")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    async def create_batch(self, request: Request) -> Response:
+        body = await _json_body(request)
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if not body.get(name):
+                raise _ApiError(400, f"Missing required parameter: '{name}'.", param=name,
+                                code="missing_required_parameter")
+        file_id, endpoint = body["input_file_id"], body["endpoint"]
+        file = self.store.files.get(file_id)
+        if file is None:
+            raise _ApiError(400, f"No such File object: {file_id}", param="input_file_id",
+                            code="invalid_value")
+        if file["purpose"] != "batch":
+            raise _ApiError(400, f"File {file_id} has purpose {file['purpose']!r}; batch input "
+                            "files need purpose 'batch'.", param="input_file_id",
+                            code="invalid_value")
+        if endpoint not in BATCH_ENDPOINTS:
+            raise _ApiError(400, f"Invalid endpoint {endpoint!r}; expected one of "
+                            f"{', '.join(BATCH_ENDPOINTS)}.", param="endpoint",
+                            code="invalid_value")
+        if body["completion_window"] != "24h":
+            raise _ApiError(400, "Invalid completion_window; only '24h' is supported.",
+                            param="completion_window", code="invalid_value")
+        metadata = body.get("metadata")
+        if metadata is not None and not (
+                isinstance(metadata, dict) and len(metadata) <= 16 and all(
+                    isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                    for k, v in metadata.items())):
+            raise _ApiError(400, "metadata must map at most 16 string keys (≤64 characters) "
+                            "to string values (≤512 characters).", param="metadata",
+                            code="invalid_value")
+        batch = self.store.create_batch(file_id, endpoint, "24h", metadata)
+        raw = self.store.dump("batch", batch["id"])  # before the worker can touch it
+        self.srv.stats.bump("batches_created")
+        self.srv._worker.submit(batch["id"])
+        return _json(raw)
+
+    def _batch_or_404(self, batch_id: str) -> bytes:
+        raw = self.store.dump("batch", batch_id)
+        if raw is None:
+            raise _ApiError(404, f"No such Batch object: {batch_id}", param="batch_id")
+        return raw
+
+    async def get_batch(self, request: Request) -> Response:
+        return _json(self._batch_or_404(request.path_params["batch_id"]))
+
+    async def list_batches(self, request: Request) -> Response:
+        return _json(self.store.list_batches(request.query_params.get("after"),
+                                              self._limit(request, 20, 100)))
+
+    async def cancel_batch(self, request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        self._batch_or_404(batch_id)
+        with self.store.lock:
+            batch = self.store.batches[batch_id]
+            if batch["status"] in ("validating", "in_progress", "finalizing"):
+                batch.update(status="cancelling", cancelling_at=int(time.time()))
+            elif batch["status"] not in ("cancelling", "cancelled"):
+                raise _ApiError(400, f"Cannot cancel a batch with status {batch['status']!r}.",
+                                param="batch_id", code="invalid_state")
+        return _json(self._batch_or_404(batch_id))
+
+    # -- realtime ------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        return await self.realtime(request, CHAT_URL)
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self.realtime(request, EMBEDDINGS_URL)
+
+    async def realtime(self, request: Request, url: str) -> Response:
+        self.srv.stats.bump("realtime_calls")
+        faults, headers = self.srv.faults, {}
+        rate = faults.take_rate()
+        if rate is not None:
+            allowed, remaining, reset = rate
+            headers = {"x-ratelimit-limit-requests": str(faults.realtime_rpm),
+                       "x-ratelimit-remaining-requests": str(remaining),
+                       "x-ratelimit-reset-requests": _duration(reset)}
+            if not allowed:
+                body, extra = status_error(429, max(reset, faults.retry_after))
+                return _json(body, 429, {**headers, **extra})
+        status = faults.pop_realtime_error()
+        if status is not None:
+            body, extra = status_error(status, faults.retry_after)
+            return _json(body, status, {**headers, **extra})
+        body = await _json_body(request)
+        if body.get("stream"):
+            raise _ApiError(400, "Streaming is not supported by the pdbatch server.",
+                            param="stream", code="unsupported_value")
+        if faults.realtime_latency:
+            await asyncio.sleep(faults.realtime_latency)
+        try:
+            answer = await run_in_threadpool(self.srv.engine, body, url)
+        except EngineError as exc:
+            return _json(exc.to_body(), exc.status_code, headers)
+        except Exception as exc:
+            return _json(error_body(f"engine failed: {exc!r}", type="server_error",
+                                    code="server_error"), 500, headers)
+        return _json(answer, 200, headers)

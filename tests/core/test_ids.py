@@ -1,0 +1,102 @@
+"""Tests for pdbatch/ids.py: custom_id from the index, uniqueness after stringification."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pdbatch.errors import DuplicateIdError
+from pdbatch.core.ids import SEP, check_unique, custom_ids, positions, unique_ids
+
+
+@pytest.mark.parametrize(
+    "index, expected",
+    [
+        (pd.RangeIndex(3), ["0", "1", "2"]),
+        (pd.RangeIndex(10, 0, -3), ["10", "7", "4", "1"]),
+        (pd.Index([3, -1, 2**40]), ["3", "-1", "1099511627776"]),
+        (pd.Index(["b", "a", "b c"]), ["b", "a", "b c"]),
+        (pd.Index([1, "x", 2.5], dtype=object), ["1", "x", "2.5"]),
+        (pd.Index([2**70, 1]), [str(2**70), "1"]),
+        (pd.Index([1.0, 2.5]), ["1.0", "2.5"]),
+        (pd.Index([True, False]), ["True", "False"]),
+        (pd.CategoricalIndex(["x", "y"]), ["x", "y"]),
+        (pd.DatetimeIndex(["2024-01-01", "2024-01-02"]), ["2024-01-01", "2024-01-02"]),
+        (pd.DatetimeIndex(["2024-01-01", "2024-01-02 10:30"]), ["2024-01-01 00:00:00", "2024-01-02 10:30:00"]),
+        (pd.MultiIndex.from_tuples([("a", 1), ("b", 2)]), ["a|1", "b|2"]),
+        (pd.MultiIndex.from_tuples([("a", 1, "z")]), ["a|1|z"]),
+        (pd.Index([], dtype=object), []),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, pd.Index) else None,
+)
+def test_custom_ids(index, expected):
+    ids = custom_ids(index)
+    assert ids == expected
+    assert all(type(i) is str for i in ids)
+
+
+def test_separator_is_pipe():
+    assert SEP == "|"
+    mi = pd.MultiIndex.from_arrays([["a"], [2]])
+    assert custom_ids(mi) == ["a" + SEP + "2"]
+
+
+def test_custom_ids_keep_row_order_of_unsorted_index():
+    idx = pd.Index([30, 10, 20])
+    assert custom_ids(idx) == ["30", "10", "20"]
+
+
+def test_check_unique_accepts_unique():
+    assert check_unique(["a", "b", "1"]) is None
+    assert check_unique([]) is None
+
+
+def test_int_and_string_labels_collide():
+    ids = custom_ids(pd.Index([1, "1", 2], dtype=object))
+    with pytest.raises(DuplicateIdError) as info:
+        check_unique(ids)
+    assert info.value.duplicates == ["1"]
+    assert "reset_index()" in str(info.value)
+
+
+def test_multiindex_separator_collision_is_caught():
+    mi = pd.MultiIndex.from_tuples([("a|b", "c"), ("a", "b|c")])
+    ids = custom_ids(mi)
+    assert ids == ["a|b|c", "a|b|c"]
+    with pytest.raises(DuplicateIdError, match="'a|b|c'"):
+        check_unique(ids)
+
+
+def test_each_duplicate_reported_once_with_total():
+    ids = [str(i) for i in range(12)] * 2 + ["0"]
+    with pytest.raises(DuplicateIdError) as info:
+        check_unique(ids)
+    assert info.value.duplicates == [str(i) for i in range(10)]
+    assert "and 2 more" in str(info.value)
+
+
+def test_positions_maps_id_to_row():
+    assert positions(["b", "a", "c"]) == {"b": 0, "a": 1, "c": 2}
+
+
+@pytest.mark.parametrize("index", [pd.Index(["a", None]), pd.Index([1, None], dtype="Int64"),
+                                   pd.Index([1.5, float("nan")]), pd.DatetimeIndex(["2024-01-01", None])])
+def test_missing_label_still_gives_string_id(index):
+    # regression: a missing label gave a float NaN custom_id (written as custom_id null in the JSONL)
+    ids = custom_ids(index)
+    assert len(ids) == 2 and all(type(i) is str for i in ids)
+    assert ids[0] != ids[1]
+
+
+def test_multiindex_with_missing_label():
+    # regression: raised TypeError (sequence item 1: expected str instance, float found)
+    ids = custom_ids(pd.MultiIndex.from_tuples([("a", 1), ("b", None)]))
+    assert len(ids) == 2 and all(type(i) is str for i in ids)
+
+
+def test_unique_ids_checks_every_index_but_a_range():
+    assert unique_ids(pd.RangeIndex(2, 8, 3)) == ["2", "5"]
+    with pytest.raises(DuplicateIdError, match="reset_index"):
+        unique_ids(pd.Index([1, "1"], dtype=object))
+    with pytest.raises(DuplicateIdError):
+        unique_ids(pd.Index([3, 3]))

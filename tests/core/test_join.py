@@ -1,0 +1,405 @@
+"""Tests for pdbatch/join.py: answers land on the right rows, whatever the order, as new columns."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+import orjson
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pdbatch.core.batchfile import read_answers, write_shards
+from pdbatch.errors import ColumnCollisionError, DuplicateIdError
+from pdbatch.core.ids import check_unique, custom_ids
+from pdbatch.core.join import NO_ANSWER, JoinStats, join_results
+from pdbatch.core.parsing import response_format
+from pdbatch.core.records import Answers, Request, Result, Usage
+from pdbatch.core.template import Template, display_strings
+
+TEXT = response_format(None).parse_text
+JSON = response_format("json").parse_text
+
+
+def ok(cid, content, finish="stop", usage=None):
+    body = {"choices": [{"message": {"content": content}, "finish_reason": finish}]}
+    if usage:
+        body["usage"] = usage
+    return Result(cid, body, status_code=200)
+
+
+def fail(cid, code="server_error", message="boom", status=500):
+    return Result(cid, None, {"code": code, "message": message}, status)
+
+
+def answers(*results):
+    return Answers.from_results(results)
+
+
+def join(host, results, parse=TEXT, kind="text", **kw):
+    kw.setdefault("output", "llm_output")
+    kw.setdefault("error_column", "llm_error")
+    ids = kw.pop("ids", None) or custom_ids(host.index)
+    return join_results(host, ids, answers(*results), parse, kind=kind, **kw)
+
+
+@pytest.fixture
+def df():
+    return pd.DataFrame({"city": ["Paris", "Lima", "Oslo", "Rome"], "n": [1, 2, 3, 4]},
+                        index=pd.Index(["fr", "pe", "no", "it"], name="code"))
+
+
+# ------------------------------------------------------------- placement
+
+
+def test_shuffled_answers_land_on_their_rows(df):
+    before = df.copy(deep=True)
+    out, stats, errors = join(df, [ok("it", "R"), ok("fr", "P"), ok("no", "O"), ok("pe", "L")])
+    assert out is not df
+    pd.testing.assert_frame_equal(df, before)  # the host is never modified
+    assert out.index.equals(df.index) and out.index.name == "code"
+    assert list(out.columns) == ["city", "n", "llm_output", "llm_error"]
+    assert out["llm_output"].tolist() == ["P", "L", "O", "R"]
+    assert out["llm_error"].tolist() == [None] * 4
+    pd.testing.assert_frame_equal(out[["city", "n"]], df)
+    assert errors == [None] * 4
+    assert (stats.rows, stats.succeeded, stats.failed, stats.unanswered) == (4, 4, 0, 0)
+
+
+def test_non_unique_order_multiindex_host():
+    mi = pd.MultiIndex.from_tuples([("b", 2), ("a", 1), ("b", 1)])
+    host = pd.DataFrame({"x": [1, 2, 3]}, index=mi)
+    out, _, _ = join(host, [ok("b|1", "third"), ok("b|2", "first"), ok("a|1", "second")])
+    assert out.index.equals(mi)
+    assert out["llm_output"].tolist() == ["first", "second", "third"]
+
+
+@pytest.mark.parametrize("order", ["failure_then_success", "success_then_failure"])
+def test_duplicate_custom_id_success_wins(df, order):
+    pair = [fail("pe"), ok("pe", "L")]
+    if order == "success_then_failure":
+        pair.reverse()
+    out, stats, errors = join(df, [ok("fr", "P"), *pair, ok("no", "O"), ok("it", "R")])
+    assert out.loc["pe", "llm_output"] == "L"
+    assert out.loc["pe", "llm_error"] is None
+    assert errors[1] is None
+    assert (stats.succeeded, stats.failed) == (4, 0)
+
+
+def test_duplicate_failures_keep_an_error(df):
+    out, stats, _ = join(df, [fail("pe", "a", "first"), fail("pe", "b", "second")])
+    assert out.loc["pe", "llm_error"] in ("a: first", "b: second")
+    assert pd.isna(out.loc["pe", "llm_output"])
+    assert stats.failed == 1
+
+
+def test_unknown_custom_ids_are_counted_and_ignored(df):
+    out, stats, _ = join(df, [ok("fr", "P"), ok("xx", "?"), fail("yy"), ok("pe", "L")])
+    assert stats.unknown_ids == 2
+    assert len(out) == 4
+    assert out["llm_output"].tolist()[:2] == ["P", "L"]
+    assert "?" not in out["llm_output"].tolist()
+
+
+def test_skipped_and_unanswered_reasons(df):
+    out, stats, errors = join(df, [ok("pe", "L")], skipped={0: "missing value in column 'city'"})
+    assert errors == ["missing value in column 'city'", None, NO_ANSWER, NO_ANSWER]
+    assert out["llm_error"].tolist() == errors
+    assert NO_ANSWER == "no_answer: no result came back for this row"
+    assert (stats.skipped, stats.unanswered, stats.succeeded, stats.failed) == (1, 2, 1, 0)
+    assert stats.to_dict() == {"rows": 4, "sent": 3, "succeeded": 1, "failed": 2, "skipped": 1, "unknown_ids": 0}
+
+
+def test_unanswered_callable_gets_row_position(df):
+    seen = []
+
+    def why(pos):
+        seen.append(pos)
+        return f"batch_expired: row {pos} never ran"
+
+    _, stats, errors = join(df, [ok("fr", "P")], unanswered=why)
+    assert seen == [1, 2, 3]
+    assert errors == [None, "batch_expired: row 1 never ran", "batch_expired: row 2 never ran",
+                      "batch_expired: row 3 never ran"]
+    assert stats.unanswered == 3
+
+
+def test_per_row_failures_become_error_cells(df):
+    results = [
+        ok("fr", "partial", finish="length"),
+        fail("pe", "context_length_exceeded", "too long", 400),
+        Result("no", {"choices": [{"message": {"content": None, "refusal": "no"}, "finish_reason": "stop"}]}, None, 200),
+        ok("it", "fine"),
+    ]
+    out, stats, errors = join(df, results)
+    assert errors == ["truncated: finish_reason=length (raise max_completion_tokens)",
+                      "context_length_exceeded: too long", "refused: no", None]
+    assert out["llm_output"].isna().tolist() == [True, True, True, False]
+    assert (stats.succeeded, stats.failed) == (1, 3)
+
+
+def test_parse_errors_become_error_cells(df):
+    out, _, errors = join(df, [ok("fr", '{"a": 1}'), ok("pe", "not json"), ok("no", "[1]")],
+                          parse=JSON, kind="json")
+    assert errors[0] is None
+    assert errors[1].startswith("invalid JSON")
+    assert errors[2] == "expected a JSON object, got list"
+    assert out["a"].tolist()[:1] == [1]
+    assert out["a"].isna().tolist() == [False, True, True, True]
+
+
+def test_usage_is_carried_into_stats(df):
+    u = {"prompt_tokens": 7, "completion_tokens": 2}
+    _, stats, _ = join(df, [ok("fr", "P", usage=u), ok("pe", "L", usage=u)])
+    assert stats.usage == Usage(14, 4)
+
+
+def test_no_error_column(df):
+    out, _, errors = join(df, [ok("fr", "P")], error_column=None)
+    assert list(out.columns) == ["city", "n", "llm_output"]
+    assert errors[1] == NO_ANSWER
+
+
+# --------------------------------------------------------- JSON columns
+
+
+def test_json_expands_declared_columns_first_then_free_keys(df):
+    fmt = response_format({"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}})
+    results = [ok("pe", '{"a": "x", "z": 1, "b": 2}'), ok("fr", '{"b": 1, "y": true}'), ok("no", '{"b": "bad"}')]
+    out, stats, errors = join(df, results, parse=fmt.parse_text, kind="schema", columns=list(fmt.columns))
+    # free keys follow row order, so the columns do not depend on the order of the output file
+    assert list(out.columns) == ["city", "n", "b", "a", "y", "z", "llm_error"]
+    again, _, _ = join(df, results[::-1], parse=fmt.parse_text, kind="schema", columns=list(fmt.columns))
+    pd.testing.assert_frame_equal(out, again)
+    assert out["b"].tolist()[:2] == [1, 2]
+    assert out.loc["pe", "a"] == "x" and pd.isna(out.loc["fr", "a"])
+    assert out.loc["pe", "z"] == 1 and pd.isna(out.loc["fr", "z"])
+    assert out.loc["fr", "y"] == True and pd.isna(out.loc["pe", "y"])  # noqa: E712
+    assert errors[2].startswith("schema violation at /b")
+    assert pd.isna(out.loc["no", "b"])
+    assert stats.succeeded == 2
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["all-decode", "one-not-json"])
+def test_bulk_parser_matches_one_by_one(df, broken):
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}},
+                                               "k": {"type": "integer"}},
+              "required": ["tags", "k"], "additionalProperties": False}
+    fmt = response_format(schema)
+    results = [ok("pe", '{"tags": ["a", "b"], "k": 1}'), ok("fr", '{"k": 2, "tags": ["c", "d"]}'),
+               ok("it", '{"tags": ["x"], "k": "bad"}' if not broken else "not json"), ok("no", '{"tags": [], "k": 4}')]
+    bulk, stats, errors = join(df, results, parse=fmt.text_parser(), kind="schema", columns=list(fmt.columns))
+    single, stats1, errors1 = join(df, results, parse=fmt.parse_text, kind="schema", columns=list(fmt.columns))
+    pd.testing.assert_frame_equal(bulk, single)
+    assert errors == errors1 and stats.to_dict() == stats1.to_dict()
+    # list values stay whole lists in their cells (equal lengths must not be broadcast into a 2-D array)
+    assert bulk.loc["pe", "tags"] == ["a", "b"] and bulk.loc["fr", "tags"] == ["c", "d"]
+    assert bulk.loc["no", "tags"] == []
+    assert bulk["k"].tolist()[:3] == [2, 1, 4] and pd.isna(bulk.loc["it", "k"])
+    assert errors[df.index.get_loc("it")].startswith("invalid JSON" if broken else "schema violation at /k")
+
+
+def test_schema_columns_exist_even_when_nothing_answered(df):
+    out, _, _ = join(df, [], parse=JSON, kind="schema", columns=["p", "q"])
+    assert list(out.columns) == ["city", "n", "p", "q", "llm_error"]
+    assert out["p"].isna().all()
+
+
+def test_integers_beside_gaps_stay_integers(df):
+    results = [ok("fr", '{"i": 1, "f": 1.5, "b": true, "s": "x", "full": 1}'),
+               ok("pe", '{"i": 2, "f": 2, "b": false, "s": "y", "full": 2}'),
+               ok("no", '{"full": 3}'), ok("it", '{"full": 4}')]
+    out, _, _ = join(df, results, parse=JSON, kind="json")
+    assert str(out["i"].dtype) == "Int64"
+    assert out["i"].tolist()[:2] == [1, 2] and out["i"].isna().tolist() == [False, False, True, True]
+    assert str(out["b"].dtype) == "boolean"
+    assert out["f"].dtype == "float64"
+    assert out["full"].dtype == "int64"
+    assert out["full"].tolist() == [1, 2, 3, 4]
+
+
+def test_text_integers_beside_gaps(df):
+    out, _, _ = join(df, [ok("fr", "1"), ok("pe", "2")], parse=lambda t: (int(t), None))
+    assert str(out["llm_output"].dtype) == "Int64"
+    assert out["llm_output"].tolist()[:2] == [1, 2]
+
+
+# ------------------------------------------------------------ collisions
+
+
+def test_overwrite_replaces_existing_columns(df):
+    host = df.assign(llm_output="old", llm_error="old")
+    out, _, _ = join(host, [ok("fr", "new")], overwrite=True)
+    assert list(out.columns) == ["city", "n", "llm_output", "llm_error"]
+    assert out.loc["fr", "llm_output"] == "new"
+    assert out.loc["pe", "llm_error"] == NO_ANSWER
+    assert host["llm_output"].tolist() == ["old"] * 4
+
+
+def test_overwrite_free_json_key(df):
+    out, _, _ = join(df, [ok("fr", '{"n": 10}')], parse=JSON, kind="json", overwrite=True)
+    assert list(out.columns) == ["city", "n", "llm_error"]
+    assert out["n"].tolist()[0] == 10 and out["n"].isna().tolist() == [False, True, True, True]
+
+
+def test_existing_output_column_raises_collision(df):
+    # regression: join.py passed hint= which ColumnCollisionError did not take, so a collision raised TypeError
+    host = df.assign(llm_output="old")
+    with pytest.raises(ColumnCollisionError) as info:
+        join(host, [ok("fr", "new")], hint="The answers are kept: call job.result(overwrite=True).")
+    assert info.value.columns == ["llm_output"]
+    assert "overwrite=True" in str(info.value)
+    assert str(info.value).endswith("The answers are kept: call job.result(overwrite=True).")
+
+
+def test_free_json_key_collision_raises(df):
+    with pytest.raises(ColumnCollisionError, match="'city'") as info:
+        join(df, [ok("fr", '{"city": "x", "new": 1}')], parse=JSON, kind="json")
+    assert info.value.columns == ["city"]
+
+
+def test_free_json_key_named_like_error_column_is_not_lost(df):
+    # regression: the error column silently replaced the answers' 'llm_error' values
+    with pytest.raises(ColumnCollisionError, match="error_column=") as info:
+        join(df, [ok("fr", '{"llm_error": 5, "a": 1}')], parse=JSON, kind="json")
+    assert info.value.columns == ["llm_error"]
+
+
+def test_skipped_row_carries_no_value(df):
+    # regression: the answer was placed beside the skip reason
+    out, _, _ = join(df, [ok("fr", "P")], skipped={0: "missing value in column 'city'"})
+    assert out.loc["fr", "llm_error"] == "missing value in column 'city'"
+    assert pd.isna(out.loc["fr", "llm_output"])
+
+
+# ----------------------------------------------------------- Series host
+
+
+def test_series_host_text_returns_named_series():
+    s = pd.Series(["a", "b", "c"], index=[10, 20, 30], name="word")
+    out, stats, errors = join(s, [ok("30", "C"), ok("10", "A")])
+    assert isinstance(out, pd.Series)
+    assert out.name == "llm_output"
+    assert out.index.equals(s.index)
+    assert out.tolist()[0] == "A" and out.tolist()[2] == "C" and pd.isna(out.tolist()[1])
+    assert errors == [None, NO_ANSWER, None]
+    assert stats.succeeded == 2
+
+
+def test_series_host_json_returns_frame_without_host_values():
+    s = pd.Series(["a", "b"], index=["x", "y"], name="word")
+    out, _, errors = join(s, [ok("y", '{"k": 1}')], parse=JSON, kind="json")
+    assert isinstance(out, pd.DataFrame)
+    assert out.index.equals(s.index)
+    assert list(out.columns) == ["k", "llm_error"]
+    assert out.loc["y", "k"] == 1 and out.loc["x", "llm_error"] == NO_ANSWER
+    assert errors == [NO_ANSWER, None]
+
+
+def test_join_stats_defaults():
+    assert JoinStats().to_dict() == {"rows": 0, "sent": 0, "succeeded": 0, "failed": 0, "skipped": 0,
+                                     "unknown_ids": 0}
+
+
+# ------------------------------------------------------- property: round trip
+
+_INT_ID = re.compile(r"-?[1-9][0-9]{0,17}|0")
+
+indexes = st.one_of(
+    st.lists(st.text(max_size=8), min_size=1, max_size=25, unique=True).map(pd.Index),
+    st.lists(st.integers(-(2**70), 2**70), min_size=1, max_size=25, unique=True).map(pd.Index),
+    st.lists(st.tuples(st.text(max_size=4), st.integers(-50, 50)), min_size=1, max_size=25, unique=True)
+    .map(pd.MultiIndex.from_tuples),
+    st.lists(st.one_of(st.text(max_size=3), st.integers(-20, 20)), min_size=1, max_size=25, unique=True)
+    .map(lambda v: pd.Index(v, dtype=object)),
+)
+
+
+def _output_line(req: dict, outcome: str, numeric: bool) -> dict:
+    cid = req["custom_id"]
+    if numeric and _INT_ID.fullmatch(cid):
+        cid = int(cid)  # a provider that types custom_id as a number: read_answers takes the fallback path
+    if outcome == "error":
+        return {"id": "batch_req", "custom_id": cid, "error": None,
+                "response": {"status_code": 500, "request_id": "r",
+                             "body": {"error": {"message": "boom", "type": "server_error", "code": "server_error"}}}}
+    content = "echo:" + req["body"]["messages"][0]["content"]
+    # "usable": not a plain success (no finish_reason), yet its content is the answer.
+    finish = None if outcome == "usable" else "stop"
+    return {"id": "batch_req", "custom_id": cid, "error": None,
+            "response": {"status_code": 200, "request_id": "r",
+                         "body": {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                               "finish_reason": finish}],
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1}}}}
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(index=indexes, data=st.data())
+def test_property_ids_round_trip_through_files_onto_the_right_rows(index, data):
+    ids = custom_ids(index)
+    if len(set(ids)) < len(ids):  # labels equal once stringified ("1" and 1, "a|b"+"c" and "a"+"b|c")
+        with pytest.raises(DuplicateIdError):
+            check_unique(ids)
+        return
+    check_unique(ids)
+    n = len(ids)
+    host = pd.DataFrame({"v": [f"row {i} {{}}" for i in range(n)]}, index=index)
+    tpl = Template.parse("P:{v}")
+    prompts = tpl.render({"v": display_strings(host["v"])}, n)
+    reqs = [Request(cid, {"model": "m", "messages": [{"role": "user", "content": p}]}) for cid, p in zip(ids, prompts)]
+    outcomes = data.draw(st.lists(st.sampled_from(["ok", "ok", "usable", "error", "missing", "skipped"]),
+                                  min_size=n, max_size=n))
+    # "skipped": the row was not sent this time, but a line for it is in the files; the skip wins.
+    skipped = {i: "missing value in column 'v'" for i, o in enumerate(outcomes) if o == "skipped"}
+    numeric = data.draw(st.booleans())
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = write_shards(reqs, os.path.join(tmp, "in"), max_requests=data.draw(st.integers(1, 8)))
+        assert sum(s.count for s in shards) == n
+        lines = []
+        for shard in shards:
+            with open(shard.path, "rb") as fh:
+                for raw in fh:
+                    req = orjson.loads(raw)
+                    outcome = outcomes[ids.index(req["custom_id"])]
+                    if outcome != "missing":
+                        lines.append(_output_line(req, outcome, numeric))
+        lines = data.draw(st.permutations(lines))
+        n_files = data.draw(st.integers(1, 3))
+        paths = []
+        for k in range(n_files):
+            path = os.path.join(tmp, f"out-{k}.jsonl")
+            with open(path, "wb") as fh:
+                for line in lines[k::n_files]:
+                    fh.write(orjson.dumps(line) + b"\n")
+            paths.append(path)
+        got = read_answers(paths)
+    out, stats, errors = join_results(host, ids, got, TEXT, kind="text", output="llm_output",
+                                      error_column="llm_error", skipped=skipped)
+    # The same lines as Result records (lists, one parse per answer) join to the same frame.
+    listed = Answers.from_results(Result.from_line(line) for line in lines)
+    out2, stats2, errors2 = join_results(host, ids, listed, lambda t: (t, None), kind="text", output="llm_output",
+                                         error_column="llm_error", skipped=skipped)
+    pd.testing.assert_frame_equal(out, out2)
+    assert errors2 == errors and stats2.to_dict() == stats.to_dict()
+    assert out.index.equals(host.index)
+    assert out["v"].tolist() == host["v"].tolist()
+    values = out["llm_output"].tolist()
+    for i, outcome in enumerate(outcomes):
+        if outcome in ("ok", "usable"):
+            assert values[i] == f"echo:P:row {i} {{}}"
+            assert errors[i] is None
+        elif outcome == "skipped":
+            assert pd.isna(values[i]) and errors[i] == skipped[i]
+        elif outcome == "error":
+            assert pd.isna(values[i]) and errors[i] == "server_error: boom"
+        else:
+            assert pd.isna(values[i]) and errors[i] == NO_ANSWER
+    assert out["llm_error"].tolist() == errors
+    assert stats.succeeded == outcomes.count("ok") + outcomes.count("usable")
+    assert stats.skipped == outcomes.count("skipped")
+    assert stats.unanswered == outcomes.count("missing")
+    assert stats.unknown_ids == 0
+    assert stats.usage.prompt_tokens == len(lines) - outcomes.count("error")
