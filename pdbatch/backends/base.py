@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Protocol, runtime_checkable
 
-from ..core.records import Answers, Request, Result
+from ..core.answers import Answers
+from ..core.records import Request, Result
 
 __all__ = ["Backend", "Progress", "TERMINAL", "RowByRow"]
 

@@ -39,7 +39,7 @@ from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, iter_lines, read_answers, 
 from ..errors import BackendUnavailableError, BatchFailedError, JobError, OptionError, PdbatchError
 from ..options import check
 from ..core.ids import positions
-from ..core.join import NO_ANSWER
+from ..core.answers import NO_ANSWER
 from ..core.records import Request
 from .progress import progress_bar
 from .base import TERMINAL, Progress

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from ..errors import InputError
-from .records import NO_RESPONSE, Answers, Request, Result
+from .answers import Answers, usable_arrow
+from .records import NO_RESPONSE, Request, Result
 
 __all__ = ["Shard", "write_shards", "write_lines", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
 
@@ -249,11 +250,7 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
     message = pc.coalesce(pc.struct_field(top_err, "message"), pc.struct_field(body_err, "message"),
                           pc.if_else(empty, NO_RESPONSE, none))
     status = pc.struct_field(resp, "status_code")
-    ok = pc.and_kleene(
-        pc.and_kleene(pc.and_kleene(pc.is_null(code), pc.is_null(message)), pc.is_null(refusal)),
-        pc.and_kleene(pc.and_kleene(valid, pc.equal(finish, "stop")),
-                      pc.or_kleene(pc.is_null(status), pc.less(status, 400))),
-    )
+    ok = usable_arrow(code, message, status, valid, refusal, finish)
     usage = pc.struct_field(body, "usage")
     zeros = pa.array(np.zeros(n, dtype=np.int64))
     tokens = {"prompt_tokens": pc.struct_field(usage, "prompt_tokens")}
@@ -266,7 +263,7 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
     tokens = {name: pc.fill_null(tokens.get(name, zeros), 0)
               for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")}
     return Answers(custom_id=ids, status_code=status, content=content, finish_reason=finish, refusal=refusal,
-                   has_choice=has, error_code=code, error_message=message, ok=pc.fill_null(ok, False), **tokens)
+                   has_choice=has, error_code=code, error_message=message, ok=ok, **tokens)
 
 
 def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answers:

@@ -18,12 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ColumnCollisionError
-from .parsing import answer_reason, as_is, one_by_one
-from .records import Answers, Usage
+from .answers import NO_ANSWER, Answers, answer_reason
+from .parsing import as_is, one_by_one
+from .records import Usage
 
 __all__ = ["JoinStats", "join_results", "NO_ANSWER"]
-
-NO_ANSWER = "no_answer: no result came back for this row"
 
 
 @dataclass

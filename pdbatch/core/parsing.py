@@ -24,9 +24,10 @@ except ImportError:  # pragma: no cover - the pure-Python validator is always th
     _rs = None
 
 from ..errors import SchemaError
-from .records import Answers, Result
+from .answers import Answers, answer_reason
+from .records import Result
 
-__all__ = ["ResponseFormat", "response_format", "strict_schema", "answer_text", "answer_reason"]
+__all__ = ["ResponseFormat", "response_format", "strict_schema", "answer_text"]
 
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_-]+")
 
@@ -178,29 +179,6 @@ def _pydantic_reason(e: Exception) -> str:
             more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
             return f"{loc}: {first.get('msg')}{more}"
     return str(e)[:200]
-
-
-def answer_reason(status_code, content, finish_reason, refusal, has_choice, error_code, error_message) -> Optional[str]:
-    """Why an answer (given as its fields) cannot be used, or None when its content can.
-
-    Covers API errors (``"<code>: <message>"``), truncation
-    (``finish_reason == "length"``), content filtering, refusals and empty answers.
-    """
-    if error_code is not None or error_message is not None or (status_code is not None and status_code >= 400):
-        code = error_code or (f"http_{status_code}" if status_code else "error")
-        msg = str(error_message or "").strip()
-        return f"{code}: {msg}" if msg else str(code)
-    if not has_choice:
-        return "malformed response: no choices"
-    if refusal:
-        return f"refused: {str(refusal)[:200]}"
-    if finish_reason == "length":
-        return "truncated: finish_reason=length (raise max_completion_tokens)"
-    if finish_reason == "content_filter":
-        return "content_filter: the answer was withheld by the provider's filter"
-    if content is None:
-        return "tool_call: the answer is a tool call, not text" if finish_reason == "tool_calls" else "empty answer"
-    return None
 
 
 def answer_text(result: Result) -> Tuple[Optional[str], Optional[str]]:

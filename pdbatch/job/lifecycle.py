@@ -26,7 +26,8 @@ from ..errors import BackendUnavailableError, JobError
 from ..core.ids import custom_ids, unique_ids
 from ..options import JobOptions
 from ..pricing.prices import job_cost
-from ..core.records import Answers, Request, request_hash
+from ..core.answers import Answers
+from ..core.records import Request, request_hash
 from ..core.spec import MapSpec, Rendered
 from .store import JobRecord, Store, default_store, pdbatch_home
 

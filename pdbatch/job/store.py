@@ -24,7 +24,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import orjson
 
-from ..core.records import Answers, Usage
+from ..core.answers import Answers
+from ..core.records import Usage
 
 __all__ = ["Store", "JobRecord", "STORE_VERSION", "default_store", "store_path", "pdbatch_home"]
 

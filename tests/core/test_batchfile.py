@@ -11,8 +11,9 @@ import pytest
 from pdbatch.core import batchfile
 from pdbatch.core.batchfile import MAX_BYTES, MAX_REQUESTS, Shard, read_answers, read_results, write_shards
 from pdbatch.errors import InputError
-from pdbatch.core.parsing import answer_reason
-from pdbatch.core.records import Answers, Request, Usage
+from pdbatch.core.answers import answer_reason
+from pdbatch.core.answers import Answers
+from pdbatch.core.records import Request, Usage
 
 # ------------------------------------------------------------------ helpers
 

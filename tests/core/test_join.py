@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from pdbatch.core.batchfile import read_answers, write_shards
 from pdbatch.errors import ColumnCollisionError, DuplicateIdError
 from pdbatch.core.ids import check_unique, custom_ids
-from pdbatch.core.join import NO_ANSWER, JoinStats, join_results
+from pdbatch.core.answers import NO_ANSWER
+from pdbatch.core.join import JoinStats, join_results
 from pdbatch.core.parsing import response_format
-from pdbatch.core.records import Answers, Request, Result, Usage
+from pdbatch.core.answers import Answers
+from pdbatch.core.records import Request, Result, Usage
 from pdbatch.core.template import Template, display_strings
 
 TEXT = response_format(None).parse_text

@@ -9,7 +9,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from pdbatch.errors import SchemaError
-from pdbatch.core.parsing import ResponseFormat, answer_reason, answer_text, response_format, strict_schema
+from pdbatch.core.answers import answer_reason
+from pdbatch.core.parsing import ResponseFormat, answer_text, response_format, strict_schema
 from pdbatch.core.records import Result
 
 

@@ -9,17 +9,9 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from pdbatch.core.parsing import answer_reason
-from pdbatch.core.records import (
-    CHAT_URL,
-    EMBEDDINGS_URL,
-    RECORD_VERSION,
-    Answers,
-    Request,
-    Result,
-    Usage,
-    usage_counts,
-)
+from pdbatch.core.answers import answer_reason
+from pdbatch.core.answers import Answers
+from pdbatch.core.records import (CHAT_URL, EMBEDDINGS_URL, RECORD_VERSION, Request, Result, Usage, usage_counts)
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17,
          "prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 2}}
