@@ -16,7 +16,7 @@ import queue
 import warnings
 import threading
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 from ..errors import InputError, OptionError
 from ..options import check

@@ -19,48 +19,31 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
-from ..core.answers import Answers
-from ..core.records import Usage
+from ..errors import JobError
+from . import segments
+from .answer_store import AnswerStore
+from .migrations import SCHEMA_VERSION, migrate
 
-__all__ = ["Store", "JobRecord", "STORE_VERSION", "default_store", "store_path", "pdbatch_home"]
+__all__ = ["Store", "JobRecord", "STORE_VERSION", "RECORD_VERSION", "default_store", "store_path", "pdbatch_home"]
 
-STORE_VERSION = 1
+#: The schema version this release writes (``PRAGMA user_version``; see :mod:`pdbatch.job.migrations`).
+STORE_VERSION = SCHEMA_VERSION
+#: The version of a job record (its ``v`` column): the shape of its ``spec`` JSON.
+RECORD_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS jobs(
-    id TEXT PRIMARY KEY, created_at REAL, fingerprint TEXT, backend TEXT, model TEXT, endpoint TEXT,
-    rows INTEGER, sent INTEGER, cached INTEGER, state TEXT, spec TEXT, workdir TEXT, v INTEGER);
-CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs(fingerprint, created_at);
-CREATE TABLE IF NOT EXISTS shards(
-    job_id TEXT, idx INTEGER, attempt INTEGER, path TEXT, count INTEGER, bytes INTEGER,
-    file_id TEXT, batch_id TEXT, status TEXT, output_file_id TEXT, error_file_id TEXT,
-    completed INTEGER, failed INTEGER, errors TEXT, ingested INTEGER DEFAULT 0, updated_at REAL,
-    PRIMARY KEY(job_id, idx));
-CREATE TABLE IF NOT EXISTS rows(
-    job_id TEXT, custom_id TEXT, hash TEXT, PRIMARY KEY(job_id, custom_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS answers(
-    job_id TEXT, custom_id TEXT, hash TEXT, attempt INTEGER, status_code INTEGER, content TEXT,
-    finish_reason TEXT, refusal TEXT, has_choice INTEGER, error_code TEXT, error_message TEXT, ok INTEGER,
-    prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER, reasoning_tokens INTEGER,
-    source TEXT, created_at REAL, PRIMARY KEY(job_id, custom_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS answers_hash ON answers(hash) WHERE ok = 1;
-"""
-
-#: Answer columns, in table order after (job_id, custom_id, hash, attempt).
-_ANSWER_COLS = (
-    "status_code", "content", "finish_reason", "refusal", "has_choice", "error_code", "error_message", "ok",
-    "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
-)
+_JOB_COLS = ("id", "created_at", "fingerprint", "backend", "model", "endpoint", "rows", "sent", "cached", "state",
+             "spec", "workdir", "v")
 _SHARD_COLS = (
     "attempt", "path", "count", "bytes", "file_id", "batch_id", "status", "output_file_id",
     "error_file_id", "completed", "failed", "errors", "ingested",
 )
+_ROWS_VERSION = 1
 
 
 def pdbatch_home() -> str:
@@ -79,7 +62,7 @@ def store_path() -> str:
 
 @dataclass
 class JobRecord:
-    """One job as stored (``spec`` is the JSON that rebuilds its parsing)."""
+    """One job as stored (``spec`` is the JSON that rebuilds its parsing; ``v`` its version)."""
 
     id: str
     created_at: float
@@ -93,26 +76,41 @@ class JobRecord:
     state: str = "created"
     spec: Dict[str, Any] = field(default_factory=dict)
     workdir: str = ""
-    v: int = STORE_VERSION
+    v: int = RECORD_VERSION
 
     def to_row(self) -> tuple:
+        """The values of :data:`_JOB_COLS`, in that order."""
         return (self.id, self.created_at, self.fingerprint, self.backend, self.model, self.endpoint, self.rows,
                 self.sent, self.cached, self.state, orjson.dumps(self.spec).decode(), self.workdir, self.v)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "JobRecord":
+        """From the values of :data:`_JOB_COLS`; refuses a record newer than this release reads."""
         (id_, created, fp, backend, model, endpoint, rows, sent, cached, state, spec, workdir, v) = row
+        if (v or 1) > RECORD_VERSION:
+            raise JobError(f"job {id_} was written by a newer pdbatch (record version {v}); upgrade pdbatch")
         return cls(id_, created, fp, backend, model, endpoint, rows, sent, cached, state,
-                   orjson.loads(spec) if spec else {}, workdir, v)
+                   orjson.loads(spec) if spec else {}, workdir, v or 1)
 
 
-class Store:
+_SELECT_JOB = f"SELECT {', '.join(_JOB_COLS)} FROM jobs"
+_INSERT_JOB = f"INSERT INTO jobs ({', '.join(_JOB_COLS)}) VALUES ({', '.join('?' for _ in _JOB_COLS)})"
+
+
+class Store(AnswerStore):
     """The SQLite job store.
 
     Parameters
     ----------
     path : str, optional
         The database file; default :func:`store_path`.
+
+    Attributes
+    ----------
+    cost : dict
+        Seconds spent and answers moved by this connection: ``write_seconds``,
+        ``written``, ``read_seconds``, ``read`` (what the benchmark reports as
+        the store's cost per row).
 
     Examples
     --------
@@ -130,10 +128,11 @@ class Store:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
+        self.cost = {"write_seconds": 0.0, "written": 0, "read_seconds": 0.0, "read": 0}
         self._init()
 
     def _init(self, seconds: float = 60.0) -> None:
-        """Switch to WAL and create the tables, waiting for other processes doing the same.
+        """Switch to WAL and migrate the schema, waiting for other processes doing the same.
 
         Turning a new database to WAL takes an exclusive lock that SQLite does
         not wait for (no busy handler): two processes opening a new store at
@@ -148,10 +147,7 @@ class Store:
                     self._db.execute("PRAGMA synchronous=NORMAL")
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
-                        for statement in _SCHEMA.split(";"):
-                            if statement.strip():
-                                self._db.execute(statement)
-                        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(STORE_VERSION),))
+                        migrate(self._db, self.path)
                     except BaseException:
                         self._db.execute("ROLLBACK")
                         raise
@@ -162,6 +158,12 @@ class Store:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    @property
+    def version(self) -> int:
+        """The schema version of the open store."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
@@ -191,29 +193,32 @@ class Store:
         with self._tx(immediate=True) as db:
             if reuse:
                 row = db.execute(
-                    "SELECT * FROM jobs WHERE fingerprint = ? AND state NOT IN ('abandoned', 'cancelling', 'cancelled') "
+                    f"{_SELECT_JOB} WHERE fingerprint = ? AND state NOT IN ('abandoned', 'cancelling', 'cancelled') "
                     "ORDER BY created_at DESC LIMIT 1",
                     (record.fingerprint,),
                 ).fetchone()
                 if row is not None:
                     return JobRecord.from_row(row), False
-            db.execute("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", record.to_row())
+            db.execute(_INSERT_JOB, record.to_row())
             return record, True
 
     def job(self, job_id: str) -> Optional[JobRecord]:
         with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = self._db.execute(f"{_SELECT_JOB} WHERE id = ?", (job_id,)).fetchone()
         return JobRecord.from_row(row) if row else None
 
     def jobs(self, limit: int = 100) -> List[JobRecord]:
         """The newest jobs first."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute(f"{_SELECT_JOB} ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         if not fields:
             return
+        unknown = set(fields) - set(_JOB_COLS[1:])
+        if unknown:
+            raise TypeError(f"update_job: unknown job fields {sorted(unknown)}")
         if "spec" in fields:
             fields["spec"] = orjson.dumps(fields["spec"]).decode()
         sets = ", ".join(f"{k} = ?" for k in fields)
@@ -222,18 +227,34 @@ class Store:
 
     # ------------------------------------------------------------------- rows
     def put_rows(self, job_id: str, custom_ids: Sequence[str], hashes: Sequence[str]) -> None:
-        """Record the request hash of each row that was sent or answered from the cache."""
+        """Record the request hash of each row that was sent or answered from the cache (one blob a job)."""
+        t0 = time.perf_counter()
+        table = pa.table({"custom_id": pa.array(list(custom_ids), pa.string()),
+                          "hash": pa.array(list(hashes), pa.string())})
+        blob = segments.encode(table.append_column("seq", pa.array(np.zeros(len(table), dtype=np.int64))))
         with self._tx() as db:
-            db.executemany("INSERT OR REPLACE INTO rows (job_id, custom_id, hash) VALUES (?,?,?)",
-                           ((job_id, c, h) for c, h in zip(custom_ids, hashes)))
+            db.execute("INSERT OR REPLACE INTO row_sets (job_id, v, data) VALUES (?, ?, ?)",
+                       (job_id, _ROWS_VERSION, blob))
+        self.cost["write_seconds"] += time.perf_counter() - t0
 
     def row_hashes(self, job_id: str) -> Dict[str, str]:
+        """custom_id -> request hash of a job's rows (from its blob, or the per-row table of older stores)."""
         with self._lock:
-            return dict(self._db.execute("SELECT custom_id, hash FROM rows WHERE job_id = ?", (job_id,)))
+            row = self._db.execute("SELECT v, data FROM row_sets WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                return dict(self._db.execute("SELECT custom_id, hash FROM rows WHERE job_id = ?", (job_id,)))
+        v, blob = row
+        if v > _ROWS_VERSION:
+            raise JobError(f"job {job_id}: its rows were written by a newer pdbatch (version {v}); upgrade pdbatch")
+        table = segments.decode(blob, 0)
+        return dict(zip(table.column("custom_id").to_pylist(), table.column("hash").to_pylist()))
 
     # ----------------------------------------------------------------- shards
     def put_shard(self, job_id: str, idx: int, **fields: Any) -> None:
         """Insert or update one shard's fields (``errors`` as a list)."""
+        unknown = set(fields) - set(_SHARD_COLS)
+        if unknown:
+            raise TypeError(f"put_shard: unknown shard fields {sorted(unknown)}")
         if "errors" in fields and not isinstance(fields["errors"], (str, type(None))):
             fields["errors"] = orjson.dumps(fields["errors"]).decode()
         fields["updated_at"] = time.time()
@@ -259,77 +280,6 @@ class Store:
             d["errors"] = orjson.loads(d["errors"]) if d["errors"] else []
             out.append(d)
         return out
-
-    # ---------------------------------------------------------------- answers
-    def put_answers(self, job_id: str, answers: Answers, hashes: Dict[str, str], *, attempt: int = 0,
-                    source: str = "api") -> int:
-        """Store answers by custom_id: a later attempt replaces an earlier one, and within one
-        attempt a success is never replaced by a failure (duplicate lines).
-
-        ``hashes`` maps custom_id to request hash (answers for unknown ids are
-        ignored). Returns how many rows were written.
-        """
-        now = time.time()
-        cols = answers.columns()
-        content = cols[1]  # an embedding vector is kept as float32 bytes
-        cols[1] = [v.astype(np.float32).tobytes() if isinstance(v, np.ndarray) else v for v in content]
-        rows = []
-        for i, cid in enumerate(answers.custom_id):
-            h = hashes.get(cid)
-            if h is None:
-                continue
-            rows.append((job_id, cid, h, attempt, *(c[i] for c in cols), source, now))
-        if not rows:
-            return 0
-        names = ("job_id", "custom_id", "hash", "attempt") + _ANSWER_COLS + ("source", "created_at")
-        updates = ", ".join(f"{k} = excluded.{k}" for k in names[2:])
-        with self._tx() as db:
-            db.executemany(
-                f"INSERT INTO answers ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
-                f"ON CONFLICT(job_id, custom_id) DO UPDATE SET {updates} "
-                f"WHERE answers.ok = 0 OR excluded.attempt > answers.attempt",
-                rows,
-            )
-        return len(rows)
-
-    def answers(self, job_id: str) -> Answers:
-        """Every stored answer of a job, column-wise."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT custom_id, {', '.join(_ANSWER_COLS)} FROM answers WHERE job_id = ?", (job_id,)
-            ).fetchall()
-        return Answers.from_rows(rows)
-
-    def usage(self, job_id: str) -> Usage:
-        """Token usage summed over a job's stored answers (without loading them)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(reasoning_tokens) "
-                "FROM answers WHERE job_id = ?", (job_id,)).fetchone()
-        return Usage(*(int(v or 0) for v in row))
-
-    def count_answers(self, job_id: str, ok_only: bool = False) -> int:
-        q = "SELECT COUNT(*) FROM answers WHERE job_id = ?" + (" AND ok = 1" if ok_only else "")
-        with self._lock:
-            return self._db.execute(q, (job_id,)).fetchone()[0]
-
-    def answered_ids(self, job_id: str, ok_only: bool = False) -> set:
-        q = "SELECT custom_id FROM answers WHERE job_id = ?" + (" AND ok = 1" if ok_only else "")
-        with self._lock:
-            return {r[0] for r in self._db.execute(q, (job_id,))}
-
-    def cached(self, hashes: Iterable[str]) -> Dict[str, tuple]:
-        """Successful answers stored under any of ``hashes`` (the cache), by hash."""
-        with self._tx() as db:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS want(hash TEXT PRIMARY KEY) WITHOUT ROWID")
-            db.execute("DELETE FROM want")
-            db.executemany("INSERT OR IGNORE INTO want VALUES (?)", ((h,) for h in hashes))
-            rows = db.execute(
-                f"SELECT a.hash, {', '.join('a.' + c for c in _ANSWER_COLS)} FROM answers a "
-                f"JOIN want w ON a.hash = w.hash WHERE a.ok = 1"
-            ).fetchall()
-            db.execute("DELETE FROM want")
-        return {r[0]: tuple(r[1:]) for r in rows}
 
     def raw_bytes_contain(self, needle: bytes) -> bool:
         """True if ``needle`` occurs anywhere in the database files (a secrets check)."""

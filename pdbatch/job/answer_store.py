@@ -1,0 +1,171 @@
+"""The answers half of the job store: answers one at a time (rows) or in bulk (segments), and the cache.
+
+:class:`AnswerStore` is mixed into :class:`~pdbatch.job.store.Store`, which
+owns the connection; see :mod:`pdbatch.job.segments` for the segment format.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, Iterable, List
+
+import numpy as np
+import pyarrow as pa
+
+from ..core.answers import Answers
+from ..core.records import Usage
+from . import segments
+
+__all__ = ["AnswerStore"]
+
+#: Answer columns of the per-row table, after (job_id, custom_id, hash, attempt).
+_ANSWER_COLS = Answers.COLUMNS
+#: Below this many answers a put goes to the per-row table, from it on to one segment.
+_SEGMENT_MIN = 64
+
+
+class AnswerStore:
+    """Answers by job and custom_id, and successful answers by request hash (needs ``_db``, ``_lock``, ``_tx``)."""
+
+    def put_answers(self, job_id: str, answers: Answers, hashes: Dict[str, str], *, attempt: int = 0,
+                    source: str = "api") -> int:
+        """Store answers by custom_id; ``hashes`` maps custom_id to request hash (other ids are ignored).
+
+        A few answers (arriving one at a time) become rows of the per-row
+        table; many (a shard's results, a cache hit list) become one segment.
+        Either way a later attempt replaces an earlier one, and within one
+        attempt a success is never replaced by a failure. Returns how many
+        answers were stored.
+        """
+        if len(answers) >= _SEGMENT_MIN:
+            return self.put_segment(job_id, answers, hashes, attempt=attempt, source=source)
+        t0 = time.perf_counter()
+        now = time.time()
+        cols = answers.columns()
+        content = cols[1]  # an embedding vector is kept as float32 bytes
+        cols[1] = [v.astype(np.float32).tobytes() if isinstance(v, np.ndarray) else v for v in content]
+        rows = []
+        for i, cid in enumerate(answers.custom_id):
+            h = hashes.get(cid)
+            if h is None:
+                continue
+            rows.append((job_id, cid, h, attempt, *(c[i] for c in cols), source, now))
+        if not rows:
+            return 0
+        names = ("job_id", "custom_id", "hash", "attempt") + _ANSWER_COLS + ("source", "created_at")
+        updates = ", ".join(f"{k} = excluded.{k}" for k in names[2:])
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT INTO answers ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
+                f"ON CONFLICT(job_id, custom_id) DO UPDATE SET {updates} "
+                f"WHERE answers.ok = 0 OR excluded.attempt > answers.attempt",
+                rows,
+            )
+        self._count("write", t0, len(rows))
+        return len(rows)
+
+    def put_segment(self, job_id: str, answers: Answers, hashes: Dict[str, str], *, attempt: int = 0,
+                    source: str = "api") -> int:
+        """Store many answers as one segment, and index their successes by request hash (the cache)."""
+        t0 = time.perf_counter()
+        ids = answers.arrow("custom_id").to_pylist() if answers.is_arrow("custom_id") else answers.custom_id
+        row_hashes = [hashes.get(c) for c in ids]
+        known = np.fromiter((h is not None for h in row_hashes), dtype=bool, count=len(row_hashes))
+        table = segments.table_of(answers, row_hashes, attempt)
+        if not known.all():
+            table = table.filter(pa.array(known))
+            row_hashes = [h for h in row_hashes if h is not None]
+        if not table.num_rows:
+            return 0
+        ok = table.column("ok").to_numpy(zero_copy_only=False)
+        index = sorted((segments.hash_key(row_hashes[i]), i) for i in np.flatnonzero(ok).tolist())
+        blob = segments.encode(table)
+        with self._tx() as db:
+            seg = db.execute(
+                "INSERT INTO segments (job_id, attempt, source, rows, v, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, attempt, source, table.num_rows, segments.SEGMENT_VERSION, blob, time.time())).lastrowid
+            db.executemany("INSERT OR REPLACE INTO segment_hashes (h, segment, pos) VALUES (?, ?, ?)",
+                           ((h, seg, pos) for h, pos in index))
+        self._count("write", t0, table.num_rows)
+        return table.num_rows
+
+    def _count(self, what: str, t0: float, rows: int) -> None:
+        self.cost[f"{what}_seconds"] += time.perf_counter() - t0
+        self.cost["written" if what == "write" else "read"] += rows
+
+    def _segment_tables(self, job_id: str) -> List[pa.Table]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, data FROM segments WHERE job_id = ? ORDER BY id",
+                                    (job_id,)).fetchall()
+        return [segments.decode(blob, seq) for seq, blob in rows]
+
+    def answers(self, job_id: str) -> Answers:
+        """Every stored answer of a job, column-wise (Arrow columns; one answer per custom_id)."""
+        t0 = time.perf_counter()
+        tables = self._segment_tables(job_id)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT custom_id, hash, attempt, {', '.join(_ANSWER_COLS)} FROM answers WHERE job_id = ?",
+                (job_id,)).fetchall()
+        if rows:  # answers stored one at a time: after every segment in the order of precedence
+            one = Answers.from_rows([(r[0],) + tuple(r[3:]) for r in rows])
+            table = segments.table_of(one, [r[1] for r in rows], 0, seq=1 << 62)
+            tables.append(table.set_column(2, "attempt", pa.array([r[2] for r in rows], pa.int64())))
+        out = segments.answers_of(tables)
+        self._count("read", t0, len(out))
+        return out
+
+    def usage(self, job_id: str) -> Usage:
+        """Token usage summed over a job's stored answers."""
+        return self.answers(job_id).usage
+
+    def count_answers(self, job_id: str, ok_only: bool = False) -> int:
+        return len(self.answered_ids(job_id, ok_only))
+
+    def answered_ids(self, job_id: str, ok_only: bool = False) -> set:
+        """custom_ids with a stored answer (with ``ok_only``, a plain success) in this job."""
+        q = "SELECT custom_id FROM answers WHERE job_id = ?" + (" AND ok = 1" if ok_only else "")
+        with self._lock:
+            ids = {r[0] for r in self._db.execute(q, (job_id,))}
+            has_segments = self._db.execute("SELECT 1 FROM segments WHERE job_id = ? LIMIT 1", (job_id,)).fetchone()
+        if has_segments:
+            a = self.answers(job_id)
+            cid = a.arrow("custom_id")
+            ids |= set((cid.filter(a.arrow("ok")) if ok_only else cid).to_pylist())
+        return ids
+
+    def cached(self, hashes: Iterable[str]) -> Dict[str, tuple]:
+        """Successful answers stored under any of ``hashes`` (the cache), by hash: ``(*COLUMNS)`` tuples."""
+        hashes = list(hashes)
+        out: Dict[str, tuple] = {}
+        with self._tx() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS want(hash TEXT PRIMARY KEY) WITHOUT ROWID")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS want_key(h INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM want")
+            db.execute("DELETE FROM want_key")
+            db.executemany("INSERT OR IGNORE INTO want VALUES (?)", ((h,) for h in hashes))
+            rows = db.execute(
+                f"SELECT a.hash, {', '.join('a.' + c for c in _ANSWER_COLS)} FROM answers a "
+                f"JOIN want w ON a.hash = w.hash WHERE a.ok = 1"
+            ).fetchall()
+            db.executemany("INSERT OR IGNORE INTO want_key VALUES (?)", ((segments.hash_key(h),) for h in hashes))
+            hits = db.execute("SELECT s.segment, s.pos FROM segment_hashes s JOIN want_key w ON s.h = w.h").fetchall()
+            blobs = {}
+            for seg in {h[0] for h in hits}:
+                blobs[seg] = db.execute("SELECT data FROM segments WHERE id = ?", (seg,)).fetchone()[0]
+            db.execute("DELETE FROM want")
+            db.execute("DELETE FROM want_key")
+        for r in rows:
+            out[r[0]] = tuple(r[1:])
+        if hits:
+            wanted = set(hashes)
+            by_segment: Dict[int, List[int]] = {}
+            for seg, pos in hits:
+                by_segment.setdefault(seg, []).append(pos)
+            for seg, positions in by_segment.items():
+                table = segments.decode(blobs[seg], seg).take(pa.array(positions))
+                one = segments.answers_of([table])
+                for i, h in enumerate(table.column("hash").to_pylist()):
+                    if h in wanted and h not in out:  # the full hash confirms the 64-bit key
+                        out[h] = tuple(getattr(one, name)[i] for name in _ANSWER_COLS)
+        return out

@@ -1,0 +1,116 @@
+"""Answer segments: many answers stored at once as one Arrow IPC blob.
+
+A batch shard's results (tens of thousands of answers) are stored as one
+segment instead of one SQLite row each: writing costs one blob plus one
+integer-keyed index row per successful answer (for the cache), and reading a
+job's answers gives Arrow columns that the join uses without making a Python
+object per answer. Every segment carries :data:`SEGMENT_VERSION` in its
+schema metadata, checked when it is read.
+
+A job's answers are the union of its segments and of the answers stored one
+at a time (realtime, local). Where a custom_id has several answers, the
+latest attempt wins, and within one attempt a success wins over a failure
+(:func:`latest`).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..core.answers import Answers
+from ..errors import JobError
+
+__all__ = ["SEGMENT_VERSION", "encode", "decode", "table_of", "answers_of", "latest", "hash_key"]
+
+SEGMENT_VERSION = 1
+_META = b"pdbatch_segment"
+_S, _I, _B = pa.string(), pa.int64(), pa.bool_()
+_TYPES = {"custom_id": _S, "hash": _S, "attempt": _I, "seq": _I, "status_code": _I, "finish_reason": _S,
+          "refusal": _S, "has_choice": _B, "error_code": _S, "error_message": _S, "ok": _B, "prompt_tokens": _I,
+          "completion_tokens": _I, "cached_tokens": _I, "reasoning_tokens": _I}
+
+
+def hash_key(h: str) -> int:
+    """The signed 64-bit index key of a hex request hash (its first 8 bytes); verified against the full hash."""
+    return int.from_bytes(bytes.fromhex(h[:16]), "little", signed=True)
+
+
+def _content(answers: Answers) -> pa.Array:
+    col = answers.arrow("content")
+    if pa.types.is_null(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col.cast(_S)
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        return col.cast(pa.list_(pa.float32()))
+    return col
+
+
+def table_of(answers: Answers, hashes: Sequence[Optional[str]], attempt: int, seq: int = 0) -> pa.Table:
+    """``answers`` as a table with their request ``hashes`` (one per row), ``attempt`` and order ``seq``."""
+    n = len(answers)
+    cols = {"custom_id": answers.arrow("custom_id").cast(_S), "hash": pa.array(hashes, type=_S),
+            "attempt": pa.array(np.full(n, attempt, dtype=np.int64)),
+            "seq": pa.array(np.full(n, seq, dtype=np.int64))}
+    for name in Answers.COLUMNS:
+        cols[name] = _content(answers) if name == "content" else answers.arrow(name).cast(_TYPES[name])
+    return pa.table({k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in cols.items()})
+
+
+def encode(table: pa.Table) -> bytes:
+    """The IPC bytes of a segment table (see :func:`table_of`), versioned."""
+    table = table.replace_schema_metadata({_META: str(SEGMENT_VERSION).encode()})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(blob: bytes, seq: int) -> pa.Table:
+    """A segment read back; its ``seq`` column set to ``seq`` (the order segments were stored in)."""
+    table = pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+    version = (table.schema.metadata or {}).get(_META)
+    if version is None or int(version) > SEGMENT_VERSION:
+        raise JobError(f"an answer segment has version {version!r}, which this pdbatch cannot read "
+                       f"(it reads up to {SEGMENT_VERSION}): upgrade pdbatch")
+    return table.set_column(table.schema.get_field_index("seq"), "seq",
+                            pa.array(np.full(table.num_rows, seq, dtype=np.int64)))
+
+
+def latest(table: pa.Table) -> pa.Table:
+    """One row per custom_id: the latest attempt, a success before a failure, then the latest stored."""
+    n = table.num_rows
+    if n == 0:
+        return table
+    codes = pc.dictionary_encode(table.column("custom_id")).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    if len(np.unique(codes)) == n:
+        return table
+    order = np.lexsort((np.arange(n), table.column("seq").to_numpy(), table.column("ok").to_numpy(),
+                        table.column("attempt").to_numpy(), codes))
+    ranked = codes[order]
+    keep = np.sort(order[np.r_[ranked[1:] != ranked[:-1], True]])
+    return table.take(pa.array(keep))
+
+
+def _vectors(col: pa.ChunkedArray) -> list:
+    arr = col.combine_chunks()
+    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32)
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    ends = np.cumsum(lengths)
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    return [flat[e - k:e] if ok else None for e, k, ok in zip(ends.tolist(), lengths.tolist(), valid.tolist())]
+
+
+def answers_of(tables: List[pa.Table]) -> Answers:
+    """The :class:`Answers` (Arrow columns) of segment tables, one row per custom_id (see :func:`latest`)."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return Answers()
+    table = latest(pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0])
+    cols = {name: table.column(name) for name in ("custom_id",) + Answers.COLUMNS}
+    content = cols["content"]
+    if pa.types.is_list(content.type) or pa.types.is_large_list(content.type):
+        cols["content"] = _vectors(content)  # embeddings: one float32 vector per row
+    return Answers(**cols)

@@ -1,0 +1,123 @@
+"""Tests for pdbatch/job/store.py, migrations.py and segments.py: versions, migrations, bulk answers, the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import openai
+import pandas as pd
+import pytest
+
+import pdbatch
+from pdbatch.core.answers import Answers
+from pdbatch.core.records import Result
+from pdbatch.errors import JobError
+from pdbatch.job.migrations import SCHEMA_VERSION
+from pdbatch.job.store import JobRecord, Store
+
+FIXTURE = Path(__file__).parent / "fixtures" / "store_v1.sql"
+V1_JOB = "job_20261130000000_v1fixture0"
+
+
+def v1_store(tmp_path) -> Path:
+    """A store written by the release before migrations existed (from its own DDL, checked in as SQL)."""
+    workdir = tmp_path / "jobs" / V1_JOB
+    workdir.mkdir(parents=True)
+    path = tmp_path / "store.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(FIXTURE.read_text().replace("@WORKDIR@", str(workdir)))
+    db.close()
+    pd.DataFrame({"t": ["a", "b"]}, index=["x", "y"]).to_parquet(workdir / "host.parquet")
+    (workdir / "host.json").write_text('{"series": false}')
+    return path
+
+
+def h(i) -> str:
+    """A request hash like the real ones (hex of 16 random-looking bytes)."""
+    return hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest()
+
+
+def chat(cid, text, finish="stop"):
+    return Result(cid, {"choices": [{"message": {"content": text}, "finish_reason": finish}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}, status_code=200)
+
+
+def test_a_v1_store_is_migrated_and_its_job_reattaches(tmp_path, monkeypatch):
+    path = v1_store(tmp_path)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 0
+    monkeypatch.setenv("PDBATCH_HOME", str(tmp_path))
+    store = Store(str(path))
+    assert store.version == SCHEMA_VERSION
+    rec = store.job(V1_JOB)
+    assert rec.state == "finished" and rec.v == 1
+    assert set(store.row_hashes(V1_JOB)) == {"x", "y"}
+    assert store.answers(V1_JOB).arrow("content").to_pylist() == ["answer a", "answer b"]
+    # The old job re-attaches and answers from the store: its client points nowhere, so any call would fail.
+    nowhere = openai.OpenAI(api_key="k", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=1)
+    job = pdbatch.Job.load(V1_JOB, store=store, client=nowhere)
+    out = job.result()
+    assert out["llm_output"].tolist() == ["answer a", "answer b"] and out["llm_error"].isna().all()
+    # The old answers serve the cache of new jobs too.
+    assert len(store.cached(list(store.row_hashes(V1_JOB).values()))) == 2
+    store.close()
+    assert Store(str(path)).version == SCHEMA_VERSION  # opening again migrates nothing
+
+
+def test_a_store_from_a_newer_release_is_refused(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    Store(str(path)).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(JobError, match="newer than this pdbatch reads"):
+        Store(str(path))
+
+
+def test_a_job_record_from_a_newer_release_is_refused(tmp_path):
+    store = Store(str(tmp_path / "s.sqlite3"))
+    store.create_or_attach(JobRecord("job_new", 0.0, "fp", "batch", "m", "/v1/chat/completions", 1, v=99))
+    with pytest.raises(JobError, match="newer pdbatch"):
+        store.job("job_new")
+
+
+def test_bulk_answers_go_to_one_segment_and_serve_the_cache(tmp_path):
+    store = Store(str(tmp_path / "s.sqlite3"))
+    n = 500
+    results = [chat(str(i), f"t{i}") for i in range(n)] + [chat("bad", "x", finish="length")]
+    hashes = {str(i): h(i) for i in range(n)} | {"bad": h("bad"), "other": h("other")}
+    before = store.cost["written"]
+    assert store.put_answers("job_a", Answers.from_results(results), hashes) == n + 1
+    assert store.cost["written"] - before == n + 1 and store.cost["write_seconds"] > 0
+    a = store.answers("job_a")
+    assert len(a) == n + 1 and a.is_arrow("content")
+    hits = store.cached([h(7), h("bad"), h("other")])
+    assert list(hits) == [h(7)]  # only successes are served; an unknown hash is no hit
+    assert hits[h(7)][1] == "t7"
+    assert store.count_answers("job_a") == n + 1 and store.count_answers("job_a", ok_only=True) == n
+
+
+def test_a_later_attempt_replaces_and_a_success_is_never_replaced_by_a_failure(tmp_path):
+    store = Store(str(tmp_path / "s.sqlite3"))
+    hashes = {str(i): h(i) for i in range(100)}
+    first = [chat(str(i), "first") if i % 2 else Result(str(i), None, {"code": "server_error", "message": "x"})
+             for i in range(100)]
+    store.put_answers("j", Answers.from_results(first), hashes, attempt=0)
+    store.put_answers("j", Answers.from_results([chat(str(i), "retry") for i in range(0, 100, 2)]), hashes,
+                      attempt=1)
+    store.put_answers("j", Answers.from_results([Result("1", None, {"code": "dup", "message": "late failure"})]),
+                      hashes, attempt=0)
+    got = dict(zip(store.answers("j").custom_id, store.answers("j").content))
+    assert got["0"] == "retry" and got["1"] == "first" and got["3"] == "first" and len(got) == 100
+
+
+def test_a_64_bit_key_collision_is_a_cache_miss_never_a_wrong_answer(tmp_path):
+    store = Store(str(tmp_path / "s.sqlite3"))
+    a, b = "ab" * 8 + "0" * 16, "ab" * 8 + "1" * 16  # the same first 8 bytes: the same index key
+    rows = [chat(str(i), f"t{i}") for i in range(70)]
+    store.put_answers("j1", Answers.from_results(rows), {"0": a} | {str(i): h(i) for i in range(1, 70)})
+    store.put_answers("j2", Answers.from_results(rows), {"0": b} | {str(i): h(i + 100) for i in range(1, 70)})
+    assert store.cached([b])[b][1] == "t0"
+    assert store.cached([a]) == {}  # its key now points at b's answer, which the full hash refuses
