@@ -8,7 +8,7 @@ accessor before any work, never by ``isinstance``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, List, Optional, Protocol, Tuple, runtime_checkable
 
 from ..core.answers import Answers
 from ..core.records import Request, Result
@@ -52,8 +52,8 @@ class Backend(Protocol):
     supports_json_schema: bool
     supports_embeddings: bool
 
-    def submit(self, job: Any, requests: Iterator[Request]) -> None:
-        """Start the work for ``requests`` (consumed once, streaming)."""
+    def submit(self, job: Any, lines: Iterator[Tuple[str, bytes]]) -> None:
+        """Start the work for ``lines``: ``(custom_id, JSONL line)`` pairs, consumed once, streaming."""
 
     def refresh(self, job: Any) -> Progress:
         """Update and return the job's progress without blocking for long."""
@@ -61,8 +61,8 @@ class Backend(Protocol):
     def wait(self, job: Any, *, progress: bool, timeout: Optional[float]) -> Progress:
         """Block until the job is done (or ``timeout`` seconds pass); store answers as they arrive."""
 
-    def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Request]]] = None) -> None:
-        """Pick up a job found in the store (a re-run, ``Job.load``); ``requests`` regenerates them."""
+    def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Tuple[str, bytes]]]] = None) -> None:
+        """Pick up a job found in the store (a re-run, ``Job.load``); ``requests`` regenerates its lines."""
 
     def cancel(self, job: Any) -> None:
         """Stop the work; answers already made are kept."""
@@ -85,13 +85,18 @@ class RowByRow:
     INTERRUPTED = "interrupted: the run stopped before this row; run again to resume"
     CANCELLED = "cancelled: the run was cancelled before this row"
 
-    def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Request]]] = None) -> None:
+    def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Tuple[str, bytes]]]] = None) -> None:
         """Resume a stored job: its unanswered rows go on the next ``wait``."""
         done = job.store.answered_ids(job.id)
         todo = list(requests()) if requests is not None else []
-        self.submit(job, (r for r in todo if r.custom_id not in done))
+        self.submit(job, ((cid, line) for cid, line in todo if cid not in done))
         if job.record.state in ("cancelling", "cancelled"):
             job.state["status"] = "cancelled"
+
+    @staticmethod
+    def _requests(lines: Iterator[Tuple[str, bytes]]) -> List[Request]:
+        """The requests of ``(custom_id, line)`` pairs, bodies decoded (row-by-row backends send dicts)."""
+        return [Request.from_line(line) for _cid, line in lines]
 
     def refresh(self, job: Any) -> Progress:
         total = len(job.ids) - len(job.skipped)

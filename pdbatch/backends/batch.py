@@ -29,30 +29,28 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+import logging
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import openai
-import orjson
 
-from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, iter_lines, read_answers, write_shards
+from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_lines
 from ..errors import BackendUnavailableError, BatchFailedError, JobError, OptionError, PdbatchError
 from ..options import check
 from ..core.ids import positions
 from ..core.answers import NO_ANSWER
-from ..core.records import Request
 from .progress import progress_bar
 from .base import TERMINAL, Progress
+from .batch_state import ORDER as _ORDER, ShardState, raw_lines, rows_to_retry
 
 __all__ = ["Batch", "BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
 
-_ORDER = ["written", "uploaded", "creating", "waiting", "validating", "in_progress", "finalizing", "cancelling",
-          "completed", "expired", "cancelled", "failed"]
+log = logging.getLogger("pdbatch")
+
 _RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
 #: Error codes of rows worth sending again.
 RETRYABLE_CODES = frozenset({"batch_expired", "server_error", "rate_limit_exceeded", "token_limit_exceeded",
                              "internal_error", "timeout", "service_unavailable"})
-TOKEN_LIMIT = "token_limit_exceeded"
 
 
 def default_client() -> "openai.OpenAI":
@@ -63,62 +61,6 @@ def default_client() -> "openai.OpenAI":
             "another provider), or pass client=openai.OpenAI(api_key=..., base_url=...)"
         )
     return openai.OpenAI()
-
-
-@dataclass
-class ShardState:
-    """One input shard and its batch, as the job tracks it (mirrored in the store)."""
-
-    index: int
-    path: str
-    count: int
-    bytes: int
-    attempt: int = 0
-    file_id: Optional[str] = None
-    batch_id: Optional[str] = None
-    status: str = "written"
-    output_file_id: Optional[str] = None
-    error_file_id: Optional[str] = None
-    completed: int = 0
-    failed: int = 0
-    errors: List[dict] = field(default_factory=list)
-    ingested: int = 0
-    submits: int = 0
-
-    def update(self, batch: Any) -> None:
-        """Copy the fields pdbatch tracks from an SDK ``Batch`` object."""
-        self.batch_id = batch.id
-        self.status = batch.status
-        self.output_file_id = batch.output_file_id
-        self.error_file_id = batch.error_file_id
-        rc = batch.request_counts
-        if rc is not None:
-            self.completed, self.failed = rc.completed, rc.failed
-        errs = getattr(batch, "errors", None)
-        data = getattr(errs, "data", None) if errs is not None else None
-        if data:
-            self.errors = [e.model_dump() if hasattr(e, "model_dump") else dict(e) for e in data]
-        if self.status == "failed" and any(e.get("code") == TOKEN_LIMIT for e in self.errors):
-            self.status = "waiting"  # the enqueued-token limit: submit again as earlier shards finish
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL
-
-    def fields(self) -> Dict[str, Any]:
-        return {"attempt": self.attempt, "path": self.path, "count": self.count, "bytes": self.bytes,
-                "file_id": self.file_id, "batch_id": self.batch_id, "status": self.status,
-                "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
-                "completed": self.completed, "failed": self.failed, "errors": self.errors,
-                "ingested": self.ingested}
-
-    @classmethod
-    def from_store(cls, d: Dict[str, Any]) -> "ShardState":
-        st = cls(d["index"], d["path"], d["count"] or 0, d["bytes"] or 0, d["attempt"] or 0)
-        for k in ("file_id", "batch_id", "status", "output_file_id", "error_file_id", "errors"):
-            setattr(st, k, d[k])
-        st.completed, st.failed, st.ingested = d["completed"] or 0, d["failed"] or 0, d["ingested"] or 0
-        return st
 
 
 def _retry_after(err: Exception) -> Optional[float]:
@@ -184,16 +126,27 @@ class Batch:
         job.store.put_shard(job.id, st.index, **st.fields())
 
     # ----------------------------------------------------------------- submit
-    def submit(self, job, requests: Iterator[Request]) -> None:
+    def submit(self, job, lines: Iterator[Tuple[str, bytes]]) -> None:
+        """Write ``(custom_id, line)`` pairs to shards (streaming), record them, then upload and create each."""
         too_large: Dict[str, str] = {}
-        shards = write_shards(
-            requests, job.workdir, max_requests=self.shard_size, max_bytes=self.shard_bytes, too_large=too_large
-        )
+        order: List[str] = []
+
+        def tracked() -> Iterator[Tuple[str, bytes]]:
+            for cid, line in lines:
+                order.append(cid)
+                yield cid, line
+
+        shards = write_lines(tracked(), job.workdir, max_requests=self.shard_size, max_bytes=self.shard_bytes,
+                             too_large=too_large)
         if too_large:
             pos_of = positions(job.ids)
             for cid, reason in too_large.items():
                 job.skipped[pos_of[cid]] = reason
-        states = [ShardState(s.index, s.path, s.count, s.bytes) for s in shards]
+            order = [cid for cid in order if cid not in too_large]
+        states, start = [], 0
+        for sh in shards:  # each shard holds the next sh.count lines written
+            states.append(ShardState(sh.index, sh.path, sh.count, sh.bytes, ids=order[start:start + sh.count]))
+            start += sh.count
         job.state["shards"] = states
         for st in states:  # all shards are on disk and known before the first upload
             self._save(job, st)
@@ -385,42 +338,29 @@ class Batch:
         if round_ >= max(job.max_retries, job.retry_invalid):
             return False
         last = [s for s in shards if s.attempt == round_]
-        a = job.store.answers(job.id)
-        by_id = {cid: i for i, cid in enumerate(a.custom_id)}
-        parse = job.spec.fmt.text_parser() if job.retry_invalid > round_ else None
-
-        def retry(cid: str) -> bool:
-            i = by_id.get(cid)
-            if i is None:
-                return round_ < job.max_retries  # never answered: the batch expired or failed
-            if a.ok[i]:
-                return parse is not None and parse(a.content[i])[1] is not None
-            code = a.error_code[i]
-            status = a.status_code[i] or 0
-            invalid = a.has_choice[i] and code is None and status < 400
-            return (round_ < job.max_retries and (code in RETRYABLE_CODES or status == 429 or status >= 500)) \
-                or (invalid and parse is not None)
-
+        again = rows_to_retry(job.store.answers(job.id), [cid for st in last for cid in st.line_ids()],
+                              retryable_codes=RETRYABLE_CODES, retry_failed=round_ < job.max_retries,
+                              parse=job.spec.fmt.text_parser() if job.retry_invalid > round_ else None)
+        if not again:
+            return False
         # One pass over the last round's input lines: each one that must go again is copied as it is.
         index = max(s.index for s in shards) + 1
         path = os.path.join(job.workdir, f"retry-{index:04d}.jsonl")
-        n = size = 0
+        ids: List[str] = []
+        size = 0
         with open(path, "wb") as fh:
             for st in last:
-                for line in iter_lines(st.path):
-                    if retry(line["custom_id"]):
-                        data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-                        fh.write(data)
-                        n += 1
-                        size += len(data)
-        if not n:
-            os.remove(path)
-            return False
-        st = ShardState(index, path, n, size, attempt=round_ + 1)
+                for cid, raw in zip(st.line_ids(), raw_lines(st.path)):
+                    if cid in again:
+                        fh.write(raw)
+                        ids.append(cid)
+                        size += len(raw)
+        st = ShardState(index, path, len(ids), size, attempt=round_ + 1, ids=ids)
         shards.append(st)
         self._save(job, st)
         summary = job.state.setdefault("summary", {})
-        summary["resubmitted"] = summary.get("resubmitted", 0) + n
+        summary["resubmitted"] = summary.get("resubmitted", 0) + len(ids)
+        log.info("job %s: resubmitting %d row(s) in shard %d (round %d)", job.id, len(ids), index, round_ + 1)
         self._launch(job, st)
         return True
 
@@ -428,7 +368,7 @@ class Batch:
         status = job.state.get("row_status")
         if status is None:  # which shard each row went out in last, and how that batch ended
             status = job.state["row_status"] = {
-                line["custom_id"]: st.status for st in self._shards(job) for line in iter_lines(st.path)
+                cid: st.status for st in self._shards(job) for cid in st.line_ids()
             }
         s = status.get(job.ids[pos])
         if s == "expired":

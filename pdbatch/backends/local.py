@@ -16,7 +16,7 @@ import queue
 import warnings
 import threading
 import time
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 from ..errors import InputError, OptionError
 from ..options import check
@@ -99,8 +99,8 @@ class Local(RowByRow):
         self.progress = check("progress", progress)
 
     # ----------------------------------------------------------------- submit
-    def submit(self, job, requests: Iterator[Request]) -> None:
-        reqs: List[Request] = list(requests)
+    def submit(self, job, lines) -> None:
+        reqs: List[Request] = self._requests(lines)
         model = self.model_path
         if model is None and reqs:
             model = reqs[0].body.get("model")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import openai
 
@@ -129,8 +129,8 @@ class Realtime(RowByRow):
         self.limiter = RateLimiter(rpm, tpm, period=rate_period)
 
     # ----------------------------------------------------------------- submit
-    def submit(self, job, requests: Iterator[Request]) -> None:
-        job.state.update(requests=list(requests), status="pending")  # pending | interrupted | cancelled
+    def submit(self, job, lines) -> None:
+        job.state.update(requests=self._requests(lines), status="pending")  # pending | interrupted | cancelled
 
     # ------------------------------------------------------------------- wait
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:

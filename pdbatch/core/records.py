@@ -134,6 +134,11 @@ class Request:
     def from_dict(cls, d: Mapping[str, Any]) -> "Request":
         return cls(str(d["custom_id"]), d["body"], d.get("url", CHAT_URL))
 
+    @classmethod
+    def from_line(cls, line: bytes) -> "Request":
+        """The request of one JSONL line (as :meth:`to_line` writes it)."""
+        return cls.from_dict(orjson.loads(line))
+
 
 def request_hash(req: Request) -> str:
     """The cache key of a request: a hash of its endpoint and canonical body.

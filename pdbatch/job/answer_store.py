@@ -11,6 +11,7 @@ from typing import Dict, Iterable, List
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..core.answers import Answers
 from ..core.records import Usage
@@ -120,19 +121,19 @@ class AnswerStore:
         return self.answers(job_id).usage
 
     def count_answers(self, job_id: str, ok_only: bool = False) -> int:
-        return len(self.answered_ids(job_id, ok_only))
+        """How many custom_ids have a stored answer (with ``ok_only``, a plain success) in this job."""
+        a = self.answers(job_id)
+        if not ok_only or not len(a):
+            return len(a)
+        return int(pc.sum(a.arrow("ok")).as_py() or 0)
 
     def answered_ids(self, job_id: str, ok_only: bool = False) -> set:
         """custom_ids with a stored answer (with ``ok_only``, a plain success) in this job."""
-        q = "SELECT custom_id FROM answers WHERE job_id = ?" + (" AND ok = 1" if ok_only else "")
-        with self._lock:
-            ids = {r[0] for r in self._db.execute(q, (job_id,))}
-            has_segments = self._db.execute("SELECT 1 FROM segments WHERE job_id = ? LIMIT 1", (job_id,)).fetchone()
-        if has_segments:
-            a = self.answers(job_id)
-            cid = a.arrow("custom_id")
-            ids |= set((cid.filter(a.arrow("ok")) if ok_only else cid).to_pylist())
-        return ids
+        a = self.answers(job_id)
+        if not len(a):
+            return set()
+        cid = a.arrow("custom_id")
+        return set((cid.filter(a.arrow("ok")) if ok_only else cid).to_pylist())
 
     def cached(self, hashes: Iterable[str]) -> Dict[str, tuple]:
         """Successful answers stored under any of ``hashes`` (the cache), by hash: ``(*COLUMNS)`` tuples."""

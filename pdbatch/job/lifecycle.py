@@ -14,9 +14,8 @@ import hashlib
 import os
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import orjson
 import pandas as pd
@@ -27,11 +26,13 @@ from ..core.ids import custom_ids, unique_ids
 from ..options import JobOptions
 from ..pricing.prices import job_cost
 from ..core.answers import Answers
-from ..core.records import Request, request_hash
+
 from ..core.spec import MapSpec, Rendered
+from .cache import to_send
+from .locks import job_lock
 from .store import JobRecord, Store, default_store, pdbatch_home
 
-__all__ = ["Job", "start_job", "pdbatch_home", "new_job_id", "request_hash", "jobs"]
+__all__ = ["Job", "start_job", "pdbatch_home", "new_job_id", "jobs"]
 
 _CACHE_CHUNK = 5000
 
@@ -55,42 +56,6 @@ def fingerprint(spec: MapSpec, rendered: Rendered, backend: str) -> str:
             parts.append(repr(images[pos]))
         h.update("\x00".join(parts).encode("utf-8", "surrogatepass") + b"\x01")
     return h.hexdigest()
-
-
-@contextmanager
-def _job_lock(workdir: str, name: str = "lock", timeout: Optional[float] = None) -> Iterator[None]:
-    """An exclusive lock on a file of the job's directory (submitting, healing, running).
-
-    The kernel drops it when the holder dies (even by SIGKILL), so a second
-    process waits for a live holder and takes over from a dead one. With a
-    ``timeout``, :class:`~pdbatch.errors.JobError` once it has passed.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    fh = open(os.path.join(workdir, name), "a+")
-    try:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no cross-process lock
-            fcntl = None
-        if fcntl is not None:
-            if timeout is None:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            else:
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise JobError(
-                                f"job {os.path.basename(workdir)} is being run by another process; it goes on "
-                                f"there: call job.wait() again later, or run the same map once it is done"
-                            ) from None
-                        time.sleep(0.1)
-        yield
-    finally:
-        fh.close()
 
 
 @dataclass
@@ -185,7 +150,7 @@ class Job:
             # Row-by-row backends send from this process: one process at a time per job, so two
             # notebooks running the same cell never pay twice for a row; the second one waits.
             start = time.monotonic()
-            with _job_lock(self.workdir, "run.lock", timeout):
+            with job_lock(self.workdir, "run.lock", timeout):
                 left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
                 self._last = self.backend.wait(self, progress=progress, timeout=left)
         else:
@@ -296,8 +261,8 @@ class Job:
                   retry_invalid=int(rec.spec.get("_retry_invalid", 0)),
                   hashes=store.row_hashes(job_id))
         # Backends that send row by row (local, realtime) resume the rows still unanswered.
-        requests = None if rendered is None else (lambda: _to_send(job, rendered, True))
-        with _job_lock(rec.workdir):  # never heal a shard while its submitter is still at work
+        requests = None if rendered is None else (lambda: to_send(job, rendered, True))
+        with job_lock(rec.workdir):  # never heal a shard while its submitter is still at work
             job.record = store.job(job_id) or rec
             backend.attach(job, requests=requests)
         return job
@@ -353,43 +318,6 @@ def jobs(limit: int = 50, store: Optional[Store] = None) -> pd.DataFrame:
     )
 
 
-def _to_send(job: Job, rendered: Rendered, use_cache: bool) -> Iterator[Request]:
-    """The job's requests that are neither answered in this job nor (with ``use_cache``) in the cache."""
-    return _filtered(job, job.spec.requests(rendered), use_cache, job.store.answered_ids(job.id, True))
-
-
-def _filtered(job: Job, requests: Iterator[Request], use_cache: bool, answered: set) -> Iterator[Request]:
-    """Yield the requests still to send; store cached answers for the others.
-
-    Hashes every request (the cache key, recorded per row), looks the hashes
-    up in chunks, and keeps rows answered by the cache or already answered in
-    this job from being sent again.
-    """
-    chunk: List[Request] = []
-
-    def flush() -> Iterator[Request]:
-        hs = [request_hash(r) for r in chunk]
-        for r, h in zip(chunk, hs):
-            job.hashes[r.custom_id] = h
-        hits = job.store.cached(hs) if use_cache else {}
-        if hits:
-            rows = [(r.custom_id, *hits[h]) for r, h in zip(chunk, hs) if h in hits and r.custom_id not in answered]
-            if rows:
-                job.store.put_answers(job.id, Answers.from_rows(rows), job.hashes, source="cache")
-                job.record.cached += len(rows)
-        for r, h in zip(chunk, hs):
-            if h not in hits and r.custom_id not in answered:
-                yield r
-
-    for req in requests:
-        chunk.append(req)
-        if len(chunk) >= _CACHE_CHUNK:
-            yield from flush()
-            chunk = []
-    if chunk:
-        yield from flush()
-
-
 def start_job(
     host: Union[pd.DataFrame, pd.Series],
     spec: MapSpec,
@@ -433,17 +361,17 @@ def start_job(
         rec, created = store.create_or_attach(new_record(), reuse=False)
     job = Job(rec.id, host, spec, backend, ids, rendered.skipped, rec.workdir, store, rec, overwrite,
               max_retries, retry_invalid)
-    with _job_lock(rec.workdir):
+    with job_lock(rec.workdir):
         rec = store.job(rec.id) or rec  # the state another process may have reached meanwhile
         job.record = rec
         if rec.state == "created":  # new, or its submitter died before its requests were on disk
             _save_host(host, rec.workdir)
-            backend.submit(job, _to_send(job, rendered, cache))
+            backend.submit(job, to_send(job, rendered, cache))
             if rec.state == "created":  # a backend that did not call mark_written itself
                 job.mark_written()
         else:
             job.hashes = store.row_hashes(rec.id)
-            backend.attach(job, requests=lambda: _to_send(job, rendered, cache))
+            backend.attach(job, requests=lambda: to_send(job, rendered, cache))
         if rec.state == "written":
             rec.state = "submitted"
             store.update_job(rec.id, state="submitted")

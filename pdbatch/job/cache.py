@@ -1,0 +1,52 @@
+"""The answer cache on the way out: which of a job's requests still need sending.
+
+Every request line is made with its request hash (:meth:`MapSpec.encode
+<pdbatch.core.spec.MapSpec.encode>`); the hashes are looked up in the job
+store in chunks, answers found there are stored for this job (as one
+segment), and only the rest are yielded to the backend, as ``(custom_id,
+line)`` pairs, streaming.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Tuple
+
+from ..core.answers import Answers
+from ..core.spec import Rendered
+
+__all__ = ["to_send", "CHUNK"]
+
+#: Requests looked up in the cache at a time.
+CHUNK = 5000
+
+
+def to_send(job, rendered: Rendered, use_cache: bool) -> Iterator[Tuple[str, bytes]]:
+    """The job's request lines that are neither answered in this job nor (with ``use_cache``) in the cache.
+
+    Records every row's request hash in ``job.hashes`` (the cache key of its
+    answer) and counts cache hits in ``job.record.cached``.
+    """
+    store, hashes = job.store, job.hashes
+    answered = store.answered_ids(job.id, True)
+    chunk: List[tuple] = []
+
+    def flush() -> Iterator[Tuple[str, bytes]]:
+        for _pos, cid, _line, h in chunk:
+            hashes[cid] = h
+        hits: Dict[str, tuple] = store.cached([c[3] for c in chunk]) if use_cache else {}
+        if hits:
+            rows = [(cid, *hits[h]) for _pos, cid, _line, h in chunk if h in hits and cid not in answered]
+            if rows:
+                store.put_answers(job.id, Answers.from_rows(rows), hashes, source="cache")
+                job.record.cached += len(rows)
+        for _pos, cid, line, h in chunk:
+            if h not in hits and cid not in answered:
+                yield cid, line
+
+    for item in job.spec.encode(rendered):
+        chunk.append(item)
+        if len(chunk) >= CHUNK:
+            yield from flush()
+            chunk = []
+    if chunk:
+        yield from flush()
