@@ -18,7 +18,7 @@ import warnings
 import pandas as pd
 
 from . import errors
-from .pricing import prices as pricing
+from . import pricing
 from .accessor import LLMAccessor
 from .backends.batch import Batch
 from .backends.local import Local

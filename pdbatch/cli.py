@@ -6,6 +6,10 @@ CSV / Parquet / JSONL file, run ``df.llm.map`` and write the enriched frame.
 ``pdbatch jobs`` / ``status ID`` / ``cancel ID`` / ``result ID --out FILE``
 look after jobs in the job store.
 
+This module holds the parser, :func:`main` and the ``map`` and ``serve``
+commands; the job commands are in :mod:`pdbatch.cli_jobs`, reading and
+writing frames in :mod:`pdbatch.cli_files`.
+
 Bad input exits with status 2 and one line on stderr, having written nothing.
 """
 
@@ -17,17 +21,14 @@ import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
+# READERS, WRITERS, write_frame and job_status are imported to keep pdbatch.cli.X working.
+from .cli_files import READERS, WRITERS, CliError, check_out, read_frame, write_frame  # noqa: F401
+from .cli_jobs import cmd_cancel, cmd_jobs, cmd_result, cmd_status, job_status  # noqa: F401
 from .errors import InputError, OptionError, PdbatchError
 
 __all__ = ["main", "build_parser"]
 
 PROMPT_KEYS = ("template", "system", "schema", "json", "model", "images", "image_detail", "backend", "params")
-READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "json"}
-WRITERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
-
-
-class CliError(PdbatchError):
-    """A command-line mistake, reported as one line with exit status 2."""
 
 
 def _toml():
@@ -60,53 +61,6 @@ def load_prompt(path: str) -> Dict[str, Any]:
     if unknown:
         raise CliError(f"--prompt: {path} has unknown key(s) {', '.join(unknown)}; known: {', '.join(PROMPT_KEYS)}")
     return data
-
-
-def read_frame(path: str, limit: Optional[int] = None):
-    """Read CSV, Parquet or JSONL by suffix."""
-    import pandas as pd
-
-    if not os.path.isfile(path):
-        raise CliError(f"INPUT: file not found: {path}")
-    kind = READERS.get(os.path.splitext(path)[1].lower())
-    if kind is None:
-        raise CliError(f"INPUT: cannot tell the format of {path}; use a .csv, .parquet or .jsonl file")
-    try:
-        if kind == "csv":
-            df = pd.read_csv(path, nrows=limit)
-        elif kind == "parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_json(path, lines=(kind == "jsonl"))
-    except Exception as err:
-        raise CliError(f"INPUT: could not read {path}: {err}") from err
-    return df.head(limit) if limit is not None else df
-
-
-def _check_out(path: str) -> str:
-    kind = WRITERS.get(os.path.splitext(path)[1].lower())
-    if kind is None:
-        raise CliError(f"--out: unknown format for {path}; use .parquet, .csv or .jsonl")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise CliError(f"--out: directory does not exist: {parent}")
-    return kind
-
-
-def write_frame(df, path: str, kind: str) -> None:
-    """Write by kind, through a temporary file so a failure leaves nothing behind."""
-    tmp = path + ".part"
-    try:
-        if kind == "parquet":
-            df.to_parquet(tmp)
-        elif kind == "csv":
-            df.to_csv(tmp)
-        else:
-            df.to_json(tmp, orient="records", lines=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _param(text: str) -> tuple:
@@ -166,7 +120,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     import pdbatch  # noqa: F401  (registers .llm)
 
     out_path = args.out or os.path.splitext(os.path.basename(args.input))[0] + ".llm.parquet"
-    kind = _check_out(out_path)
+    kind = check_out(out_path)
     opts = map_options(args)
     df = read_frame(args.input, args.limit)
     template = opts.pop("template")
@@ -202,107 +156,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"pdbatch serve: engine {args.engine}; point clients at base_url=http://{args.host}:{args.port}/v1",
           file=sys.stderr)
     srv.serve_forever()
-    return 0
-
-
-def _load_job(job_id: str):
-    """``Job.load`` after checking the id exists (unknown id: exit 2); clients come from the environment."""
-    from .job.lifecycle import Job
-    from .job.store import default_store
-
-    store = default_store()
-    if store.job(job_id) is None:
-        raise CliError(f"no job {job_id!r} in the store at {store.path}; list the jobs with: pdbatch jobs")
-    return Job.load(job_id, store=store)  # batch jobs: OpenAI() from OPENAI_API_KEY / OPENAI_BASE_URL
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    from .job.lifecycle import jobs
-    from .job.store import default_store
-
-    store = default_store()
-    table = jobs(limit=args.limit, store=store)
-    if table.empty:
-        print(f"no jobs in the store at {store.path}", file=sys.stderr)
-        return 0
-    done, failed, state = [], [], []
-    for job_id, st in zip(table["job_id"], table["state"]):
-        ok = store.count_answers(job_id, ok_only=True)
-        done.append(ok)
-        failed.append(store.count_answers(job_id) - ok)
-        seen = sorted({s["status"] for s in store.shards(job_id)}) if st != "finished" else []
-        state.append(f"{st} ({','.join(seen)})" if seen else st)  # batch statuses as last seen
-    table = table.assign(created=table["created"].dt.strftime("%Y-%m-%d %H:%M:%S"), state=state, done=done,
-                         failed=failed)
-    print(table[["job_id", "created", "backend", "model", "rows", "state", "done", "failed"]].to_string(index=False))
-    return 0
-
-
-def job_status(job) -> Dict[str, Any]:
-    """A job's refreshed status with its stored token usage and estimated cost."""
-    from .pricing.prices import job_cost
-
-    st = job.status()
-    usage = job.store.usage(job.id)
-    st.update(model=job.spec.model, rows=len(job.ids), created=job.record.created_at,
-              batches=[(s.batch_id, s.status) for s in job.state.get("shards", []) if s.batch_id],
-              usage=usage.to_dict(), **job_cost(usage, job.spec.model, job.backend.name, cached_rows=job.record.cached))
-    return st
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    import time
-
-    from .pricing.prices import format_cost
-
-    st = job_status(_load_job(args.id))
-    if args.json:
-        print(json.dumps(st, indent=2, default=str))
-        return 0
-    u, c = st["usage"], st["cost"]
-    created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(st["created"]))
-    batches = ", ".join(f"{b} ({s})" for b, s in st["batches"]) or "none"
-    price = f"{format_cost(c)} ({'Batch API, 50% off' if c['batch'] else c['source']})" if c else "unknown"
-    print(f"job {st['job_id']}: backend {st['backend']}, model {st['model']}, created {created} UTC\n"
-          f"state: {st['state']}\n"
-          f"requests: {st['total']} sent, {st['completed']} completed, {st['failed']} failed; "
-          f"{st['skipped']} rows skipped, {st['cached']} from the cache ({st['rows']} rows)\n"
-          f"batches: {batches}\n"
-          f"tokens (answers stored so far): {u['input_tokens']} input ({u['cached_tokens']} cached), "
-          f"{u['output_tokens']} output\n"
-          f"estimated cost: {price}" + (f"\nnote: {st['cost_note']}" if st.get("cost_note") else ""))
-    return 0
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    from .backends.base import TERMINAL
-
-    job = _load_job(args.id)
-    state = job.status()["state"]
-    if state in TERMINAL:
-        print(f"job {args.id} is already {state}: nothing to cancel")
-        return 0
-    state = job.cancel().status()["state"]
-    print(f"job {args.id}: cancel requested, now {state}; answers already made are kept: "
-          f"pdbatch result {args.id} --out FILE")
-    return 0
-
-
-def cmd_result(args: argparse.Namespace) -> int:
-    from .pricing.prices import format_cost
-
-    out_path = args.out or f"{args.id}.parquet"
-    kind = _check_out(out_path)
-    job = _load_job(args.id)
-    if args.poll_interval is not None and hasattr(job.backend, "poll_interval"):
-        job.backend.poll_interval = args.poll_interval
-    out = job.wait(progress=not args.quiet, timeout=args.timeout).result(overwrite=args.overwrite or None)
-    write_frame(out, out_path, kind)
-    info = out.attrs.get("pdbatch", {})
-    counts = info.get("counts", {})
-    print(f"wrote {out_path}: {len(out)} rows, {counts.get('succeeded', 0)} answered, {counts.get('failed', 0)} "
-          f"failed, {counts.get('skipped', 0)} skipped (job {info.get('job_id')}, state {info.get('state')}, "
-          f"cost {format_cost(info.get('cost'))})", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""What a job costs, and what a ``map`` would cost before it is sent.
+"""What a job costs: the price table, its overrides, and the cost of token usage.
 
 Prices
 ------
@@ -20,16 +20,9 @@ A dated model name (``gpt-4o-mini-2024-07-18``) is priced as its base model
 half the realtime price (input, cached input and output alike); the local
 backend costs nothing.
 
-Token counts for estimates
---------------------------
-:func:`token_counter` uses tiktoken (``o200k_base`` for the gpt-4o, gpt-4.1,
-gpt-5 and o-series families, ``cl100k_base`` for the others) when its
-encoding file can be loaded. tiktoken downloads that file on first use; with
-no network (or ``PDBATCH_TOKENIZER=heuristic``) the count falls back to
-:data:`CHARS_PER_TOKEN` characters per token, and every estimate says which
-counter it used. Chat messages add :data:`MESSAGE_OVERHEAD` tokens each and
-:data:`REQUEST_OVERHEAD` per request; an image counts a flat
-:data:`IMAGE_TOKENS` (:data:`IMAGE_TOKENS_LOW` with ``detail="low"``).
+What a ``map`` would cost before it is sent is in
+:mod:`pdbatch.pricing.estimate`; how tokens are counted in
+:mod:`pdbatch.pricing.tokens`.
 """
 
 from __future__ import annotations
@@ -37,21 +30,20 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import orjson
 
 from ..errors import OptionError, PdbatchError
-from ..core.records import Usage, request_hash
+from ..core.records import Usage
 from .tokens import (CHARS_PER_TOKEN, IMAGE_TOKENS, IMAGE_TOKENS_LOW, MESSAGE_OVERHEAD, REQUEST_OVERHEAD,  # noqa: F401
                      TokenCounter, body_tokens, encoding_name, token_counter)
 
 __all__ = [
     "Price", "DEFAULT_PRICES", "PRICES_AS_OF", "PRICES_ENV", "set_price", "reset_prices", "price", "base_model",
-    "cost", "job_cost", "format_cost", "TokenCounter", "token_counter", "estimate_requests", "CHARS_PER_TOKEN",
-    "IMAGE_TOKENS", "IMAGE_TOKENS_LOW",
+    "cost", "job_cost", "format_cost", "TokenCounter", "token_counter", "CHARS_PER_TOKEN", "IMAGE_TOKENS",
+    "IMAGE_TOKENS_LOW",
 ]
 
 #: When :data:`DEFAULT_PRICES` was read off the OpenAI pricing page.
@@ -297,116 +289,3 @@ def format_cost(x: Optional[Dict[str, Any]]) -> str:
         return "unknown"
     t = x["total"]
     return f"${t:,.2f}" if t >= 1 else f"${t:.4f}" if t >= 0.01 or t == 0 else f"${t:.6f}"
-
-
-def estimate_requests(
-    requests: Iterable[Any],
-    *,
-    model: Optional[str],
-    rows: int,
-    skipped: Mapping[int, str],
-    store: Any = None,
-    chunk: int = 5000,
-) -> Dict[str, Any]:
-    """Count what ``requests`` would send and price it; nothing is sent.
-
-    Parameters
-    ----------
-    requests : iterable of Request
-        As :meth:`pdbatch.spec.MapSpec.requests` yields them.
-    model : str or None
-    rows : int
-        Rows of the frame.
-    skipped : mapping
-        Row position to reason, read after ``requests`` is consumed (it grows
-        while they render).
-    store : Store, optional
-        Look each request up in the answer cache (what ``map`` with
-        ``cache=True`` would not send again).
-
-    Returns
-    -------
-    dict
-        ``rows, requests, cached, skipped, skip_reasons, input_tokens, images,
-        image_tokens, output_tokens, max_output_per_request, tokenizer,
-        tokenizer_note, cost_batch, cost_realtime, cost_covers, summary``.
-        ``requests`` counts what would be sent; ``output_tokens`` is the cap
-        from ``max_completion_tokens`` (or ``max_tokens``) times ``n``, None
-        when a request sets neither.
-    """
-
-    counter = token_counter(model)
-    count = counter.count
-    memo: Dict[int, Any] = {}
-    sent = cached = tokens = images = image_tokens = out_tokens = 0
-    caps: set = set()
-    output_known = True
-    batch: List[Any] = []
-
-    def flush() -> None:
-        nonlocal sent, cached, tokens, images, image_tokens, out_tokens, output_known
-        hashes = [request_hash(r) for r in batch] if store is not None else [None] * len(batch)
-        hits = store.cached(hashes) if store is not None else {}
-        for r, h in zip(batch, hashes):
-            if h in hits:
-                cached += 1
-                continue
-            sent += 1
-            t, i, it = body_tokens(r.body, count, memo)
-            tokens, images, image_tokens = tokens + t, images + i, image_tokens + it
-            cap = r.body.get("max_completion_tokens", r.body.get("max_tokens"))
-            if cap is None:
-                output_known = False
-            else:
-                caps.add(int(cap))
-                out_tokens += int(cap) * int(r.body.get("n") or 1)
-        batch.clear()
-
-    for req in requests:
-        batch.append(req)
-        if len(batch) >= chunk:
-            flush()
-    flush()
-    input_tokens = tokens + image_tokens
-    output = out_tokens if output_known else None
-    usage = Usage(input_tokens, output or 0)
-    cost_batch = cost(usage, model, batch=True)
-    cost_realtime = cost(usage, model, batch=False)
-    reasons = Counter(skipped.values())
-    est: Dict[str, Any] = {
-        "model": model, "rows": rows, "requests": sent, "cached": cached, "skipped": len(skipped),
-        "skip_reasons": dict(reasons.most_common()), "input_tokens": input_tokens, "images": images,
-        "image_tokens": image_tokens, "output_tokens": output,
-        "max_output_per_request": max(caps) if output_known and caps else None,
-        "tokenizer": counter.name, "tokenizer_note": counter.note,
-        "cost_batch": cost_batch, "cost_realtime": cost_realtime,
-        "cost_covers": "input and at most the output cap" if output is not None else "input only",
-        "prices_as_of": PRICES_AS_OF,
-    }
-    est["summary"] = _summary(est)
-    return est
-
-
-def _summary(e: Dict[str, Any]) -> str:
-    skip = ""
-    if e["skipped"]:
-        top = "; ".join(f"{n}: {r}" for r, n in list(e["skip_reasons"].items())[:3])
-        skip = f", {e['skipped']} skipped ({top})"
-    cached = f", {e['cached']} answered from the cache" if e["cached"] else ""
-    imgs = (f", including {e['images']} image(s) at a flat {e['image_tokens'] // max(e['images'], 1)} tokens each"
-            if e["images"] else "")
-    if e["output_tokens"] is None:
-        out = "output tokens unknown (set max_completion_tokens= to bound them)"
-    else:
-        out = f"output at most {e['output_tokens']:,} tokens"
-    if e["cost_batch"] is None:
-        money = _unknown(e["model"])
-    else:
-        alias = e["cost_batch"]["priced_as"]
-        model = e["model"] if alias == (e["model"] or "").lower() else f"{e['model']} (priced as {alias})"
-        money = (f"estimated cost on {model}: {format_cost(e['cost_batch'])} with the Batch API, "
-                 f"{format_cost(e['cost_realtime'])} realtime ({e['cost_covers']}; prices from "
-                 f"{e['cost_batch']['source']})")
-    return (f"pdbatch estimate: {e['rows']:,} rows -> {e['requests']:,} requests to send{skip}{cached}. "
-            f"Input ~{e['input_tokens']:,} tokens{imgs} [{e['tokenizer_note']}]; {out}; {money}. "
-            f"Nothing was sent.")

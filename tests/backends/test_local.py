@@ -18,13 +18,8 @@ import pdbatch  # noqa: E402,F401  (registers .llm)
 from pdbatch.backends.local import INTERRUPTED, Local  # noqa: E402
 from pdbatch.errors import BackendUnavailableError, InputError, JobError, OptionError  # noqa: E402
 from pdbatch.job.lifecycle import Job  # noqa: E402
-from pdbatch.local_model.model import (  # noqa: E402
-    DEFAULT_MAX_TOKENS,
-    default_model_path,
-    get_pool,
-    resolve_model,
-    translate_body,
-)
+from pdbatch.local_model.llama import DEFAULT_MAX_TOKENS, translate_body  # noqa: E402
+from pdbatch.local_model.model import default_model_path, get_pool, resolve_model  # noqa: E402
 from pdbatch.core.records import CHAT_URL  # noqa: E402
 
 try:
