@@ -30,6 +30,7 @@ from pdbatch.backends.retry import (
     retryable,
     retryable_status,
 )
+from pdbatch.errors import PdbatchError
 from pdbatch.server import Faults
 
 
@@ -182,3 +183,31 @@ def test_realtime_400_is_final_and_not_logged(make_server, make_client, caplog):
                                              cache=False)
     assert out["llm_error"].notna().all() and srv.stats.realtime_calls == 1
     assert retry_records(caplog) == []
+
+
+def _creates(srv):
+    return [s for m, p, s in srv.stats.log if m == "POST" and p == "/v1/batches"]
+
+
+def test_batch_create_retries_503_then_429_and_logs_each(make_server, make_client, caplog):
+    caplog.set_level(logging.INFO, logger="pdbatch")
+    srv = make_server(faults=Faults(http_errors={"POST /v1/batches": [503, 429]}, retry_after=0.02))
+    df = pd.DataFrame({"w": ["x", "y"]})
+    out = df.llm.map("{w}", model="m", client=make_client(srv, max_retries=3), backend="batch",
+                     poll_interval=0.02, max_poll_interval=0.1, progress=False, timeout=30, cache=False)
+    assert out["llm_output"].tolist() == ["x", "y"]
+    assert _creates(srv) == [503, 429, 200] and srv.stats.batches_created == 1
+    recs = retry_records(caplog)
+    assert [(r.attempt, r.status, r.levelno) for r in recs] == [(1, 503, logging.INFO), (2, 429, logging.INFO)]
+    assert 0.5 <= recs[0].wait <= 1.0  # no retry-after on the 503: backoff from 1 s, with jitter
+    assert recs[1].wait == 0.02  # the server's retry-after-ms
+    assert all(r.what.startswith("batches.create for shard 0") for r in recs)
+
+
+def test_batch_create_400_raises_at_once(make_server, make_client, caplog):
+    caplog.set_level(logging.DEBUG, logger="pdbatch")
+    srv = make_server(faults=Faults(http_errors={"POST /v1/batches": [400]}))
+    with pytest.raises(PdbatchError, match=r"refused to create the batch .*HTTP 400"):
+        pd.DataFrame({"w": ["x"]}).llm.map("{w}", model="m", client=make_client(srv, max_retries=3),
+                                           backend="batch", progress=False, timeout=30, cache=False)
+    assert _creates(srv) == [400] and retry_records(caplog) == []
