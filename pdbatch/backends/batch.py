@@ -26,10 +26,10 @@ are never stacked.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-import logging
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import openai
@@ -40,17 +40,13 @@ from ..options import check
 from ..core.ids import positions
 from ..core.answers import NO_ANSWER
 from .progress import progress_bar
+from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, retryable
 from .base import TERMINAL, Progress
 from .batch_state import ORDER as _ORDER, ShardState, raw_lines, rows_to_retry
 
 __all__ = ["Batch", "BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
 
 log = logging.getLogger("pdbatch")
-
-_RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
-#: Error codes of rows worth sending again.
-RETRYABLE_CODES = frozenset({"batch_expired", "server_error", "rate_limit_exceeded", "token_limit_exceeded",
-                             "internal_error", "timeout", "service_unavailable"})
 
 
 def default_client() -> "openai.OpenAI":
@@ -63,17 +59,6 @@ def default_client() -> "openai.OpenAI":
     return openai.OpenAI()
 
 
-def _retry_after(err: Exception) -> Optional[float]:
-    resp = getattr(err, "response", None)
-    headers = getattr(resp, "headers", None) or {}
-    try:
-        if headers.get("retry-after-ms"):
-            return float(headers["retry-after-ms"]) / 1000.0
-        if headers.get("retry-after"):
-            return float(headers["retry-after"])
-    except ValueError:
-        return None
-    return None
 
 
 class Batch:
@@ -185,32 +170,32 @@ class Batch:
 
     def _create(self, job, st: ShardState):
         meta = self._meta(job.id, st)
-        delay = 1.0
-        last: Optional[Exception] = None
-        for _attempt in range(self.create_attempts):
+        policy = RetryPolicy(self.create_attempts, backoff=1.0, max_backoff=30.0, max_retry_after=120.0)
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return self._create_client.batches.create(
                     input_file_id=st.file_id, endpoint=job.spec.url, completion_window="24h", metadata=meta,
                 )
-            except _RETRYABLE as err:
-                last = err
-            except openai.APIStatusError as err:
-                if err.status_code not in (408, 409):
+            except (openai.APIStatusError, *TRANSIENT_ERRORS) as err:
+                if not retryable(err):
                     raise PdbatchError(
                         f"the server refused to create the batch for shard {st.index} of job {job.id} "
                         f"(HTTP {err.status_code}): {err.message}"
                     ) from err
-                last = err
-            # The create may have succeeded before the failure reached us: adopt it, never duplicate.
-            found = self._find(job.id, st)
-            if found is not None:
-                return found
-            time.sleep(min(_retry_after(last) or delay, 120.0))
-            delay = min(delay * 2, 30.0)
-        raise PdbatchError(
-            f"could not create the batch for shard {st.index} of job {job.id} after "
-            f"{self.create_attempts} attempts: {last}"
-        ) from last
+                # The create may have succeeded before the failure reached us: adopt it, never duplicate.
+                found = self._find(job.id, st)
+                if found is not None:
+                    return found
+                wait = policy.delay(err, attempt)
+                if wait is None:
+                    raise PdbatchError(
+                        f"could not create the batch for shard {st.index} of job {job.id} after "
+                        f"{attempt} attempts: {err}; run the job again later (it resumes), or raise create_attempts"
+                    ) from err
+                policy.log(f"batches.create for shard {st.index} of job {job.id}", err, attempt, wait, logging.INFO)
+                time.sleep(wait)
 
     def _find(self, job_id: str, st: ShardState, scan: int = 1000):
         """The batch already created for this shard and submission, found by metadata; None if none."""

@@ -20,13 +20,14 @@ loaded, else about 4 characters per token), plus the body's
 
 The limiter is driven from one event loop at a time; its state is plain
 numbers, so a backend keeps one limiter (and what it learned) across runs.
+
+Whether a refused call is tried again, and after how long, is the retry
+policy's (:mod:`pdbatch.backends.retry`), not the limiter's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import random
 import re
 import time
 from collections import deque
@@ -40,8 +41,6 @@ __all__ = [
     "RateLimiter",
     "Ticket",
     "parse_duration",
-    "retry_after",
-    "backoff_delay",
     "estimate_tokens",
     "count_tokens",
     "sleep_unless",
@@ -88,46 +87,6 @@ def _number(value: Any) -> Optional[float]:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
-
-
-def retry_after(headers: Optional[Mapping[str, str]]) -> Optional[float]:
-    """Seconds the server asks to wait: ``retry-after-ms``, else ``retry-after`` (seconds or a date).
-
-    Examples
-    --------
-    >>> retry_after({"retry-after-ms": "250", "retry-after": "1"})
-    0.25
-    >>> retry_after({"retry-after": "3"}), retry_after({}) is None
-    (3.0, True)
-    """
-    if not headers:
-        return None
-    ms = _number(headers.get("retry-after-ms"))
-    if ms is not None and ms >= 0:
-        return ms / 1000.0
-    raw = headers.get("retry-after")
-    secs = _number(raw)
-    if secs is not None:
-        return max(secs, 0.0)
-    if raw:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        return max(when.timestamp() - time.time(), 0.0)
-    return None
-
-
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 8.0, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter: ``base * 2**(attempt-1)`` capped at ``cap``, times 0.5-1.
-
-    Examples
-    --------
-    >>> [backoff_delay(a, rng=lambda: 1.0) for a in (1, 2, 3, 6)]
-    [0.5, 1.0, 2.0, 8.0]
-    """
-    d = min(cap, base * 2 ** max(attempt - 1, 0))
-    return d * (0.5 + 0.5 * rng())
 
 
 # ------------------------------------------------------------------ token estimates

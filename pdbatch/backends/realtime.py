@@ -8,16 +8,18 @@ answer in the job store as it arrives, drives the progress bar, and handles
 Ctrl-C and the timeout.
 
 At most ``max_concurrency`` calls are in flight; a
-:class:`~pdbatch.ratelimit.RateLimiter` paces them to ``rpm`` / ``tpm`` and to
+:class:`~pdbatch.backends.ratelimit.RateLimiter` paces them to ``rpm`` / ``tpm`` and to
 what the server's ``x-ratelimit-*`` headers say, and holds every sender after a
 429.
 
-Retry policy: the SDK's retries are off (``max_retries=0`` on the async
-client); pdbatch retries 408, 409, 429, 5xx, timeouts and connection errors,
-waiting ``retry-after-ms`` / ``retry-after`` when the server gives it (at most
+Retry policy (:mod:`pdbatch.backends.retry`, shared with the Batch backend):
+the SDK's retries are off (``max_retries=0`` on the async client); pdbatch
+retries 408, 409, 429, 5xx, timeouts and connection errors, waiting
+``retry-after-ms`` / ``retry-after`` when the server gives it (at most
 ``max_retry_after`` s) and exponential backoff with jitter otherwise, up to
 ``max_attempts`` attempts per row; then the row gets an error cell. Any other
-4xx (a 400...) is final at once.
+4xx (a 400...) is final at once, and so is ``insufficient_quota``. Each retry
+is logged on the ``"pdbatch"`` logger (debug level).
 
 Interrupting ``wait`` (Ctrl-C) or hitting its ``timeout`` stops sending, lets
 the calls in flight finish (for a bounded time) and keeps every answer;
@@ -40,9 +42,9 @@ from ..core.records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBED
 from .progress import progress_bar
 from .base import RowByRow, Progress
 from .batch import default_client
-from .realtime_run import FINAL_CODES, RETRY_STATUSES, _Run, async_client  # noqa: F401  (re-exported)
+from .realtime_run import _Run, async_client
 
-__all__ = ["Realtime", "RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED", "RETRY_STATUSES", "FINAL_CODES"]
+__all__ = ["Realtime", "RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED"]
 
 #: Error cell of a row the run never answered after Ctrl-C or a timeout.
 INTERRUPTED = "interrupted: the realtime run stopped before this row was answered; run again to resume"

@@ -1,8 +1,9 @@
 """The async core of the realtime backend: one run of concurrent calls on its own event loop.
 
 :class:`_Run` sends requests through an ``openai.AsyncOpenAI`` client (see
-:func:`async_client`), paced by a :class:`~pdbatch.ratelimit.RateLimiter`,
-retrying what is worth retrying, and hands each :class:`~pdbatch.records.Result`
+:func:`async_client`), paced by a :class:`~pdbatch.backends.ratelimit.RateLimiter`,
+retrying what :class:`~pdbatch.backends.retry.RetryPolicy` says is worth it (each
+retry logged on the ``"pdbatch"`` logger), and hands each :class:`~pdbatch.records.Result`
 to the calling thread through a queue. :mod:`pdbatch.backends.realtime` drives it.
 """
 
@@ -19,16 +20,12 @@ from typing import Any, Deque, Dict, Iterable, Optional
 import openai
 
 from ..errors import OptionError
-from .ratelimit import backoff_delay, estimate_tokens, retry_after, sleep_unless
+from .ratelimit import estimate_tokens, sleep_unless
+from .retry import TRANSIENT_ERRORS, RetryPolicy, error_code
 from ..core.records import CHAT_URL, EMBEDDINGS_URL, Request, Result
 
 
-__all__ = ["async_client", "RETRY_STATUSES", "FINAL_CODES"]
-
-#: HTTP statuses worth another attempt (with every 5xx).
-RETRY_STATUSES = frozenset({408, 409, 429})
-#: Error codes never worth another attempt, whatever their status (a 429 for an empty account).
-FINAL_CODES = frozenset({"insufficient_quota"})
+__all__ = ["async_client"]
 
 #: SDK parameters of each endpoint's ``create``, by endpoint.
 _PARAMS: Dict[str, frozenset] = {}
@@ -114,18 +111,16 @@ async def _body(raw: Any) -> dict:
     return parsed.to_dict() if hasattr(parsed, "to_dict") else parsed.model_dump(mode="json")
 
 
-def _code(err: "openai.APIStatusError") -> Optional[str]:
+def _failure(cid: str, err: "openai.APIError", attempts: int) -> Result:
+    """The error cell of a row whose last attempt raised ``err``."""
+    after = f" (gave up after {attempts} attempts)" if attempts > 1 else ""
+    if not isinstance(err, openai.APIStatusError):
+        code = "timeout" if isinstance(err, openai.APITimeoutError) else "connection_error"
+        return Result.failure(cid, code, f"{type(err).__name__}: {err}{after}")
     body = err.body if isinstance(err.body, dict) else {}
-    return body.get("code") or getattr(err, "code", None)
-
-
-def _status_failure(cid: str, err: "openai.APIStatusError", attempts: int) -> Result:
-    body = err.body if isinstance(err.body, dict) else {}
-    code = _code(err) or f"http_{err.status_code}"
+    code = error_code(err) or f"http_{err.status_code}"
     message = str(body.get("message") or err.message)
-    if attempts > 1:
-        message += f" (gave up after {attempts} attempts)"
-    return Result.failure(cid, str(code), message, status_code=err.status_code)
+    return Result.failure(cid, str(code), message + after, status_code=err.status_code)
 
 
 class _Run:
@@ -137,6 +132,7 @@ class _Run:
 
     def __init__(self, backend: Any, requests: Iterable[Request]):
         self.backend = backend
+        self.policy = RetryPolicy(backend.max_attempts, backend.backoff, backend.max_backoff, backend.max_retry_after)
         self.todo: Deque[Request] = deque(requests)
         self.results: "queue.SimpleQueue[Result]" = queue.SimpleQueue()
         self.done = threading.Event()
@@ -219,7 +215,8 @@ class _Run:
 
     async def _one(self, aclient: "openai.AsyncOpenAI", req: Request) -> Optional[Result]:
         """Answer one request, retrying what is worth it; None leaves the row unanswered (stopped)."""
-        be, lim = self.backend, self.backend.limiter
+        lim = self.backend.limiter
+        policy = self.policy
         tokens = estimate_tokens(req.body, req.url) if lim.counts_tokens else 0
         attempt = 0
         while True:
@@ -233,28 +230,19 @@ class _Run:
                 lim.observe(ticket, raw.headers)
                 return Result(req.custom_id, body=await _body(raw), status_code=raw.status_code,
                               request_id=raw.headers.get("x-request-id"))
-            except openai.APIStatusError as err:
-                headers = err.response.headers if err.response is not None else None
-                lim.observe(ticket, headers)
-                status = err.status_code
-                if status == 429:
-                    self.limited += 1
-                if (status not in RETRY_STATUSES and status < 500) or _code(err) in FINAL_CODES:
-                    return _status_failure(req.custom_id, err, attempt)
-                if attempt >= be.max_attempts:
-                    return _status_failure(req.custom_id, err, attempt)
-                wait = retry_after(headers)
-                if wait is None or wait > be.max_retry_after:
-                    wait = backoff_delay(attempt, be.backoff, be.max_backoff)
+            except (openai.APIStatusError, *TRANSIENT_ERRORS) as err:
+                status = getattr(err, "status_code", None)
+                if status is not None:
+                    lim.observe(ticket, err.response.headers if err.response is not None else None)
+                    if status == 429:
+                        self.limited += 1
+                wait = policy.delay(err, attempt)
+                if wait is None:
+                    return _failure(req.custom_id, err, attempt)
+                policy.log(f"{req.url} for row {req.custom_id!r}", err, attempt, wait)
                 if status == 429:
                     lim.pause(wait)  # every sender holds, not only this one
                     wait = 0.0
-            except openai.APIConnectionError as err:
-                if attempt >= be.max_attempts:
-                    code = "timeout" if isinstance(err, openai.APITimeoutError) else "connection_error"
-                    return Result.failure(req.custom_id, code,
-                                          f"{type(err).__name__}: {err} (gave up after {attempt} attempts)")
-                wait = backoff_delay(attempt, be.backoff, be.max_backoff)
             if self.stopping.is_set():
                 return None  # not answered: a later run sends it again
             self.retries += 1

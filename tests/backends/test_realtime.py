@@ -31,8 +31,8 @@ from pdbatch.backends.ratelimit import (
     count_tokens,
     estimate_tokens,
     parse_duration,
-    retry_after,
 )
+from pdbatch.backends.retry import retry_after
 from pdbatch.core.records import EMBEDDINGS_URL, Request
 from pdbatch.server import Faults
 from pdbatch.job.store import default_store
