@@ -4,8 +4,9 @@
 Files (uploads streamed to disk with python-multipart, downloads streamed
 from disk), Batches and the realtime ``/v1/chat/completions`` and
 ``/v1/embeddings``. An ASGI gate in front of every route records each call in
-``Stats.log``, injects ``Faults.http_errors`` and requires a bearer token (any
-token; it is never looked at again). Handlers read ``server.faults``,
+``Stats.log`` (and its time in ``Stats.busy_seconds``), injects
+``Faults.http_errors`` and requires a bearer token (any token; it is never
+looked at again). Handlers read ``server.faults``,
 ``server.stats`` and ``server.engine`` at call time, so tests may change them
 between calls.
 """
@@ -128,6 +129,8 @@ class _Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         method, path, logged = scope["method"], scope["path"], []
+        clock = self.server.stats.clock  # the whole call is busy time (Stats.busy_seconds)
+        clock.enter()
 
         async def send_and_see(message: dict) -> None:
             if message["type"] == "http.response.start":  # log before the client can see it
@@ -155,6 +158,7 @@ class _Gate:
                 return await self.app(scope, receive, send_and_see)
             await response(scope, receive, send_and_see)
         finally:
+            clock.leave()
             if not logged:  # the app crashed before answering; Starlette answers 500
                 self.server.stats.record(method, path, 500)
 

@@ -3,7 +3,8 @@
 This module holds everything of :mod:`pdbatch.server` that is not HTTP:
 :class:`Faults` (knobs tests turn), :class:`Stats` (counters), :class:`Store`
 (file and batch objects, thread-safe) and :func:`error_body`. The batch
-lifecycle runs in :mod:`pdbatch.server_worker`.
+lifecycle runs in :mod:`pdbatch.server_worker`; the busy-time clock in
+:mod:`pdbatch.server.busy`.
 
 Server choices where the public contract is silent are collected here:
 
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import orjson
+
+from .busy import BusyClock
 
 __all__ = ["Faults", "Stats", "Store", "error_body", "status_error", "new_id",
            "BATCH_ENDPOINTS", "FILE_PURPOSES", "MAX_REPORTED_ERRORS"]
@@ -216,6 +219,28 @@ class Stats:
     log : list of tuple
         ``(method, path, status_code)`` of every HTTP call, in order. Headers
         (and so API keys) are never recorded.
+    busy_seconds : float
+        Wall-clock seconds the server was busy (read-only), exactly ``0.0``
+        until the first call or batch; :attr:`clock` keeps it.
+    clock : BusyClock
+        The server opens a busy period on it around each piece of work.
+
+    Notes
+    -----
+    ``busy_seconds`` is the length of the *union* of the busy periods:
+    overlapping work (two calls at once, a poll answered while the worker
+    runs a batch) is counted once. A period is
+
+    * an HTTP call, any route, from the moment the app is called (uvicorn
+      has parsed the request line and headers) until it returns: reading the
+      body (an upload streamed to disk), the handler and writing the whole
+      response (a download streamed from disk);
+    * a batch run by the worker: validating the input file, the engine calls
+      over its lines, writing and registering the output and error files.
+      Injected sleeps (``Faults.validating_delay``, ``Faults.request_delay``)
+      and waiting for the next batch are not counted.
+
+    A period still open counts up to the moment of reading.
     """
 
     def __init__(self) -> None:
@@ -225,6 +250,12 @@ class Stats:
         self.requests_executed = 0
         self.realtime_calls = 0
         self.log: list[tuple[str, str, int]] = []
+        self.clock = BusyClock()
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds the server was busy, overlapping work counted once."""
+        return self.clock.seconds
 
     def bump(self, name: str, n: int = 1) -> None:
         """Add ``n`` to counter ``name``."""
@@ -244,7 +275,8 @@ class Stats:
     def __repr__(self) -> str:
         return (f"Stats(uploads={self.uploads}, batches_created={self.batches_created}, "
                 f"requests_executed={self.requests_executed}, "
-                f"realtime_calls={self.realtime_calls}, log=<{len(self.log)} calls>)")
+                f"realtime_calls={self.realtime_calls}, busy_seconds={self.busy_seconds:.3f}, "
+                f"log=<{len(self.log)} calls>)")
 
 
 def _page(items: list[dict], after: Optional[str], limit: int) -> dict:

@@ -180,12 +180,13 @@ class BatchWorker(threading.Thread):
             batch_id = self._queue.get()
             if batch_id is None:
                 break
-            try:
-                self._process(batch_id)
-            except Exception as exc:  # keep the worker alive whatever happens
-                now = int(time.time())
-                self.store.update_batch(batch_id, status="failed", failed_at=now, errors={
-                    "object": "list", "data": [_err("server_error", f"internal error: {exc!r}")]})
+            with self.stats.clock.busy():  # Stats.busy_seconds; _pause sleeps are idle
+                try:
+                    self._process(batch_id)
+                except Exception as exc:  # keep the worker alive whatever happens
+                    now = int(time.time())
+                    self.store.update_batch(batch_id, status="failed", failed_at=now, errors={
+                        "object": "list", "data": [_err("server_error", f"internal error: {exc!r}")]})
 
     # -- helpers -------------------------------------------------------------
     @property
@@ -200,7 +201,12 @@ class BatchWorker(threading.Thread):
         return self.store.status(batch_id) == "cancelling"
 
     def _pause(self, seconds: float, batch_id: str) -> None:
-        """Sleep, waking early on cancel or stop."""
+        """Sleep, waking early on cancel or stop; the sleep is not busy time."""
+        if seconds > 0:
+            with self.stats.clock.idle():
+                self._sleep(seconds, batch_id)
+
+    def _sleep(self, seconds: float, batch_id: str) -> None:
         deadline = time.monotonic() + seconds
         while not self._stop_event.is_set() and not self._cancelling(batch_id):
             left = deadline - time.monotonic()

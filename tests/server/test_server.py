@@ -195,6 +195,34 @@ def test_full_lifecycle_output_and_error_files(make_client, make_server, wait_ba
     assert srv.stats.requests_executed == 7
 
 
+def test_busy_seconds_counts_calls_and_batch_work_once(make_server, make_client, wait_batch):
+    def reply(text, body):
+        time.sleep(0.02)  # engine work: busy
+        return text
+
+    srv = make_server(engine=ScriptedEngine(reply), faults=Faults(request_delay=0.1))
+    client = make_client(srv)
+    time.sleep(0.05)
+    assert srv.stats.busy_seconds == 0.0  # started but idle: nothing counted
+    t0 = time.perf_counter()
+    b = wait_batch(client, submit(client, [line(f"c{i}") for i in range(5)]).id, interval=0.05)
+    wall = time.perf_counter() - t0
+    assert b.status == "completed"
+
+    def settled():  # no call or batch still open
+        before = srv.stats.busy_seconds
+        time.sleep(0.02)
+        return srv.stats.busy_seconds == before
+
+    until(settled, timeout=2.0)
+    busy = srv.stats.busy_seconds
+    assert busy >= 5 * 0.02  # the engine calls
+    assert busy <= wall - 0.25  # overlaps counted once; the 0.5 s of injected sleep is idle
+    read_jsonl(client, b.output_file_id)  # a download is busy time too
+    until(settled, timeout=2.0)
+    assert srv.stats.busy_seconds > busy
+
+
 def test_all_failed_batch_has_no_output_file(make_server, make_client, wait_batch):
     def reply(text, body):
         if text == "boom":
