@@ -22,13 +22,13 @@ Shards hold 50,000 requests; both flows poll every 0.05 s.
     find the row → new columns.
 (b) **pdbatch**: ``df.llm.map(template, response_format=SCHEMA,
     backend=pdbatch.Batch(client, shard_size=50_000, poll_interval=0.05,
-    max_poll_interval=0.2), progress=False, cache=False)`` on an empty job
+    max_poll_interval=0.05), progress=False, cache=False)`` on an empty job
     store (``PDBATCH_HOME`` is a fresh temporary directory).
 (c) **re-run**: the same map once more, with ``cache=True`` (``cache=False``
     starts a finished job afresh, as documented); it re-attaches to the
     finished job. The API calls it made are counted on the server.
 (d) **store cost**: bytes of the job store (``store.sqlite3`` and its WAL) and
-    of the job directory per row, and the time spent in ``Store.put_answers``.
+    of the job directory per row, and the time the store spent writing and reading answers (``Store.cost``).
 
 For (a) and (b): *wall* time; *server busy* time, the growth of
 ``srv.stats.busy_seconds`` (wall time during which the server was handling an
@@ -49,6 +49,7 @@ process, so its memory is included.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import cProfile
 import gc
 import json
@@ -65,12 +66,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
+import openai  # noqa: E402
 import orjson  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import pdbatch  # noqa: E402
 from batchfile_speed import SCHEMA, SYSTEM, make_frame  # noqa: E402
-from pdbatch.job.store import Store, store_path  # noqa: E402
+from pdbatch.job.store import default_store, store_path  # noqa: E402
 from pdbatch.server import BatchServer  # noqa: E402
 from pdbatch.server.engines import chat_response, user_text  # noqa: E402
 
@@ -160,7 +162,7 @@ def cookbook_flow(df: pd.DataFrame, client, tmp: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- (b) pdbatch
 
 def pdbatch_flow(df: pd.DataFrame, client, cache: bool = False) -> pd.DataFrame:
-    backend = pdbatch.Batch(client, shard_size=SHARD, poll_interval=POLL, max_poll_interval=0.2)
+    backend = pdbatch.Batch(client, shard_size=SHARD, poll_interval=POLL, max_poll_interval=POLL)  # as the cookbook polls
     return df.llm.map(TEMPLATE, model=MODEL, system=SYSTEM.replace("{", "{{").replace("}", "}}"),
                       response_format=SCHEMA, temperature=0.1, backend=backend, progress=False,
                       cache=cache, timeout=TIMEOUT)
@@ -168,40 +170,55 @@ def pdbatch_flow(df: pd.DataFrame, client, cache: bool = False) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- measuring
 
-def measure(srv: BatchServer, fn, *args):
-    """``(result, wall seconds, server busy seconds)`` of ``fn(*args)``."""
-    gc.collect()
-    busy0, t0 = srv.stats.busy_seconds, time.perf_counter()
-    out = fn(*args)
-    wall = time.perf_counter() - t0
-    return out, wall, srv.stats.busy_seconds - busy0
+class ServerProcess:
+    """A :class:`BatchServer` in a child process of its own, so that it and the client never share a GIL.
 
-
-def calls(srv: BatchServer) -> tuple:
-    return srv.stats.batches_created, srv.stats.uploads, len(srv.stats.log)
-
-
-class AnswerWrites:
-    """Time spent in ``Store.put_answers`` (public method), if the store still has it."""
+    ``stats()`` asks the child for ``(busy_seconds, batches_created, uploads, HTTP calls)``.
+    """
 
     def __init__(self) -> None:
-        self.seconds, self.rows = 0.0, 0
-        original = getattr(Store, "put_answers", None)
-        self.available = callable(original)
-        if not self.available:
-            return
-        clock = self
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=self._serve, args=(child,), daemon=True)
+        self._proc.start()
+        self.base_url = self._conn.recv()
 
-        def put_answers(store, *args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                n = original(store, *args, **kwargs)
-            finally:
-                clock.seconds += time.perf_counter() - t0
-            clock.rows += n if isinstance(n, int) else 0
-            return n
+    @staticmethod
+    def _serve(conn) -> None:
+        with BatchServer(engine=engine) as srv:
+            conn.send(srv.base_url)
+            while conn.recv() == "stats":
+                st = srv.stats
+                conn.send((st.busy_seconds, st.batches_created, st.uploads, len(st.log)))
 
-        Store.put_answers = put_answers
+    def stats(self) -> tuple:
+        self._conn.send("stats")
+        return self._conn.recv()
+
+    def client(self):
+        return openai.OpenAI(base_url=self.base_url, api_key="bench", max_retries=2, timeout=600.0)
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._conn.send("stop")
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def measure(srv: ServerProcess, fn, *args):
+    """``(result, wall s, server busy s, client CPU s)`` of ``fn(*args)``."""
+    gc.collect()
+    busy0, t0, cpu0 = srv.stats()[0], time.perf_counter(), time.process_time()
+    out = fn(*args)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return out, wall, srv.stats()[0] - busy0, cpu
+
+
+def calls(srv: ServerProcess) -> tuple:
+    return srv.stats()[1:]
 
 
 def du(path: str) -> int:
@@ -232,52 +249,55 @@ def fresh_home() -> str:
     return home
 
 
-def row(name: str, wall: float, busy: float) -> str:
-    return f"{name:<16}{wall:9.2f} s {busy:12.2f} s {wall - busy:12.2f} s"
+def row(name: str, wall: float, busy: float, cpu: float) -> str:
+    return f"{name:<16}{wall:9.2f} s {busy:12.2f} s {wall - busy:12.2f} s {cpu:12.2f} s"
 
 
 def compare(n: int) -> None:
     df = make_frame(n)
     home, tmp = fresh_home(), tempfile.mkdtemp(prefix="pdbatch-cookbook-")
-    writes = AnswerWrites()
     try:
-        with BatchServer(engine=engine) as srv:
-            client = srv.client(max_retries=2, timeout=600.0)
-            cook, c_wall, c_busy = measure(srv, cookbook_flow, df, client, tmp)
+        with ServerProcess() as srv:
+            client = srv.client()
+            cook, c_wall, c_busy, c_cpu = measure(srv, cookbook_flow, df, client, tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-            ours, p_wall, p_busy = measure(srv, pdbatch_flow, df, client)
+            ours, p_wall, p_busy, p_cpu = measure(srv, pdbatch_flow, df, client)
             check_same(cook, ours, n)
             del cook
             store_bytes = sum(os.path.getsize(store_path() + s) for s in ("", "-wal", "-shm")
                               if os.path.exists(store_path() + s))
             job_bytes = du(os.path.join(home, "jobs"))
-            write_s, write_rows = writes.seconds, writes.rows
+            cost = dict(default_store().cost)
             before = calls(srv)
-            again, r_wall, r_busy = measure(srv, pdbatch_flow, df, client, True)
+            again, r_wall, r_busy, _ = measure(srv, pdbatch_flow, df, client, True)
             after = calls(srv)
             assert again[["categories", "summary"]].equals(ours[["categories", "summary"]])
+            read = {k: default_store().cost[k] - cost[k] for k in ("read_seconds", "read")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
 
     shards = -(-n // SHARD)
     print(f"rows: {n:,}   shards: {shards} x <= {SHARD:,}   poll: {POLL} s   answers: identical on a sample")
-    print(f"{'':<16}{'wall':>11} {'server busy':>14} {'client-side':>14}")
-    print(row("(a) cookbook", c_wall, c_busy))
-    print(row("(b) pdbatch map", p_wall, p_busy))
+    print("the server runs in a process of its own; client CPU = CPU time of the client process")
+    print(f"{'':<16}{'wall':>11} {'server busy':>14} {'client-side':>14} {'client CPU':>14}")
+    print(row("(a) cookbook", c_wall, c_busy, c_cpu))
+    print(row("(b) pdbatch map", p_wall, p_busy, p_cpu))
     c_client, p_client = c_wall - c_busy, p_wall - p_busy
     ratio = c_client / p_client if p_client > 0 else float("inf")
-    print(f"client-side ratio cookbook / pdbatch: {ratio:.1f}x   (goal >= 10x)")
+    print(f"client-side ratio cookbook / pdbatch: {ratio:.1f}x (wall - server busy)   "
+          f"{c_cpu / p_cpu:.1f}x (client CPU)   (goal >= 10x)")
+    print(f"    pdbatch per row: {p_client / n * 1e6:.1f} us client-side, {p_cpu / n * 1e6:.1f} us client CPU")
     print(f"(c) re-run (same map, cache=True): {r_wall:.2f} s wall, {r_busy:.3f} s server busy; "
           f"batches created {after[0] - before[0]}, uploads {after[1] - before[1]}, "
           f"HTTP calls {after[2] - before[2]}   (goal: 0 calls)")
     print(f"(d) job store: {store_bytes / 1e6:.1f} MB = {store_bytes / n:.0f} bytes/row   "
           f"(job directory: {job_bytes / 1e6:.1f} MB = {job_bytes / n:.0f} bytes/row)")
-    if writes.available and write_rows:
-        print(f"    writing answers (Store.put_answers): {write_s:.2f} s = {write_s / write_rows * 1e6:.1f} us/row "
-              f"({write_rows:,} rows)")
-    else:  # TODO: the store is being rewritten; time its answer writes once it has a public hook
-        print("    writing answers: n/a   # TODO: no public Store.put_answers to time")
+    if cost["written"]:
+        print(f"    writing answers: {cost['write_seconds']:.2f} s = "
+              f"{cost['write_seconds'] / cost['written'] * 1e6:.1f} us/row ({cost['written']:,} rows); "
+              f"reading them back on the re-run: {read['read_seconds'] / max(read['read'], 1) * 1e6:.1f} us/row "
+              f"({read['read']:,} rows)")
 
 
 # --------------------------------------------------------------------------- --memory, --profile
@@ -339,7 +359,7 @@ def profile(n: int, top: int = 15) -> None:
             t0 = time.perf_counter()
             prof.runcall(pdbatch_flow, df, client)
             print(f"rows: {n:,}   map under cProfile: {time.perf_counter() - t0:.2f} s")
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(top)
+            pstats.Stats(prof).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(top)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

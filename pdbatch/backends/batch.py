@@ -241,8 +241,10 @@ class Batch:
                 p = self.refresh(job)
                 self._raise_failed(job)
                 self._resubmit_waiting(job)
-                if all(s.done for s in self._shards(job)):
-                    self.collect(job)
+                shards = self._shards(job)
+                if any(s.done and not s.ingested for s in shards):
+                    self.collect(job)  # each shard as it finishes, while the others still run
+                if all(s.done and s.ingested for s in shards):  # what this poll saw finish is stored
                     if self._retry(job):
                         interval = self.poll_interval
                         continue

@@ -67,28 +67,43 @@ class AnswerStore:
 
     def put_segment(self, job_id: str, answers: Answers, hashes: Dict[str, str], *, attempt: int = 0,
                     source: str = "api") -> int:
-        """Store many answers as one segment, and index their successes by request hash (the cache)."""
+        """Store many answers as one segment (one blob); its successes are indexed for the cache on first lookup."""
         t0 = time.perf_counter()
         ids = answers.arrow("custom_id").to_pylist() if answers.is_arrow("custom_id") else answers.custom_id
-        row_hashes = [hashes.get(c) for c in ids]
-        known = np.fromiter((h is not None for h in row_hashes), dtype=bool, count=len(row_hashes))
+        row_hashes = list(map(hashes.get, ids))
         table = segments.table_of(answers, row_hashes, attempt)
-        if not known.all():
-            table = table.filter(pa.array(known))
-            row_hashes = [h for h in row_hashes if h is not None]
+        if None in row_hashes:  # answers for ids this job did not send are ignored
+            table = table.filter(pc.is_valid(table.column("hash")))
         if not table.num_rows:
             return 0
-        ok = table.column("ok").to_numpy(zero_copy_only=False)
-        index = sorted((segments.hash_key(row_hashes[i]), i) for i in np.flatnonzero(ok).tolist())
         blob = segments.encode(table)
         with self._tx() as db:
-            seg = db.execute(
-                "INSERT INTO segments (job_id, attempt, source, rows, v, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, attempt, source, table.num_rows, segments.SEGMENT_VERSION, blob, time.time())).lastrowid
-            db.executemany("INSERT OR REPLACE INTO segment_hashes (h, segment, pos) VALUES (?, ?, ?)",
-                           ((h, seg, pos) for h, pos in index))
+            db.execute(
+                "INSERT INTO segments (job_id, attempt, source, rows, v, data, created_at, indexed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                (job_id, attempt, source, table.num_rows, segments.SEGMENT_VERSION, blob, time.time()))
         self._count("write", t0, table.num_rows)
         return table.num_rows
+
+    def _index_segments(self) -> None:
+        """Index the successful answers of segments not indexed yet by request hash (done once per segment).
+
+        Deferred from :meth:`put_segment` to the first cache lookup after it:
+        a ``map`` that runs once never pays for an index nothing reads.
+        """
+        with self._lock:
+            pending = self._db.execute("SELECT id, data FROM segments WHERE indexed = 0 ORDER BY id").fetchall()
+        for seg, blob in pending:
+            table = segments.decode(blob, seg)
+            ok = np.flatnonzero(table.column("ok").to_numpy(zero_copy_only=False))
+            keys = table.column("hash").take(pa.array(ok)).to_pylist()
+            index = sorted(zip(map(segments.hash_key, keys), ok.tolist()))
+            with self._tx() as db:
+                if db.execute("SELECT indexed FROM segments WHERE id = ?", (seg,)).fetchone() != (0,):
+                    continue  # another process indexed it meanwhile
+                db.executemany("INSERT OR REPLACE INTO segment_hashes (h, segment, pos) VALUES (?, ?, ?)",
+                               ((h, seg, pos) for h, pos in index))
+                db.execute("UPDATE segments SET indexed = 1 WHERE id = ?", (seg,))
 
     def _count(self, what: str, t0: float, rows: int) -> None:
         self.cost[f"{what}_seconds"] += time.perf_counter() - t0
@@ -139,6 +154,7 @@ class AnswerStore:
         """Successful answers stored under any of ``hashes`` (the cache), by hash: ``(*COLUMNS)`` tuples."""
         hashes = list(hashes)
         out: Dict[str, tuple] = {}
+        self._index_segments()
         with self._tx() as db:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS want(hash TEXT PRIMARY KEY) WITHOUT ROWID")
             db.execute("CREATE TEMP TABLE IF NOT EXISTS want_key(h INTEGER PRIMARY KEY)")

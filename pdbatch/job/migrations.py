@@ -41,13 +41,15 @@ CREATE INDEX IF NOT EXISTS answers_hash ON answers(hash) WHERE ok = 1;
 """
 
 # Version 2: answers arrive in bulk as segments (one Arrow IPC blob per shard's results, see
-# pdbatch.job.segments) with an integer index of their successful request hashes for the cache;
+# pdbatch.job.segments) with an integer index of their successful request hashes for the cache
+# (built on the first cache lookup after a segment is stored: ``indexed``);
 # a job's row hashes are one blob too. The per-row ``answers`` and ``rows`` tables stay for
 # answers that arrive one at a time (realtime, local) and for jobs written by version 1.
 _V2 = """
 CREATE TABLE segments(
     id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, attempt INTEGER NOT NULL, source TEXT NOT NULL,
-    rows INTEGER NOT NULL, v INTEGER NOT NULL, data BLOB NOT NULL, created_at REAL NOT NULL);
+    rows INTEGER NOT NULL, v INTEGER NOT NULL, data BLOB NOT NULL, created_at REAL NOT NULL,
+    indexed INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX segments_job ON segments(job_id, id);
 CREATE TABLE segment_hashes(h INTEGER PRIMARY KEY, segment INTEGER NOT NULL, pos INTEGER NOT NULL);
 CREATE TABLE row_sets(job_id TEXT PRIMARY KEY, v INTEGER NOT NULL, data BLOB NOT NULL);
