@@ -9,26 +9,22 @@ the frame is checked against the spec before anything is sent.
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Union
 
 import pandas as pd
 
-from .backends import choose_backend, resolve_backend
-from .core.batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_lines
-from .core.ids import unique_ids
+from .backends import resolve_backend
 from .core.records import EMBEDDINGS_URL
 from .core.spec import MapSpec
 from .errors import BackendUnavailableError, OptionError
 from .job import Job, start_job
-from .options import JobOptions, RunOptions, check, check_owner
+from .offline import OfflineMethods
+from .options import JobOptions, RunOptions
 
 __all__ = ["LLMAccessor"]
 
 
-class LLMAccessor:
+class LLMAccessor(OfflineMethods):
     """LLM enrichment for a DataFrame or Series: ``df.llm.map(...)``.
 
     Parameters
@@ -339,205 +335,3 @@ class LLMAccessor:
                  max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm),
             url=EMBEDDINGS_URL)
         return self._finish(start_job(self._obj, spec, be, job_opts), run)
-
-    def to_batch_file(
-        self,
-        path: Union[str, os.PathLike],
-        template: str,
-        *,
-        model: Optional[str] = None,
-        system: Optional[str] = None,
-        response_format: Any = None,
-        images: Optional[str] = None,
-        image_detail: Optional[str] = None,
-        shard_size: int = MAX_REQUESTS,
-        shard_bytes: int = MAX_BYTES,
-        extra_body: Optional[dict] = None,
-        **params: Any,
-    ) -> List[str]:
-        """Write the Batch API input JSONL for this frame without sending anything.
-
-        The lines are the very bytes ``map`` sends on the batch backend (the
-        same renderer and line writer). Rows with missing values are left
-        out, as ``map`` would. When the requests exceed one file's limits,
-        shards are written next to ``path`` as ``<stem>-0000.jsonl``,
-        ``<stem>-0001.jsonl``...
-
-        Parameters
-        ----------
-        path : str or path-like
-            The file to write (its directory must exist).
-        template, model, system, response_format, images, image_detail, extra_body, **params
-            As for :meth:`map`; ``model`` is required.
-        shard_size, shard_bytes : int
-            Per-file limits (50,000 requests and 200 MB by default).
-
-        Returns
-        -------
-        list of str
-            The paths written.
-        """
-        path = os.fspath(path)
-        shard_size, shard_bytes = check("shard_size", shard_size), check("shard_bytes", shard_bytes)
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise OptionError(f"path: the directory {directory!r} does not exist; create it first")
-        spec = self._build_spec(template, model=model, system=system, response_format=response_format,
-                                images=images, image_detail=image_detail, extra_body=extra_body, params=params)
-        if spec.model is None:
-            raise OptionError("model= is required to write a batch file, e.g. model='gpt-4o-mini'")
-        ids = unique_ids(self._obj.index)
-        rendered = spec.render(self._frame(), ids)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        too_large: Dict[str, str] = {}
-        shards = write_lines(spec.lines(rendered), directory, prefix=stem, max_requests=shard_size,
-                             max_bytes=shard_bytes, too_large=too_large)
-        if too_large:
-            first = ", ".join(repr(c) for c in list(too_large)[:5])
-            warnings.warn(f"{len(too_large)} request(s) left out of the batch file, each larger than shard_bytes="
-                          f"{shard_bytes} on its own (custom_id {first}{', ...' if len(too_large) > 5 else ''}); "
-                          f"shorten those rows or raise shard_bytes=", stacklevel=2)
-        if len(shards) == 1:
-            os.replace(shards[0].path, path)
-            return [path]
-        return [s.path for s in shards]
-
-    def read_results(
-        self,
-        paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
-        template: Optional[str] = None,
-        *,
-        response_format: Any = None,
-        system: Optional[str] = None,
-        images: Optional[str] = None,
-        output: str = "llm_output",
-        error_column: Optional[str] = "llm_error",
-        overwrite: bool = False,
-        embeddings: bool = False,
-    ):
-        """Join downloaded Batch API output and error files back onto this frame.
-
-        Parameters
-        ----------
-        paths : str or list of str
-            Output and error JSONL files, in any order.
-        template : str, optional
-            The template used to build the requests; given, rows that were not
-            sent carry the same reason ``map`` would give (missing value...).
-        response_format, system, images, output, error_column, overwrite
-            As for :meth:`map`: they shape the result.
-        embeddings : bool
-            The files answer ``/v1/embeddings`` requests (vectors in ``output``).
-
-        Returns
-        -------
-        DataFrame or Series
-        """
-        check("overwrite", overwrite)
-        check("embeddings", embeddings)
-        url = EMBEDDINGS_URL if embeddings else None
-        spec = self._build_spec(template if template is not None else "", url=url, system=system, images=images,
-                                response_format=response_format, output=output, error_column=error_column)
-        ids = unique_ids(self._obj.index)
-        skipped = spec.render(self._frame(), ids).skipped if template is not None else {}
-        self._check_new_columns(spec, overwrite)
-        answers = read_answers(paths, "embedding" if spec.embeddings else "chat")
-        out, stats, _errors = spec.join(self._obj, ids, answers, skipped=skipped, overwrite=overwrite)
-        out.attrs = dict(out.attrs)
-        out.attrs["pdbatch"] = {"counts": stats.to_dict(), "usage": stats.usage.to_dict()}
-        return out
-
-    def estimate(
-        self,
-        template: str,
-        *,
-        model: Optional[str] = None,
-        system: Optional[str] = None,
-        response_format: Any = None,
-        images: Optional[str] = None,
-        image_detail: Optional[str] = None,
-        output: str = "llm_output",
-        error_column: Optional[str] = "llm_error",
-        overwrite: bool = False,
-        backend: Any = None,
-        client: Any = None,
-        cache: bool = True,
-        max_retries: int = 2,
-        retry_invalid: int = 0,
-        wait: bool = True,
-        progress: bool = True,
-        timeout: Optional[float] = None,
-        shard_size: Optional[int] = None,
-        shard_bytes: Optional[int] = None,
-        poll_interval: Optional[float] = None,
-        max_poll_interval: Optional[float] = None,
-        max_concurrency: Optional[int] = None,
-        rpm: Optional[float] = None,
-        tpm: Optional[float] = None,
-        workers: Optional[int] = None,
-        threads_per_worker: Optional[int] = None,
-        extra_body: Optional[dict] = None,
-        show: bool = True,
-        **params: Any,
-    ) -> dict:
-        """Count and price what :meth:`map` would send, without sending anything.
-
-        Takes the arguments of :meth:`map` (so ``map`` becomes ``estimate``
-        by its name alone) and checks them the same way; renders the requests
-        exactly as ``map`` would (same skipped rows, same answer-cache lookup
-        with ``cache=True``); no job is created, no client is used and
-        nothing is uploaded. See :mod:`pdbatch.pricing` for the price table,
-        its date and how to override it, and for how tokens are counted.
-
-        Parameters
-        ----------
-        show : bool
-            Write the one-paragraph summary to standard output (it is also the
-            returned ``summary``); default True.
-
-        Returns
-        -------
-        dict
-            ``rows``, ``requests`` (to send), ``cached``, ``skipped``,
-            ``skip_reasons``, ``input_tokens``, ``images``, ``output_tokens``
-            (the ``max_completion_tokens`` cap, else None), ``tokenizer``,
-            ``cost_batch`` / ``cost_realtime`` (None for a model without a
-            price) and ``summary``.
-
-        Examples
-        --------
-        >>> import pandas as pd, pdbatch
-        >>> df = pd.DataFrame({"city": ["Paris", None, "Lima"]})
-        >>> est = df.llm.estimate("Country of {city}?", model="gpt-4o-mini", max_completion_tokens=5, show=False)
-        >>> est["rows"], est["requests"], est["skipped"], est["output_tokens"]
-        (3, 2, 1, 10)
-        """
-        from .job.store import default_store, store_path
-        from .pricing import estimate_requests
-
-        RunOptions(wait, progress, timeout)
-        job = JobOptions(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid)
-        check("show", show)
-        shortcuts = dict(shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
-                         max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
-                         workers=workers, threads_per_worker=threads_per_worker)
-        given = {k: check(k, v) for k, v in shortcuts.items() if v is not None}
-        if given:
-            try:
-                name = choose_backend(backend, client)
-            except BackendUnavailableError:
-                name = None
-            if name is not None:
-                check_owner(name, given)
-        spec = self._build_spec(template, model=model, system=system, response_format=response_format,
-                                images=images, image_detail=image_detail, output=output, error_column=error_column,
-                                extra_body=extra_body, params=params)
-        self._check_new_columns(spec, job.overwrite)
-        ids = unique_ids(self._obj.index)
-        rendered = spec.render(self._frame(), ids)
-        store = default_store() if job.cache and os.path.exists(store_path()) else None
-        est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(ids),
-                                skipped=rendered.skipped, store=store)
-        if show:  # the summary is what show=True asks for: this method's output, not a notice
-            sys.stdout.write(est["summary"] + "\n")
-        return est
