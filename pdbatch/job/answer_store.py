@@ -115,8 +115,24 @@ class AnswerStore:
                                     (job_id,)).fetchall()
         return [segments.decode(blob, seq) for seq, blob in rows]
 
+    def _generation(self, job_id: str) -> tuple:
+        """What changes whenever an answer of the job is stored, by any process (cheap: two indexed queries)."""
+        with self._lock:
+            seg = self._db.execute("SELECT COUNT(*), MAX(id) FROM segments WHERE job_id = ?", (job_id,)).fetchone()
+            one = self._db.execute("SELECT COUNT(*), MAX(created_at), SUM(attempt) FROM answers WHERE job_id = ?",
+                                   (job_id,)).fetchone()
+        return tuple(seg) + tuple(one)
+
     def answers(self, job_id: str) -> Answers:
-        """Every stored answer of a job, column-wise (Arrow columns; one answer per custom_id)."""
+        """Every stored answer of a job, column-wise (Arrow columns; one answer per custom_id).
+
+        The result is kept until the job's answers change (progress polls read
+        it often); treat it as read-only.
+        """
+        key = (job_id, self._generation(job_id))
+        memo = getattr(self, "_answers_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
         t0 = time.perf_counter()
         tables = self._segment_tables(job_id)
         with self._lock:
@@ -129,6 +145,7 @@ class AnswerStore:
             tables.append(table.set_column(2, "attempt", pa.array([r[2] for r in rows], pa.int64())))
         out = segments.answers_of(tables)
         self._count("read", t0, len(out))
+        self._answers_memo = (key, out)  # one job's answers at a time: memory stays bounded
         return out
 
     def usage(self, job_id: str) -> Usage:
