@@ -50,7 +50,8 @@ def make_frame(n: int) -> pd.DataFrame:
     return pd.DataFrame({"Series_Title": titles, "Overview": overviews, "Released_Year": [1950 + i % 70 for i in range(n)]})
 
 
-def cookbook_write(df: pd.DataFrame, path: str) -> None:
+def cookbook_tasks(df: pd.DataFrame, model: str = "gpt-4o-mini") -> list:
+    """The cookbook's request dicts, one per row, built the cookbook's way (``iterrows``)."""
     tasks = []
     for index, row in df.iterrows():
         description = row["Overview"]
@@ -59,7 +60,7 @@ def cookbook_write(df: pd.DataFrame, path: str) -> None:
             "method": "POST",
             "url": "/v1/chat/completions",
             "body": {
-                "model": "gpt-4o-mini",
+                "model": model,
                 "temperature": 0.1,
                 "response_format": {"type": "json_schema", "json_schema": {"name": "movie", "schema": SCHEMA, "strict": True}},
                 "messages": [
@@ -69,8 +70,12 @@ def cookbook_write(df: pd.DataFrame, path: str) -> None:
             },
         }
         tasks.append(task)
+    return tasks
+
+
+def cookbook_write(df: pd.DataFrame, path: str) -> None:
     with open(path, "w") as fh:
-        for obj in tasks:
+        for obj in cookbook_tasks(df):
             fh.write(json.dumps(obj) + "\n")
 
 
