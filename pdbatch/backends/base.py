@@ -51,6 +51,8 @@ class Backend(Protocol):
     supports_vision: bool
     supports_json_schema: bool
     supports_embeddings: bool
+    #: True where the backend sends from the calling process row by row: one process at a time runs a job
+    runs_exclusively: bool
 
     def submit(self, job: Any, lines: Iterator[Tuple[str, bytes]]) -> None:
         """Start the work for ``lines``: ``(custom_id, JSONL line)`` pairs, consumed once, streaming."""
@@ -63,6 +65,9 @@ class Backend(Protocol):
 
     def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Tuple[str, bytes]]]] = None) -> None:
         """Pick up a job found in the store (a re-run, ``Job.load``); ``requests`` regenerates its lines."""
+
+    def collect(self, job: Any) -> None:
+        """Store whatever finished work has not been stored yet (before the job's answers are read)."""
 
     def cancel(self, job: Any) -> None:
         """Stop the work; answers already made are kept."""
@@ -81,7 +86,7 @@ class RowByRow:
     """
 
     #: Only one process at a time runs a job's rows (see :meth:`pdbatch.job.Job.wait`).
-    exclusive_run = True
+    runs_exclusively = True
     INTERRUPTED = "interrupted: the run stopped before this row; run again to resume"
     CANCELLED = "cancelled: the run was cancelled before this row"
 
@@ -113,6 +118,9 @@ class RowByRow:
     def _arrived(self, job: Any, result: Result) -> None:
         """Record one answer in the job store (the single place answers are stored)."""
         job.store.put_answers(job.id, Answers.from_results([result]), job.hashes)
+
+    def collect(self, job: Any) -> None:
+        """Nothing to fetch: each answer was stored as it arrived."""
 
     def unanswered(self, job: Any, pos: int) -> str:
         return self.CANCELLED if job.state.get("status") == "cancelled" else self.INTERRUPTED

@@ -77,6 +77,7 @@ class Batch:
     """
 
     name = "batch"
+    runs_exclusively = False  # the batches run remotely; any process may poll and collect
     supports_vision = True
     supports_json_schema = True
     supports_embeddings = True

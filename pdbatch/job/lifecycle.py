@@ -146,7 +146,7 @@ class Job:
         Job
             ``self``, so that ``job.wait().result()`` reads well.
         """
-        if getattr(self.backend, "exclusive_run", False):
+        if self.backend.runs_exclusively:
             # Row-by-row backends send from this process: one process at a time per job, so two
             # notebooks running the same cell never pay twice for a row; the second one waits.
             start = time.monotonic()
@@ -190,9 +190,7 @@ class Job:
                 f"job {self.id}: the original frame could not be stored, so the answers cannot be joined "
                 f"back here; use job.answers() or run the same df.llm.map(...) again (it re-attaches)"
             )
-        collect = getattr(self.backend, "collect", None)
-        if collect is not None:
-            collect(self)
+        self.backend.collect(self)
         spec = self.spec
         answers = self.answers()
         out, stats, errors = spec.join(
