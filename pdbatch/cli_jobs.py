@@ -57,7 +57,7 @@ def job_status(job) -> Dict[str, Any]:
     st = job.status()
     usage = job.store.usage(job.id)
     st.update(model=job.spec.model, rows=len(job.ids), created=job.record.created_at,
-              batches=[(s.batch_id, s.status) for s in job.state.get("shards", []) if s.batch_id],
+              batches=[(s.batch_id, s.status) for s in getattr(job.state, "shards", ()) if s.batch_id],
               usage=usage.to_dict(), **job_cost(usage, job.spec.model, job.backend.name, cached_rows=job.record.cached))
     return st
 

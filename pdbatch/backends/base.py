@@ -7,13 +7,14 @@ accessor before any work, never by ``isinstance``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Protocol, Tuple, runtime_checkable
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, runtime_checkable
 
 from ..core.answers import Answers
 from ..core.records import Request, Result
 
-__all__ = ["Backend", "Progress", "TERMINAL", "RowByRow"]
+__all__ = ["Backend", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState"]
 
 #: Batch statuses after which nothing more will happen.
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -43,6 +44,33 @@ class Progress:
         return self.state in TERMINAL
 
 
+@dataclass
+class JobState:
+    """What a backend keeps of one job in this process; what must outlive it is in the job store.
+
+    ``summary`` is merged into the result's ``attrs["pdbatch"]``.
+    """
+
+    summary: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_ids(self) -> List[str]:
+        """Batch API batch ids of the job (none for backends without batches)."""
+        return []
+
+
+@dataclass
+class RowState(JobState):
+    """A row-by-row backend's job: the requests to run, and how the last run ended."""
+
+    requests: List[Request] = field(default_factory=list)
+    #: pending | interrupted | cancelled
+    status: str = "pending"
+    stop: threading.Event = field(default_factory=threading.Event)
+    model_path: Optional[str] = None
+    run: Any = None
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What :class:`~pdbatch.job.Job` needs from a backend."""
@@ -53,6 +81,9 @@ class Backend(Protocol):
     supports_embeddings: bool
     #: True where the backend sends from the calling process row by row: one process at a time runs a job
     runs_exclusively: bool
+
+    def new_state(self) -> JobState:
+        """The empty in-process state of a job on this backend."""
 
     def submit(self, job: Any, lines: Iterator[Tuple[str, bytes]]) -> None:
         """Start the work for ``lines``: ``(custom_id, JSONL line)`` pairs, consumed once, streaming."""
@@ -87,6 +118,10 @@ class RowByRow:
 
     #: Only one process at a time runs a job's rows (see :meth:`pdbatch.job.Job.wait`).
     runs_exclusively = True
+
+    @staticmethod
+    def new_state() -> RowState:
+        return RowState()
     INTERRUPTED = "interrupted: the run stopped before this row; run again to resume"
     CANCELLED = "cancelled: the run was cancelled before this row"
 
@@ -96,7 +131,7 @@ class RowByRow:
         todo = list(requests()) if requests is not None else []
         self.submit(job, ((cid, line) for cid, line in todo if cid not in done))
         if job.record.state in ("cancelling", "cancelled"):
-            job.state["status"] = "cancelled"
+            job.state.status = "cancelled"
 
     @staticmethod
     def _requests(lines: Iterator[Tuple[str, bytes]]) -> List[Request]:
@@ -109,7 +144,7 @@ class RowByRow:
         ok = job.store.count_answers(job.id, ok_only=True)
         if answered >= total:
             state = "completed"
-        elif job.state.get("status") in ("interrupted", "cancelled"):
+        elif job.state.status in ("interrupted", "cancelled"):
             state = "cancelled"
         else:
             state = "in_progress"
@@ -123,7 +158,7 @@ class RowByRow:
         """Nothing to fetch: each answer was stored as it arrived."""
 
     def unanswered(self, job: Any, pos: int) -> str:
-        return self.CANCELLED if job.state.get("status") == "cancelled" else self.INTERRUPTED
+        return self.CANCELLED if job.state.status == "cancelled" else self.INTERRUPTED
 
     def _timed_out(self, job: Any, timeout: Optional[float]) -> Exception:
         """The error ``wait`` raises when its timeout stopped the run (answers kept)."""

@@ -42,7 +42,7 @@ from ..core.answers import NO_ANSWER
 from .progress import progress_bar
 from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, retryable
 from .base import TERMINAL, Progress
-from .batch_state import ORDER as _ORDER, ShardState, raw_lines, rows_to_retry
+from .batch_state import ORDER as _ORDER, BatchState, ShardState, raw_lines, rows_to_retry
 
 __all__ = ["Batch", "BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
 
@@ -78,6 +78,7 @@ class Batch:
 
     name = "batch"
     runs_exclusively = False  # the batches run remotely; any process may poll and collect
+    new_state = staticmethod(BatchState)
     supports_vision = True
     supports_json_schema = True
     supports_embeddings = True
@@ -105,7 +106,7 @@ class Batch:
     # ------------------------------------------------------------ bookkeeping
     @staticmethod
     def _shards(job) -> List[ShardState]:
-        return job.state.setdefault("shards", [])
+        return job.state.shards
 
     @staticmethod
     def _save(job, st: ShardState) -> None:
@@ -133,7 +134,7 @@ class Batch:
         for sh in shards:  # each shard holds the next sh.count lines written
             states.append(ShardState(sh.index, sh.path, sh.count, sh.bytes, ids=order[start:start + sh.count]))
             start += sh.count
-        job.state["shards"] = states
+        job.state.shards = states
         for st in states:  # all shards are on disk and known before the first upload
             self._save(job, st)
         job.mark_written()
@@ -142,7 +143,7 @@ class Batch:
 
     def attach(self, job, requests=None) -> None:
         """Pick up a job from the store; finish whatever a dead process left half done."""
-        job.state["shards"] = [ShardState.from_store(d) for d in job.store.shards(job.id)]
+        job.state.shards = [ShardState.from_store(d) for d in job.store.shards(job.id)]
         for st in self._shards(job):
             if st.status in ("written", "uploaded", "creating"):
                 self._launch(job, st)
@@ -282,13 +283,13 @@ class Batch:
         shards = self._shards(job)
         busy = [s for s in shards if not s.done and s.status != "waiting"]
         for st in shards:
-            if st.status == "waiting" and len(busy) < max(1, job.state.get("busy_at_wait", {}).get(st.index, 1)):
+            if st.status == "waiting" and len(busy) < max(1, job.state.busy_at_wait.get(st.index, 1)):
                 st.submits += 1
                 st.errors = []
                 self._launch(job, st)
                 busy.append(st)
             elif st.status == "waiting":
-                job.state.setdefault("busy_at_wait", {}).setdefault(st.index, len(busy))
+                job.state.busy_at_wait.setdefault(st.index, len(busy))
 
     # ---------------------------------------------------------------- results
     def _download(self, file_id: str, path: str) -> str:
@@ -346,16 +347,16 @@ class Batch:
         st = ShardState(index, path, len(ids), size, attempt=round_ + 1, ids=ids)
         shards.append(st)
         self._save(job, st)
-        summary = job.state.setdefault("summary", {})
+        summary = job.state.summary
         summary["resubmitted"] = summary.get("resubmitted", 0) + len(ids)
         log.info("job %s: resubmitting %d row(s) in shard %d (round %d)", job.id, len(ids), index, round_ + 1)
         self._launch(job, st)
         return True
 
     def unanswered(self, job, pos: int) -> str:
-        status = job.state.get("row_status")
+        status = job.state.row_status
         if status is None:  # which shard each row went out in last, and how that batch ended
-            status = job.state["row_status"] = {
+            status = job.state.row_status = {
                 cid: st.status for st in self._shards(job) for cid in st.line_ids()
             }
         s = status.get(job.ids[pos])

@@ -13,9 +13,9 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import orjson
 
-from .base import TERMINAL
+from .base import TERMINAL, JobState
 
-__all__ = ["ShardState", "TOKEN_LIMIT", "ORDER", "raw_lines"]
+__all__ = ["ShardState", "BatchState", "TOKEN_LIMIT", "ORDER", "raw_lines", "rows_to_retry"]
 
 #: The error code of a batch refused for the enqueued-token limit.
 TOKEN_LIMIT = "token_limit_exceeded"
@@ -86,6 +86,21 @@ class ShardState:
         if self.ids is None:
             self.ids = [orjson.loads(raw)["custom_id"] for raw in raw_lines(self.path)]
         return self.ids
+
+
+@dataclass
+class BatchState(JobState):
+    """The batch backend's job: its shards (mirrored in the store) and what this process derived from them."""
+
+    shards: List[ShardState] = field(default_factory=list)
+    #: custom_id -> status of the batch the row last went out in (built when a row has no answer)
+    row_status: Optional[Dict[str, str]] = None
+    #: shard index -> how many shards were busy when it had to wait (the enqueued-token limit)
+    busy_at_wait: Dict[int, int] = field(default_factory=dict)
+
+    @property
+    def batch_ids(self) -> List[str]:
+        return [s.batch_id for s in self.shards if s.batch_id]
 
 
 def raw_lines(path: str) -> Iterator[bytes]:

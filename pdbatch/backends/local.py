@@ -107,25 +107,21 @@ class Local(RowByRow):
         path, notice = resolve_model(model)
         if notice and reqs:
             warnings.warn(f"pdbatch: {notice}", UserWarning, stacklevel=2)
-        job.state.update(
-            requests=reqs,
-            model_path=path,
-            stop=threading.Event(),
-            status="pending",  # pending | interrupted | cancelled
-        )
+        job.state.requests, job.state.model_path, job.state.status = reqs, path, "pending"
+        job.state.stop = threading.Event()
 
     # ------------------------------------------------------------------- wait
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
-        if job.state.get("status") == "cancelled":
+        if job.state.status == "cancelled":
             return self.refresh(job)
         answered = job.store.answered_ids(job.id)
-        todo = [r for r in job.state["requests"] if r.custom_id not in answered]
+        todo = [r for r in job.state.requests if r.custom_id not in answered]
         if not todo:
             return self.refresh(job)
-        job.state["status"] = "pending"
-        stop: threading.Event = job.state["stop"]
+        job.state.status = "pending"
+        stop: threading.Event = job.state.stop
         stop.clear()
-        pool = get_pool(job.state["model_path"], self.workers, self.threads_per_worker)
+        pool = get_pool(job.state.model_path, self.workers, self.threads_per_worker)
         work: "queue.SimpleQueue[Request]" = queue.SimpleQueue()
         for r in todo:
             work.put(r)
@@ -171,7 +167,7 @@ class Local(RowByRow):
                         bar.update(1)
             except KeyboardInterrupt:
                 stop.set()
-                job.state["status"] = "interrupted"
+                job.state.status = "interrupted"
                 try:
                     self._drain(job, threads, done, bar)
                 except KeyboardInterrupt:
@@ -205,8 +201,8 @@ class Local(RowByRow):
         return got
 
     def cancel(self, job) -> None:
-        job.state["status"] = "cancelled"
-        stop = job.state.get("stop")
+        job.state.status = "cancelled"
+        stop = job.state.stop
         if stop is not None:
             stop.set()
 

@@ -132,7 +132,7 @@ class Realtime(RowByRow):
 
     # ----------------------------------------------------------------- submit
     def submit(self, job, lines) -> None:
-        job.state.update(requests=self._requests(lines), status="pending")  # pending | interrupted | cancelled
+        job.state.requests, job.state.status = self._requests(lines), "pending"
 
     # ------------------------------------------------------------------- wait
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
@@ -154,14 +154,14 @@ class Realtime(RowByRow):
             (the answered rows are kept; the others get an error cell).
         """
         self._counts(job)
-        if job.state.get("status") == "cancelled":
+        if job.state.status == "cancelled":
             return self.refresh(job)
         answered = job.store.answered_ids(job.id)
-        todo = [r for r in job.state.get("requests", []) if r.custom_id not in answered]
+        todo = [r for r in job.state.requests if r.custom_id not in answered]
         if not todo:
             return self.refresh(job)
-        job.state["status"] = "pending"
-        run = job.state["run"] = _Run(self, todo)
+        job.state.status = "pending"
+        run = job.state.run = _Run(self, todo)
         bar = None
         if progress and self.progress:
 
@@ -173,7 +173,7 @@ class Realtime(RowByRow):
             try:
                 run.start()
                 while not run.finished():
-                    if job.state.get("status") == "cancelled":
+                    if job.state.status == "cancelled":
                         run.stop()
                         self._drain(job, run, bar, failed)
                         break
@@ -185,7 +185,7 @@ class Realtime(RowByRow):
                     self._take(job, run, bar, failed, tick)
             except KeyboardInterrupt:
                 run.stop()
-                job.state["status"] = "interrupted"
+                job.state.status = "interrupted"
                 try:
                     self._drain(job, run, bar, failed)
                 except KeyboardInterrupt:
@@ -235,8 +235,8 @@ class Realtime(RowByRow):
 
     @staticmethod
     def _counts(job) -> Dict[str, Any]:
-        """``job.state["summary"]["realtime"]``: merged into ``attrs["pdbatch"]`` by ``Job.result``."""
-        return job.state.setdefault("summary", {}).setdefault(
+        """``job.state.summary["realtime"]``: merged into ``attrs["pdbatch"]`` by ``Job.result``."""
+        return job.state.summary.setdefault(
             "realtime", {"attempts": 0, "retries": 0, "429s": 0, "seconds": 0.0})
 
     def _summarise(self, job, run: _Run) -> None:
@@ -291,8 +291,8 @@ class Realtime(RowByRow):
     # ----------------------------------------------------------------- cancel
     def cancel(self, job) -> None:
         """Send nothing more (calls in flight finish and are kept); unsent rows get a ``cancelled`` cell."""
-        job.state["status"] = "cancelled"
-        run = job.state.get("run")
+        job.state.status = "cancelled"
+        run = job.state.run
         if run is not None:
             run.stop()
 

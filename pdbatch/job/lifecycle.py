@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Union
 import orjson
 import pandas as pd
 
-from ..backends.base import Backend, Progress
+from ..backends.base import Backend, JobState, Progress
 from ..errors import BackendUnavailableError, JobError
 from ..core.ids import custom_ids, unique_ids
 from ..options import JobOptions
@@ -86,8 +86,8 @@ class Job:
     retry_invalid: int = 0
     #: custom_id -> request hash of every sent or cached row
     hashes: Dict[str, str] = field(default_factory=dict)
-    #: backend-owned state (shards, local queue)
-    state: Dict[str, Any] = field(default_factory=dict)
+    #: the backend's typed in-process state of this job (shards, the local queue...)
+    state: JobState = field(default_factory=JobState)
     _last: Optional[Progress] = None
 
     def mark_written(self) -> None:
@@ -101,7 +101,7 @@ class Job:
     @property
     def batch_ids(self) -> List[str]:
         """Batch API batch ids of this job (empty for other backends)."""
-        return [s.batch_id for s in self.state.get("shards", []) if getattr(s, "batch_id", None)]
+        return self.state.batch_ids
 
     @property
     def sent(self) -> int:
@@ -213,7 +213,7 @@ class Job:
             "usage": stats.usage.to_dict(),
         }
         summary.update(job_cost(stats.usage, spec.model, self.backend.name, cached_rows=self.record.cached))
-        summary.update(self.state.get("summary", {}))
+        summary.update(self.state.summary)
         if isinstance(out, pd.Series) and spec.error_column:
             summary["errors"] = {self.ids[i]: e for i, e in enumerate(errors) if e is not None}
         out.attrs = dict(out.attrs)
@@ -257,7 +257,7 @@ class Job:
         job = cls(rec.id, host, spec, backend, ids, rendered.skipped if rendered else {}, rec.workdir, store, rec,
                   max_retries=int(rec.spec.get("_max_retries", 2)),
                   retry_invalid=int(rec.spec.get("_retry_invalid", 0)),
-                  hashes=store.row_hashes(job_id))
+                  hashes=store.row_hashes(job_id), state=backend.new_state())
         # Backends that send row by row (local, realtime) resume the rows still unanswered.
         requests = None if rendered is None else (lambda: to_send(job, rendered, True))
         with job_lock(rec.workdir):  # never heal a shard while its submitter is still at work
@@ -358,7 +358,7 @@ def start_job(
         # cache=False: a finished job's answers are not reused; start afresh.
         rec, created = store.create_or_attach(new_record(), reuse=False)
     job = Job(rec.id, host, spec, backend, ids, rendered.skipped, rec.workdir, store, rec, overwrite,
-              max_retries, retry_invalid)
+              max_retries, retry_invalid, state=backend.new_state())
     with job_lock(rec.workdir):
         rec = store.job(rec.id) or rec  # the state another process may have reached meanwhile
         job.record = rec
