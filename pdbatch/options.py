@@ -138,11 +138,6 @@ def check_owner(backend: str, given: Mapping[str, Any]) -> None:
         )
 
 
-def backend_options(backend: str) -> Tuple[str, ...]:
-    """The names of the options backend ``backend`` takes, in table order."""
-    return tuple(o.name for o in OPTIONS.values() if o.owner == backend)
-
-
 @dataclass(frozen=True)
 class JobOptions:
     """How a job is run and joined (checked on creation)."""

@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .base import TERMINAL, JobState
 
@@ -123,10 +126,6 @@ def rows_to_retry(answers: Any, last_ids: List[str], *, retryable_codes: frozens
     parse or validate, or a choice without an API error that is not a plain
     success (cut off, refused, empty).
     """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if not last_ids:
         return set()
     want = pa.array(last_ids, type=pa.string())
