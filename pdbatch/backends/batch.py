@@ -34,7 +34,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import openai
 
-from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_lines
+from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, iter_shards, read_answers
 from ..errors import BackendUnavailableError, BatchFailedError, JobError, OptionError, PdbatchError
 from ..options import check
 from ..core.ids import positions
@@ -114,32 +114,34 @@ class Batch:
 
     # ----------------------------------------------------------------- submit
     def submit(self, job, lines: Iterator[Tuple[str, bytes]]) -> None:
-        """Write ``(custom_id, line)`` pairs to shards (streaming), record them, then upload and create each."""
+        """Write ``(custom_id, line)`` pairs to shards, streaming; record and launch each shard as it is closed.
+
+        Shard ``k`` is uploaded and its batch created while shard ``k + 1`` is
+        still to be written, so the provider starts work early. A submit that
+        a dead process left half done is resumed: the shards it recorded are
+        launched (or found, see :meth:`_launch`) and only the rows in none of
+        them are written again, in new shards.
+        """
+        done = [ShardState.from_store(d) for d in job.store.shards(job.id)]
+        sent = {cid for st in done for cid in st.line_ids()}
+        job.state.shards = done
+        for st in done:
+            if st.status in ("written", "uploaded", "creating"):
+                self._launch(job, st)
         too_large: Dict[str, str] = {}
-        order: List[str] = []
-
-        def tracked() -> Iterator[Tuple[str, bytes]]:
-            for cid, line in lines:
-                order.append(cid)
-                yield cid, line
-
-        shards = write_lines(tracked(), job.workdir, max_requests=self.shard_size, max_bytes=self.shard_bytes,
-                             too_large=too_large)
+        fresh = lines if not sent else ((cid, line) for cid, line in lines if cid not in sent)
+        start = max((st.index for st in done), default=-1) + 1
+        for sh, ids in iter_shards(fresh, job.workdir, start=start, max_requests=self.shard_size,
+                                   max_bytes=self.shard_bytes, too_large=too_large):
+            st = ShardState(sh.index, sh.path, sh.count, sh.bytes, ids=ids)
+            job.state.shards.append(st)
+            self._save(job, st)  # recorded before its upload: a re-run finds it and never sends its rows twice
+            self._launch(job, st)
         if too_large:
             pos_of = positions(job.ids)
             for cid, reason in too_large.items():
                 job.skipped[pos_of[cid]] = reason
-            order = [cid for cid in order if cid not in too_large]
-        states, start = [], 0
-        for sh in shards:  # each shard holds the next sh.count lines written
-            states.append(ShardState(sh.index, sh.path, sh.count, sh.bytes, ids=order[start:start + sh.count]))
-            start += sh.count
-        job.state.shards = states
-        for st in states:  # all shards are on disk and known before the first upload
-            self._save(job, st)
         job.mark_written()
-        for st in states:
-            self._launch(job, st)
 
     def attach(self, job, requests=None) -> None:
         """Pick up a job from the store; finish whatever a dead process left half done."""
@@ -314,7 +316,7 @@ class Batch:
         for st in self._shards(job):
             if st.done and not st.ingested:
                 answers = read_answers(self._files(job, st), "embedding" if job.spec.embeddings else "chat")
-                job.store.put_answers(job.id, answers, job.hashes, attempt=st.attempt)
+                job.keep_answers(answers, attempt=st.attempt)
                 st.ingested = 1
                 self._save(job, st)
 

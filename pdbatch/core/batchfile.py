@@ -20,7 +20,7 @@ from ..errors import InputError
 from .answers import Answers, usable_arrow
 from .records import NO_RESPONSE, Request, Result
 
-__all__ = ["Shard", "write_shards", "write_lines", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
+__all__ = ["Shard", "write_shards", "write_lines", "iter_shards", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
 
 #: Batch API limits per input file (configurable for other providers).
 MAX_REQUESTS = 50_000
@@ -54,52 +54,60 @@ def write_shards(requests: Iterable[Request], directory: str, **options) -> List
     return write_lines(((r.custom_id, r.to_line()) for r in requests), directory, **options)
 
 
-def write_lines(
-    lines: Iterable[Tuple[str, bytes]],
-    directory: str,
-    *,
-    prefix: str = "input",
-    max_requests: int = MAX_REQUESTS,
-    max_bytes: int = MAX_BYTES,
-    too_large: Optional[Dict[str, str]] = None,
-) -> List[Shard]:
-    """Write request lines to JSONL shards of at most ``max_requests`` lines and ``max_bytes`` bytes.
-
-    Parameters
-    ----------
-    lines : iterable of (custom_id, bytes)
-        Each request's JSONL line, newline included (as
-        :meth:`Request.to_line` or :meth:`pdbatch.spec.MapSpec.lines` make
-        them). Consumed once, streaming.
-    directory : str
-        Where the shards go (created if needed). Files are named
-        ``{prefix}-{k:04d}.jsonl``.
-    max_requests, max_bytes : int
-        Per-shard limits; the Batch API allows 50,000 requests and 200 MB.
-    too_large : dict, optional
-        Receives ``custom_id -> reason`` for a request whose single line is
-        larger than ``max_bytes`` (it is not written; it becomes an error cell).
+def write_lines(lines: Iterable[Tuple[str, bytes]], directory: str, **options) -> List[Shard]:
+    """Write request lines to JSONL shards; every shard at once (see :func:`iter_shards` for ``options``).
 
     Returns
     -------
     list of Shard
         Empty when there was nothing to write.
     """
+    return [shard for shard, _ids in iter_shards(lines, directory, **options)]
+
+
+def iter_shards(
+    lines: Iterable[Tuple[str, bytes]],
+    directory: str,
+    *,
+    prefix: str = "input",
+    start: int = 0,
+    max_requests: int = MAX_REQUESTS,
+    max_bytes: int = MAX_BYTES,
+    too_large: Optional[Dict[str, str]] = None,
+) -> Iterator[Tuple[Shard, List[str]]]:
+    """Write request lines to JSONL shards, yielding each shard (and its custom_ids) as soon as it is closed.
+
+    A caller can upload shard ``k`` while shard ``k + 1`` is being written.
+
+    Parameters
+    ----------
+    lines : iterable of (custom_id, bytes)
+        Each request's JSONL line, newline included (as
+        :meth:`Request.to_line` or :meth:`pdbatch.core.spec.MapSpec.lines`
+        make them). Consumed once, streaming.
+    directory : str
+        Where the shards go (created if needed). Files are named
+        ``{prefix}-{k:04d}.jsonl``, ``k`` counting from ``start``.
+    max_requests, max_bytes : int
+        Per-shard limits; the Batch API allows 50,000 requests and 200 MB.
+    too_large : dict, optional
+        Receives ``custom_id -> reason`` for a request whose single line is
+        larger than ``max_bytes`` (it is not written; it becomes an error cell).
+
+    Yields
+    ------
+    (Shard, list of str)
+        A closed shard and the custom_ids of its lines, in file order.
+    """
     if max_requests < 1 or max_bytes < 1:
         raise InputError("max_requests and max_bytes must be positive (shard_size= / shard_bytes=)")
     os.makedirs(directory, exist_ok=True)
-    shards: List[Shard] = []
+    shard: Optional[Shard] = None
     fh = None
     pending: List[bytes] = []  # lines written in chunks of about 1,000
-    count = size = 0  # of the current shard; written back to it when it closes
-
-    def close() -> None:
-        if fh is not None:
-            fh.writelines(pending)
-            pending.clear()
-            fh.close()
-            shards[-1].count, shards[-1].bytes = count, size
-
+    ids: List[str] = []
+    size = 0  # of the current shard
+    index = start
     try:
         for cid, line in lines:
             n = len(line)
@@ -107,22 +115,33 @@ def write_lines(
                 if too_large is not None:
                     too_large[cid] = f"request too large for one batch file ({n} bytes > {max_bytes})"
                 continue
-            if fh is None or count >= max_requests or size + n > max_bytes:
-                close()
+            if fh is not None and (len(ids) >= max_requests or size + n > max_bytes):
+                fh.writelines(pending)
+                pending.clear()
+                fh.close()
                 fh = None
-                path = os.path.join(directory, f"{prefix}-{len(shards):04d}.jsonl")
-                shards.append(Shard(len(shards), path))
-                fh = open(path, "wb", buffering=_BUFFER)
-                count = size = 0
+                shard.count, shard.bytes = len(ids), size
+                yield shard, ids
+            if fh is None:
+                shard = Shard(index, os.path.join(directory, f"{prefix}-{index:04d}.jsonl"))
+                index += 1
+                fh = open(shard.path, "wb", buffering=_BUFFER)
+                ids, size = [], 0
             pending.append(line)
-            count += 1
+            ids.append(cid)
             size += n
             if len(pending) >= 1000:
                 fh.writelines(pending)
                 pending.clear()
+        if fh is not None:
+            fh.writelines(pending)
+            fh.close()
+            fh = None
+            shard.count, shard.bytes = len(ids), size
+            yield shard, ids
     finally:
-        close()
-    return shards
+        if fh is not None:
+            fh.close()
 
 
 def iter_lines(path: str) -> Iterator[dict]:

@@ -22,7 +22,7 @@ from .answers import NO_ANSWER, Answers, answer_reason
 from .parsing import as_is, one_by_one
 from .records import Usage
 
-__all__ = ["JoinStats", "join_results", "NO_ANSWER"]
+__all__ = ["JoinStats", "join_results", "preparse", "Parsed", "NO_ANSWER"]
 
 
 @dataclass
@@ -86,6 +86,79 @@ def _gc_paused():
             gc.enable()
 
 
+@dataclass
+class Parsed:
+    """Answers parsed ahead of the join, by custom_id and content (see :func:`preparse`).
+
+    The join uses a row's entry only when the row's stored answer has the same
+    custom_id *and* the same content: anything else is parsed again.
+    """
+
+    custom_id: pa.ChunkedArray
+    content: pa.ChunkedArray
+    values: np.ndarray
+    errors: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: List["Parsed"]) -> Optional["Parsed"]:
+        """One record of several (None for none)."""
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        return cls(pa.chunked_array([c for p in parts for c in p.custom_id.chunks], type=pa.string()),
+                   pa.chunked_array([c for p in parts for c in p.content.chunks], type=pa.string()),
+                   np.concatenate([p.values for p in parts]), np.concatenate([p.errors for p in parts]))
+
+
+def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
+    return getattr(parse_text, "many", None) or (lambda texts: one_by_one(parse_text, texts))
+
+
+def preparse(answers: Answers, parse_text: Callable[[str], tuple]) -> Optional[Parsed]:
+    """Parse the plain successes of ``answers`` now (e.g. one shard's, while other shards still run).
+
+    Returns None when there is nothing to parse (text and embedding answers
+    are used as they are). The result goes to :func:`join_results` as
+    ``parsed=``, so that each answer is parsed once.
+    """
+    if parse_text is as_is or not len(answers):
+        return None
+    ok = np.flatnonzero(answers.arrow("ok").to_numpy(zero_copy_only=False).astype(bool))
+    if not len(ok):
+        return None
+    rows = pa.array(ok, type=pa.int64())
+    cid, content = answers.arrow("custom_id").take(rows), answers.arrow("content").take(rows)
+    with _gc_paused():
+        values, errors = _many(parse_text)(content.to_pylist())
+        values = np.fromiter(values, dtype=object, count=len(ok))
+    return Parsed(cid.cast(pa.string()), content.cast(pa.string()), values, np.fromiter(errors, dtype=object,
+                                                                                      count=len(ok)))
+
+
+def _parse_usable(a: Answers, usable: np.ndarray, parse_text, parsed: Optional[Parsed]) -> tuple:
+    """``(values, errors)`` of the usable lines ``usable``: from ``parsed`` where it holds them, else parsed now."""
+    many = _many(parse_text)
+    if parsed is None or not len(usable) or not len(parsed.values):
+        return many(a.take("content", usable))
+    rows = pa.array(usable, type=pa.int64())
+    cid = a.arrow("custom_id").take(rows).cast(pa.string())
+    content = a.arrow("content").take(rows).cast(pa.string())
+    pos = pc.index_in(cid, value_set=parsed.custom_id)
+    same = pc.fill_null(pc.equal(content, parsed.content.take(pc.fill_null(pos, 0))), False)
+    hit = same.to_numpy(zero_copy_only=False).astype(bool) & pos.is_valid().to_numpy(zero_copy_only=False)
+    at = pc.fill_null(pos, 0).to_numpy(zero_copy_only=False)[hit]
+    values = np.empty(len(usable), dtype=object)
+    errors = np.empty(len(usable), dtype=object)
+    values[hit], errors[hit] = parsed.values[at], parsed.errors[at]
+    miss = np.flatnonzero(~hit)
+    if len(miss):
+        v, e = many(a.take("content", usable[miss]))
+        values[miss] = np.fromiter(v, dtype=object, count=len(miss))
+        errors[miss] = np.fromiter(e, dtype=object, count=len(miss))
+    return values, errors
+
+
 def _expand(parsed: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.ndarray]:
     """One object array per top-level key of the parsed dicts (``columns`` first, then keys as met)."""
     n = len(parsed)
@@ -120,6 +193,7 @@ def join_results(
     unanswered: Optional[Callable[[int], str]] = None,
     overwrite: bool = False,
     hint: str = "",
+    parsed: Optional[Parsed] = None,
 ):
     """Join ``answers`` onto ``host`` by custom_id.
 
@@ -144,6 +218,9 @@ def join_results(
     unanswered : callable, optional
         Row position -> reason, for sent rows with no result (default
         :data:`NO_ANSWER`).
+    parsed : Parsed, optional
+        Answers parsed earlier (:func:`preparse`); used where a row's
+        custom_id and content match, so that no answer is parsed twice.
 
     Returns
     -------
@@ -181,7 +258,7 @@ def join_results(
     usable = np.concatenate([good, bad[np.fromiter((r is None for r in reasons), dtype=bool, count=len(bad))]])
     skipped_pos = np.fromiter(skipped, dtype=np.int64, count=len(skipped))
     text_column = None
-    parsed = np.full(n, None, dtype=object)
+    out_values = np.full(n, None, dtype=object)
     if parse_text is as_is and a.is_arrow("content"):
         # Nothing to parse and the text is in Arrow: one gather builds the column, no Python strings.
         src = np.full(n, -1, dtype=np.int64)
@@ -189,14 +266,13 @@ def join_results(
         src[skipped_pos] = -1
         text_column = a.arrow("content").take(pa.array(src, mask=src < 0))
     else:
-        many = getattr(parse_text, "many", None) or (lambda texts: one_by_one(parse_text, texts))
         rows = where[usable]
         with _gc_paused():
-            values, errs = many(a.take("content", usable))
-            parsed[rows] = np.fromiter(values, dtype=object, count=len(rows))
+            values, errs = _parse_usable(a, usable, parse_text, parsed)
+            out_values[rows] = np.fromiter(values, dtype=object, count=len(rows))
         errors[rows] = np.fromiter(errs, dtype=object, count=len(rows))
     errors[skipped_pos] = np.fromiter(skipped.values(), dtype=object, count=len(skipped))
-    parsed[skipped_pos] = None
+    out_values[skipped_pos] = None
     missing = np.flatnonzero(~answered)
     for pos in missing.tolist():
         if pos not in skipped:
@@ -210,13 +286,13 @@ def join_results(
     values: Dict[str, Any] = {}
     if expand:
         with _gc_paused():
-            values = _expand(parsed, columns)
+            values = _expand(out_values, columns)
         if error_column and error_column in values:
             raise ColumnCollisionError(
                 [error_column], hint=f"The answers have a key {error_column!r}: pass another error_column= name. {hint}"
             )
     else:
-        values[output] = parsed if text_column is None else text_column
+        values[output] = out_values if text_column is None else text_column
     errors = errors.tolist()
     index = host.index
     new_names = list(values) + ([error_column] if error_column else [])

@@ -10,14 +10,13 @@ never only on this object: a restarted kernel finds them again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
-import orjson
 import pandas as pd
 
 from ..backends.base import Backend, JobState, Progress
@@ -27,12 +26,18 @@ from ..options import JobOptions
 from ..pricing.prices import job_cost
 from ..core.answers import Answers
 
+from ..core.join import Parsed, preparse
 from ..core.spec import MapSpec, Rendered
 from .cache import to_send
+from .host import HostCopy, load_host
+from .fingerprint import FINGERPRINT_PREFIX, fingerprint, legacy_fingerprint
 from .locks import job_lock
 from .store import JobRecord, Store, default_store, pdbatch_home
 
 __all__ = ["Job", "start_job", "pdbatch_home", "new_job_id", "jobs"]
+
+#: Answers stored at once from this many on are parsed as they arrive (a shard's); fewer wait for the join.
+PREPARSE_MIN = 64
 
 _CACHE_CHUNK = 5000
 
@@ -40,22 +45,6 @@ _CACHE_CHUNK = 5000
 def new_job_id() -> str:
     """A new job id: sortable by creation time, unique across processes."""
     return "job_" + time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "_" + uuid.uuid4().hex[:10]
-
-
-def fingerprint(spec: MapSpec, rendered: Rendered, backend: str) -> str:
-    """Identify a job by what it would send: the spec, the backend and every row's inputs."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(spec.key())
-    h.update(backend.encode() + b"\x00")
-    user, system, images, skipped = rendered.user, rendered.system, rendered.images, rendered.skipped
-    for pos, cid in enumerate(rendered.ids):
-        parts = [cid, "" if pos in skipped else (user[pos] or "")]
-        if system is not None:
-            parts.append(system[pos] or "")
-        if images is not None:
-            parts.append(repr(images[pos]))
-        h.update("\x00".join(parts).encode("utf-8", "surrogatepass") + b"\x01")
-    return h.hexdigest()
 
 
 @dataclass
@@ -89,6 +78,20 @@ class Job:
     #: the backend's typed in-process state of this job (shards, the local queue...)
     state: JobState = field(default_factory=JobState)
     _last: Optional[Progress] = None
+    #: answers parsed as they arrived (see :meth:`keep_answers`), for the join
+    _parsed: List[Parsed] = field(default_factory=list, repr=False)
+
+    def keep_answers(self, answers: Answers, *, attempt: int = 0) -> None:
+        """Store answers a backend produced, and parse them now (backends call this; the join then parses none).
+
+        Parsing here, as each shard's answers arrive, overlaps with the
+        shards still running; :meth:`result` uses what was parsed.
+        """
+        self.store.put_answers(self.id, answers, self.hashes, attempt=attempt)
+        if len(answers) >= PREPARSE_MIN:
+            early = preparse(answers, self.spec.fmt.text_parser())
+            if early is not None:
+                self._parsed.append(early)
 
     def mark_written(self) -> None:
         """Record that every request is on disk: rows, hashes, counts (backends call this)."""
@@ -201,6 +204,7 @@ class Job:
             unanswered=lambda pos: self.backend.unanswered(self, pos),
             overwrite=self.overwrite if overwrite is None else overwrite,
             hint=f"The answers are kept: call pdbatch.Job.load({self.id!r}).result(overwrite=True).",
+            parsed=Parsed.concat(self._parsed),
         )
         summary = {
             "job_id": self.id,
@@ -247,8 +251,9 @@ class Job:
         if rec is None:
             raise JobError(f"no job {job_id!r} in the store at {store.path}; list jobs with pdbatch.jobs()")
         spec = MapSpec.from_source(rec.spec)
-        host = _load_host(rec.workdir)
-        ids = custom_ids(host.index) if host is not None else list(store.row_hashes(job_id))
+        host, ids = load_host(rec.workdir)
+        if ids is None:  # a copy made before the custom_ids were stored beside it
+            ids = custom_ids(host.index) if host is not None else list(store.row_hashes(job_id))
         rendered = None
         if host is not None:
             frame = host.to_frame(name="value") if isinstance(host, pd.Series) else host
@@ -269,27 +274,6 @@ class Job:
         state = self._last.state if self._last else self.record.state
         return (f"<pdbatch.Job {self.id} backend={self.backend.name} rows={len(self.ids)} "
                 f"sent={self.sent} cached={self.record.cached} state={state}>")
-
-
-def _save_host(host, workdir: str) -> None:
-    """Keep a copy of the frame so that ``Job.load(id).result()`` can join (best effort)."""
-    try:
-        frame = host.to_frame() if isinstance(host, pd.Series) else host
-        frame.to_parquet(os.path.join(workdir, "host.parquet"))
-        with open(os.path.join(workdir, "host.json"), "w") as fh:
-            fh.write(orjson.dumps({"series": isinstance(host, pd.Series)}).decode())
-    except Exception:  # a frame Arrow cannot store: Job.load then returns answers only
-        pass
-
-
-def _load_host(workdir: str):
-    path = os.path.join(workdir, "host.parquet")
-    if not os.path.exists(path):
-        return None
-    frame = pd.read_parquet(path)
-    with open(os.path.join(workdir, "host.json")) as fh:
-        meta = orjson.loads(fh.read())
-    return frame.iloc[:, 0] if meta.get("series") else frame
 
 
 def jobs(limit: int = 50, store: Optional[Store] = None) -> pd.DataFrame:
@@ -353,7 +337,9 @@ def start_job(
         return JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
                          spec=source, workdir=workdir)
 
-    rec, created = store.create_or_attach(new_record(), reuse=True)
+    # A job an earlier release left unfinished is found by its old fingerprint (only computed when one exists).
+    also = [legacy_fingerprint(spec, rendered, backend.name)] if store.has_open_jobs(FINGERPRINT_PREFIX) else []
+    rec, created = store.create_or_attach(new_record(), reuse=True, also=also)
     if not created and not cache and rec.state == "finished":
         # cache=False: a finished job's answers are not reused; start afresh.
         rec, created = store.create_or_attach(new_record(), reuse=False)
@@ -363,8 +349,15 @@ def start_job(
         rec = store.job(rec.id) or rec  # the state another process may have reached meanwhile
         job.record = rec
         if rec.state == "created":  # new, or its submitter died before its requests were on disk
-            _save_host(host, rec.workdir)
-            backend.submit(job, to_send(job, rendered, cache))
+            copy = HostCopy(host, ids, rec.workdir).start()  # written while the first shards go out
+            try:
+                backend.submit(job, to_send(job, rendered, cache))
+            finally:
+                failed = copy.finish()
+            if failed is not None:
+                warnings.warn(f"pdbatch: job {rec.id}: the frame could not be stored ({failed}), so "
+                              f"pdbatch.Job.load({rec.id!r}).result() will not be able to join the answers back; "
+                              f"keep this job object (or run the same map again) to get the frame", UserWarning)
             if rec.state == "created":  # a backend that did not call mark_written itself
                 job.mark_written()
         else:

@@ -181,7 +181,8 @@ class Store(AnswerStore):
             self._db.execute("COMMIT")
 
     # ------------------------------------------------------------------- jobs
-    def create_or_attach(self, record: JobRecord, reuse: bool = True) -> Tuple[JobRecord, bool]:
+    def create_or_attach(self, record: JobRecord, reuse: bool = True,
+                         also: Sequence[str] = ()) -> Tuple[JobRecord, bool]:
         """Atomically find the newest job with ``record.fingerprint`` or insert ``record``.
 
         Returns ``(job, created)``. Two processes running the same ``map`` at
@@ -192,15 +193,29 @@ class Store(AnswerStore):
         """
         with self._tx(immediate=True) as db:
             if reuse:
+                prints = [record.fingerprint, *also]
                 row = db.execute(
-                    f"{_SELECT_JOB} WHERE fingerprint = ? AND state NOT IN ('abandoned', 'cancelling', 'cancelled') "
-                    "ORDER BY created_at DESC LIMIT 1",
-                    (record.fingerprint,),
+                    f"{_SELECT_JOB} WHERE fingerprint IN ({', '.join('?' for _ in prints)}) "
+                    "AND state NOT IN ('abandoned', 'cancelling', 'cancelled') ORDER BY created_at DESC LIMIT 1",
+                    prints,
                 ).fetchone()
                 if row is not None:
                     return JobRecord.from_row(row), False
             db.execute(_INSERT_JOB, record.to_row())
             return record, True
+
+    def has_open_jobs(self, fingerprint_prefix: str) -> bool:
+        """Whether an unfinished job whose fingerprint does *not* start with ``fingerprint_prefix`` exists.
+
+        Such a job was fingerprinted by an earlier release; a re-run must
+        still find it (it may have batches in flight).
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM jobs WHERE substr(fingerprint, 1, ?) != ? "
+                "AND state NOT IN ('abandoned', 'cancelling', 'cancelled', 'finished') LIMIT 1",
+                (len(fingerprint_prefix), fingerprint_prefix)).fetchone()
+        return row is not None
 
     def job(self, job_id: str) -> Optional[JobRecord]:
         with self._lock:

@@ -405,3 +405,34 @@ def test_property_ids_round_trip_through_files_onto_the_right_rows(index, data):
     assert stats.unanswered == outcomes.count("missing")
     assert stats.unknown_ids == 0
     assert stats.usage.prompt_tokens == len(lines) - outcomes.count("error")
+
+
+# ------------------------------------------------------------- answers parsed as they arrive
+
+
+SCHEMA = {"type": "object", "properties": {"v": {"type": "integer"}}, "required": ["v"], "additionalProperties": False}
+
+
+def test_preparsed_answers_join_the_same_and_a_stale_entry_is_parsed_again(df):
+    from pdbatch.core.join import Parsed, preparse
+
+    parse = response_format(SCHEMA).text_parser()
+    first = answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": "x"}'), fail("no"), ok("it", '{"v": 4}'))
+    early = preparse(first, parse)
+    assert isinstance(early, Parsed) and len(early.values) == 3  # the plain successes only
+    # "it" was answered again since (another attempt): its stored content differs from the parsed one.
+    now = answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": "x"}'), fail("no"), ok("it", '{"v": 40}'))
+    kw = dict(kind="schema", output="llm_output", error_column="llm_error", columns=["v"])
+    plain, _, plain_errors = join_results(df, custom_ids(df.index), now, parse, **kw)
+    fast, _, fast_errors = join_results(df, custom_ids(df.index), now, parse, parsed=early, **kw)
+    pd.testing.assert_frame_equal(plain, fast)
+    assert fast_errors == plain_errors
+    assert fast["v"].tolist()[0] == 1 and fast["v"].tolist()[3] == 40  # not the stale 4
+    assert fast_errors[1] is not None and fast_errors[2] is not None
+
+
+def test_preparse_of_text_answers_is_nothing(df):
+    from pdbatch.core.join import preparse
+
+    assert preparse(answers(ok("fr", "x")), response_format(None).text_parser()) is None
+    assert preparse(answers(), response_format(SCHEMA).text_parser()) is None

@@ -74,6 +74,68 @@ def test_sigkill_then_rerun_one_batch_per_shard(make_server, make_client, tmp_pa
     assert len(result.attrs["pdbatch"]["batch_ids"]) == 3
 
 
+def test_sigkill_mid_submit_resumes_the_shards_not_yet_written(make_server, make_client, tmp_path):
+    """Shards go out as they are written: killed after the 2nd batch exists, the 3rd shard was never written.
+
+    The re-run adopts the two batches (no second batch for their rows) and writes only the rows in no shard.
+    """
+    srv = make_server(faults=Faults(request_delay=0.01))
+    box, seen, fired = {}, [], threading.Event()
+
+    def hook(method, path, status):
+        if method == "POST" and path == "/v1/batches" and status < 300 and "pid" in box:
+            seen.append(path)
+            if len(seen) == 2 and not fired.is_set():
+                fired.set()
+                os.kill(box["pid"], signal.SIGKILL)
+
+    srv.faults.on_response = hook
+    proc, out = start_child(srv, tmp_path)
+    box["pid"] = proc.pid
+    proc.wait(timeout=60)
+    assert fired.is_set() and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    srv.faults.on_response = None
+    assert srv.stats.batches_created == 2
+    result = crashy_child.run(make_client(srv))
+    assert srv.stats.batches_created == 3  # the third shard's batch only
+    assert result["llm_error"].isna().all()
+    assert result["llm_output"].tolist() == [f"Row r{i}: text {i}" for i in range(6)]
+    assert len(result.attrs["pdbatch"]["batch_ids"]) == 3
+
+
+def test_job_load_joins_on_the_ids_sent_not_on_a_round_tripped_index(make_server, make_client):
+    """An object index holding 1, None, 3 comes back from Parquet as floats: the stored custom_ids are used."""
+    srv = make_server()
+    df = pd.DataFrame({"name": ["a", "b", "c"], "text": ["x", "y", "z"]}, index=pd.Index([1, None, 3], dtype=object))
+    out = df.llm.map(crashy_child.TEMPLATE, client=make_client(srv), **crashy_child.OPTIONS)
+    assert out["llm_error"].isna().all()
+    again = pdbatch.Job.load(out.attrs["pdbatch"]["job_id"], client=make_client(srv)).result()
+    assert again["llm_error"].isna().all(), again["llm_error"].tolist()
+    assert again["llm_output"].tolist() == out["llm_output"].tolist()
+
+
+def test_a_job_of_an_earlier_release_in_flight_is_found_by_its_old_fingerprint(make_server, make_client):
+    """A job whose fingerprint an earlier release made, still running, is re-attached: its rows are not paid twice."""
+    from pdbatch.core.ids import unique_ids
+    from pdbatch.core.spec import MapSpec
+    from pdbatch.job.fingerprint import FINGERPRINT_PREFIX, legacy_fingerprint
+
+    srv = make_server(faults=Faults(request_delay=0.05))
+    client = make_client(srv)
+    df = crashy_child.make_frame(4)
+    opts = {k: v for k, v in crashy_child.OPTIONS.items() if k not in ("progress", "timeout")}
+    job = df.llm.submit(crashy_child.TEMPLATE, client=client, **opts)
+    store = default_store()
+    assert store.job(job.id).fingerprint.startswith(FINGERPRINT_PREFIX)
+    spec = MapSpec.build(crashy_child.TEMPLATE, columns=list(df.columns), model="gpt-4o-mini")
+    old = legacy_fingerprint(spec, spec.render(df, unique_ids(df.index)), "batch")
+    store.update_job(job.id, fingerprint=old)  # as an earlier release stored it
+    created = srv.stats.batches_created
+    out = df.llm.map(crashy_child.TEMPLATE, client=client, **crashy_child.OPTIONS)
+    assert out.attrs["pdbatch"]["job_id"] == job.id and srv.stats.batches_created == created
+    assert out["llm_error"].isna().all()
+
+
 def test_parallel_processes_share_one_job(make_server, tmp_path):
     srv = make_server(faults=Faults(request_delay=0.02))
     a, out_a = start_child(srv, tmp_path, "a")
