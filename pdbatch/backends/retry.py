@@ -59,8 +59,9 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 #: Error codes never worth another attempt, whatever their status (a 429 for an empty account).
 FINAL_CODES = frozenset({"insufficient_quota"})
 #: Error codes of batch rows worth sending again in a new batch.
+#: ``corrupt_line``: the line of the output file could not be read (see :mod:`pdbatch.core.batchfile`).
 RETRYABLE_CODES = frozenset({"batch_expired", "server_error", "rate_limit_exceeded", "token_limit_exceeded",
-                             "internal_error", "timeout", "service_unavailable"})
+                             "internal_error", "timeout", "service_unavailable", "corrupt_line"})
 #: Exceptions raised without an HTTP status that are worth another attempt.
 TRANSIENT_ERRORS = (openai.APIConnectionError, openai.APITimeoutError)
 
