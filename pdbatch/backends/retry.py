@@ -4,7 +4,11 @@ Both API backends ask the same :class:`RetryPolicy`:
 
 * the realtime backend, for every Chat Completions / Embeddings call;
 * the Batch backend, for ``batches.create`` (its other calls keep the SDK's
-  own retries; pdbatch never stacks its retries on the SDK's).
+  own retries; pdbatch never stacks its retries on the SDK's), bounded by
+  total time (``max_elapsed``) rather than by a count of attempts.
+
+Polling (``batches.retrieve``, downloading a file) asks :func:`transient`
+whether an exception is worth another poll.
 
 What is retried:
 
@@ -18,7 +22,9 @@ What is retried:
 How long to wait: what the server asks (:func:`retry_after`: ``retry-after-ms``,
 else ``retry-after`` in seconds or as an HTTP-date) when it asks at most
 ``max_retry_after`` seconds; otherwise jittered exponential backoff
-(:func:`backoff_delay`).
+(:func:`backoff_delay`). How long to keep trying: at most ``max_attempts``
+attempts and, when ``max_elapsed`` is set, no attempt starts later than
+``max_elapsed`` seconds after the first one.
 
 Rows of a finished batch that failed with a code in :data:`RETRYABLE_CODES`
 (or with a 429 / 5xx status) are sent again in a new batch by the Batch
@@ -30,6 +36,7 @@ Each retry is logged on the ``"pdbatch"`` logger (:meth:`RetryPolicy.log`).
 from __future__ import annotations
 
 import email.utils
+import importlib
 import logging
 import random
 import time
@@ -39,6 +46,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import openai
 
+from ..errors import OptionError
+
 __all__ = [
     "RetryPolicy",
     "RETRY_STATUSES",
@@ -47,6 +56,7 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "retryable_status",
     "retryable",
+    "transient",
     "error_code",
     "retry_after",
     "backoff_delay",
@@ -59,8 +69,9 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 #: Error codes never worth another attempt, whatever their status (a 429 for an empty account).
 FINAL_CODES = frozenset({"insufficient_quota"})
 #: Error codes of batch rows worth sending again in a new batch.
+#: ``corrupt_line``: the line of the output file could not be read (see :mod:`pdbatch.core.batchfile`).
 RETRYABLE_CODES = frozenset({"batch_expired", "server_error", "rate_limit_exceeded", "token_limit_exceeded",
-                             "internal_error", "timeout", "service_unavailable"})
+                             "internal_error", "timeout", "service_unavailable", "corrupt_line"})
 #: Exceptions raised without an HTTP status that are worth another attempt.
 TRANSIENT_ERRORS = (openai.APIConnectionError, openai.APITimeoutError)
 
@@ -96,6 +107,47 @@ def retryable(err: BaseException) -> bool:
     if isinstance(err, openai.APIStatusError):
         return retryable_status(err.status_code) and error_code(err) not in FINAL_CODES
     return isinstance(err, TRANSIENT_ERRORS)
+
+
+def _transport_errors() -> tuple:
+    """Timeouts, network errors and a connection closed mid-body, of the HTTP library under the SDK.
+
+    The ``openai`` SDK is built on ``httpx`` (``httpx2`` in recent releases):
+    the classes of whichever is installed, and the built-in ones.
+    """
+    found: list = [ConnectionError, TimeoutError]
+    for name in ("httpx2", "httpx"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        found += [getattr(mod, n) for n in ("TimeoutException", "NetworkError", "RemoteProtocolError")
+                  if isinstance(getattr(mod, n, None), type)]
+    return tuple(found)
+
+
+#: Transport errors raised outside the SDK's wrapping (reading a streamed body), besides :data:`TRANSIENT_ERRORS`.
+_TRANSPORT_ERRORS = _transport_errors()
+
+
+def transient(err: BaseException) -> bool:
+    """True when a poll or a download that raised ``err`` is worth trying again later.
+
+    :func:`retryable` (408, 409, 429 and 5xx statuses, the SDK's connection
+    errors and timeouts, but never ``insufficient_quota``), plus the transport
+    errors raised while a streamed body is read, which the SDK does not wrap
+    (``files.with_streaming_response.content(...).stream_to_file``): the
+    HTTP library's timeouts, network errors and a connection closed
+    mid-body, and the built-in ``ConnectionError`` / ``TimeoutError``.
+
+    Examples
+    --------
+    >>> transient(ConnectionResetError()), transient(TimeoutError())
+    (True, True)
+    >>> transient(KeyError("status"))
+    False
+    """
+    return retryable(err) or isinstance(err, _TRANSPORT_ERRORS)
 
 
 def _headers(err: BaseException) -> Optional[Mapping[str, str]]:
@@ -175,8 +227,14 @@ class RetryPolicy:
 
     Parameters
     ----------
-    max_attempts : int
-        Attempts in all, the first included (1: never retry).
+    max_attempts : int or None
+        Attempts in all, the first included (1: never retry); None for no
+        count (then ``max_elapsed`` must bound the attempts).
+    max_elapsed : float or None
+        Seconds, counted from the start of the first attempt, after which no
+        attempt starts: a server-asked wait that ends later gives up at once,
+        a backoff is shortened to end at the deadline. None: no time bound.
+        The caller measures the time and passes it to :meth:`delay`.
     backoff, max_backoff : float
         First and longest backoff in seconds, used when the server gives no
         ``retry-after`` (doubling from ``backoff``, with jitter).
@@ -189,6 +247,8 @@ class RetryPolicy:
     Examples
     --------
     >>> import openai
+
+from ..errors import OptionError
     >>> from pdbatch.server import BatchServer, Faults
     >>> errors = []
     >>> with BatchServer(faults=Faults(http_errors={"GET /v1/files": [429, 400]}, retry_after=0.2)) as srv:
@@ -204,36 +264,66 @@ class RetryPolicy:
     (0.2, True)
     >>> policy.delay(bad, 1) is None                                    # a 400: never
     True
+
+    Bounded by time, not by count: the server's 200 ms are honoured as long
+    as the next attempt starts within ``max_elapsed`` of the first.
+
+    >>> timed = RetryPolicy(max_attempts=None, max_elapsed=60.0)
+    >>> timed.delay(limited, 500, elapsed=10.0), timed.delay(limited, 2, elapsed=59.9) is None
+    (0.2, True)
     """
 
-    max_attempts: int = 6
+    max_attempts: Optional[int] = 6
     backoff: float = 0.5
     max_backoff: float = 8.0
     max_retry_after: float = 60.0
     rng: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+    max_elapsed: Optional[float] = None
 
-    def delay(self, err: BaseException, attempt: int) -> Optional[float]:
+    def __post_init__(self) -> None:
+        if self.max_attempts is None and self.max_elapsed is None:
+            raise OptionError("RetryPolicy needs max_attempts or max_elapsed (or both): it would retry forever")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise OptionError(f"RetryPolicy max_attempts must be at least 1, got {self.max_attempts}")
+        if self.max_elapsed is not None and not self.max_elapsed >= 0:
+            raise OptionError(f"RetryPolicy max_elapsed must be >= 0 seconds, got {self.max_elapsed}")
+
+    def delay(self, err: BaseException, attempt: int, elapsed: Optional[float] = None) -> Optional[float]:
         """Seconds to wait before trying again after ``err`` ended attempt number ``attempt`` (1-based).
 
+        ``elapsed`` is the time in seconds since the first attempt started
+        (``time.monotonic()`` differences); it only matters with ``max_elapsed``.
+
         Returns None when the call must not be tried again: ``err`` is not
-        :func:`retryable`, or ``attempt`` was the last of ``max_attempts``.
+        :func:`retryable`, ``attempt`` was the last of ``max_attempts``, or
+        the next attempt could not start within ``max_elapsed`` (a
+        ``retry-after`` that ends later, or no time left).
         """
-        if attempt >= self.max_attempts or not retryable(err):
+        if (self.max_attempts is not None and attempt >= self.max_attempts) or not retryable(err):
             return None
         wait = retry_after(_headers(err))
-        if wait is None or wait > self.max_retry_after:
+        asked = wait is not None and wait <= self.max_retry_after
+        if not asked:
             wait = backoff_delay(attempt, self.backoff, self.max_backoff, self.rng)
+        if self.max_elapsed is not None and elapsed is not None:
+            left = self.max_elapsed - elapsed
+            if left <= 0 or (asked and wait > left):
+                return None
+            wait = min(wait, left)
         return wait
 
     def log(self, what: str, err: BaseException, attempt: int, wait: float, level: int = logging.DEBUG) -> None:
         """Log one retry on the ``"pdbatch"`` logger: what failed, how, which attempt, and the wait.
 
-        The record carries ``what``, ``attempt``, ``max_attempts``, ``wait``
-        and ``status`` (None for a transient error) as attributes.
+        The record carries ``what``, ``attempt``, ``max_attempts`` (None when
+        only time bounds the attempts), ``wait`` and ``status`` (None for a
+        transient error) as attributes.
         """
         status = getattr(err, "status_code", None)
         how = f"HTTP {status}" if status is not None else type(err).__name__
-        log.log(level, "retrying %s after %s (attempt %d of %d failed); next attempt in %.3g s",
-                what, how, attempt, self.max_attempts, wait,
+        of = f" of {self.max_attempts}" if self.max_attempts is not None else ""
+        within = f", giving up {self.max_elapsed:g} s after the first" if self.max_elapsed is not None else ""
+        log.log(level, "retrying %s after %s (attempt %d%s failed%s); next attempt in %.3g s",
+                what, how, attempt, of, within, wait,
                 extra={"what": what, "attempt": attempt, "max_attempts": self.max_attempts,
                        "wait": wait, "status": status})

@@ -2,11 +2,20 @@
 
 Both directions stream line by line: no file is ever held as one string, so a
 frame of millions of rows costs memory for its rows, not for its JSONL.
+
+A line of an output or error file that cannot be read (truncated, not JSON,
+no ``custom_id``) is a problem of that line alone, never of the file: every
+other line's answer is returned. When the line's ``custom_id`` can still be
+found in its raw bytes it becomes a failed answer with the error code
+:data:`CORRUPT_LINE` (retried like ``server_error``); otherwise it is counted
+and logged as a warning on the ``"pdbatch"`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -20,12 +29,20 @@ from ..errors import InputError
 from .answers import Answers, usable_arrow
 from .records import NO_RESPONSE, Request, Result
 
-__all__ = ["Shard", "write_shards", "write_lines", "iter_shards", "read_results", "read_answers", "MAX_REQUESTS", "MAX_BYTES"]
+__all__ = ["Shard", "write_shards", "write_lines", "iter_shards", "read_results", "read_answers", "MAX_REQUESTS",
+           "MAX_BYTES", "CORRUPT_LINE"]
+
+log = logging.getLogger("pdbatch")
 
 #: Batch API limits per input file (configurable for other providers).
 MAX_REQUESTS = 50_000
 MAX_BYTES = 200 * 1024 * 1024
 _BUFFER = 1 << 20
+#: Error code of a result line that could not be read but whose custom_id could.
+CORRUPT_LINE = "corrupt_line"
+# A complete "custom_id" member near the start of a raw line: a JSON string, or a number followed by , or }.
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*(?:"((?:[^"\\\r\n]|\\.)*)"|(-?\d+)\s*[,}])')
+_ID_WINDOW = 4096
 
 
 @dataclass
@@ -144,18 +161,58 @@ def iter_shards(
             fh.close()
 
 
-def iter_lines(path: str) -> Iterator[dict]:
-    """Decode a JSONL file line by line; raise :class:`InputError` on a corrupt line."""
+def _recover_id(raw: bytes) -> Optional[str]:
+    """The custom_id of an unreadable line, found in its first bytes; None when it cannot be told."""
+    found = _CUSTOM_ID.search(raw, 0, _ID_WINDOW)
+    if found is None:
+        return None
+    if found.group(2) is not None:
+        return found.group(2).decode("ascii")
+    try:
+        return orjson.loads(b'"' + found.group(1) + b'"')
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _read_line(raw: bytes) -> Tuple[Optional[Result], Optional[str]]:
+    """``(result, None)`` for a readable line, else ``(None, what is wrong with it)``."""
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        return None, f"is not valid JSON ({err})"
+    if not isinstance(line, dict) or line.get("custom_id") is None:
+        return None, "has no custom_id"
+    try:
+        return Result.from_line(line), None
+    except (AttributeError, TypeError, ValueError) as err:  # e.g. a "response" that is not an object
+        return None, f"does not have the shape of a result line ({type(err).__name__}: {err})"
+
+
+def _file_results(path: str) -> Iterator[Result]:
+    """The results of one output/error file, line by line; see the module docstring for unreadable lines."""
+    lost: List[int] = []
+    corrupt = 0
     with open(path, "rb", buffering=_BUFFER) as fh:
         for n, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
-            try:
-                yield orjson.loads(raw)
-            except orjson.JSONDecodeError as err:
-                raise InputError(
-                    f"{path}, line {n}, is not valid JSON ({err}); is this a Batch API output or error file?"
-                ) from err
+            result, problem = _read_line(raw)
+            if result is None:
+                cid = _recover_id(raw)
+                if cid is None:
+                    lost.append(n)
+                    continue
+                corrupt += 1
+                result = Result.failure(cid, CORRUPT_LINE, f"line {n} of {path} {problem}")
+            yield result
+    if corrupt:
+        log.warning("%s: %d unreadable line(s) recorded as failed answers (%s) of their custom_id",
+                    path, corrupt, CORRUPT_LINE, extra={"path": path, "corrupt_lines": corrupt})
+    if lost:
+        shown = ", ".join(map(str, lost[:10])) + (", ..." if len(lost) > 10 else "")
+        log.warning("%s: %d unreadable line(s) without a custom_id skipped (line %s); "
+                    "is this a Batch API output or error file?", path, len(lost), shown,
+                    extra={"path": path, "lost_lines": len(lost)})
 
 
 def read_results(paths: Union[str, Sequence[str]]) -> Iterator[Result]:
@@ -169,7 +226,15 @@ def read_results(paths: Union[str, Sequence[str]]) -> Iterator[Result]:
     Yields
     ------
     Result
-        One per line, in file order (which is not the input order).
+        One per line, in file order (which is not the input order). An
+        unreadable line whose custom_id can be found yields a failure with the
+        code :data:`CORRUPT_LINE`; one without is skipped and logged (a
+        warning on the ``"pdbatch"`` logger). Nothing is raised for a line.
+
+    Raises
+    ------
+    InputError
+        When a file does not exist.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -177,10 +242,11 @@ def read_results(paths: Union[str, Sequence[str]]) -> Iterator[Result]:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise InputError(f"results file not found: {path!r}; pass the downloaded output/error files")
-        for line in iter_lines(path):
-            if "custom_id" not in line:
-                raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
-            yield Result.from_line(line)
+        yield from _file_results(path)
+
+
+class _Unfit(Exception):
+    """A file the Arrow reader cannot take as it is: the line-by-line path reads it."""
 
 
 def _arrow_schema() -> pa.Schema:
@@ -241,7 +307,7 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
     n = table.num_rows
     ids = table.column("custom_id")
     if ids.null_count:
-        raise InputError(f"{path}: a line has no custom_id; is this a Batch API output or error file?")
+        raise _Unfit(f"{path}: a line has no custom_id")
     resp = table.column("response")
     body = pc.struct_field(resp, "body")
     none = pa.scalar(None, pa.string())
@@ -293,8 +359,17 @@ def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answer
 
     Arrow parses the files by blocks (no per-line Python objects, bounded
     memory); a file whose lines do not fit the expected shape (a provider that
-    types a field differently) is read line by line through :func:`read_results`
-    instead, with the same outcome.
+    types a field differently, a truncated or corrupt line, a line without a
+    custom_id) is read line by line through :func:`read_results` instead, with
+    the same outcome for every readable line. An unreadable line never raises:
+    it becomes a :data:`CORRUPT_LINE` failure of its custom_id when that can be
+    recovered from its bytes, else it is logged and skipped (its row, if any,
+    is left unanswered). Reading the same files again gives the same answers.
+
+    Raises
+    ------
+    InputError
+        When a file does not exist.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -307,7 +382,7 @@ def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answer
             continue
         try:
             part = _answers_arrow(path, kind)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, _Unfit):
             part = Answers.from_results(read_results([path]))
         out.extend(part)
     return out

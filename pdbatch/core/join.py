@@ -7,7 +7,9 @@ and row order, plus the new columns.
 
 from __future__ import annotations
 
+import copy
 import gc
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
@@ -22,7 +24,7 @@ from .answers import NO_ANSWER, Answers, answer_reason
 from .parsing import as_is, one_by_one
 from .records import Usage
 
-__all__ = ["JoinStats", "join_results", "preparse", "Parsed", "NO_ANSWER"]
+__all__ = ["JoinStats", "join_results", "preparse", "Parsed", "NO_ANSWER", "SUFFIX"]
 
 
 @dataclass
@@ -179,6 +181,29 @@ def _expand(parsed: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.nd
     return out
 
 
+#: Suffix of a column holding an answer key that names a column already there (``_llm``, then ``_llm2``...).
+SUFFIX = "_llm"
+
+
+def _move_unexpected(values: Dict[str, Any], known: List[str], taken: set) -> Dict[str, Any]:
+    """``values`` with each key not in ``known`` that is in ``taken`` moved to a free ``<key>_llm[N]`` name."""
+    moved = [key for key in values if key in taken and key not in known]
+    if not moved:
+        return values
+    used = taken | set(values)
+    names = {}
+    for key in moved:
+        name, k = f"{key}{SUFFIX}", 1
+        while name in used:
+            k += 1
+            name = f"{key}{SUFFIX}{k}"
+        used.add(name)
+        names[key] = name
+        warnings.warn(f"the answers have a key {key!r}, which is already a column of the frame or the error "
+                      f"column; its values are in the new column {name!r}", UserWarning, stacklevel=3)
+    return {names.get(key, key): vals for key, vals in values.items()}
+
+
 def join_results(
     host: Union[pd.DataFrame, pd.Series],
     ids: List[str],
@@ -218,6 +243,11 @@ def join_results(
     unanswered : callable, optional
         Row position -> reason, for sent rows with no result (default
         :data:`NO_ANSWER`).
+    overwrite : bool
+        Replace the host's columns named like the *known* new columns
+        (``output`` for text, the schema's keys, ``error_column``). Without
+        it such a clash raises :class:`ColumnCollisionError` (callers check
+        it before anything is sent).
     parsed : Parsed, optional
         Answers parsed earlier (:func:`preparse`); used where a row's
         custom_id and content match, so that no answer is parsed twice.
@@ -225,6 +255,19 @@ def join_results(
     Returns
     -------
     (DataFrame or Series, JoinStats, list of error reasons)
+
+    Notes
+    -----
+    Columns named by the answers themselves: a key of a free JSON answer
+    (``kind="json"``, or a key outside ``columns``) is not known before the
+    answers arrive, so it never replaces anything and never raises. When it
+    is already a column of ``host`` or is ``error_column``, its values go to
+    ``<key>_llm``, or ``<key>_llm2``, ``<key>_llm3``... when that name is
+    taken too (by a column of ``host``, the error column or another key), and
+    a :class:`UserWarning` names the key and its new column. ``overwrite``
+    does not change this: it only applies to the known columns.
+
+    The result keeps ``host.attrs`` (a deep copy, as pandas copies them).
     """
     n = len(ids)
     skipped = dict(skipped or {})
@@ -287,19 +330,19 @@ def join_results(
     if expand:
         with _gc_paused():
             values = _expand(out_values, columns)
-        if error_column and error_column in values:
-            raise ColumnCollisionError(
-                [error_column], hint=f"The answers have a key {error_column!r}: pass another error_column= name. {hint}"
-            )
     else:
         values[output] = out_values if text_column is None else text_column
     errors = errors.tolist()
     index = host.index
+    existing = [str(c) for c in host.columns] if isinstance(host, pd.DataFrame) else []
+    if expand:
+        taken = set(existing) | ({error_column} if error_column else set())
+        values = _move_unexpected(values, list(columns or ()), taken)
     new_names = list(values) + ([error_column] if error_column else [])
     if isinstance(host, pd.Series) and not expand:
         out = _series(values[output], index, host.name if output is None else output)
+        out.attrs = copy.deepcopy(host.attrs)
         return out, stats, errors
-    existing = [str(c) for c in host.columns] if isinstance(host, pd.DataFrame) else []
     clash = [c for c in new_names if c in existing]
     if clash and not overwrite:
         raise ColumnCollisionError(clash, hint=hint)
@@ -307,7 +350,9 @@ def join_results(
     if error_column:
         new[error_column] = pd.Series(errors, index=index, dtype=object)
     if isinstance(host, pd.Series):
+        new.attrs = copy.deepcopy(host.attrs)
         return new, stats, errors
     base = host.drop(columns=[c for c in host.columns if str(c) in clash]) if clash else host
     out = pd.concat([base, new], axis=1)
+    out.attrs = copy.deepcopy(host.attrs)
     return out, stats, errors

@@ -119,8 +119,10 @@ class ResponseFormat:
         -------
         (value, error)
             For text, ``value`` is the string; for JSON kinds a dict of
-            top-level fields. ``error`` is None on success, else a short reason
-            and ``value`` is None.
+            top-level fields (for a pydantic model, its fields dumped as JSON
+            values, ``model_dump(mode="json")``: an Enum field gives its value).
+            ``error`` is None on success, else a short reason and ``value``
+            is None.
         """
         if self.kind == "text":
             return text, None
@@ -136,7 +138,7 @@ class ResponseFormat:
                 inst = self.model.model_validate(obj)
             except Exception as e:  # pydantic.ValidationError
                 return None, "schema violation: " + _pydantic_reason(e)
-            data = inst.model_dump()
+            data = inst.model_dump(mode="json")  # JSON values (an Enum's value, not the member): Parquet-ready
             keys = _field_keys(self.model)
             return {keys.get(k, k): v for k, v in data.items()}, None
         if self._validator is not None:

@@ -13,6 +13,8 @@ import email.utils
 import logging
 import time
 
+import importlib.util
+
 import openai
 import pandas as pd
 import pytest
@@ -29,8 +31,10 @@ from pdbatch.backends.retry import (
     retry_after,
     retryable,
     retryable_status,
+    transient,
 )
-from pdbatch.errors import PdbatchError
+from pdbatch.core.batchfile import CORRUPT_LINE
+from pdbatch.errors import OptionError, PdbatchError
 from pdbatch.server import Faults
 
 
@@ -157,6 +161,96 @@ def test_log_record(sdk_errors, caplog):
     assert (rec.levelno, rec.what, rec.attempt, rec.max_attempts, rec.wait, rec.status) \
         == (logging.DEBUG, "batches.create", 2, 4, 1.5, 503)
     assert "HTTP 503" in rec.getMessage() and "attempt 2 of 4" in rec.getMessage()
+
+
+def test_log_record_of_a_time_bounded_policy(sdk_errors, caplog):
+    caplog.set_level(logging.DEBUG, logger="pdbatch")
+    RetryPolicy(max_attempts=None, max_elapsed=120).log("batches.create", sdk_errors(429)[0], 7, 0.05)
+    (rec,) = retry_records(caplog)
+    assert rec.max_attempts is None and rec.attempt == 7 and rec.status == 429
+    assert "attempt 7 failed, giving up 120 s after the first" in rec.getMessage()
+
+
+# ------------------------------------------------------------------ bounded by time
+def test_policy_needs_a_bound():
+    with pytest.raises(OptionError, match="retry forever"):
+        RetryPolicy(max_attempts=None)
+    with pytest.raises(OptionError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(OptionError, match="max_elapsed"):
+        RetryPolicy(max_elapsed=-1.0)
+
+
+def test_max_elapsed_bounds_by_time_not_by_count(sdk_errors):
+    policy = RetryPolicy(max_attempts=None, max_elapsed=120.0, backoff=1.0, max_backoff=30.0, max_retry_after=120.0,
+                         rng=lambda: 1.0)
+    (asked,) = sdk_errors(429, retry_after=2.0)
+    (silent,) = sdk_errors(503)
+    (bad,) = sdk_errors(400)
+    assert policy.delay(asked, 50, elapsed=10.0) == 2.0  # the 50th attempt still waits what the server asks
+    assert policy.delay(asked, 2, elapsed=117.9) == 2.0
+    assert policy.delay(asked, 2, elapsed=119.0) is None  # the asked wait would end after the deadline
+    assert policy.delay(silent, 6, elapsed=100.0) == 20.0  # backoff 30 s, shortened to the 20 s left
+    assert policy.delay(silent, 2, elapsed=120.0) is None
+    assert policy.delay(bad, 1, elapsed=0.0) is None  # never worth it
+    both = RetryPolicy(max_attempts=3, max_elapsed=120.0)
+    assert both.delay(asked, 2, elapsed=1.0) == 2.0 and both.delay(asked, 3, elapsed=1.0) is None
+    assert RetryPolicy().delay(asked, 2, elapsed=1e9) == 2.0  # no max_elapsed: time does not count
+
+
+def _keep_trying(client, policy, limit=200):
+    """Call ``files.list`` the way a caller of the policy does: measure time, ask ``delay``, sleep."""
+    started, waits = time.monotonic(), []
+    for attempt in range(1, limit + 1):  # bounded: the policy must end it well before
+        try:
+            return client.files.list(), waits, time.monotonic() - started
+        except openai.APIStatusError as err:
+            wait = policy.delay(err, attempt, elapsed=time.monotonic() - started)
+            if wait is None:
+                return err, waits, time.monotonic() - started
+            waits.append(wait)
+            time.sleep(wait)
+    raise AssertionError("the policy never stopped")
+
+
+def test_a_long_429_storm_is_outlasted_honouring_retry_after(make_server, make_client):
+    # Nine 429s in a row: five attempts would have lost; a time bound keeps going, at the server's pace.
+    srv = make_server(faults=Faults(http_errors={"GET /v1/files": [429] * 9}, retry_after=0.03))
+    policy = RetryPolicy(max_attempts=None, max_elapsed=30.0)
+    got, waits, took = _keep_trying(make_client(srv), policy)
+    assert not isinstance(got, Exception)
+    assert waits == [0.03] * 9 and took >= 0.27
+    assert [s for m, p, s in srv.stats.log if p == "/v1/files"] == [429] * 9 + [200]
+
+
+def test_an_endless_429_gives_up_after_max_elapsed(make_server, make_client):
+    srv = make_server(faults=Faults(http_errors={"GET /v1/files": [429] * 1000}, retry_after=0.05))
+    got, waits, took = _keep_trying(make_client(srv), RetryPolicy(max_attempts=None, max_elapsed=0.5))
+    assert isinstance(got, openai.RateLimitError)
+    assert 0.45 <= took < 3.0 and 5 <= len(waits) <= 10
+
+
+# ------------------------------------------------------------------ polling
+def test_transient_for_polls_and_downloads(sdk_errors, make_server, make_client):
+    unavailable, limited, missing = sdk_errors(503, 429, 404)
+    assert transient(unavailable) and transient(limited) and not transient(missing)
+    down = make_server()
+    dead = make_client(down)
+    down.stop()
+    with pytest.raises(openai.APIConnectionError) as refused:
+        dead.batches.retrieve("batch_x")
+    assert transient(refused.value)
+    # Errors while a streamed download is read are the HTTP library's own (the SDK does not wrap them).
+    httpx = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+    for err in (httpx.ReadError("reset"), httpx.RemoteProtocolError("peer closed connection"),
+                httpx.ReadTimeout("slow"), ConnectionResetError(), TimeoutError()):
+        assert transient(err), err
+    for err in (ValueError("bug"), httpx.UnsupportedProtocol("ftp"), KeyError("x")):
+        assert not transient(err), err
+
+
+def test_corrupt_line_rows_are_retryable():
+    assert CORRUPT_LINE in RETRYABLE_CODES
 
 
 # ------------------------------------------------------------------ through the SDK and the server

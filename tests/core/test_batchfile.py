@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import orjson
@@ -9,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from pdbatch.core import batchfile
-from pdbatch.core.batchfile import MAX_BYTES, MAX_REQUESTS, Shard, read_answers, read_results, write_shards
+from pdbatch.core.batchfile import (CORRUPT_LINE, MAX_BYTES, MAX_REQUESTS, Shard, read_answers, read_results,
+                                    write_shards)
 from pdbatch.errors import InputError
 from pdbatch.core.answers import answer_reason
 from pdbatch.core.answers import Answers
@@ -178,19 +180,23 @@ def test_read_results_skips_blank_lines(tmp_path):
     assert [r.custom_id for r in read_results(path)] == ["1", "2"]
 
 
-def test_read_results_corrupt_line_names_file_and_line(tmp_path):
+def test_read_results_corrupt_line_names_file_and_line(tmp_path, caplog):
     path = write_lines(tmp_path / "out.jsonl", [ok("1"), b"", b'{"custom_id": "2", "resp', ok("3")])
-    with pytest.raises(InputError) as info:
-        list(read_results(path))
-    msg = str(info.value)
-    assert path in msg and "line 3" in msg
-    assert "is not valid JSON" in msg
+    results = list(read_results(path))
+    assert [r.custom_id for r in results] == ["1", "2", "3"]
+    bad = results[1]
+    assert bad.error["code"] == CORRUPT_LINE and bad.body is None
+    assert path in bad.error["message"] and "line 3" in bad.error["message"]
+    assert "is not valid JSON" in bad.error["message"]
+    assert results[0].ok and results[2].ok
 
 
-def test_read_results_line_without_custom_id(tmp_path):
+def test_read_results_line_without_custom_id(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="pdbatch")
     path = write_lines(tmp_path / "out.jsonl", [ok("1"), {"response": None, "error": {"code": "x", "message": "y"}}])
-    with pytest.raises(InputError, match="a line has no custom_id"):
-        list(read_results(path))
+    assert [r.custom_id for r in read_results(path)] == ["1"]
+    (rec,) = [r for r in caplog.records if r.name == "pdbatch"]
+    assert rec.levelno == logging.WARNING and path in rec.getMessage() and "line 2" in rec.getMessage()
 
 
 def test_read_results_missing_file(tmp_path):
@@ -311,17 +317,87 @@ def test_read_answers_concatenates_files_and_sums_usage(tmp_path):
                                                  "has_choice", "error_message", "ok"))
 
 
-def test_read_answers_corrupt_line_names_file_and_line(tmp_path):
+def test_read_answers_line_without_id_is_logged_and_skipped(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="pdbatch")
     path = write_lines(tmp_path / "out.jsonl", [ok("1"), ok("2"), b"not json at all", ok("4")])
-    with pytest.raises(InputError) as info:
-        read_answers(path)
-    assert path in str(info.value) and "line 3" in str(info.value)
+    a = read_answers(path)
+    assert a.custom_id == ["1", "2", "4"] and a.ok == [True] * 3 and a.content == ["hi"] * 3
+    (rec,) = [r for r in caplog.records if r.name == "pdbatch"]
+    assert rec.levelno == logging.WARNING
+    assert path in rec.getMessage() and "1 unreadable line(s) without a custom_id" in rec.getMessage()
+    assert "line 3" in rec.getMessage()
 
 
-def test_read_answers_line_without_custom_id(tmp_path):
+def test_read_answers_line_without_custom_id(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="pdbatch")
     path = write_lines(tmp_path / "out.jsonl", [ok("1"), {"response": None, "error": {"code": "x", "message": "m"}}])
-    with pytest.raises(InputError, match="no custom_id"):
-        read_answers(path)
+    a = read_answers(path)
+    assert a.custom_id == ["1"] and a.ok == [True]
+    assert any("without a custom_id" in r.getMessage() for r in caplog.records if r.name == "pdbatch")
+
+
+def reason(a, i):
+    return answer_reason(a.status_code[i], a.content[i], a.finish_reason[i], a.refusal[i], a.has_choice[i],
+                         a.error_code[i], a.error_message[i])
+
+
+def test_read_answers_truncated_last_line_fails_its_row_only(tmp_path, caplog):
+    # A download cut short: the last line stops mid-answer, its custom_id is still readable.
+    caplog.set_level(logging.WARNING, logger="pdbatch")
+    cut = orjson.dumps(ok("9", "a long answer"))[:70]
+    path = write_lines(tmp_path / "out.jsonl", [ok("1", "one"), api_error("2"), ok("3", "three")])
+    with open(path, "ab") as fh:
+        fh.write(cut)  # no newline: the file ends inside the line
+    a = read_answers(path)
+    assert a.custom_id == ["1", "2", "3", "9"]
+    assert a.content[:3] == ["one", None, "three"] and a.ok == [True, False, True, False]
+    assert a.error_code[3] == CORRUPT_LINE == "corrupt_line" and a.content[3] is None
+    assert reason(a, 3).startswith(f"corrupt_line: line 4 of {path} is not valid JSON")
+    assert a.usage.prompt_tokens == 2 * USAGE["prompt_tokens"]  # the valid lines' usage is kept
+    (rec,) = [r for r in caplog.records if r.name == "pdbatch"]
+    assert rec.levelno == logging.WARNING and "1 unreadable line(s) recorded as failed answers" in rec.getMessage()
+    assert read_answers(path) == a  # reading it again gives the same, and does not raise
+
+
+def test_read_answers_corrupt_lines_in_the_middle(tmp_path):
+    lines = [ok("a"), b'{"id": "batch_req_x", "custom_id": "b\\"q", "response": {"status_code": 200, "bo\x00',
+             ok("c"), b'{"custom_id": 17, "response": ]', b'{"custom_id": "d", "response": [1, 2], "error": null}',
+             b'["not", "a", "line"]', ok("e")]
+    path = write_lines(tmp_path / "out.jsonl", lines)
+    a = read_answers(path)
+    assert a.custom_id == ["a", 'b"q', "c", "17", "d", "e"]
+    assert a.ok == [True, False, True, False, False, True]
+    assert a.error_code == [None, CORRUPT_LINE, None, CORRUPT_LINE, CORRUPT_LINE, None]
+    assert "line 5" in a.error_message[4] and "shape" in a.error_message[4]
+    assert a.content[0] == a.content[2] == a.content[5] == "hi"
+
+
+def test_read_answers_never_guesses_a_cut_custom_id(tmp_path, caplog):
+    # The line stops inside the custom_id itself (or inside a numeric one): no id is made up from the stub.
+    caplog.set_level(logging.WARNING, logger="pdbatch")
+    path = write_lines(tmp_path / "out.jsonl", [ok("1"), b'{"id": "batch_req_1", "custom_id": "row-12',
+                                                b'{"custom_id": 12'])
+    a = read_answers(path)
+    assert a.custom_id == ["1"]
+    assert any("2 unreadable line(s) without a custom_id" in r.getMessage() for r in caplog.records)
+
+
+def test_read_answers_clean_file_stays_on_the_arrow_path(tmp_path):
+    clean = write_lines(tmp_path / "out.jsonl", [ok(str(i)) for i in range(20)])
+    dirty = write_lines(tmp_path / "dirty.jsonl", [ok(str(i)) for i in range(20)] + [b"{"])
+    assert read_answers(clean).is_arrow("content")
+    a = read_answers(dirty)
+    assert len(a) == 20 and a == read_answers(clean)
+
+
+def test_read_answers_corrupt_embedding_line(tmp_path):
+    vec = {"custom_id": "1", "response": {"status_code": 200, "body": {"object": "list", "data": [
+        {"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}], "usage": {"prompt_tokens": 2}}},
+        "error": None}
+    path = write_lines(tmp_path / "out.jsonl", [vec, orjson.dumps(dict(vec, custom_id="2"))[:60]])
+    a = read_answers(path, "embedding")
+    assert a.custom_id == ["1", "2"] and a.ok == [True, False] and a.error_code == [None, CORRUPT_LINE]
+    assert a.content[0].tolist() == [0.5, 0.25]
 
 
 def test_read_answers_missing_file(tmp_path):

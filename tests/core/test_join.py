@@ -241,10 +241,16 @@ def test_overwrite_replaces_existing_columns(df):
     assert host["llm_output"].tolist() == ["old"] * 4
 
 
-def test_overwrite_free_json_key(df):
-    out, _, _ = join(df, [ok("fr", '{"n": 10}')], parse=JSON, kind="json", overwrite=True)
-    assert list(out.columns) == ["city", "n", "llm_error"]
-    assert out["n"].tolist()[0] == 10 and out["n"].isna().tolist() == [False, True, True, True]
+def test_overwrite_never_lets_a_free_json_key_replace_an_input_column(df):
+    # overwrite=True is for the columns pdbatch names itself; "n" is a key nobody asked for.
+    before = df.copy(deep=True)
+    with pytest.warns(UserWarning, match=r"key 'n'.*new column 'n_llm'"):
+        out, _, errors = join(df, [ok("fr", '{"n": 10}')], parse=JSON, kind="json", overwrite=True)
+    assert list(out.columns) == ["city", "n", "n_llm", "llm_error"]
+    assert out["n"].tolist() == [1, 2, 3, 4]  # the input column is intact
+    assert out["n_llm"].tolist()[0] == 10 and out["n_llm"].isna().tolist() == [False, True, True, True]
+    assert errors[0] is None
+    pd.testing.assert_frame_equal(df, before)
 
 
 def test_existing_output_column_raises_collision(df):
@@ -257,17 +263,71 @@ def test_existing_output_column_raises_collision(df):
     assert str(info.value).endswith("The answers are kept: call job.result(overwrite=True).")
 
 
-def test_free_json_key_collision_raises(df):
-    with pytest.raises(ColumnCollisionError, match="'city'") as info:
-        join(df, [ok("fr", '{"city": "x", "new": 1}')], parse=JSON, kind="json")
-    assert info.value.columns == ["city"]
+def test_free_json_key_collision_lands_in_a_suffixed_column(df):
+    before = df.copy(deep=True)
+    with pytest.warns(UserWarning) as caught:
+        out, stats, errors = join(df, [ok("fr", '{"city": "x", "new": 1}'), ok("pe", '{"new": 2}')], parse=JSON,
+                                  kind="json")
+    assert [str(w.message) for w in caught] == [
+        "the answers have a key 'city', which is already a column of the frame or the error column; "
+        "its values are in the new column 'city_llm'"]
+    assert list(out.columns) == ["city", "n", "city_llm", "new", "llm_error"]
+    assert out["city"].tolist() == df["city"].tolist()
+    assert out["city_llm"].tolist()[0] == "x" and pd.isna(out["city_llm"].tolist()[1])
+    assert out["new"].tolist()[:2] == [1, 2]
+    assert errors[:2] == [None, None] and stats.succeeded == 2
+    pd.testing.assert_frame_equal(df, before)
 
 
 def test_free_json_key_named_like_error_column_is_not_lost(df):
-    # regression: the error column silently replaced the answers' 'llm_error' values
-    with pytest.raises(ColumnCollisionError, match="error_column=") as info:
-        join(df, [ok("fr", '{"llm_error": 5, "a": 1}')], parse=JSON, kind="json")
-    assert info.value.columns == ["llm_error"]
+    # regression: the error column silently replaced the answers' 'llm_error' values; later it raised after paying
+    with pytest.warns(UserWarning, match=r"key 'llm_error'.*'llm_error_llm'"):
+        out, _, errors = join(df, [ok("fr", '{"llm_error": 5, "a": 1}')], parse=JSON, kind="json")
+    assert list(out.columns) == ["city", "n", "llm_error_llm", "a", "llm_error"]
+    assert out["llm_error_llm"].tolist()[0] == 5
+    assert out["llm_error"].tolist() == [None, NO_ANSWER, NO_ANSWER, NO_ANSWER] == errors
+
+
+def test_suffix_counts_up_past_taken_names():
+    host = pd.DataFrame({"a": [1], "a_llm": [2], "a_llm2": [3]})
+    with pytest.warns(UserWarning) as caught:
+        out, _, _ = join(host, [ok("0", '{"a": "new", "a_llm3": "own", "llm_error": "e"}')], parse=JSON,
+                         kind="json", ids=["0"])
+    assert len(caught) == 2
+    # a_llm3 is the answers' own key, so "a" skips it; "llm_error" (the error column) goes to llm_error_llm
+    assert list(out.columns) == ["a", "a_llm", "a_llm2", "a_llm4", "a_llm3", "llm_error_llm", "llm_error"]
+    assert out.iloc[0].tolist() == [1, 2, 3, "new", "own", "e", None]
+
+
+def test_schema_key_collision_still_follows_overwrite(df):
+    # A schema's keys are known before sending: overwrite=True replaces them, as asked.
+    schema = response_format({"type": "object", "properties": {"n": {"type": "integer"}}})
+    out, _, _ = join(df, [ok("fr", '{"n": 10}')], parse=schema.text_parser(), kind="schema", columns=["n"],
+                     overwrite=True)
+    assert list(out.columns) == ["city", "n", "llm_error"] and out["n"].tolist()[0] == 10
+    with pytest.raises(ColumnCollisionError):
+        join(df, [ok("fr", '{"n": 10}')], parse=schema.text_parser(), kind="schema", columns=["n"])
+
+
+def test_free_json_key_of_a_series_host_named_like_error_column():
+    s = pd.Series(["a", "b"], name="w")
+    with pytest.warns(UserWarning, match="llm_error_llm"):
+        out, _, _ = join(s, [ok("0", '{"llm_error": 1, "w": 2}'), ok("1", '{"w": 3}')], parse=JSON, kind="json",
+                         ids=["0", "1"])
+    assert list(out.columns) == ["llm_error_llm", "w", "llm_error"]  # a Series host has no columns to avoid
+
+
+@pytest.mark.parametrize("kind", ["text", "json"])
+def test_host_attrs_are_kept(df, kind):
+    df.attrs = {"source": "survey.csv", "meta": {"rows": 4}}
+    content = "P" if kind == "text" else '{"x": 1}'
+    out, _, _ = join(df, [ok("fr", content)], parse=TEXT if kind == "text" else JSON, kind=kind)
+    assert out.attrs == {"source": "survey.csv", "meta": {"rows": 4}}
+    out.attrs["meta"]["rows"] = 0
+    assert df.attrs["meta"]["rows"] == 4  # a copy, not the host's own dict
+    s = df["city"].copy()
+    s.attrs = {"source": "s"}
+    assert join(s, [ok("fr", content)], parse=TEXT if kind == "text" else JSON, kind=kind)[0].attrs == {"source": "s"}
 
 
 def test_skipped_row_carries_no_value(df):

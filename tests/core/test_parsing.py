@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import enum
 from typing import List, Optional
 
+import pandas as pd
 import pytest
 from pydantic import BaseModel, Field
 
@@ -371,3 +373,33 @@ def test_pydantic_serialization_alias_keys_match_columns():
     value, err = f.parse_text('{"title": "Heat"}')
     assert err is None
     assert tuple(value) == f.columns == ("title",)
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Size(int, enum.Enum):
+    SMALL = 1
+    LARGE = 2
+
+
+class Painted(BaseModel):
+    color: Color
+    size: Size
+    tags: List[Color]
+
+
+def test_pydantic_enum_fields_come_back_as_their_json_values(tmp_path):
+    fmt = response_format(Painted)
+    text = '{"color": "red", "size": 2, "tags": ["blue", "red"]}'
+    for parse in (fmt.parse_text, fmt.text_parser()):
+        value, err = parse(text)
+        assert err is None
+        assert value == {"color": "red", "size": 2, "tags": ["blue", "red"]}
+        assert type(value["color"]) is str and type(value["size"]) is int and type(value["tags"][0]) is str
+    # so a frame of them can be written to Parquet
+    frame = pd.DataFrame([value, fmt.parse_text('{"color": "blue", "size": 1, "tags": []}')[0]])
+    frame.to_parquet(tmp_path / "painted.parquet")
+    assert pd.read_parquet(tmp_path / "painted.parquet")["color"].tolist() == ["red", "blue"]
