@@ -45,6 +45,12 @@ def test_bad_values_name_the_option_and_what_is_allowed(name, value, words):
         assert w in str(info.value)
 
 
+def test_a_label_names_the_flag():
+    with pytest.raises(OptionError, match=r"^--poll-interval must be a number of seconds > 0, got -1$"):
+        check("poll_interval", -1, label="--poll-interval")
+    assert check("timeout", 2, label="--timeout") == 2.0
+
+
 def test_extra_body_passes_other_fields_and_n_1(make_server, make_client, frame):
     srv = make_server()
     out = frame.llm.map("{t}", model="m", client=make_client(srv), progress=False, poll_interval=0.02, n=1,
