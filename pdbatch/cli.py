@@ -22,13 +22,16 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 # READERS, WRITERS, write_frame and job_status are imported to keep pdbatch.cli.X working.
-from .cli_files import READERS, WRITERS, CliError, check_out, read_frame, write_frame  # noqa: F401
+from .cli_files import READERS, WRITERS, CliError, check_out, check_writable, read_frame, write_frame  # noqa: F401
 from .cli_jobs import cmd_cancel, cmd_jobs, cmd_result, cmd_status, job_status  # noqa: F401
 from .errors import InputError, OptionError, PdbatchError
+from .options import check
 
 __all__ = ["main", "build_parser"]
 
 PROMPT_KEYS = ("template", "system", "schema", "json", "model", "images", "image_detail", "backend", "params")
+#: The map arguments that shape the result's columns (see :func:`result_columns`).
+SPEC_KEYS = ("model", "system", "response_format", "images", "image_detail", "output", "error_column")
 
 
 def _toml():
@@ -60,6 +63,9 @@ def load_prompt(path: str) -> Dict[str, Any]:
     unknown = sorted(set(data) - set(PROMPT_KEYS))
     if unknown:
         raise CliError(f"--prompt: {path} has unknown key(s) {', '.join(unknown)}; known: {', '.join(PROMPT_KEYS)}")
+    if not isinstance(data.get("params", {}), dict):
+        raise CliError(f"--prompt: params in {path} must be a table of request parameters, got "
+                       f"{data['params']!r}; write it as a [params] section with lines such as temperature = 0.2")
     return data
 
 
@@ -116,14 +122,28 @@ def map_options(args: argparse.Namespace) -> Dict[str, Any]:
     return opts
 
 
+def result_columns(df, template: str, opts: Dict[str, Any]) -> list:
+    """The columns ``map`` will add to ``df`` for these options (checked as ``map`` checks them)."""
+    from .core.spec import MapSpec
+
+    spec_args = {k: opts[k] for k in SPEC_KEYS if k in opts}
+    return MapSpec.build(template, columns=list(df.columns), **spec_args).new_columns()
+
+
 def cmd_map(args: argparse.Namespace) -> int:
     import pdbatch  # noqa: F401  (registers .llm)
 
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be a whole number >= 1 (the rows to run), got {args.limit}; "
+                       f"leave it out to run every row")
+    if args.poll_interval is not None:
+        check("poll_interval", args.poll_interval, label="--poll-interval")
     out_path = args.out or os.path.splitext(os.path.basename(args.input))[0] + ".llm.parquet"
-    kind = check_out(out_path)
+    kind = check_out(out_path, input_path=args.input)
     opts = map_options(args)
     df = read_frame(args.input, args.limit)
     template = opts.pop("template")
+    check_writable(df, result_columns(df, template, opts), out_path, kind)
     if args.poll_interval is not None:
         opts["poll_interval"] = args.poll_interval
     out = df.llm.map(template, overwrite=args.overwrite, progress=not args.quiet, **opts)

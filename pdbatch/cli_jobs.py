@@ -12,7 +12,8 @@ import json
 import sys
 from typing import Any, Dict
 
-from .cli_files import CliError, check_out, write_frame
+from .cli_files import CliError, check_out, check_writable, write_frame
+from .options import check
 
 __all__ = ["cmd_jobs", "job_status", "cmd_status", "cmd_cancel", "cmd_result"]
 
@@ -32,6 +33,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from .job.lifecycle import jobs
     from .job.store import default_store
 
+    if args.limit < 1:
+        raise CliError(f"--limit must be a whole number >= 1 (the jobs to list), got {args.limit}")
     store = default_store()
     table = jobs(limit=args.limit, store=store)
     if table.empty:
@@ -103,9 +106,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_result(args: argparse.Namespace) -> int:
     from .pricing.prices import format_cost
 
+    if args.poll_interval is not None:
+        check("poll_interval", args.poll_interval, label="--poll-interval")
+    if args.timeout is not None:
+        check("timeout", args.timeout, label="--timeout")
     out_path = args.out or f"{args.id}.parquet"
     kind = check_out(out_path)
     job = _load_job(args.id)
+    if job.host is not None:  # without it, result() says so
+        check_writable(job.host, job.spec.new_columns(), out_path, kind)
     if args.poll_interval is not None and hasattr(job.backend, "poll_interval"):
         job.backend.poll_interval = args.poll_interval
     out = job.wait(progress=not args.quiet, timeout=args.timeout).result(overwrite=args.overwrite or None)

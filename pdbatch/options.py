@@ -109,11 +109,22 @@ def _ok(kind: str, value: Any) -> bool:
     raise AssertionError(kind)  # pragma: no cover - a kind missing from this function
 
 
-def check(name: str, value: Any) -> Any:
-    """Return ``value`` if it is allowed for option ``name``; else raise :class:`OptionError`."""
+def check(name: str, value: Any, label: Optional[str] = None) -> Any:
+    """Return ``value`` if it is allowed for option ``name``; else raise :class:`OptionError`.
+
+    ``label`` is how the message names the option, e.g. the command-line flag
+    ``"--poll-interval"``; default ``name``.
+
+    Examples
+    --------
+    >>> check("timeout", 0, label="--timeout")
+    Traceback (most recent call last):
+    ...
+    pdbatch.errors.OptionError: --timeout must be a number of seconds > 0, or None, got 0
+    """
     opt = OPTIONS[name]
     if not _ok(opt.kind, value):
-        raise OptionError(f"{name} must be {_KINDS[opt.kind]}, got {value!r}")
+        raise OptionError(f"{label or name} must be {_KINDS[opt.kind]}, got {value!r}")
     return float(value) if opt.kind.startswith(("seconds", "rate")) and value is not None else value
 
 

@@ -45,6 +45,19 @@ def test_bad_values_name_the_option_and_what_is_allowed(name, value, words):
         assert w in str(info.value)
 
 
+def test_a_label_names_the_flag():
+    with pytest.raises(OptionError, match=r"^--poll-interval must be a number of seconds > 0, got -1$"):
+        check("poll_interval", -1, label="--poll-interval")
+    assert check("timeout", 2, label="--timeout") == 2.0
+
+
+def test_extra_body_passes_other_fields_and_n_1(make_server, make_client, frame):
+    srv = make_server()
+    out = frame.llm.map("{t}", model="m", client=make_client(srv), progress=False, poll_interval=0.02, n=1,
+                        extra_body={"provider_flag": "on"})
+    assert out["llm_output"].tolist() == ["a", "b", "c"] and srv.stats.batches_created == 1
+
+
 def test_good_values_pass_and_seconds_become_floats():
     assert check("poll_interval", 1) == 1.0 and isinstance(check("poll_interval", 1), float)
     assert check("shard_size", 10) == 10 and check("rpm", None) is None and check("workers", None) is None
@@ -74,6 +87,16 @@ def test_every_backend_option_has_one_owner():
     (dict(cache="no"), OptionError, ["cache must be True or False"]),
     (dict(timeout=0), OptionError, ["timeout"]),
     (dict(extra_body=["x"]), OptionError, ["extra_body must be a dict"]),
+    (dict(extra_body={"model": "gpt-4o"}), OptionError, ["extra_body may not set 'model'", "use model=..."]),
+    (dict(extra_body={"messages": []}), OptionError, ["extra_body may not set 'messages'", "the template, system="]),
+    (dict(extra_body={"input": "x"}), OptionError, ["extra_body may not set 'input'", "the template"]),
+    (dict(extra_body={"response_format": {"type": "json_object"}}), OptionError,
+     ["extra_body may not set 'response_format'", "use response_format=..."]),
+    (dict(extra_body={"stream": True}), OptionError, ["extra_body may not set 'stream'", "drop it"]),
+    (dict(extra_body={"n": 3}), OptionError, ["extra_body may not set 'n'", "n must be 1", "cache=False"]),
+    (dict(n=2), OptionError, ["n=2", "one answer per row", "n must be 1", "cache=False", "index.repeat(k)"]),
+    (dict(n=0), OptionError, ["n=0", "n must be 1"]),
+    (dict(n=2, response_format=SCHEMA), OptionError, ["n=2", "n must be 1"]),
 ])
 def test_bad_options_raise_before_anything_is_sent(make_server, make_client, frame, kwargs, error, words):
     srv = make_server()

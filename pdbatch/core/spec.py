@@ -36,6 +36,19 @@ JSON_HINT = "Answer with a JSON object."
 #: Embeddings body parameters a user may pass.
 EMBED_PARAMS = frozenset({"dimensions", "encoding_format", "user"})
 _DETAILS = (None, "auto", "low", "high")
+#: Why a request asks for one answer: the result holds one answer per row.
+N_HINT = ("the result holds one answer per row, so n must be 1 (drop n=); for k answers per row run the map "
+          "k times with cache=False and a new output= each time, or repeat the rows: "
+          "df.loc[df.index.repeat(k)].reset_index()")
+#: Body fields pdbatch builds, which extra_body may not replace, and the argument that sets each.
+BUILT_BY_PDBATCH = {
+    "model": "use model=...",
+    "messages": "use the template, system=... and images=...",
+    "input": "use the template",
+    "response_format": "use response_format=...",
+    "stream": "pdbatch reads whole answers; drop it",
+    "n": N_HINT,
+}
 
 
 def check_params(params: Mapping[str, Any], known: Sequence[str] = (), allowed=CHAT_PARAMS) -> None:
@@ -168,8 +181,8 @@ class MapSpec:
         if embed:
             params = {k: v for k, v in params.items() if v is not None}
             params.setdefault("encoding_format", "float")
-        if fmt.kind not in ("text", "embedding") and int(params.get("n", 1) or 1) != 1:
-            raise OptionError("n > 1 works only with text answers; drop n= or response_format=")
+        if params.get("n", 1) not in (1, None):
+            raise OptionError(f"n={params['n']!r}: {N_HINT}")
         sys_text = system
         if fmt.kind == "json":
             said = (tpl.literal_text + " " + (sys_t.literal_text if sys_t else "")).lower()
@@ -180,6 +193,9 @@ class MapSpec:
         if extra_body is not None and not isinstance(extra_body, Mapping):
             raise OptionError(f"extra_body must be a dict of body fields, got {extra_body!r}")
         if extra_body:
+            for key in extra_body:
+                if key in BUILT_BY_PDBATCH:
+                    raise OptionError(f"extra_body may not set {key!r}, which pdbatch builds: {BUILT_BY_PDBATCH[key]}")
             params.update(extra_body)
         _check_new_names(fmt, output, error_column)
         source = {

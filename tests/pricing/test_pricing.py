@@ -301,15 +301,16 @@ def test_estimate_images_and_schema(cities):
     assert per_request > 0 and per_request % 3 == 0  # the schema counts once per request
 
 
-def test_estimate_on_a_series_and_n(cities):
-    est = cities["city"].llm.estimate("Country of {}?", model="gpt-5-mini", max_completion_tokens=8, n=2, show=False)
-    assert est["requests"] == 3 and est["output_tokens"] == 3 * 8 * 2
+def test_estimate_on_a_series(cities):
+    est = cities["city"].llm.estimate("Country of {}?", model="gpt-5-mini", max_completion_tokens=8, show=False)
+    assert est["requests"] == 3 and est["output_tokens"] == 3 * 8
 
 
 @pytest.mark.parametrize("kw, err, word", [
     (dict(temprature=0), OptionError, "'temprature'"),
     (dict(overwrite="yes"), OptionError, "overwrite"),
     (dict(system="{nope}"), MissingColumnError, "nope"),
+    (dict(n=2), OptionError, "n must be 1"),
 ])
 def test_estimate_rejects_what_map_rejects(make_server, make_client, cities, kw, err, word):
     srv = make_server()
