@@ -7,14 +7,18 @@ accessor before any work, never by ``isinstance``.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, runtime_checkable
 
+import openai
+
 from ..core.answers import Answers
 from ..core.records import Request, Result
+from ..errors import BackendUnavailableError
 
-__all__ = ["Backend", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState"]
+__all__ = ["Backend", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState", "default_client"]
 
 #: Batch statuses after which nothing more will happen.
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -69,6 +73,16 @@ class RowState(JobState):
     stop: threading.Event = field(default_factory=threading.Event)
     model_path: Optional[str] = None
     run: Any = None
+
+
+def default_client() -> Any:
+    """``openai.OpenAI()`` from the environment, or a clear error naming ``OPENAI_API_KEY``."""
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise BackendUnavailableError(
+            "no OpenAI client: set the OPENAI_API_KEY environment variable (and OPENAI_BASE_URL for "
+            "another provider), or pass client=openai.OpenAI(api_key=..., base_url=...)"
+        )
+    return openai.OpenAI()
 
 
 @runtime_checkable

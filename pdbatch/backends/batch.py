@@ -1,9 +1,9 @@
 """The OpenAI Batch API backend (Files + Batches), or any provider with that API.
 
 Requests are written to JSONL shards (50,000 requests / 200 MB each by
-default), each uploaded and submitted as one batch tagged in ``metadata`` with
-the job id, shard and submission number. Every step is recorded in the job
-store before the next one starts:
+default); each is uploaded and submitted as one batch (tagged in ``metadata``
+with the job id, shard and submission number) as soon as it is written, while
+the next is being written. Every step is recorded before the next one starts:
 
 ``written`` → ``uploaded`` (file id) → ``creating`` (the intent, recorded
 *before* the call) → the batch id and status (recorded as soon as the call
@@ -19,9 +19,9 @@ those rows, up to ``max_retries`` rounds; answers that are not valid JSON or
 fail the schema go again up to ``retry_invalid`` rounds. A shard refused for
 the enqueued-token limit waits and is resubmitted as earlier shards finish.
 
-Retry policy for API calls: the SDK retries every call (its ``max_retries``)
-*except* ``batches.create``, which pdbatch retries itself (see above). Retries
-are never stacked.
+pdbatch retries ``batches.create`` (for ``create_timeout`` seconds), polls and
+downloads (for :data:`POLL_PATIENCE`) itself, with the SDK's retries off for
+those calls; uploads keep the SDK's. Retries are never stacked.
 """
 
 from __future__ import annotations
@@ -35,30 +35,21 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import openai
 
 from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, iter_shards, read_answers
-from ..errors import BackendUnavailableError, BatchFailedError, JobError, OptionError, PdbatchError
+from ..errors import BatchFailedError, JobError, OptionError, PdbatchError
 from ..options import check
 from ..core.ids import positions
 from ..core.answers import NO_ANSWER
 from .progress import progress_bar
-from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, retryable
-from .base import TERMINAL, Progress
-from .batch_state import ORDER as _ORDER, BatchState, ShardState, raw_lines, rows_to_retry
+from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, retryable
+from .base import TERMINAL, Progress, default_client
+from .batch_state import ORDER as _ORDER, BatchState, ShardState, retry_shard, rows_to_retry
 
 __all__ = ["Batch", "BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
 
 log = logging.getLogger("pdbatch")
 
-
-def default_client() -> "openai.OpenAI":
-    """``openai.OpenAI()`` from the environment, or a clear error naming ``OPENAI_API_KEY``."""
-    if not os.environ.get("OPENAI_API_KEY"):
-        raise BackendUnavailableError(
-            "no OpenAI client: set the OPENAI_API_KEY environment variable (and OPENAI_BASE_URL for "
-            "another provider), or pass client=openai.OpenAI(api_key=..., base_url=...)"
-        )
-    return openai.OpenAI()
-
-
+#: Seconds a poll or a download keeps retrying transient failures (5xx, timeouts, resets) before it gives up.
+POLL_PATIENCE = 300.0
 
 
 class Batch:
@@ -72,8 +63,12 @@ class Batch:
         Per-batch limits on requests and input-file bytes.
     poll_interval, max_poll_interval : float
         First and longest wait between status polls, in seconds.
-    create_attempts : int
-        How many times pdbatch tries ``batches.create`` for one shard.
+    create_attempts : int or None
+        How many times pdbatch tries ``batches.create`` for one shard at most
+        (None: as many as fit in ``create_timeout``).
+    create_timeout : float
+        Seconds pdbatch keeps retrying ``batches.create`` of one shard after
+        a 429, 5xx or connection error, honouring ``Retry-After``; default 120.
     """
 
     name = "batch"
@@ -91,17 +86,20 @@ class Batch:
         shard_bytes: int = MAX_BYTES,
         poll_interval: float = 2.0,
         max_poll_interval: float = 60.0,
-        create_attempts: int = 5,
+        create_attempts: Optional[int] = None,
+        create_timeout: float = 120.0,
     ):
         self.shard_size = check("shard_size", shard_size)
         self.shard_bytes = check("shard_bytes", shard_bytes)
         self.poll_interval = check("poll_interval", poll_interval)
         self.max_poll_interval = check("max_poll_interval", max_poll_interval)
         self.create_attempts = check("create_attempts", create_attempts)
+        self.create_timeout = check("create_timeout", create_timeout)
         if self.max_poll_interval < self.poll_interval:
             raise OptionError(f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})")
         self.client = client if client is not None else default_client()
-        self._create_client = self.client.with_options(max_retries=0)
+        self._create_client = self.client.with_options(max_retries=0)  # pdbatch retries these calls itself
+        self._polls = RetryPolicy(None, backoff=1.0, max_backoff=30.0, max_retry_after=120.0, max_elapsed=POLL_PATIENCE)
 
     # ------------------------------------------------------------ bookkeeping
     @staticmethod
@@ -174,7 +172,9 @@ class Batch:
 
     def _create(self, job, st: ShardState):
         meta = self._meta(job.id, st)
-        policy = RetryPolicy(self.create_attempts, backoff=1.0, max_backoff=30.0, max_retry_after=120.0)
+        policy = RetryPolicy(self.create_attempts, backoff=1.0, max_backoff=30.0, max_retry_after=120.0,
+                             max_elapsed=self.create_timeout)
+        started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
@@ -192,11 +192,12 @@ class Batch:
                 found = self._find(job.id, st)
                 if found is not None:
                     return found
-                wait = policy.delay(err, attempt)
+                wait = policy.delay(err, attempt, elapsed=time.monotonic() - started)
                 if wait is None:
                     raise PdbatchError(
-                        f"could not create the batch for shard {st.index} of job {job.id} after "
-                        f"{attempt} attempts: {err}; run the job again later (it resumes), or raise create_attempts"
+                        f"could not create the batch for shard {st.index} of job {job.id} after {attempt} attempts "
+                        f"in {time.monotonic() - started:.0f} s: {err}; run the job again later (it resumes where it "
+                        f"stopped), or pass pdbatch.Batch(create_timeout=...) to keep trying longer"
                     ) from err
                 policy.log(f"batches.create for shard {st.index} of job {job.id}", err, attempt, wait, logging.INFO)
                 time.sleep(wait)
@@ -218,7 +219,8 @@ class Batch:
         for st in shards:
             if st.batch_id and st.status not in TERMINAL and st.status != "waiting":
                 before = (st.status, st.completed, st.failed)
-                st.update(self.client.batches.retrieve(st.batch_id))
+                st.update(self._api(job, st, "batches.retrieve",
+                                    lambda: self._create_client.batches.retrieve(st.batch_id)))
                 if (st.status, st.completed, st.failed) != before:
                     self._save(job, st)
         if not shards:
@@ -294,11 +296,29 @@ class Batch:
                 job.state.busy_at_wait.setdefault(st.index, len(busy))
 
     # ---------------------------------------------------------------- results
-    def _download(self, file_id: str, path: str) -> str:
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part"  # two processes may fetch the same file
-        with self.client.files.with_streaming_response.content(file_id) as resp:
-            resp.stream_to_file(tmp)
-        os.replace(tmp, path)
+    def _api(self, job, st: ShardState, what: str, fn):
+        """``fn()`` (a poll or a download for shard ``st``) through the poll retry policy; final errors explained."""
+        try:
+            return call(fn, self._polls, f"{what} for batch {st.batch_id} of job {job.id}")
+        except openai.NotFoundError as err:
+            raise PdbatchError(
+                f"job {job.id}: {what} for batch {st.batch_id} (shard {st.index}) answered 404: the provider no "
+                f"longer has it (output files expire some days after the batch ends). The answers stored so far "
+                f"are kept: call pdbatch.Job.load({job.id!r}).cancel(), then run the same map again; it takes the "
+                f"stored answers from the cache and sends only the rows without one") from err
+        except (openai.APIStatusError, *TRANSIENT_ERRORS) as err:
+            raise PdbatchError(
+                f"job {job.id}: {what} for batch {st.batch_id} (shard {st.index}) failed: {err}; nothing is lost: "
+                f"call job.wait() (or run the same map) again later, it resumes") from err
+
+    def _download(self, job, st: ShardState, file_id: str, path: str) -> str:
+        def fetch() -> None:
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part"  # two processes may fetch the same file
+            with self._create_client.files.with_streaming_response.content(file_id) as resp:
+                resp.stream_to_file(tmp)
+            os.replace(tmp, path)
+
+        self._api(job, st, f"downloading file {file_id}", fetch)
         return path
 
     def _files(self, job, st: ShardState) -> List[str]:
@@ -307,7 +327,7 @@ class Batch:
             if fid:
                 path = os.path.join(job.workdir, f"{kind}-{st.index:04d}.jsonl")
                 if not os.path.exists(path):
-                    self._download(fid, path)
+                    self._download(job, st, fid, path)
                 paths.append(path)
         return paths
 
@@ -334,19 +354,9 @@ class Batch:
                               parse=job.spec.fmt.text_parser() if job.retry_invalid > round_ else None)
         if not again:
             return False
-        # One pass over the last round's input lines: each one that must go again is copied as it is.
         index = max(s.index for s in shards) + 1
-        path = os.path.join(job.workdir, f"retry-{index:04d}.jsonl")
-        ids: List[str] = []
-        size = 0
-        with open(path, "wb") as fh:
-            for st in last:
-                for cid, raw in zip(st.line_ids(), raw_lines(st.path)):
-                    if cid in again:
-                        fh.write(raw)
-                        ids.append(cid)
-                        size += len(raw)
-        st = ShardState(index, path, len(ids), size, attempt=round_ + 1, ids=ids)
+        st = retry_shard(last, again, index, os.path.join(job.workdir, f"retry-{index:04d}.jsonl"), round_ + 1)
+        ids = st.ids
         shards.append(st)
         self._save(job, st)
         summary = job.state.summary

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from .base import TERMINAL, JobState
 
-__all__ = ["ShardState", "BatchState", "TOKEN_LIMIT", "ORDER", "raw_lines", "rows_to_retry"]
+__all__ = ["ShardState", "BatchState", "TOKEN_LIMIT", "ORDER", "raw_lines", "retry_shard", "rows_to_retry"]
 
 #: The error code of a batch refused for the enqueued-token limit.
 TOKEN_LIMIT = "token_limit_exceeded"
@@ -112,6 +112,23 @@ def raw_lines(path: str) -> Iterator[bytes]:
         for raw in fh:
             if raw.strip():
                 yield raw if raw.endswith(b"\n") else raw + b"\n"
+
+
+def retry_shard(last: List[ShardState], again: set, index: int, path: str, attempt: int) -> ShardState:
+    """Write the shard of a retry round: the input lines of ``last`` whose custom_id is in ``again``, as they are.
+
+    One pass over the last round's input files; no line is decoded.
+    """
+    ids: List[str] = []
+    size = 0
+    with open(path, "wb") as fh:
+        for st in last:
+            for cid, raw in zip(st.line_ids(), raw_lines(st.path)):
+                if cid in again:
+                    fh.write(raw)
+                    ids.append(cid)
+                    size += len(raw)
+    return ShardState(index, path, len(ids), size, attempt=attempt, ids=ids)
 
 
 def rows_to_retry(answers: Any, last_ids: List[str], *, retryable_codes: frozenset, retry_failed: bool,

@@ -50,6 +50,7 @@ from ..errors import OptionError
 
 __all__ = [
     "RetryPolicy",
+    "call",
     "RETRY_STATUSES",
     "FINAL_CODES",
     "RETRYABLE_CODES",
@@ -247,8 +248,6 @@ class RetryPolicy:
     Examples
     --------
     >>> import openai
-
-from ..errors import OptionError
     >>> from pdbatch.server import BatchServer, Faults
     >>> errors = []
     >>> with BatchServer(faults=Faults(http_errors={"GET /v1/files": [429, 400]}, retry_after=0.2)) as srv:
@@ -327,3 +326,26 @@ from ..errors import OptionError
                 what, how, attempt, of, within, wait,
                 extra={"what": what, "attempt": attempt, "max_attempts": self.max_attempts,
                        "wait": wait, "status": status})
+
+
+def call(fn: Callable[[], Any], policy: RetryPolicy, what: str, *, level: int = logging.INFO,
+         sleep: Callable[[float], None] = time.sleep) -> Any:
+    """``fn()``, tried again after each :func:`transient` failure for as long as ``policy`` allows.
+
+    Polls and downloads go through it with an SDK client whose own retries
+    are off, so that they survive 5xx answers, timeouts and connection resets
+    whatever the caller's client does. The last error is raised as it is.
+    """
+    started, attempt = time.monotonic(), 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as err:
+            if not transient(err):
+                raise
+            wait = policy.delay(err, attempt, elapsed=time.monotonic() - started)
+            if wait is None:
+                raise
+            policy.log(what, err, attempt, wait, level)
+            sleep(wait)
