@@ -20,6 +20,7 @@ __all__ = [
     "TemplateError",
     "MissingColumnError",
     "DuplicateIdError",
+    "EmptyIdError",
     "ColumnCollisionError",
     "SchemaError",
     "OptionError",
@@ -71,6 +72,18 @@ class DuplicateIdError(InputError):
             f"the index must be unique once turned into strings (it becomes each request's "
             f"custom_id), but these labels repeat: {shown}{more}. Call df.reset_index() "
             f"(or otherwise make the index unique) before mapping."
+        )
+
+
+class EmptyIdError(InputError):
+    """An index label gives an empty custom_id, which the Batch API refuses."""
+
+    def __init__(self, label: Any, position: int):
+        self.label, self.position = label, position
+        super().__init__(
+            f"the index label {label!r} at row {position} turns into an empty custom_id, "
+            f"and every request needs a non-empty one. Call df.reset_index() (or give those rows "
+            f"a non-empty label) before mapping."
         )
 
 

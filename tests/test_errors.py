@@ -29,6 +29,7 @@ BUILTIN = {
     "TemplateError": ValueError,
     "MissingColumnError": ValueError,
     "DuplicateIdError": ValueError,
+    "EmptyIdError": ValueError,
     "ColumnCollisionError": ValueError,
     "SchemaError": ValueError,
     "OptionError": TypeError,

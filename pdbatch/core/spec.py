@@ -270,15 +270,15 @@ class MapSpec:
         if self.images:
             names += [f for f in self.images.fields if f not in names]
         strings = self._column_strings(frame, names, skipped)
-        user = self.template.render(strings, n, skipped)
-        system = self.system.render(strings, n, skipped) if self.system and self.system.fields else None
+        user = self.template.render(strings, n, skipped, ids)
+        system = self.system.render(strings, n, skipped, ids) if self.system and self.system.fields else None
         images = None
         if self.images:
             if self.images.text == "{" + self.images.fields[0] + "}":
                 by_name = {str(c): c for c in frame.columns}
                 images = frame[by_name[self.images.fields[0]]].tolist()
             else:
-                images = self.images.render(strings, n, skipped)
+                images = self.images.render(strings, n, skipped, ids)
         return Rendered(ids, user, system, images, skipped)
 
     def _slots(self, rendered: Rendered) -> Iterator[tuple]:
@@ -378,7 +378,7 @@ class MapSpec:
             refs = [value]
         parts = []
         for ref in refs:
-            part, reason = image_part(str(ref), self.image_detail)
+            part, reason = image_part(ref, self.image_detail)
             if reason is not None:
                 return None, reason
             parts.append(part)

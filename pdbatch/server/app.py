@@ -30,6 +30,7 @@ from starlette.routing import Route
 from .engines import EngineError
 from ..core.records import CHAT_URL, EMBEDDINGS_URL
 from .state import BATCH_ENDPOINTS, FILE_PURPOSES, error_body, status_error
+from .validate import check_images
 
 __all__ = ["build_app"]
 
@@ -389,6 +390,7 @@ class _Api:
         if faults.realtime_latency:
             await asyncio.sleep(faults.realtime_latency)
         try:
+            check_images(body, url)  # a request the API refuses never reaches the engine
             answer = await run_in_threadpool(self.srv.engine, body, url)
         except EngineError as exc:
             return _json(exc.to_body(), exc.status_code, headers)

@@ -34,6 +34,7 @@ import orjson
 from .engines import EngineError
 from ..core.records import Usage
 from .state import MAX_REPORTED_ERRORS, Faults, Stats, Store, error_body, new_id
+from .validate import check_images
 
 __all__ = ["BatchWorker", "validate_input"]
 
@@ -295,8 +296,9 @@ class BatchWorker(threading.Thread):
             answer = error_body(message, type="server_error" if status >= 500
                                 else "invalid_request_error", code=code)
         else:
-            self.stats.bump("requests_executed")
             try:
+                check_images(body, endpoint)  # a request the API refuses never reaches the engine
+                self.stats.bump("requests_executed")
                 answer = self.host.engine(body, endpoint)
                 if not isinstance(answer, dict):
                     raise TypeError(f"engine returned {type(answer).__name__}, not dict")

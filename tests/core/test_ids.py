@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pdbatch.errors import DuplicateIdError
+from pdbatch.errors import DuplicateIdError, EmptyIdError, InputError, TemplateError
 from pdbatch.core.ids import SEP, check_unique, custom_ids, positions, unique_ids
 
 
@@ -100,3 +100,43 @@ def test_unique_ids_checks_every_index_but_a_range():
         unique_ids(pd.Index([1, "1"], dtype=object))
     with pytest.raises(DuplicateIdError):
         unique_ids(pd.Index([3, 3]))
+
+
+@pytest.mark.parametrize("index, label", [
+    (pd.Index(["a", "", "c"]), "''"),
+    (pd.Index(["a", "", "c"], dtype="string"), "''"),
+    (pd.CategoricalIndex(["a", "", "c"]), "''"),
+    (pd.MultiIndex.from_arrays([["a", "", "c"]]), "('',)"),
+])
+def test_empty_custom_id_is_refused_with_the_fix(index, label):
+    with pytest.raises(EmptyIdError) as info:
+        custom_ids(index)
+    assert isinstance(info.value, InputError)
+    message = str(info.value)
+    assert f"index label {label} at row 1" in message
+    assert "empty custom_id" in message and "df.reset_index()" in message
+    with pytest.raises(EmptyIdError):
+        unique_ids(index)
+
+
+def test_labels_that_only_look_empty_are_kept():
+    assert custom_ids(pd.Index([" ", "a"])) == [" ", "a"]
+    assert custom_ids(pd.MultiIndex.from_tuples([("", ""), ("a", "")])) == ["|", "a|"]
+    assert custom_ids(pd.Index([None, "a"], dtype=object)) == ["None", "a"]
+
+
+@pytest.mark.parametrize("index, label, row", [
+    (pd.Index(["ok", "b\ud800", "c\udcff"], dtype=object), "'b\\ud800'", 1),
+    (pd.MultiIndex.from_arrays([["a", "b"], pd.Index([1, "\udc80"], dtype=object)]), "('b', '\\udc80')", 1),
+    (pd.Index([f"r{i}" for i in range(70_000)] + ["\ud83d"], dtype=object), "'\\ud83d'", 70_000),
+])
+def test_lone_surrogate_in_a_label_is_refused_naming_the_row(index, label, row):
+    with pytest.raises(TemplateError) as info:
+        custom_ids(index)
+    message = str(info.value)
+    assert f"index label {label} at row {row}" in message
+    assert "lone surrogate" in message and "df.reset_index()" in message
+
+
+def test_non_ascii_labels_are_fine():
+    assert custom_ids(pd.Index(["é", "日本", "\U0001f600"])) == ["é", "日本", "\U0001f600"]

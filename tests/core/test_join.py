@@ -371,11 +371,11 @@ def test_join_stats_defaults():
 _INT_ID = re.compile(r"-?[1-9][0-9]{0,17}|0")
 
 indexes = st.one_of(
-    st.lists(st.text(max_size=8), min_size=1, max_size=25, unique=True).map(pd.Index),
+    st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=25, unique=True).map(pd.Index),  # '' is refused
     st.lists(st.integers(-(2**70), 2**70), min_size=1, max_size=25, unique=True).map(pd.Index),
     st.lists(st.tuples(st.text(max_size=4), st.integers(-50, 50)), min_size=1, max_size=25, unique=True)
     .map(pd.MultiIndex.from_tuples),
-    st.lists(st.one_of(st.text(max_size=3), st.integers(-20, 20)), min_size=1, max_size=25, unique=True)
+    st.lists(st.one_of(st.text(min_size=1, max_size=3), st.integers(-20, 20)), min_size=1, max_size=25, unique=True)
     .map(lambda v: pd.Index(v, dtype=object)),
 )
 

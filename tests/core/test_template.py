@@ -208,3 +208,67 @@ def test_image_part_non_image_file(tmp_path):
     part, reason = image_part(str(p))
     assert part is None
     assert reason.startswith("not an image file") and "notes.txt" in reason
+
+
+# ---------------------------------------------- values a template cannot render
+
+
+def test_int_spec_on_a_float_column_with_gaps_names_column_row_and_fix():
+    t = Template.parse("{title} ({year:d})")
+    col = pd.Series([np.nan, 1994.0, 2001.0], index=["m1", "m2", "m3"], name="year")
+    cols = {"title": ["A", "B", "C"], "year": [None, 1994.0, 2001.0]}
+    assert display_strings(col) == [None, "1994", "2001"]
+    with pytest.raises(TemplateError) as info:
+        t.render(cols, 3, skip={0: "missing value in column 'year'"}, ids=["m1", "m2", "m3"])
+    message = str(info.value)
+    assert "template field '{year:d}'" in message and "column 'year'" in message
+    assert "index label 'm2'" in message and "1994.0 (float)" in message
+    assert "astype('Int64')" in message
+
+
+def test_float_spec_on_strings_names_column_row_and_fix():
+    t = Template.parse("{name}: {q:.2f}", argument="system")
+    cols = {"name": ["a", "b", "c"], "q": [1.5, 2.0, "n/a"]}
+    with pytest.raises(TemplateError) as info:
+        t.render(cols, 3, ids=["x", "y", "z"])
+    message = str(info.value)
+    assert "system field '{q:.2f}'" in message and "column 'q'" in message
+    assert "index label 'z'" in message and "'n/a' (str)" in message
+    assert "pd.to_numeric(df['q'])" in message
+    assert not isinstance(info.value.__cause__, ValueError)
+
+
+def test_format_error_without_ids_names_the_row_position():
+    t = Template.parse("{a}{b:%Y}")
+    with pytest.raises(TemplateError, match=r"column 'b' at row 1: .*drop the spec"):
+        t.render({"a": ["1", "2"], "b": [pd.Timestamp("2024-01-01"), 5]}, 2)
+
+
+def test_failing_value_in_a_skipped_row_is_not_an_error():
+    t = Template.parse("{q:.1f}")
+    assert t.render({"q": [1.0, "bad", 2.0]}, 3, skip={1: "r"}, ids=["a", "b", "c"]) == ["1.0", None, "2.0"]
+
+
+@pytest.mark.parametrize("series, label", [
+    (pd.Series(["ok", "bad \ud800"], index=["r1", "r2"], name="text", dtype=object), "'r2'"),
+    (pd.Series(["ok", None, "bad \udcff"], index=[10, 11, 12], name="text", dtype="string[python]"), "12"),
+    (pd.Series(["ok", 5, "bad \udcff"], index=[10, 11, 12], name="text", dtype=object), "12"),
+    (pd.Series([["ok"], ["bad \udcff"]], index=["a", "b"], name="text"), "'b'"),
+    (pd.Series([f"v{i}" for i in range(70_001)] + ["\ud800"], name="text", dtype=object), "70001"),
+])
+def test_lone_surrogate_in_a_value_names_column_row_and_fix(series, label):
+    with pytest.raises(TemplateError) as info:
+        display_strings(series)
+    message = str(info.value)
+    assert "column 'text' holds a lone surrogate" in message
+    assert f"index label {label}," in message
+    assert ".str.encode('utf-8', 'replace')" in message
+
+
+def test_non_ascii_values_are_fine():
+    assert display_strings(pd.Series(["é", "日本 \U0001f600", None])) == ["é", "日本 \U0001f600", None]
+
+
+def test_lone_surrogate_in_the_template_text_is_refused():
+    with pytest.raises(TemplateError, match="system holds a lone surrogate"):
+        Template.parse("Be brief \udc80 {x}", argument="system")
