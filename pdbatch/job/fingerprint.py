@@ -24,13 +24,12 @@ FINGERPRINT_PREFIX = "v2:"
 
 def _column_digest(values: Sequence[Any]) -> bytes:
     """64-bit hashes of a column of strings (None allowed), computed by pandas in C; other values by repr."""
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
+    n = len(values)
     try:
-        return pd.util.hash_array(arr, categorize=False).tobytes()
-    except TypeError:  # lists (several images a row) and other objects
-        arr[:] = [None if v is None else repr(v) for v in values]
-        return pd.util.hash_array(arr, categorize=False).tobytes()
+        return pd.util.hash_array(np.fromiter(values, dtype=object, count=n), categorize=False).tobytes()
+    except (TypeError, ValueError):  # lists (several images a row) and other objects
+        texts = np.fromiter((None if v is None else repr(v) for v in values), dtype=object, count=n)
+        return pd.util.hash_array(texts, categorize=False).tobytes()
 
 
 def fingerprint(spec: MapSpec, rendered: Rendered, backend: str) -> str:
