@@ -348,6 +348,8 @@ class Batch:
         round_ = max(s.attempt for s in shards)
         if round_ >= max(job.max_retries, job.retry_invalid):
             return False
+        if job.retry_invalid <= round_ and job.store.count_answers(job.id, ok_only=True) >= job.sent:
+            return False  # every row has a plain success: nothing to look for (and no shard file to read)
         last = [s for s in shards if s.attempt == round_]
         again = rows_to_retry(job.store.answers(job.id), [cid for st in last for cid in st.line_ids()],
                               retryable_codes=RETRYABLE_CODES, retry_failed=round_ < job.max_retries,

@@ -8,9 +8,7 @@ and row order, plus the new columns.
 from __future__ import annotations
 
 import copy
-import gc
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
@@ -21,10 +19,11 @@ import pyarrow.compute as pc
 
 from ..errors import ColumnCollisionError
 from .answers import NO_ANSWER, Answers, answer_reason
-from .parsing import as_is, one_by_one
+from .fields import Parsed, gc_paused, parse_usable
+from .parsing import as_is
 from .records import Usage
 
-__all__ = ["JoinStats", "join_results", "preparse", "Parsed", "NO_ANSWER", "SUFFIX"]
+__all__ = ["JoinStats", "join_results", "NO_ANSWER", "SUFFIX"]
 
 
 @dataclass
@@ -68,117 +67,6 @@ def _series(values: Any, index: pd.Index, name: Any) -> pd.Series:
     if s.dtype == object and kind not in ("mixed", "empty", "string"):
         s = s.infer_objects()
     return s
-
-
-@contextmanager
-def _gc_paused():
-    """Pause the cyclic garbage collector while answers are decoded.
-
-    Decoding makes a few objects per answer, none in a reference cycle, and
-    every one of them survives; with the collector on, its repeated passes over
-    the growing heap cost more than the decoding itself (about 40% of a
-    200,000-row JSON join). The previous state is restored on exit.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-@dataclass
-class Parsed:
-    """Answers parsed ahead of the join, by custom_id and content (see :func:`preparse`).
-
-    The join uses a row's entry only when the row's stored answer has the same
-    custom_id *and* the same content: anything else is parsed again.
-    """
-
-    custom_id: pa.ChunkedArray
-    content: pa.ChunkedArray
-    values: np.ndarray
-    errors: np.ndarray
-
-    @classmethod
-    def concat(cls, parts: List["Parsed"]) -> Optional["Parsed"]:
-        """One record of several (None for none)."""
-        if not parts:
-            return None
-        if len(parts) == 1:
-            return parts[0]
-        return cls(pa.chunked_array([c for p in parts for c in p.custom_id.chunks], type=pa.string()),
-                   pa.chunked_array([c for p in parts for c in p.content.chunks], type=pa.string()),
-                   np.concatenate([p.values for p in parts]), np.concatenate([p.errors for p in parts]))
-
-
-def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
-    return getattr(parse_text, "many", None) or (lambda texts: one_by_one(parse_text, texts))
-
-
-def preparse(answers: Answers, parse_text: Callable[[str], tuple]) -> Optional[Parsed]:
-    """Parse the plain successes of ``answers`` now (e.g. one shard's, while other shards still run).
-
-    Returns None when there is nothing to parse (text and embedding answers
-    are used as they are). The result goes to :func:`join_results` as
-    ``parsed=``, so that each answer is parsed once.
-    """
-    if parse_text is as_is or not len(answers):
-        return None
-    ok = np.flatnonzero(answers.arrow("ok").to_numpy(zero_copy_only=False).astype(bool))
-    if not len(ok):
-        return None
-    rows = pa.array(ok, type=pa.int64())
-    cid, content = answers.arrow("custom_id").take(rows), answers.arrow("content").take(rows)
-    with _gc_paused():
-        values, errors = _many(parse_text)(content.to_pylist())
-        values = np.fromiter(values, dtype=object, count=len(ok))
-    return Parsed(cid.cast(pa.string()), content.cast(pa.string()), values, np.fromiter(errors, dtype=object,
-                                                                                      count=len(ok)))
-
-
-def _parse_usable(a: Answers, usable: np.ndarray, parse_text, parsed: Optional[Parsed]) -> tuple:
-    """``(values, errors)`` of the usable lines ``usable``: from ``parsed`` where it holds them, else parsed now."""
-    many = _many(parse_text)
-    if parsed is None or not len(usable) or not len(parsed.values):
-        return many(a.take("content", usable))
-    rows = pa.array(usable, type=pa.int64())
-    cid = a.arrow("custom_id").take(rows).cast(pa.string())
-    content = a.arrow("content").take(rows).cast(pa.string())
-    pos = pc.index_in(cid, value_set=parsed.custom_id)
-    same = pc.fill_null(pc.equal(content, parsed.content.take(pc.fill_null(pos, 0))), False)
-    hit = same.to_numpy(zero_copy_only=False).astype(bool) & pos.is_valid().to_numpy(zero_copy_only=False)
-    at = pc.fill_null(pos, 0).to_numpy(zero_copy_only=False)[hit]
-    values = np.empty(len(usable), dtype=object)
-    errors = np.empty(len(usable), dtype=object)
-    values[hit], errors[hit] = parsed.values[at], parsed.errors[at]
-    miss = np.flatnonzero(~hit)
-    if len(miss):
-        v, e = many(a.take("content", usable[miss]))
-        values[miss] = np.fromiter(v, dtype=object, count=len(miss))
-        errors[miss] = np.fromiter(e, dtype=object, count=len(miss))
-    return values, errors
-
-
-def _expand(parsed: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.ndarray]:
-    """One object array per top-level key of the parsed dicts (``columns`` first, then keys as met)."""
-    n = len(parsed)
-    present = np.flatnonzero(np.not_equal(parsed, None))
-    objs = parsed[present].tolist()
-    keys = dict.fromkeys(columns or ())
-    for shape in dict.fromkeys(map(tuple, objs)):  # each distinct key sequence, in row order
-        keys.update(dict.fromkeys(shape))
-    out = {}
-    for name in keys:
-        try:  # every answer has the key (strict schemas): no default to look up
-            col = [obj[name] for obj in objs]
-        except KeyError:
-            col = [obj.get(name) for obj in objs]
-        arr = np.full(n, None, dtype=object)
-        arr[present] = np.fromiter(col, dtype=object, count=len(objs))
-        out[name] = arr
-    return out
 
 
 #: Suffix of a column holding an answer key that names a column already there (``_llm``, then ``_llm2``...).
@@ -302,6 +190,7 @@ def join_results(
     skipped_pos = np.fromiter(skipped, dtype=np.int64, count=len(skipped))
     text_column = None
     out_values = np.full(n, None, dtype=object)
+    fields: Dict[str, np.ndarray] = {key: np.full(n, None, dtype=object) for key in columns or ()}
     if parse_text is as_is and a.is_arrow("content"):
         # Nothing to parse and the text is in Arrow: one gather builds the column, no Python strings.
         src = np.full(n, -1, dtype=np.int64)
@@ -309,13 +198,22 @@ def join_results(
         src[skipped_pos] = -1
         text_column = a.arrow("content").take(pa.array(src, mask=src < 0))
     else:
+        usable = usable[np.argsort(where[usable], kind="stable")]  # in row order: keys are met in row order
         rows = where[usable]
-        with _gc_paused():
-            values, errs = _parse_usable(a, usable, parse_text, parsed)
-            out_values[rows] = np.fromiter(values, dtype=object, count=len(rows))
+        with gc_paused():
+            got, errs = parse_usable(a, usable, parse_text, parsed, expand_objects=expand, columns=columns)
+            if expand:  # one array per key, over the usable lines: spread onto the rows
+                fields = {}
+                for key, col in got.items():
+                    fields[key] = np.full(n, None, dtype=object)
+                    fields[key][rows] = col
+            else:
+                out_values[rows] = np.fromiter(got, dtype=object, count=len(rows))
         errors[rows] = np.fromiter(errs, dtype=object, count=len(rows))
     errors[skipped_pos] = np.fromiter(skipped.values(), dtype=object, count=len(skipped))
     out_values[skipped_pos] = None
+    for col in fields.values():
+        col[skipped_pos] = None
     missing = np.flatnonzero(~answered)
     for pos in missing.tolist():
         if pos not in skipped:
@@ -328,8 +226,7 @@ def join_results(
     stats.failed = int((done & ~is_ok).sum())
     values: Dict[str, Any] = {}
     if expand:
-        with _gc_paused():
-            values = _expand(out_values, columns)
+        values = fields
     else:
         values[output] = out_values if text_column is None else text_column
     errors = errors.tolist()

@@ -13,7 +13,7 @@ on every backend and ``to_batch_file`` use it.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import orjson
 
@@ -30,18 +30,23 @@ def slot(k: int) -> str:
     return f"\x00pdbatch:slot:{k}\x00"
 
 
-def _format(data: bytes, marks: Sequence[str]) -> Optional[bytes]:
-    """``data`` with each of ``marks`` (serialized, present once, in order) replaced by ``%s``."""
+def _pieces(data: bytes, marks: Sequence[str]) -> Optional[List[bytes]]:
+    """``data`` cut at each of ``marks`` (serialized, present once, in order): the bytes around them; None otherwise."""
     encoded = [orjson.dumps(m) for m in marks]
     at = [data.find(m) for m in encoded]
     if any(data.count(m) != 1 for m in encoded) or at != sorted(at):
         return None
     pieces, start = [], 0
     for m, i in zip(encoded, at):
-        pieces.append(data[start:i].replace(b"%", b"%%"))
+        pieces.append(data[start:i])
         start = i + len(m)
-    pieces.append(data[start:].replace(b"%", b"%%"))
-    return b"%s".join(pieces)
+    pieces.append(data[start:])
+    return pieces
+
+
+def _format(pieces: List[bytes]) -> bytes:
+    """A bytes ``%`` format that puts one value between each two ``pieces``."""
+    return b"%s".join(p.replace(b"%", b"%%") for p in pieces)
 
 
 class LineTemplate:
@@ -65,29 +70,45 @@ class LineTemplate:
     __slots__ = ("line", "hash")
     slot = staticmethod(slot)
 
-    def __init__(self, line_format: bytes, hash_format: bytes, slots: int) -> None:
+    def __init__(self, line_format: bytes, hash_pieces: List[bytes], slots: int) -> None:
         dumps, blake = orjson.dumps, hashlib.blake2b
 
         def canonical(v: Any) -> bytes:
             return dumps(v, option=_SORT)
 
+        # What comes before the first value is hashed once; each row's hash goes on from a copy of that state.
+        start = blake(hash_pieces[0], digest_size=16)
+        rest = _format([b""] + hash_pieces[1:])
         if slots == 1:  # the common shape, without building an argument list per line
+            suffix = hash_pieces[1]
             self.line = lambda custom_id, values: line_format % (dumps(custom_id), dumps(values[0]))
-            self.hash = lambda values: blake(hash_format % (canonical(values[0]),), digest_size=16).hexdigest()
+
+            def hash_one(values) -> str:
+                h = start.copy()
+                h.update(canonical(values[0]))
+                h.update(suffix)
+                return h.hexdigest()
+
+            self.hash = hash_one
         else:
             self.line = lambda custom_id, values: line_format % (dumps(custom_id), *map(dumps, values))
-            self.hash = lambda values: blake(hash_format % tuple(map(canonical, values)),
-                                             digest_size=16).hexdigest()
+
+            def hash_many(values) -> str:
+                h = start.copy()
+                h.update(rest % tuple(map(canonical, values)))
+                return h.hexdigest()
+
+            self.hash = hash_many
 
     @classmethod
     def build(cls, url: str, body: Mapping[str, Any], slots: int) -> Optional["LineTemplate"]:
         """A template from a body holding the markers ``slot(0)`` ... ``slot(slots - 1)`` in that order."""
         marks = [slot(k) for k in range(slots)]
-        line = _format(Request(_ID, body, url).to_line(), [_ID] + marks)
-        key = _format(url.encode() + b"\n" + orjson.dumps(body, option=_SORT), marks)
+        line = _pieces(Request(_ID, body, url).to_line(), [_ID] + marks)
+        key = _pieces(url.encode() + b"\n" + orjson.dumps(body, option=_SORT), marks)
         if line is None or key is None:
             return None
-        return cls(line, key, slots)
+        return cls(_format(line), key, slots)
 
 
 def encode_one(custom_id: str, body: Mapping[str, Any], url: str) -> Tuple[bytes, str]:

@@ -26,7 +26,7 @@ from ..options import JobOptions
 from ..pricing.prices import job_cost
 from ..core.answers import Answers
 
-from ..core.join import Parsed, preparse
+from ..core.fields import Parsed, preparse
 from ..core.spec import MapSpec, Rendered
 from .cache import to_send
 from .host import HostCopy, load_host
@@ -89,7 +89,7 @@ class Job:
         """
         self.store.put_answers(self.id, answers, self.hashes, attempt=attempt)
         if len(answers) >= PREPARSE_MIN:
-            early = preparse(answers, self.spec.fmt.text_parser())
+            early = preparse(answers, self.spec.fmt.text_parser(), list(self.spec.fmt.columns or ()))
             if early is not None:
                 self._parsed.append(early)
 

@@ -474,12 +474,13 @@ SCHEMA = {"type": "object", "properties": {"v": {"type": "integer"}}, "required"
 
 
 def test_preparsed_answers_join_the_same_and_a_stale_entry_is_parsed_again(df):
-    from pdbatch.core.join import Parsed, preparse
+    from pdbatch.core.fields import Parsed, preparse
 
     parse = response_format(SCHEMA).text_parser()
     first = answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": "x"}'), fail("no"), ok("it", '{"v": 4}'))
     early = preparse(first, parse)
-    assert isinstance(early, Parsed) and len(early.values) == 3  # the plain successes only
+    assert isinstance(early, Parsed) and len(early) == 3  # the plain successes only
+    assert early.columns["v"].tolist() == [1, None, 4]  # "pe" fails the schema: no value
     # "it" was answered again since (another attempt): its stored content differs from the parsed one.
     now = answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": "x"}'), fail("no"), ok("it", '{"v": 40}'))
     kw = dict(kind="schema", output="llm_output", error_column="llm_error", columns=["v"])
@@ -492,7 +493,7 @@ def test_preparsed_answers_join_the_same_and_a_stale_entry_is_parsed_again(df):
 
 
 def test_preparse_of_text_answers_is_nothing(df):
-    from pdbatch.core.join import preparse
+    from pdbatch.core.fields import preparse
 
     assert preparse(answers(ok("fr", "x")), response_format(None).text_parser()) is None
     assert preparse(answers(), response_format(SCHEMA).text_parser()) is None
