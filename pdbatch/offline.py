@@ -11,7 +11,7 @@ import sys
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .backends import choose_backend
+from .backends import choose_backend, provider_of
 from .core.batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_lines
 from .core.ids import unique_ids
 from .core.records import EMBEDDINGS_URL
@@ -221,7 +221,7 @@ class OfflineMethods:
         rendered = spec.render(self._frame(), ids)
         store = default_store() if job.cache and os.path.exists(store_path()) else None
         est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(ids),
-                                skipped=rendered.skipped, store=store)
+                                skipped=rendered.skipped, store=store, provider=provider_of(backend, client))
         if show:  # the summary is what show=True asks for: this method's output, not a notice
             sys.stdout.write(est["summary"] + "\n")
         return est

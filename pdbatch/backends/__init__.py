@@ -17,9 +17,9 @@ from typing import Any
 
 from ..errors import BackendUnavailableError, OptionError
 from ..options import BACKEND_NAMES, check_owner
-from .base import Backend, Progress
+from .base import Backend, Progress, openai_provider
 
-__all__ = ["Backend", "Progress", "resolve_backend", "choose_backend", "local_available", "BACKENDS"]
+__all__ = ["Backend", "Progress", "resolve_backend", "choose_backend", "provider_of", "local_available", "BACKENDS"]
 
 BACKENDS = BACKEND_NAMES
 log = logging.getLogger("pdbatch")
@@ -95,3 +95,20 @@ def resolve_backend(backend: Any = None, client: Any = None, **options: Any) -> 
         warnings.warn("pdbatch: no OPENAI_API_KEY and no client given: running on the local model "
                       "(backend='local'); set OPENAI_API_KEY to use the Batch API", UserWarning, stacklevel=4)
     return Local(**given)
+
+
+def provider_of(backend: Any = None, client: Any = None) -> str:
+    """Who would answer a ``map`` with these arguments (see :attr:`Backend.provider`), without building a client.
+
+    The cache key of an estimate's lookups; None-safe where no backend is
+    available (then the environment's OpenAI provider).
+    """
+    if backend is not None and not isinstance(backend, str):
+        return backend.provider
+    try:
+        name = choose_backend(backend, client)
+    except BackendUnavailableError:
+        name = "batch"
+    if name == "local":
+        return "local default"
+    return openai_provider(client)

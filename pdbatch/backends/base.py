@@ -18,7 +18,7 @@ from ..core.answers import Answers
 from ..core.records import Request, Result
 from ..errors import BackendUnavailableError
 
-__all__ = ["Backend", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState", "default_client"]
+__all__ = ["Backend", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState", "default_client", "openai_provider"]
 
 #: Batch statuses after which nothing more will happen.
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -85,11 +85,38 @@ def default_client() -> Any:
     return openai.OpenAI()
 
 
+def openai_provider(client: Any = None) -> str:
+    """Who answers an OpenAI-style client, as the answer cache and job fingerprints see it.
+
+    The client's base URL, and its organisation and project where set (from
+    the environment, ``OPENAI_BASE_URL`` / ``OPENAI_ORG_ID`` /
+    ``OPENAI_PROJECT_ID``, without a client); never its API key.
+
+    Examples
+    --------
+    >>> import openai
+    >>> openai_provider(openai.OpenAI(api_key="k", base_url="http://127.0.0.1:8000/v1/"))
+    'openai http://127.0.0.1:8000/v1'
+    """
+    if client is None:
+        base = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        org, project = os.environ.get("OPENAI_ORG_ID"), os.environ.get("OPENAI_PROJECT_ID")
+    else:
+        base = str(getattr(client, "base_url", "") or "")
+        org, project = getattr(client, "organization", None), getattr(client, "project", None)
+    parts = ["openai", base.rstrip("/")]
+    parts += [f"org={org}"] if org else []
+    parts += [f"project={project}"] if project else []
+    return " ".join(parts)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What :class:`~pdbatch.job.Job` needs from a backend."""
 
     name: str
+    #: who answers (an API's base URL, organisation and project; or the local model): part of every cache key
+    provider: str
     supports_vision: bool
     supports_json_schema: bool
     supports_embeddings: bool

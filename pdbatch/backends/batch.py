@@ -41,7 +41,7 @@ from ..core.ids import positions
 from ..core.answers import NO_ANSWER
 from .progress import progress_bar
 from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, retryable
-from .base import TERMINAL, Progress, default_client
+from .base import TERMINAL, Progress, default_client, openai_provider
 from .batch_state import ORDER as _ORDER, BatchState, ShardState, retry_shard, rows_to_retry
 
 __all__ = ["Batch", "BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
@@ -98,6 +98,7 @@ class Batch:
         if self.max_poll_interval < self.poll_interval:
             raise OptionError(f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})")
         self.client = client if client is not None else default_client()
+        self.provider = openai_provider(self.client)
         self._create_client = self.client.with_options(max_retries=0)  # pdbatch retries these calls itself
         self._polls = RetryPolicy(None, backoff=1.0, max_backoff=30.0, max_retry_after=120.0, max_elapsed=POLL_PATIENCE)
 

@@ -12,6 +12,7 @@ answer; calling ``wait`` again runs only the rows still unanswered.
 
 from __future__ import annotations
 
+import os
 import queue
 import warnings
 import threading
@@ -94,6 +95,8 @@ class Local(RowByRow):
         if model is not None and not str(model).lower().endswith(".gguf"):
             raise OptionError(f"model must name a .gguf file (Local(model='/path/to/model.gguf')), got {model!r}")
         self.model_path = model
+        #: the .gguf file named, else the model the requests name resolved to the bundled one
+        self.provider = "local " + (os.path.abspath(model) if model is not None else "default")
         self.workers = check("workers", workers)
         self.threads_per_worker = check("threads_per_worker", threads_per_worker)
         self.progress = check("progress", progress)

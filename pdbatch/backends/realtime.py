@@ -40,8 +40,7 @@ from ..options import check
 from .ratelimit import RateLimiter
 from ..core.records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBEDDINGS_URL: for the examples)
 from .progress import progress_bar
-from .base import RowByRow, Progress
-from .batch import default_client
+from .base import RowByRow, Progress, default_client, openai_provider
 from .realtime_run import _Run, async_client
 
 __all__ = ["Realtime", "RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED"]
@@ -122,6 +121,7 @@ class Realtime(RowByRow):
         backoff, max_backoff = check("backoff", backoff), check("max_backoff", max_backoff)
         max_retry_after = check("max_retry_after", max_retry_after)
         self.client = client if client is not None else default_client()
+        self.provider = openai_provider(self.client)
         async_client(self.client)  # refuse an unsupported client now, before any work
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts

@@ -17,7 +17,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import orjson
 
-from .records import Request, request_hash
+from .records import Request, key_prefix, request_hash
 
 __all__ = ["LineTemplate"]
 
@@ -101,17 +101,20 @@ class LineTemplate:
             self.hash = hash_many
 
     @classmethod
-    def build(cls, url: str, body: Mapping[str, Any], slots: int) -> Optional["LineTemplate"]:
-        """A template from a body holding the markers ``slot(0)`` ... ``slot(slots - 1)`` in that order."""
+    def build(cls, url: str, body: Mapping[str, Any], slots: int, provider: str = "") -> Optional["LineTemplate"]:
+        """A template from a body holding the markers ``slot(0)`` ... ``slot(slots - 1)`` in that order.
+
+        ``provider`` goes into the hashes as :func:`~pdbatch.core.records.request_hash` puts it.
+        """
         marks = [slot(k) for k in range(slots)]
         line = _pieces(Request(_ID, body, url).to_line(), [_ID] + marks)
-        key = _pieces(url.encode() + b"\n" + orjson.dumps(body, option=_SORT), marks)
+        key = _pieces(key_prefix(provider, url) + orjson.dumps(body, option=_SORT), marks)
         if line is None or key is None:
             return None
         return cls(_format(line), key, slots)
 
 
-def encode_one(custom_id: str, body: Mapping[str, Any], url: str) -> Tuple[bytes, str]:
+def encode_one(custom_id: str, body: Mapping[str, Any], url: str, provider: str = "") -> Tuple[bytes, str]:
     """The line and request hash of one request serialized whole (the fallback of :class:`LineTemplate`)."""
     req = Request(custom_id, body, url)
-    return req.to_line(), request_hash(req)
+    return req.to_line(), request_hash(req, provider)

@@ -16,7 +16,7 @@ import base64
 import numpy as np
 import orjson
 
-__all__ = ["Request", "request_hash", "Result", "Usage", "usage_counts", "embedding_of", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL"]
+__all__ = ["Request", "request_hash", "key_prefix", "Result", "Usage", "usage_counts", "embedding_of", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL"]
 
 RECORD_VERSION = 1
 NO_RESPONSE = "the line carried neither a response nor an error"
@@ -140,8 +140,17 @@ class Request:
         return cls.from_dict(orjson.loads(line))
 
 
-def request_hash(req: Request) -> str:
-    """The cache key of a request: a hash of its endpoint and canonical body.
+def key_prefix(provider: str, url: str) -> bytes:
+    """What a cache key hashes before the body: the provider (when named) and the endpoint."""
+    return (provider.encode("utf-8", "surrogatepass") + b"\n" if provider else b"") + url.encode() + b"\n"
+
+
+def request_hash(req: Request, provider: str = "") -> str:
+    """The cache key of a request: a hash of where it goes (``provider``), its endpoint and canonical body.
+
+    ``provider`` names who answers (see :attr:`pdbatch.backends.base.Backend.provider`:
+    an API's base URL, organisation and project, or the local model), so that
+    one provider's answers never answer for another.
 
     Examples
     --------
@@ -150,7 +159,7 @@ def request_hash(req: Request) -> str:
     >>> request_hash(a) == request_hash(b)
     True
     """
-    data = req.url.encode() + b"\n" + orjson.dumps(req.body, option=orjson.OPT_SORT_KEYS)
+    data = key_prefix(provider, req.url) + orjson.dumps(req.body, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 

@@ -333,24 +333,24 @@ class MapSpec:
         for _pos, cid, values in self._slots(rendered):
             yield Request(cid, body(values), url)
 
-    def _line_template(self, rendered: Rendered):
+    def _line_template(self, rendered: Rendered, provider: str = ""):
         """``(body maker, url, LineTemplate or None)`` for this spec and these rows."""
         body, url = self._body_maker(), self.url
         n = 2 if self._per_row_system(rendered) else 1
-        return body, url, LineTemplate.build(url, body(tuple(LineTemplate.slot(k) for k in range(n))), n)
+        return body, url, LineTemplate.build(url, body(tuple(LineTemplate.slot(k) for k in range(n))), n, provider)
 
-    def encode(self, rendered: Rendered) -> Iterator[tuple]:
+    def encode(self, rendered: Rendered, provider: str = "") -> Iterator[tuple]:
         """Yield ``(position, custom_id, JSONL line, request hash)`` per row that can be sent, in row order.
 
         The lines are the bytes :meth:`requests` would serialize and the hashes
-        what :func:`~pdbatch.core.records.request_hash` gives, made by splicing
-        each row's values into a body serialized once
-        (:class:`~pdbatch.core.lines.LineTemplate`).
+        what :func:`~pdbatch.core.records.request_hash` gives for ``provider``
+        (who answers: part of every cache key), made by splicing each row's
+        values into a body serialized once (:class:`~pdbatch.core.lines.LineTemplate`).
         """
-        body, url, template = self._line_template(rendered)
+        body, url, template = self._line_template(rendered, provider)
         if template is None:  # a body the splicer cannot take: each request serialized whole
             for pos, cid, values in self._slots(rendered):
-                yield (pos, cid, *encode_one(cid, body(values), url))
+                yield (pos, cid, *encode_one(cid, body(values), url, provider))
             return
         line, key = template.line, template.hash
         for pos, cid, values in self._slots(rendered):

@@ -43,7 +43,7 @@ def to_send(job, rendered: Rendered, use_cache: bool) -> Iterator[Tuple[str, byt
             if h not in hits and cid not in answered:
                 yield cid, line
 
-    for item in job.spec.encode(rendered):
+    for item in job.spec.encode(rendered, job.backend.provider):
         chunk.append(item)
         if len(chunk) >= CHUNK:
             yield from flush()

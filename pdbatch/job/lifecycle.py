@@ -329,7 +329,7 @@ def start_job(
         )
     rendered = spec.render(frame, ids)
     store = store or default_store()
-    fp = fingerprint(spec, rendered, backend.name)
+    fp = fingerprint(spec, rendered, f"{backend.name}\x00{backend.provider}")
     job_id = new_job_id()
     workdir = os.path.join(pdbatch_home(), "jobs", job_id)
     source = dict(spec.source, _max_retries=max_retries, _retry_invalid=retry_invalid)

@@ -37,6 +37,7 @@ def estimate_requests(
     rows: int,
     skipped: Mapping[int, str],
     store: Any = None,
+    provider: str = "",
     chunk: int = 5000,
 ) -> Dict[str, Any]:
     """Count what ``requests`` would send and price it; nothing is sent.
@@ -54,6 +55,9 @@ def estimate_requests(
     store : Store, optional
         Look each request up in the answer cache (what ``map`` with
         ``cache=True`` would not send again).
+    provider : str
+        Who would answer (part of the cache key; see
+        :func:`pdbatch.backends.provider_of`).
 
     Returns
     -------
@@ -76,7 +80,7 @@ def estimate_requests(
 
     def flush() -> None:
         nonlocal sent, cached, tokens, images, image_tokens, out_tokens, output_known
-        hashes = [request_hash(r) for r in batch] if store is not None else [None] * len(batch)
+        hashes = [request_hash(r, provider) for r in batch] if store is not None else [None] * len(batch)
         hits = store.cached(hashes) if store is not None else {}
         for r, h in zip(batch, hashes):
             if h in hits:

@@ -265,9 +265,12 @@ def test_estimate_counts_cached_answers_as_not_sent(make_server, make_client, ci
     srv = make_server()
     cities.llm.map("Country of {city}?", model="gpt-4o-mini", client=make_client(srv), **FAST)
     calls = len(srv.stats.log)
-    est = cities.llm.estimate("Country of {city}?", model="gpt-4o-mini", show=False)
+    est = cities.llm.estimate("Country of {city}?", model="gpt-4o-mini", client=make_client(srv), show=False)
     assert (est["requests"], est["cached"], est["input_tokens"]) == (0, 3, 0)
-    assert cities.llm.estimate("Country of {city}?", model="gpt-4o-mini", cache=False, show=False)["requests"] == 3
+    assert cities.llm.estimate("Country of {city}?", model="gpt-4o-mini", client=make_client(srv), cache=False,
+                               show=False)["requests"] == 3
+    # Another provider (here the environment's default API) is not answered by this server's answers.
+    assert cities.llm.estimate("Country of {city}?", model="gpt-4o-mini", show=False)["cached"] == 0
     assert len(srv.stats.log) == calls
 
 
