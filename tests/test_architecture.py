@@ -97,3 +97,21 @@ def test_library_never_prints():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
                 offenders.append(f"{name}:{node.lineno}")
     assert offenders == []
+
+
+def test_backends_report_through_the_ledger_and_never_write_the_job():
+    """Backends see a job through backends/base.Ledger: no store, no job field written, no private job name."""
+    forbidden = {"store", "record", "hashes", "skipped", "host", "overwrite"}
+    found = []
+    for path in sorted((PKG / "backends").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "job":
+                if node.attr in forbidden or node.attr.startswith("_"):
+                    found.append(f"{path.name}:{node.lineno} job.{node.attr}")
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            for t in targets:
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "job":
+                    found.append(f"{path.name}:{t.lineno} assigns job.{t.attr}")
+    assert not found, found

@@ -1,8 +1,10 @@
 """The small protocol every backend implements.
 
-A backend turns a job's requests into :class:`~pdbatch.records.Result`
-records. Capabilities are attributes (``supports_vision``...), checked by the
-accessor before any work, never by ``isinstance``.
+A backend turns a job's requests into answers. It sees the job through
+:class:`Ledger`: plain inputs to read, and ``record_*`` methods through which
+it reports what it produced (answers, shards, rows it could not send); the job
+alone persists them. Capabilities are attributes (``supports_vision``...),
+checked by the accessor before any work, never by ``isinstance``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..core.answers import Answers
 from ..core.records import Request, Result
 from ..errors import BackendUnavailableError
 
-__all__ = ["Backend", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState", "default_client", "openai_provider"]
+__all__ = ["Backend", "Ledger", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState", "default_client", "openai_provider"]
 
 #: Batch statuses after which nothing more will happen.
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -110,6 +112,57 @@ def openai_provider(client: Any = None) -> str:
     return " ".join(parts)
 
 
+class Ledger(Protocol):
+    """What a backend sees of a job (:class:`pdbatch.job.Job` implements it): plain inputs, and the one way to report.
+
+    A backend never writes the job store nor a field of the job: it reports
+    what it produced through the ``record_*`` methods, and the job persists
+    it, in the order reported (a shard is on disk before the call that
+    depends on it is made). Its own typed state is ``state`` (made by its
+    ``new_state``).
+    """
+
+    id: str
+    ids: List[str]
+    spec: Any
+    workdir: str
+    state: Any
+    max_retries: int
+    retry_invalid: int
+
+    @property
+    def sent(self) -> int:
+        """Rows to send (every row but the skipped ones)."""
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled on purpose."""
+
+    def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
+        """Answers produced (stored, and parsed for the join)."""
+
+    def record_shard(self, shard: Any) -> None:
+        """A piece of state to persist before going on (``shard.index``, ``shard.fields()``)."""
+
+    def record_skipped(self, reasons: Dict[str, str]) -> None:
+        """Rows that cannot be sent, custom_id -> reason."""
+
+    def record_written(self) -> None:
+        """Every request of the job is on disk."""
+
+    def stored_shards(self) -> List[Dict[str, Any]]:
+        """The pieces recorded so far, by any process."""
+
+    def stored_answers(self) -> Answers:
+        """Every stored answer of the job."""
+
+    def answered_ids(self, ok_only: bool = False) -> set:
+        """custom_ids with a stored answer."""
+
+    def count_answers(self, ok_only: bool = False) -> int:
+        """How many rows have a stored answer."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What :class:`~pdbatch.job.Job` needs from a backend."""
@@ -126,25 +179,25 @@ class Backend(Protocol):
     def new_state(self) -> JobState:
         """The empty in-process state of a job on this backend."""
 
-    def submit(self, job: Any, lines: Iterator[Tuple[str, bytes]]) -> None:
+    def submit(self, job: Ledger, lines: Iterator[Tuple[str, bytes]]) -> None:
         """Start the work for ``lines``: ``(custom_id, JSONL line)`` pairs, consumed once, streaming."""
 
-    def refresh(self, job: Any) -> Progress:
+    def refresh(self, job: Ledger) -> Progress:
         """Update and return the job's progress without blocking for long."""
 
-    def wait(self, job: Any, *, progress: bool, timeout: Optional[float]) -> Progress:
+    def wait(self, job: Ledger, *, progress: bool, timeout: Optional[float]) -> Progress:
         """Block until the job is done (or ``timeout`` seconds pass); store answers as they arrive."""
 
-    def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Tuple[str, bytes]]]] = None) -> None:
+    def attach(self, job: Ledger, requests: Optional[Callable[[], Iterator[Tuple[str, bytes]]]] = None) -> None:
         """Pick up a job found in the store (a re-run, ``Job.load``); ``requests`` regenerates its lines."""
 
-    def collect(self, job: Any) -> None:
+    def collect(self, job: Ledger) -> None:
         """Store whatever finished work has not been stored yet (before the job's answers are read)."""
 
-    def cancel(self, job: Any) -> None:
+    def cancel(self, job: Ledger) -> None:
         """Stop the work; answers already made are kept."""
 
-    def unanswered(self, job: Any, pos: int) -> str:
+    def unanswered(self, job: Ledger, pos: int) -> str:
         """The error-cell reason for a sent row that has no result."""
 
 
@@ -168,10 +221,10 @@ class RowByRow:
 
     def attach(self, job: Any, requests: Optional[Callable[[], Iterator[Tuple[str, bytes]]]] = None) -> None:
         """Resume a stored job: its unanswered rows go on the next ``wait``."""
-        done = job.store.answered_ids(job.id)
+        done = job.answered_ids()
         todo = list(requests()) if requests is not None else []
         self.submit(job, ((cid, line) for cid, line in todo if cid not in done))
-        if job.record.state in ("cancelling", "cancelled"):
+        if job.cancelled:
             job.state.status = "cancelled"
 
     @staticmethod
@@ -180,9 +233,9 @@ class RowByRow:
         return [Request.from_line(line) for _cid, line in lines]
 
     def refresh(self, job: Any) -> Progress:
-        total = len(job.ids) - len(job.skipped)
-        answered = job.store.count_answers(job.id)
-        ok = job.store.count_answers(job.id, ok_only=True)
+        total = job.sent
+        answered = job.count_answers()
+        ok = job.count_answers(ok_only=True)
         if answered >= total:
             state = "completed"
         elif job.state.status in ("interrupted", "cancelled"):
@@ -193,7 +246,7 @@ class RowByRow:
 
     def _arrived(self, job: Any, result: Result) -> None:
         """Record one answer in the job store (the single place answers are stored)."""
-        job.store.put_answers(job.id, Answers.from_results([result]), job.hashes)
+        job.record_answers(Answers.from_results([result]))
 
     def collect(self, job: Any) -> None:
         """Nothing to fetch: each answer was stored as it arrived."""

@@ -37,7 +37,6 @@ import openai
 from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, iter_shards, read_answers
 from ..errors import BatchFailedError, JobError, OptionError, PdbatchError
 from ..options import check
-from ..core.ids import positions
 from ..core.answers import NO_ANSWER
 from .progress import progress_bar
 from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, retryable
@@ -109,7 +108,7 @@ class Batch:
 
     @staticmethod
     def _save(job, st: ShardState) -> None:
-        job.store.put_shard(job.id, st.index, **st.fields())
+        job.record_shard(st)
 
     # ----------------------------------------------------------------- submit
     def submit(self, job, lines: Iterator[Tuple[str, bytes]]) -> None:
@@ -121,7 +120,7 @@ class Batch:
         launched (or found, see :meth:`_launch`) and only the rows in none of
         them are written again, in new shards.
         """
-        done = [ShardState.from_store(d) for d in job.store.shards(job.id)]
+        done = [ShardState.from_store(d) for d in job.stored_shards()]
         sent = {cid for st in done for cid in st.line_ids()}
         job.state.shards = done
         for st in done:
@@ -137,14 +136,12 @@ class Batch:
             self._save(job, st)  # recorded before its upload: a re-run finds it and never sends its rows twice
             self._launch(job, st)
         if too_large:
-            pos_of = positions(job.ids)
-            for cid, reason in too_large.items():
-                job.skipped[pos_of[cid]] = reason
-        job.mark_written()
+            job.record_skipped(too_large)
+        job.record_written()
 
     def attach(self, job, requests=None) -> None:
         """Pick up a job from the store; finish whatever a dead process left half done."""
-        job.state.shards = [ShardState.from_store(d) for d in job.store.shards(job.id)]
+        job.state.shards = [ShardState.from_store(d) for d in job.stored_shards()]
         for st in self._shards(job):
             if st.status in ("written", "uploaded", "creating"):
                 self._launch(job, st)
@@ -227,7 +224,7 @@ class Batch:
         if not shards:
             return Progress("completed", 0)
         total = sum(s.count for s in shards if s.attempt == 0)
-        stored_ok = job.store.count_answers(job.id, ok_only=True) if any(s.ingested for s in shards) else 0
+        stored_ok = job.count_answers(ok_only=True) if any(s.ingested for s in shards) else 0
         completed = stored_ok + sum(s.completed for s in shards if not s.ingested)
         latest = max(s.attempt for s in shards)
         failed = sum(s.failed for s in shards if s.attempt == latest)
@@ -337,7 +334,7 @@ class Batch:
         for st in self._shards(job):
             if st.done and not st.ingested:
                 answers = read_answers(self._files(job, st), "embedding" if job.spec.embeddings else "chat")
-                job.keep_answers(answers, attempt=st.attempt)
+                job.record_answers(answers, attempt=st.attempt)
                 st.ingested = 1
                 self._save(job, st)
 
@@ -349,10 +346,10 @@ class Batch:
         round_ = max(s.attempt for s in shards)
         if round_ >= max(job.max_retries, job.retry_invalid):
             return False
-        if job.retry_invalid <= round_ and job.store.count_answers(job.id, ok_only=True) >= job.sent:
+        if job.retry_invalid <= round_ and job.count_answers(ok_only=True) >= job.sent:
             return False  # every row has a plain success: nothing to look for (and no shard file to read)
         last = [s for s in shards if s.attempt == round_]
-        again = rows_to_retry(job.store.answers(job.id), [cid for st in last for cid in st.line_ids()],
+        again = rows_to_retry(job.stored_answers(), [cid for st in last for cid in st.line_ids()],
                               retryable_codes=RETRYABLE_CODES, retry_failed=round_ < job.max_retries,
                               parse=job.spec.fmt.text_parser() if job.retry_invalid > round_ else None)
         if not again:

@@ -117,7 +117,7 @@ class Local(RowByRow):
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
         if job.state.status == "cancelled":
             return self.refresh(job)
-        answered = job.store.answered_ids(job.id)
+        answered = job.answered_ids()
         todo = [r for r in job.state.requests if r.custom_id not in answered]
         if not todo:
             return self.refresh(job)
@@ -148,7 +148,7 @@ class Local(RowByRow):
         ]
         bar = None
         if progress and self.progress:
-            total = len(job.ids) - len(job.skipped)
+            total = job.sent
             bar = progress_bar(total=total, initial=total - len(todo), unit="row", desc=f"pdbatch local {job.id[-10:]}")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:

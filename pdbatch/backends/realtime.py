@@ -156,7 +156,7 @@ class Realtime(RowByRow):
         self._counts(job)
         if job.state.status == "cancelled":
             return self.refresh(job)
-        answered = job.store.answered_ids(job.id)
+        answered = job.answered_ids()
         todo = [r for r in job.state.requests if r.custom_id not in answered]
         if not todo:
             return self.refresh(job)
@@ -165,7 +165,7 @@ class Realtime(RowByRow):
         bar = None
         if progress and self.progress:
 
-            total = len(job.ids) - len(job.skipped)
+            total = job.sent
             bar = progress_bar(total=total, initial=total - len(todo), unit="row", desc=f"pdbatch realtime {job.id[-10:]}")
         deadline = None if timeout is None else time.monotonic() + timeout
         failed = [0]

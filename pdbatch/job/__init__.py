@@ -3,6 +3,7 @@
 ``from pdbatch.job import Job`` (the import path of earlier releases) keeps working.
 """
 
-from .lifecycle import Job, jobs, start_job
+from .lifecycle import Job, jobs
+from .start import start_job
 
 __all__ = ["Job", "jobs", "start_job"]

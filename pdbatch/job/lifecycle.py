@@ -10,36 +10,30 @@ never only on this object: a restarted kernel finds them again.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
 from ..backends.base import Backend, JobState, Progress
-from ..errors import BackendUnavailableError, JobError
-from ..core.ids import custom_ids, unique_ids
-from ..options import JobOptions
+from ..errors import JobError
+from ..core.ids import custom_ids, positions
 from ..pricing.prices import job_cost
 from ..core.answers import Answers
-
 from ..core.fields import Parsed, preparse
-from ..core.spec import MapSpec, Rendered
+from ..core.spec import MapSpec
 from .cache import to_send
-from .host import HostCopy, load_host
-from .fingerprint import FINGERPRINT_PREFIX, fingerprint, legacy_fingerprint
+from .host import load_host
 from .locks import job_lock
 from .store import JobRecord, Store, default_store, pdbatch_home
 
-__all__ = ["Job", "start_job", "pdbatch_home", "new_job_id", "jobs"]
+__all__ = ["Job", "pdbatch_home", "new_job_id", "jobs"]
 
 #: Answers stored at once from this many on are parsed as they arrive (a shard's); fewer wait for the join.
 PREPARSE_MIN = 64
 
-_CACHE_CHUNK = 5000
 
 
 def new_job_id() -> str:
@@ -81,8 +75,9 @@ class Job:
     #: answers parsed as they arrived (see :meth:`keep_answers`), for the join
     _parsed: List[Parsed] = field(default_factory=list, repr=False)
 
-    def keep_answers(self, answers: Answers, *, attempt: int = 0) -> None:
-        """Store answers a backend produced, and parse them now (backends call this; the join then parses none).
+    # ------------------------------------------------- what backends report (the Ledger of backends/base.py)
+    def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
+        """Store answers a backend produced, and parse them now (the join then parses none of them).
 
         Parsing here, as each shard's answers arrive, overlaps with the
         shards still running; :meth:`result` uses what was parsed.
@@ -93,8 +88,39 @@ class Job:
             if early is not None:
                 self._parsed.append(early)
 
-    def mark_written(self) -> None:
-        """Record that every request is on disk: rows, hashes, counts (backends call this)."""
+    def record_shard(self, shard: Any) -> None:
+        """Persist one piece of the backend's state that must outlive the process (a batch shard)."""
+        self.store.put_shard(self.id, shard.index, **shard.fields())
+
+    def record_skipped(self, reasons: Mapping[str, str]) -> None:
+        """Rows the backend could not send (custom_id -> reason): they get the reason as their error cell."""
+        pos_of = positions(self.ids)
+        for cid, reason in reasons.items():
+            self.skipped[pos_of[cid]] = reason
+
+    def stored_shards(self) -> List[Dict[str, Any]]:
+        """The shards recorded so far (by any process), as :meth:`record_shard` stored them."""
+        return self.store.shards(self.id)
+
+    def stored_answers(self) -> Answers:
+        """Every answer stored for this job (by any process), column-wise."""
+        return self.store.answers(self.id)
+
+    def answered_ids(self, ok_only: bool = False) -> set:
+        """custom_ids with a stored answer (with ``ok_only``, a plain success)."""
+        return self.store.answered_ids(self.id, ok_only)
+
+    def count_answers(self, ok_only: bool = False) -> int:
+        """How many rows have a stored answer (with ``ok_only``, a plain success)."""
+        return self.store.count_answers(self.id, ok_only)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled on purpose (by this process or another)."""
+        return self.record.state in ("cancelling", "cancelled")
+
+    def record_written(self) -> None:
+        """Record that every request is on disk: rows, hashes, counts."""
         self.store.put_rows(self.id, list(self.hashes), list(self.hashes.values()))
         self.record.sent = len(self.ids) - len(self.skipped) - self.record.cached
         self.record.state = "written"
@@ -298,72 +324,3 @@ def jobs(limit: int = 50, store: Optional[Store] = None) -> pd.DataFrame:
             "state": [r.state for r in recs],
         }
     )
-
-
-def start_job(
-    host: Union[pd.DataFrame, pd.Series],
-    spec: MapSpec,
-    backend: Backend,
-    options: Optional[JobOptions] = None,
-    *,
-    store: Optional[Store] = None,
-) -> Job:
-    """Validate ``host`` against ``spec``, then attach to the same job or start a new one.
-
-    Everything that can be checked is checked here, before the backend sees a
-    single request: duplicate custom_ids, column collisions, capabilities.
-    """
-    options = options or JobOptions()
-    overwrite, cache = options.overwrite, options.cache
-    max_retries, retry_invalid = options.max_retries, options.retry_invalid
-    ids = unique_ids(host.index)
-    if isinstance(host, pd.DataFrame):
-        spec.check_collisions(host.columns, overwrite)
-        frame = host
-    else:
-        frame = host.to_frame(name="value")
-    if spec.images is not None and not backend.supports_vision:
-        raise BackendUnavailableError(
-            f"images= needs a vision model, which the {backend.name!r} backend does not have; "
-            f"use backend='batch' with a vision model such as gpt-4o-mini"
-        )
-    rendered = spec.render(frame, ids)
-    store = store or default_store()
-    fp = fingerprint(spec, rendered, f"{backend.name}\x00{backend.provider}")
-    job_id = new_job_id()
-    workdir = os.path.join(pdbatch_home(), "jobs", job_id)
-    source = dict(spec.source, _max_retries=max_retries, _retry_invalid=retry_invalid)
-    def new_record() -> JobRecord:
-        return JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
-                         spec=source, workdir=workdir)
-
-    # A job an earlier release left unfinished is found by its old fingerprint (only computed when one exists).
-    also = [legacy_fingerprint(spec, rendered, backend.name)] if store.has_open_jobs(FINGERPRINT_PREFIX) else []
-    rec, created = store.create_or_attach(new_record(), reuse=True, also=also)
-    if not created and not cache and rec.state == "finished":
-        # cache=False: a finished job's answers are not reused; start afresh.
-        rec, created = store.create_or_attach(new_record(), reuse=False)
-    job = Job(rec.id, host, spec, backend, ids, rendered.skipped, rec.workdir, store, rec, overwrite,
-              max_retries, retry_invalid, state=backend.new_state())
-    with job_lock(rec.workdir):
-        rec = store.job(rec.id) or rec  # the state another process may have reached meanwhile
-        job.record = rec
-        if rec.state == "created":  # new, or its submitter died before its requests were on disk
-            copy = HostCopy(host, ids, rec.workdir).start()  # written while the first shards go out
-            try:
-                backend.submit(job, to_send(job, rendered, cache))
-            finally:
-                failed = copy.finish()
-            if failed is not None:
-                warnings.warn(f"pdbatch: job {rec.id}: the frame could not be stored ({failed}), so "
-                              f"pdbatch.Job.load({rec.id!r}).result() will not be able to join the answers back; "
-                              f"keep this job object (or run the same map again) to get the frame", UserWarning)
-            if rec.state == "created":  # a backend that did not call mark_written itself
-                job.mark_written()
-        else:
-            job.hashes = store.row_hashes(rec.id)
-            backend.attach(job, requests=lambda: to_send(job, rendered, cache))
-        if rec.state == "written":
-            rec.state = "submitted"
-            store.update_job(rec.id, state="submitted")
-    return job

@@ -1,0 +1,98 @@
+"""Starting a job: check the frame against the spec, find the same job or make a new one, submit it.
+
+:func:`start_job` is what ``df.llm.submit`` (and so ``map``) calls once every
+option is checked. A re-run of the same ``map`` finds its job by fingerprint
+and re-attaches to it, so nothing is paid twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Optional, Union
+
+import pandas as pd
+
+from ..backends.base import Backend
+from ..core.ids import unique_ids
+from ..core.spec import MapSpec
+from ..errors import BackendUnavailableError
+from ..options import JobOptions
+from .cache import to_send
+from .fingerprint import FINGERPRINT_PREFIX, fingerprint, legacy_fingerprint
+from .host import HostCopy
+from .lifecycle import Job, new_job_id
+from .locks import job_lock
+from .store import JobRecord, Store, default_store, pdbatch_home
+
+__all__ = ["start_job"]
+
+
+def start_job(
+    host: Union[pd.DataFrame, pd.Series],
+    spec: MapSpec,
+    backend: Backend,
+    options: Optional[JobOptions] = None,
+    *,
+    store: Optional[Store] = None,
+) -> Job:
+    """Validate ``host`` against ``spec``, then attach to the same job or start a new one.
+
+    Everything that can be checked is checked here, before the backend sees a
+    single request: duplicate custom_ids, column collisions, capabilities.
+    """
+    options = options or JobOptions()
+    overwrite, cache = options.overwrite, options.cache
+    max_retries, retry_invalid = options.max_retries, options.retry_invalid
+    ids = unique_ids(host.index)
+    if isinstance(host, pd.DataFrame):
+        spec.check_collisions(host.columns, overwrite)
+        frame = host
+    else:
+        frame = host.to_frame(name="value")
+    if spec.images is not None and not backend.supports_vision:
+        raise BackendUnavailableError(
+            f"images= needs a vision model, which the {backend.name!r} backend does not have; "
+            f"use backend='batch' with a vision model such as gpt-4o-mini"
+        )
+    rendered = spec.render(frame, ids)
+    store = store or default_store()
+    fp = fingerprint(spec, rendered, f"{backend.name}\x00{backend.provider}")
+    job_id = new_job_id()
+    workdir = os.path.join(pdbatch_home(), "jobs", job_id)
+    source = dict(spec.source, _max_retries=max_retries, _retry_invalid=retry_invalid)
+    def new_record() -> JobRecord:
+        return JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
+                         spec=source, workdir=workdir)
+
+    # A job an earlier release left unfinished is found by its old fingerprint (only computed when one exists).
+    also = [legacy_fingerprint(spec, rendered, backend.name)] if store.has_open_jobs(FINGERPRINT_PREFIX) else []
+    rec, created = store.create_or_attach(new_record(), reuse=True, also=also)
+    if not created and not cache and rec.state == "finished":
+        # cache=False: a finished job's answers are not reused; start afresh.
+        rec, created = store.create_or_attach(new_record(), reuse=False)
+    job = Job(rec.id, host, spec, backend, ids, rendered.skipped, rec.workdir, store, rec, overwrite,
+              max_retries, retry_invalid, state=backend.new_state())
+    with job_lock(rec.workdir):
+        rec = store.job(rec.id) or rec  # the state another process may have reached meanwhile
+        job.record = rec
+        if rec.state == "created":  # new, or its submitter died before its requests were on disk
+            copy = HostCopy(host, ids, rec.workdir).start()  # written while the first shards go out
+            try:
+                backend.submit(job, to_send(job, rendered, cache))
+            finally:
+                failed = copy.finish()
+            if failed is not None:
+                warnings.warn(f"pdbatch: job {rec.id}: the frame could not be stored ({failed}), so "
+                              f"pdbatch.Job.load({rec.id!r}).result() will not be able to join the answers back; "
+                              f"keep this job object (or run the same map again) to get the frame", UserWarning)
+            if rec.state == "created":  # a backend that did not call record_written itself
+                job.record_written()
+        else:
+            job.hashes = store.row_hashes(rec.id)
+            backend.attach(job, requests=lambda: to_send(job, rendered, cache))
+        if rec.state == "written":
+            rec.state = "submitted"
+            store.update_job(rec.id, state="submitted")
+    return job
