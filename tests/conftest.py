@@ -5,6 +5,7 @@
 * ``server``: a started server with :func:`echo_engine` and no faults.
 * ``client``: ``openai.OpenAI`` for ``server`` with ``max_retries=0``;
   ``make_client(srv, **kw)`` builds more.
+* ``batch_env``: ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` set for a started server (as a CLI user sets them).
 * ``wait_batch(client, batch_id, statuses=TERMINAL, timeout=5)``: poll until
   the batch reaches one of ``statuses`` (bounded in polls and in time).
 """
@@ -94,3 +95,12 @@ def wait_batch():
                              f"wanted one of {statuses}")
 
     return wait
+
+
+@pytest.fixture
+def batch_env(make_server, monkeypatch):
+    """The environment a user sets for the Batch API, pointed at the local server."""
+    srv = make_server()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-cli-test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+    return srv

@@ -20,14 +20,6 @@ MOVIES = ROOT / "data" / "movies.csv"
 PROMPT = ROOT / "data" / "prompts" / "movies.toml"
 
 
-@pytest.fixture
-def batch_env(make_server, monkeypatch):
-    """The environment a user sets for the Batch API, pointed at the local server."""
-    srv = make_server()
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-cli-test-key")
-    monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-    return srv
-
 
 def test_help_is_complete(capsys):
     with pytest.raises(SystemExit) as info:

@@ -18,14 +18,6 @@ import pdbatch  # noqa: F401  (registers .llm)
 from pdbatch.cli import main
 
 
-@pytest.fixture
-def batch_env(make_server, monkeypatch):
-    """The environment a user sets for the Batch API, pointed at the local server."""
-    srv = make_server()
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-cli-checks-key")
-    monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-    return srv
-
 
 @pytest.fixture
 def data(tmp_path):
