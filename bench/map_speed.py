@@ -42,8 +42,9 @@ sample of rows is compared before anything is printed.
 ``--memory`` runs only (b), on 1,000,000 rows (20 shards) unless ``--rows``
 says otherwise, and prints the peak resident memory (``ru_maxrss``,
 ``VmHWM``, and the highest ``VmRSS`` sampled during the map) over
-``df.memory_usage(deep=True).sum()`` (goal ≤ 3×). The server runs in the same
-process, so its memory is included.
+``df.memory_usage(deep=True).sum()`` (goal ≤ 3×), and the same minus the RSS
+before the frame was made. The server runs in a process of its own, so its
+memory is not counted.
 """
 
 from __future__ import annotations
