@@ -19,7 +19,7 @@ from .core.spec import MapSpec
 from .errors import BackendUnavailableError, OptionError
 from .job import Job, start_job
 from .offline import OfflineMethods
-from .options import JobOptions, RunOptions
+from .options import JobOptions, RunOptions, check
 
 __all__ = ["LLMAccessor"]
 
@@ -49,6 +49,7 @@ class LLMAccessor(OfflineMethods):
     def _build_spec(self, template: str, *, url: Optional[str] = None, **args: Any) -> MapSpec:
         """The checked spec of a call, checked against this host's columns too."""
         columns = ["value"] if self._series else list(self._obj.columns)
+        check("raw_column", args.get("raw_column"))
         if url is not None:
             args["url"] = url
         return MapSpec.build(template, columns=columns, series=self._series, **args)
@@ -93,6 +94,7 @@ class LLMAccessor(OfflineMethods):
         image_detail: Optional[str] = None,
         output: str = "llm_output",
         error_column: Optional[str] = "llm_error",
+        raw_column: Optional[str] = None,
         overwrite: bool = False,
         backend: Any = None,
         client: Any = None,
@@ -142,6 +144,11 @@ class LLMAccessor(OfflineMethods):
         error_column : str or None
             Column holding None where the row succeeded, else a short reason.
             Must differ from ``output`` and from the schema's keys.
+        raw_column : str, optional
+            Also add this column: every row's answer text as it came back,
+            failed or not (invalid JSON, truncated...); None where no text
+            came back (skipped, unanswered, API errors). On a Series, the
+            result is then a frame.
         overwrite : bool
             Replace new columns that already exist instead of raising.
         backend : {"batch", "realtime", "local"}, a backend object, or None
@@ -207,7 +214,8 @@ class LLMAccessor(OfflineMethods):
         run = RunOptions(wait, progress, timeout)
         job = self.submit(
             template, model=model, system=system, response_format=response_format, images=images,
-            image_detail=image_detail, output=output, error_column=error_column, overwrite=overwrite,
+            image_detail=image_detail, output=output, error_column=error_column, raw_column=raw_column,
+            overwrite=overwrite,
             backend=backend, client=client, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid,
             shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
             max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
@@ -225,6 +233,7 @@ class LLMAccessor(OfflineMethods):
         image_detail: Optional[str] = None,
         output: str = "llm_output",
         error_column: Optional[str] = "llm_error",
+        raw_column: Optional[str] = None,
         overwrite: bool = False,
         backend: Any = None,
         client: Any = None,
@@ -251,8 +260,8 @@ class LLMAccessor(OfflineMethods):
         spec, job_opts, be = self._plan(
             template,
             dict(model=model, system=system, response_format=response_format, images=images,
-                 image_detail=image_detail, output=output, error_column=error_column, extra_body=extra_body,
-                 params=params),
+                 image_detail=image_detail, output=output, error_column=error_column, raw_column=raw_column,
+                 extra_body=extra_body, params=params),
             dict(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid),
             backend, client,
             dict(shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,

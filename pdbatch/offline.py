@@ -96,6 +96,7 @@ class OfflineMethods:
         images: Optional[str] = None,
         output: str = "llm_output",
         error_column: Optional[str] = "llm_error",
+        raw_column: Optional[str] = None,
         overwrite: bool = False,
         embeddings: bool = False,
     ):
@@ -108,7 +109,7 @@ class OfflineMethods:
         template : str, optional
             The template used to build the requests; given, rows that were not
             sent carry the same reason ``map`` would give (missing value...).
-        response_format, system, images, output, error_column, overwrite
+        response_format, system, images, output, error_column, raw_column, overwrite
             As for :meth:`map`: they shape the result.
         embeddings : bool
             The files answer ``/v1/embeddings`` requests (vectors in ``output``).
@@ -121,7 +122,8 @@ class OfflineMethods:
         check("embeddings", embeddings)
         url = EMBEDDINGS_URL if embeddings else None
         spec = self._build_spec(template if template is not None else "", url=url, system=system, images=images,
-                                response_format=response_format, output=output, error_column=error_column)
+                                response_format=response_format, output=output, error_column=error_column,
+                                raw_column=raw_column)
         ids = unique_ids(self._obj.index)
         skipped = spec.render(self._frame(), ids).skipped if template is not None else {}
         self._check_new_columns(spec, overwrite)
@@ -142,6 +144,7 @@ class OfflineMethods:
         image_detail: Optional[str] = None,
         output: str = "llm_output",
         error_column: Optional[str] = "llm_error",
+        raw_column: Optional[str] = None,
         overwrite: bool = False,
         backend: Any = None,
         client: Any = None,
@@ -215,7 +218,7 @@ class OfflineMethods:
                 check_owner(name, given)
         spec = self._build_spec(template, model=model, system=system, response_format=response_format,
                                 images=images, image_detail=image_detail, output=output, error_column=error_column,
-                                extra_body=extra_body, params=params)
+                                raw_column=raw_column, extra_body=extra_body, params=params)
         self._check_new_columns(spec, job.overwrite)
         ids = unique_ids(self._obj.index)
         rendered = spec.render(self._frame(), ids)

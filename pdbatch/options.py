@@ -52,6 +52,7 @@ _KINDS: Dict[str, str] = {
     "seconds>0|None": "a number of seconds > 0, or None",
     "rate>0|None": "a number > 0 (per minute), or None",
     "bool": "True or False",
+    "column|None": "a column name (a non-empty string) or None",
 }
 
 _TABLE: Tuple[Tuple[str, str, str, str], ...] = (
@@ -64,6 +65,7 @@ _TABLE: Tuple[Tuple[str, str, str, str], ...] = (
     ("timeout", "run", "seconds>0|None", "seconds to wait at most"),
     ("show", "run", "bool", "write an estimate's summary to standard output"),
     ("embeddings", "job", "bool", "the results files answer embeddings requests"),
+    ("raw_column", "job", "column|None", "a column of every row's answer text as it came back, failed or not"),
     ("shard_size", "batch", "count>=1", "requests per batch input file"),
     ("shard_bytes", "batch", "count>=1", "bytes per batch input file"),
     ("poll_interval", "batch", "seconds>0", "first pause between status polls"),
@@ -101,6 +103,8 @@ def _ok(kind: str, value: Any) -> bool:
         kind = kind[:-5]
     if kind == "bool":
         return isinstance(value, bool)
+    if kind == "column":
+        return isinstance(value, str) and value != ""
     if kind.startswith("count"):
         return _whole(value) and value >= int(kind[-1])
     if kind in ("seconds>0", "rate>0"):

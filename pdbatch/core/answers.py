@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -141,6 +142,23 @@ class Answers:
             return sum(col) if isinstance(col, list) else int(pc.sum(col).as_py() or 0)
         return Usage(total("prompt_tokens"), total("completion_tokens"), total("cached_tokens"),
                      total("reasoning_tokens"))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every result line as a row: ``custom_id``, then :attr:`COLUMNS` (``content`` is the raw text).
+
+        Several lines may share a custom_id (a failure, then its retry). The
+        custom_id of a row of the caller's frame is ``job.ids[position]``.
+
+        Examples
+        --------
+        >>> from pdbatch.core.records import Result
+        >>> a = Answers.from_results([Result("1", {"choices": [{"message": {"content": "{oops"},
+        ...                                         "finish_reason": "stop"}]})])
+        >>> a.to_frame()[["custom_id", "content", "ok"]].values.tolist()
+        [['1', '{oops', True]]
+        """
+        return pd.DataFrame({name: col if isinstance(col, list) else col.to_pylist()
+                             for name, col in self._cols.items()}, columns=list(_ANSWER_FIELDS))
 
     def columns(self) -> list:
         """The per-row lists named in :attr:`COLUMNS`, in that order."""

@@ -107,6 +107,7 @@ def join_results(
     overwrite: bool = False,
     hint: str = "",
     parsed: Optional[Parsed] = None,
+    raw_column: Optional[str] = None,
 ):
     """Join ``answers`` onto ``host`` by custom_id.
 
@@ -139,10 +140,18 @@ def join_results(
     parsed : Parsed, optional
         Answers parsed earlier (:func:`preparse`); used where a row's
         custom_id and content match, so that no answer is parsed twice.
+    raw_column : str, optional
+        Also add this column: the text of every row's answer as it came back,
+        failed or not (an answer that is not valid JSON, a truncated one...);
+        None where there is no text (skipped, unanswered, an API error line).
+        Placed before ``error_column``; a known column, like ``output``.
 
     Returns
     -------
     (DataFrame or Series, JoinStats, list of error reasons)
+        A Series host gives a Series of the text answers named ``output``,
+        or a frame of the new columns when there are several (JSON keys, or
+        ``raw_column``).
 
     Notes
     -----
@@ -152,7 +161,8 @@ def join_results(
     is already a column of ``host`` or is ``error_column``, its values go to
     ``<key>_llm``, or ``<key>_llm2``, ``<key>_llm3``... when that name is
     taken too (by a column of ``host``, the error column or another key), and
-    a :class:`UserWarning` names the key and its new column. ``overwrite``
+    a :class:`UserWarning` names the key and its new column (``raw_column``
+    counts as taken too). ``overwrite``
     does not change this: it only applies to the known columns.
 
     The result keeps ``host.attrs`` (a deep copy, as pandas copies them).
@@ -188,6 +198,12 @@ def join_results(
     errors[where[bad]] = np.fromiter(reasons, dtype=object, count=len(bad))
     usable = np.concatenate([good, bad[np.fromiter((r is None for r in reasons), dtype=bool, count=len(bad))]])
     skipped_pos = np.fromiter(skipped, dtype=np.int64, count=len(skipped))
+    raw = None
+    if raw_column is not None:  # the kept line of every answered row, in one gather
+        src = np.full(n, -1, dtype=np.int64)
+        src[where[lines]] = lines
+        src[skipped_pos] = -1
+        raw = a.arrow("content").take(pa.array(src, mask=src < 0))
     text_column = None
     out_values = np.full(n, None, dtype=object)
     fields: Dict[str, np.ndarray] = {key: np.full(n, None, dtype=object) for key in columns or ()}
@@ -233,10 +249,12 @@ def join_results(
     index = host.index
     existing = [str(c) for c in host.columns] if isinstance(host, pd.DataFrame) else []
     if expand:
-        taken = set(existing) | ({error_column} if error_column else set())
+        taken = set(existing) | {c for c in (error_column, raw_column) if c}
         values = _move_unexpected(values, list(columns or ()), taken)
+    if raw is not None:
+        values[raw_column] = raw
     new_names = list(values) + ([error_column] if error_column else [])
-    if isinstance(host, pd.Series) and not expand:
+    if isinstance(host, pd.Series) and raw is None and not expand:
         out = _series(values[output], index, host.name if output is None else output)
         out.attrs = copy.deepcopy(host.attrs)
         return out, stats, errors

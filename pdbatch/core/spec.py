@@ -63,8 +63,13 @@ def check_params(params: Mapping[str, Any], known: Sequence[str] = (), allowed=C
             )
 
 
-def _check_new_names(fmt: ResponseFormat, output: str, error_column: Optional[str]) -> None:
+def _check_new_names(fmt: ResponseFormat, output: str, error_column: Optional[str],
+                     raw_column: Optional[str] = None) -> None:
     """The new columns must differ from each other: an answer must never land under the error column."""
+    taken = {error_column, *(fmt.columns or ())} | ({output} if not fmt.columns and fmt.kind != "json" else set())
+    if raw_column is not None and raw_column in taken:
+        raise OptionError(f"raw_column={raw_column!r} is also the name of output=, error_column= or a schema "
+                          f"key; the new columns must differ: pass another raw_column= name")
     if error_column is None:
         return
     if fmt.columns and error_column in fmt.columns:
@@ -109,6 +114,8 @@ class MapSpec:
     output: str = "llm_output"
     error_column: Optional[str] = "llm_error"
     url: str = CHAT_URL
+    #: Column of every row's answer text as it came back, failed or not (None: no such column).
+    raw_column: Optional[str] = None
     #: The build arguments, JSON-able: what the job store keeps to rebuild the spec.
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -136,6 +143,7 @@ class MapSpec:
         extra_body: Optional[Mapping[str, Any]] = None,
         params: Optional[Mapping[str, Any]] = None,
         url: str = CHAT_URL,
+        raw_column: Optional[str] = None,
     ) -> "MapSpec":
         """Validate every argument against the frame's ``columns``; raise before any work."""
         params = dict(params or {})
@@ -153,6 +161,8 @@ class MapSpec:
             raise OptionError(f"output must be a non-empty column name, got {output!r}")
         if error_column is not None and (not isinstance(error_column, str) or not error_column):
             raise OptionError(f"error_column must be a column name or None, got {error_column!r}")
+        if raw_column is not None and (not isinstance(raw_column, str) or not raw_column or embed):
+            raise OptionError(f"raw_column must be a column name or None (None for embeddings), got {raw_column!r}")
         if image_detail not in _DETAILS:
             raise OptionError(f"image_detail must be one of 'auto', 'low', 'high' or None, got {image_detail!r}")
         check = columns is not None or series
@@ -197,18 +207,19 @@ class MapSpec:
                 if key in BUILT_BY_PDBATCH:
                     raise OptionError(f"extra_body may not set {key!r}, which pdbatch builds: {BUILT_BY_PDBATCH[key]}")
             params.update(extra_body)
-        _check_new_names(fmt, output, error_column)
+        _check_new_names(fmt, output, error_column, raw_column)
         source = {
             "template": template, "series": series, "model": model, "system": system,
             "response_format": fmt.source, "images": images, "image_detail": image_detail,
             "output": output, "error_column": error_column, "params": params, "url": url,
         }
+        source.update({"raw_column": raw_column} if raw_column is not None else {})
         return cls(tpl, model, sys_t, sys_text, img_t, image_detail, fmt, params, output, error_column, url,
-                   source=source)
+                   raw_column, source=source)
 
     def key(self) -> bytes:
         """Canonical bytes of what the requests depend on (part of a job's fingerprint)."""
-        src = {k: v for k, v in self.source.items() if k not in ("output", "error_column")}
+        src = {k: v for k, v in self.source.items() if k not in ("output", "error_column", "raw_column")}
         return orjson.dumps({"spec": src, "url": self.url}, option=orjson.OPT_SORT_KEYS)
 
     @property
@@ -219,16 +230,19 @@ class MapSpec:
         """Join ``answers`` onto ``host`` the way this spec asks (parser, kind, column names).
 
         ``options`` are :func:`pdbatch.join.join_results`'s ``skipped``,
-        ``unanswered``, ``overwrite`` and ``hint``.
+        ``unanswered``, ``overwrite``, ``hint`` and ``parsed``.
         """
         return join_results(host, ids, answers, self.fmt.text_parser(), kind=self.fmt.kind, output=self.output,
-                            error_column=self.error_column, columns=list(self.fmt.columns or ()), **options)
+                            error_column=self.error_column, columns=list(self.fmt.columns or ()),
+                            raw_column=self.raw_column, **options)
 
     # ------------------------------------------------------------------ columns
     def new_columns(self) -> List[str]:
         """Columns the result will add, as far as they are known before sending."""
         cols = list(self.fmt.columns) if self.fmt.columns else (
             [self.output] if self.fmt.kind in ("text", "embedding") else [])
+        if self.raw_column:
+            cols.append(self.raw_column)
         if self.error_column:
             cols.append(self.error_column)
         return cols

@@ -194,7 +194,14 @@ class Job:
 
     # ----------------------------------------------------------------- result
     def answers(self) -> Answers:
-        """Every answer stored for this job (cached ones included), column-wise."""
+        """Every answer stored for this job (cached ones included), column-wise.
+
+        Failed answers are kept too: ``job.answers().to_frame()`` gives one
+        row per answer with its ``custom_id`` and raw text (``content``),
+        also where the answer was not valid JSON or was cut off; row ``i``
+        of the frame has custom_id ``job.ids[i]``. ``raw_column=`` of
+        ``map`` puts the same text beside each row.
+        """
         return self.store.answers(self.id)
 
     def result(self, *, overwrite: Optional[bool] = None):

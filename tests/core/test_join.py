@@ -497,3 +497,119 @@ def test_preparse_of_text_answers_is_nothing(df):
 
     assert preparse(answers(ok("fr", "x")), response_format(None).text_parser()) is None
     assert preparse(answers(), response_format(SCHEMA).text_parser()) is None
+
+
+# ------------------------------------------------------------ raw_column
+
+
+def texts(col):
+    """A column's cells with missing values as None (a text column may hold NaN or pd.NA for them)."""
+    return [None if pd.isna(v) else v for v in col.tolist()]
+
+
+def test_raw_column_keeps_the_text_of_every_answer_failed_or_not(df):
+    results = [ok("fr", '{"p": 1}'), ok("pe", "{not json"), ok("no", '{"p": 3', finish="length"), fail("it")]
+    out, stats, errors = join(df, results, parse=JSON, kind="schema", columns=["p"], raw_column="llm_raw")
+    assert list(out.columns) == ["city", "n", "p", "llm_raw", "llm_error"]
+    assert texts(out["llm_raw"]) == ['{"p": 1}', "{not json", '{"p": 3', None]
+    assert out.loc["fr", "p"] == 1 and out["p"].iloc[1:].isna().all()
+    assert errors[1].startswith("invalid JSON") and errors[2].startswith("truncated") and errors[3]
+    assert stats.succeeded == 1 and stats.failed == 3
+
+
+def test_raw_column_is_none_for_skipped_and_unanswered_rows(df):
+    # a skipped row's stray answer is not shown as its raw text
+    out, _, _ = join(df, [ok("fr", "P"), ok("pe", "L")], skipped={0: "missing value in column 'city'"},
+                     raw_column="llm_raw")
+    assert texts(out["llm_raw"]) == [None, "L", None, None]
+    assert out.loc["pe", "llm_output"] == "L"
+
+
+def test_raw_column_of_a_duplicate_custom_id_is_the_kept_answer(df):
+    out, _, _ = join(df, [ok("fr", "first"), fail("fr"), ok("fr", "second"), fail("pe")], raw_column="raw")
+    assert out.loc["fr", "raw"] == "second" and out.loc["fr", "llm_output"] == "second"
+    assert pd.isna(out.loc["pe", "raw"])
+
+
+def test_raw_column_from_arrow_answers_of_a_results_file(df, tmp_path):
+    line = {"id": "b", "custom_id": "pe", "response": {"status_code": 200, "body": {
+        "choices": [{"message": {"content": "oops{"}, "finish_reason": "stop"}]}}, "error": None}
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(orjson.dumps(line) + b"\n")
+    a = read_answers([str(path)], "chat")
+    out, _, errors = join_results(df, custom_ids(df.index), a, JSON, kind="json", output="o",
+                                  error_column="e", raw_column="raw")
+    assert texts(out["raw"]) == [None, "oops{", None, None]
+    assert errors[1].startswith("invalid JSON")
+
+
+def test_raw_column_on_a_series_host_gives_a_frame():
+    s = pd.Series(["a", "b"], index=["x", "y"], name="word")
+    out, _, errors = join(s, [ok("y", "B"), ok("x", "A", finish="length")], raw_column="raw")
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == ["llm_output", "raw", "llm_error"]
+    assert texts(out["raw"]) == ["A", "B"] and pd.isna(out.loc["x", "llm_output"])
+    assert errors[0].startswith("truncated")
+
+
+def test_raw_column_clash_follows_overwrite(df):
+    with pytest.raises(ColumnCollisionError):
+        join(df, [ok("fr", "P")], raw_column="city")
+    out, _, _ = join(df, [ok("fr", "P")], raw_column="city", overwrite=True)
+    assert texts(out["city"]) == ["P", None, None, None]
+
+
+def test_free_json_key_named_like_the_raw_column_is_moved(df):
+    with pytest.warns(UserWarning, match="raw_llm"):
+        out, _, _ = join(df, [ok("fr", '{"raw": 1}')], parse=JSON, kind="json", raw_column="raw")
+    assert out.loc["fr", "raw_llm"] == 1 and out.loc["fr", "raw"] == '{"raw": 1}'
+
+
+def test_no_raw_column_by_default(df):
+    out, _, _ = join(df, [ok("fr", "P")])
+    assert list(out.columns) == ["city", "n", "llm_output", "llm_error"]
+
+
+# ------------------------------------------- schema columns when all fail
+
+
+SCHEMA_COLS = ["p", "q"]
+
+
+@pytest.mark.parametrize("case", ["api_errors", "invalid_json", "all_skipped", "truncated"])
+@pytest.mark.parametrize("raw", [None, "llm_raw"])
+def test_schema_columns_exist_in_order_when_every_row_failed(df, case, raw):
+    ids = custom_ids(df.index)
+    skipped = {}
+    if case == "api_errors":
+        results = [fail(c) for c in ids]
+    elif case == "invalid_json":
+        results = [ok(c, "{nope") for c in ids]
+    elif case == "truncated":
+        results = [ok(c, '{"p": 1', finish="length") for c in ids]
+    else:
+        results, skipped = [], {i: "missing value in column 'city'" for i in range(len(ids))}
+    out, stats, errors = join(df, results, parse=JSON, kind="schema", columns=SCHEMA_COLS, skipped=skipped,
+                              raw_column=raw)
+    assert list(out.columns) == ["city", "n", *SCHEMA_COLS, *([raw] if raw else []), "llm_error"]
+    assert out[SCHEMA_COLS].isna().all().all()
+    assert all(e is not None for e in errors) and stats.succeeded == 0
+
+
+@pytest.mark.parametrize("case", ["api_errors", "invalid_json", "all_skipped"])
+def test_schema_columns_exist_on_a_series_host_when_every_row_failed(case):
+    s = pd.Series(["a", None], index=["x", "y"], name="word")
+    results = {"api_errors": [fail("x"), fail("y")], "invalid_json": [ok("x", "{"), ok("y", "[")],
+               "all_skipped": []}[case]
+    skipped = {0: "missing", 1: "missing"} if case == "all_skipped" else {}
+    out, _, _ = join(s, results, parse=JSON, kind="schema", columns=SCHEMA_COLS, skipped=skipped)
+    assert list(out.columns) == [*SCHEMA_COLS, "llm_error"]
+    assert out.index.equals(s.index) and out[SCHEMA_COLS].isna().all().all()
+
+
+def test_answers_to_frame_gives_the_raw_text_by_custom_id():
+    a = answers(ok("1", "{oops"), fail("2"))
+    frame = a.to_frame()
+    assert list(frame.columns) == ["custom_id", *Answers.COLUMNS]
+    assert texts(frame["content"]) == ["{oops", None] and frame["ok"].tolist() == [True, False]
+    assert texts(frame["error_code"]) == [None, "server_error"]
