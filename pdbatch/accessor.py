@@ -19,12 +19,13 @@ from .core.spec import MapSpec
 from .errors import BackendUnavailableError, OptionError
 from .job import Job, start_job
 from .offline import OfflineMethods
+from .operators import OperatorMethods
 from .options import JobOptions, RunOptions
 
 __all__ = ["LLMAccessor"]
 
 
-class LLMAccessor(OfflineMethods):
+class LLMAccessor(OfflineMethods, OperatorMethods):
     """LLM enrichment for a DataFrame or Series: ``df.llm.map(...)``.
 
     Parameters
