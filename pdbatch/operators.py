@@ -38,7 +38,8 @@ FILTER_SCHEMA = {
 _FILTER_ERRORS = "llm_error"
 #: ``map`` options that do not shape the requests (preview leaves them to ``estimate`` to check).
 _RUN_OPTIONS = frozenset("""overwrite backend client cache max_retries retry_invalid wait progress
-    timeout shard_size shard_bytes poll_interval max_poll_interval max_concurrency rpm tpm workers threads_per_worker""".split())
+    timeout shard_size shard_bytes poll_interval max_poll_interval max_concurrency rpm tpm workers
+    threads_per_worker""".split())
 
 
 def _ids_shown(ids: Sequence[str], limit: int = 5) -> str:
@@ -73,8 +74,8 @@ def _fields_schema(fields: Any) -> Any:
     """The ``response_format`` of ``extract``: a JSON Schema from names and descriptions, or the pydantic class."""
     how = ("fields= must be a dict of field name -> description (a string, or None for none), e.g. "
            "fields={'price': 'the listed price in dollars', 'city': None}, a list of names, or a pydantic model class")
-    if isinstance(fields, type):
-        _response_format(fields, argument="fields")  # a class that is not a pydantic model raises here
+    if isinstance(fields, type) and hasattr(fields, "model_json_schema"):
+        _response_format(fields, argument="fields")  # a model pydantic cannot turn into a schema raises here
         return fields
     if isinstance(fields, (list, tuple)):
         fields = dict.fromkeys(fields)
@@ -266,7 +267,7 @@ class OperatorMethods:
         if reason:
             res[new[0]] = out["reason"].to_numpy()[mask]
         if keep_failed and error_column:
-            res[error_column] = errors.to_numpy()[mask]
+            res[error_column] = pd.Series(errors.to_numpy()[mask], index=res.index, dtype=object)  # None: answered
         res.attrs = dict(res.attrs)
         res.attrs["pdbatch"] = dict(out.attrs.get("pdbatch", {}), filter={
             "kept": int(mask.sum()), "dropped": int(len(mask) - mask.sum()), "failed": int(failed.sum())})
