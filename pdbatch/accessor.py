@@ -19,7 +19,7 @@ from .core.spec import MapSpec
 from .errors import BackendUnavailableError, OptionError
 from .job import Job, start_job
 from .offline import OfflineMethods
-from .operators import OperatorMethods
+from .operators import OperatorMethods, show_map_parameters
 from .options import JobOptions, RunOptions
 
 __all__ = ["LLMAccessor"]
@@ -336,3 +336,6 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
                  max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm),
             url=EMBEDDINGS_URL)
         return self._finish(start_job(self._obj, spec, be, job_opts), run)
+
+
+show_map_parameters(LLMAccessor.map)

@@ -11,6 +11,7 @@ The operators' own arguments are checked first, then every ``map`` option as
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -23,7 +24,7 @@ from .core.parsing import response_format as _response_format
 from .errors import ColumnCollisionError, OptionError
 from .options import check
 
-__all__ = ["OperatorMethods", "FILTER_SCHEMA"]
+__all__ = ["OperatorMethods", "FILTER_SCHEMA", "show_map_parameters"]
 
 #: What ``filter`` asks for. The reason comes first: the model explains before it decides.
 FILTER_SCHEMA = {
@@ -46,12 +47,12 @@ def _ids_shown(ids: Sequence[str], limit: int = 5) -> str:
     return ", ".join(repr(i) for i in ids[:limit]) + (", ..." if len(ids) > limit else "")
 
 
-def _refuse(operator: str, options: Mapping[str, Any], built: str) -> None:
+def _refuse(operator: str, params: Mapping[str, Any], built: str) -> None:
     """Raise for the ``map`` options an operator sets itself."""
-    if "response_format" in options:
+    if "response_format" in params:
         raise OptionError(f"{operator}() builds the response_format from {built}; drop response_format= "
                           f"(df.llm.map takes a schema of your own)")
-    if options.get("wait", True) is not True:
+    if params.get("wait", True) is not True:
         raise OptionError(f"{operator}() waits for its answers to shape them; drop wait=, or use "
                           f"df.llm.submit(...) for a job")
 
@@ -94,7 +95,7 @@ def _fields_schema(fields: Any) -> Any:
 class OperatorMethods:
     """``classify``, ``extract``, ``filter`` and ``preview`` (needs the accessor's ``map``, ``estimate``...)."""
 
-    def classify(self, template: str, labels: Sequence[str], *, output: str = "label", **options: Any):
+    def classify(self, template: str, labels: Sequence[str], *, output: str = "label", **params: Any):
         """Put every row in one of ``labels``; return a new object with a categorical column.
 
         The requests ask for ``{output: one of labels}`` (a JSON Schema
@@ -108,10 +109,9 @@ class OperatorMethods:
             The classes: non-empty, unique, non-empty strings.
         output : str
             The label column (and the key the model answers under); default ``"label"``.
-        **options
-            Any other argument of :meth:`map` (``model=``, ``system=``,
-            ``backend=``, ``error_column=``, ``temperature=``...), but
-            ``response_format`` and ``wait``.
+        model, system, images, error_column, overwrite, backend, client, cache, **params...
+            Any other argument of :meth:`map` (``help()`` lists them), as
+            for :meth:`map`; but ``response_format`` and ``wait``.
 
         Returns
         -------
@@ -135,15 +135,15 @@ class OperatorMethods:
         (['positive', 'negative'], ['positive', 'negative'])
         """
         labels = _check_labels(labels)
-        _refuse("classify", options, "labels=")
+        _refuse("classify", params, "labels=")
         schema = {"title": "classify", "type": "object",
                   "properties": {output: {"type": "string", "enum": labels,
                                           "description": "the one label that fits best"}}}
-        out = self.map(template, response_format=schema, output=output, **options)
+        out = self.map(template, response_format=schema, output=output, **params)
         out[output] = pd.Categorical(out[output], categories=labels)
         return out
 
-    def extract(self, template: str, fields: Any, **options: Any):
+    def extract(self, template: str, fields: Any, **params: Any):
         """Pull named fields out of every row's text; one new column per field, in the order given.
 
         Parameters
@@ -156,8 +156,9 @@ class OperatorMethods:
             description shown to the model (None: no description). A list of
             names is fields without descriptions. A pydantic ``BaseModel``
             subclass gives typed fields (validated as :meth:`map` validates it).
-        **options
-            Any other argument of :meth:`map`, but ``response_format`` and ``wait``.
+        model, system, images, backend, client, cache, **params...
+            Any other argument of :meth:`map` (``help()`` lists them), as
+            for :meth:`map`; but ``response_format`` and ``wait``.
 
         Returns
         -------
@@ -181,11 +182,11 @@ class OperatorMethods:
         [['1200', None], ['900', None]]
         """
         schema = _fields_schema(fields)
-        _refuse("extract", options, "fields=")
-        return self.map(template, response_format=schema, **options)
+        _refuse("extract", params, "fields=")
+        return self.map(template, response_format=schema, **params)
 
     def filter(self, template: str, *, reason: Union[bool, str] = False, keep_failed: bool = False,
-               error_column: Optional[str] = "llm_error", overwrite: bool = False, **options: Any):
+               error_column: Optional[str] = "llm_error", overwrite: bool = False, **params: Any):
         """Keep the rows for which the model says the statement ``template`` renders is true.
 
         Each request asks for ``{"reason": <short sentence>, "keep": <bool>}``
@@ -209,8 +210,9 @@ class OperatorMethods:
             (None on the rows that were answered).
         overwrite : bool
             Replace the host's columns named like the new ones instead of raising.
-        **options
-            Any other argument of :meth:`map`, but ``response_format`` and ``wait``.
+        model, system, images, backend, client, cache, **params...
+            Any other argument of :meth:`map` (``help()`` lists them), as
+            for :meth:`map`; but ``response_format`` and ``wait``.
 
         Returns
         -------
@@ -242,7 +244,7 @@ class OperatorMethods:
         if error_column is not None and (not isinstance(error_column, str) or not error_column):
             raise OptionError(f"error_column= must be a column name or None, got {error_column!r}")
         check("overwrite", overwrite)
-        _refuse("filter", options, "the statement")
+        _refuse("filter", params, "the statement")
         new = ([("reason" if reason is True else reason)] if reason else []) + (
             [error_column] if keep_failed and error_column else [])
         if len(set(new)) < len(new):
@@ -252,7 +254,7 @@ class OperatorMethods:
             raise ColumnCollisionError([c for c in new if c in {str(x) for x in self._obj.columns}])
         # The map's own columns ("reason", "keep", its error column) never reach the result: overwrite them.
         out = self.map(template, response_format=FILTER_SCHEMA, error_column=_FILTER_ERRORS, overwrite=True,
-                       **options)
+                       **params)
         errors = out[_FILTER_ERRORS]
         failed = errors.notna().to_numpy()
         keep = pd.array(out["keep"].astype(object), dtype="boolean").fillna(False).to_numpy(dtype=bool) & ~failed
@@ -273,7 +275,7 @@ class OperatorMethods:
             "kept": int(mask.sum()), "dropped": int(len(mask) - mask.sum()), "failed": int(failed.sum())})
         return res
 
-    def preview(self, template: str, *, rows: int = 3, show: bool = True, **options: Any) -> List[dict]:
+    def preview(self, template: str, *, rows: int = 3, show: bool = True, **params: Any) -> List[dict]:
         """The request lines :meth:`map` would upload for its first ``rows`` requests; nothing is sent.
 
         Takes the arguments of :meth:`map` (so ``map`` becomes ``preview`` by
@@ -292,8 +294,8 @@ class OperatorMethods:
             Write each request's system and user text and its input tokens,
             then the :meth:`estimate` summary of the whole ``map``, to
             standard output; default True.
-        **options
-            Any other argument of :meth:`map`.
+        model, system, response_format, backend, client, cache, **params...
+            Any other argument of :meth:`map` (``help()`` lists them), as for :meth:`map`.
 
         Returns
         -------
@@ -314,8 +316,8 @@ class OperatorMethods:
         check("show", show)
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise OptionError(f"rows= must be a whole number >= 1 (how many requests to show), got {rows!r}")
-        est = self.estimate(template, show=False, **options)  # map's checks, map's rendering, the whole cost
-        spec_args = {k: v for k, v in options.items() if k not in _RUN_OPTIONS}
+        est = self.estimate(template, show=False, **params)  # map's checks, map's rendering, the whole cost
+        spec_args = {k: v for k, v in params.items() if k not in _RUN_OPTIONS}
         names = ("model", "system", "response_format", "images", "image_detail", "output", "error_column",
                  "extra_body")
         spec = self._build_spec(template, params={k: v for k, v in spec_args.items() if k not in names},
@@ -340,3 +342,25 @@ class OperatorMethods:
                     text.append(f"[{msg['role']}] {content}")
             sys.stdout.write("\n".join(text + [est["summary"]]) + "\n")
         return lines
+
+
+def show_map_parameters(map_method: Any) -> None:
+    """Give each operator a signature listing ``map``'s parameters beside its own, for ``help()``.
+
+    The operators pass those through ``**params`` to ``map``, which checks
+    every one (an unknown name raises with the closest one); the signature
+    only shows them. ``response_format`` and ``wait``, which the operators set
+    themselves, are left out, and ``output`` where there is no such column
+    (``preview`` shows them all, as ``estimate`` does).
+    """
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    theirs = inspect.signature(map_method).parameters
+    for name in ("classify", "extract", "filter", "preview"):
+        method = getattr(OperatorMethods, name)
+        sig = inspect.signature(method)
+        own = [p for p in sig.parameters.values() if p.kind in kinds]
+        drop = {p.name for p in own} | (set() if name == "preview" else {"response_format", "wait"} if
+                                        name == "classify" else {"response_format", "wait", "output"})
+        added = [p for p in theirs.values() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in drop]
+        rest = [p for p in theirs.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+        method.__signature__ = sig.replace(parameters=own + added + rest)

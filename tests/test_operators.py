@@ -3,6 +3,7 @@ the local Batch API server (tests/conftest.py), answers from ScriptedEngine. No 
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 
@@ -237,3 +238,16 @@ def test_preview_checks_its_arguments_like_map(make_server, make_client, reviews
     with pytest.raises(OptionError, match=words):
         reviews.llm.preview("{review}", model="m", client=make_client(srv), **kw)
     assert srv.stats.uploads == 0
+
+
+@pytest.mark.parametrize("method, own, absent", [
+    ("classify", {"labels", "output"}, {"response_format", "wait"}),
+    ("extract", {"fields"}, {"response_format", "wait", "output"}),
+    ("filter", {"reason", "keep_failed", "error_column", "overwrite"}, {"response_format", "wait", "output"}),
+    ("preview", {"rows", "show", "response_format", "wait"}, set()),
+])
+def test_operators_show_maps_parameters_beside_their_own(method, own, absent):
+    params = inspect.signature(getattr(pdbatch.LLMAccessor, method)).parameters
+    assert own | {"model", "system", "backend", "client", "cache", "poll_interval", "extra_body"} <= set(params)
+    assert not absent & set(params)
+    assert [n for n, p in params.items() if p.kind is inspect.Parameter.VAR_KEYWORD] == ["params"]
