@@ -251,3 +251,15 @@ def test_operators_show_maps_parameters_beside_their_own(method, own, absent):
     assert own | {"model", "system", "backend", "client", "cache", "poll_interval", "extra_body"} <= set(params)
     assert not absent & set(params)
     assert [n for n, p in params.items() if p.kind is inspect.Parameter.VAR_KEYWORD] == ["params"]
+
+
+def test_operators_share_maps_cache_and_backends(make_server, make_client, reviews):
+    eng = ScriptedEngine(sentiment)
+    srv = make_server(engine=eng)
+    first = reviews.llm.classify("{review}", labels=LABELS, model="m", client=make_client(srv), **FAST)
+    again = reviews.llm.classify("{review}", labels=LABELS, model="m", client=make_client(srv), **FAST)
+    pd.testing.assert_frame_equal(first, again)
+    assert srv.stats.uploads == 1 and eng.calls == 4  # the second call is answered by map's cache
+    live = reviews.loc[["r9", "r7"]].llm.classify("{review}", labels=LABELS, model="m", backend="realtime",
+                                                  client=make_client(srv), cache=False, progress=False)
+    assert live["label"].tolist() == ["positive", "negative"] and srv.stats.realtime_calls == 2
