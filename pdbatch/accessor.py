@@ -19,12 +19,13 @@ from .core.spec import MapSpec
 from .errors import BackendUnavailableError, OptionError
 from .job import Job, start_job
 from .offline import OfflineMethods
+from .operators import OperatorMethods, show_map_parameters
 from .options import JobOptions, RunOptions, check
 
 __all__ = ["LLMAccessor"]
 
 
-class LLMAccessor(OfflineMethods):
+class LLMAccessor(OfflineMethods, OperatorMethods):
     """LLM enrichment for a DataFrame or Series: ``df.llm.map(...)``.
 
     Parameters
@@ -344,3 +345,6 @@ class LLMAccessor(OfflineMethods):
                  max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm),
             url=EMBEDDINGS_URL)
         return self._finish(start_job(self._obj, spec, be, job_opts), run)
+
+
+show_map_parameters(LLMAccessor.map)
