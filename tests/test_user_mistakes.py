@@ -1,0 +1,59 @@
+"""Small mistakes a user hit (issue 11 §6), each refused or explained with a message that says how to fix it.
+
+* a URL (or any other non-client object) as ``client=`` is refused before
+  anything is rendered or sent, naming ``openai.OpenAI(base_url=...)``;
+* an unknown keyword suggests the closest of pdbatch's own arguments too
+  (``output_column`` → ``output=``, ``modle`` → ``model=``);
+* a ``map(timeout=...)`` that runs out names the job and how to pick it up
+  (``pdbatch.Job.load('<id>')``), and that really picks it up;
+* the doctests run on a temporary ``$PDBATCH_HOME``, never the user's store.
+
+Everything goes through the real ``openai`` SDK over HTTP to the local
+Batch API server (tests/conftest.py); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pandas as pd
+import pytest
+
+import pdbatch
+from pdbatch.errors import JobError, OptionError
+from pdbatch.server import Faults
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def frame():
+    return pd.DataFrame({"t": ["a", "b", "c"]}, index=["x", "y", "z"])
+
+
+def nothing_sent(srv) -> None:
+    """No HTTP call reached the server, and no job was started (so nothing was rendered)."""
+    assert srv.stats.log == [] and srv.stats.uploads == 0 and srv.stats.batches_created == 0
+    assert srv.stats.realtime_calls == 0
+    assert len(pdbatch.jobs()) == 0
+
+
+# ------------------------------------------------------------------ doctests
+def test_doctests_use_a_temporary_job_store(tmp_path):
+    """A doctest that runs a map (LLMAccessor.map's example) leaves the user's cache directory alone."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PDBATCH_HOME" and not k.startswith("PYTEST_")}
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(cache),
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    item = "pdbatch/accessor.py::pdbatch.accessor.LLMAccessor.map"
+    done = subprocess.run([sys.executable, "-m", "pytest", item, "-q", "-p", "no:cacheprovider"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+    assert list(cache.iterdir()) == []  # no pdbatch/ store under the user's cache
