@@ -44,6 +44,43 @@ def nothing_sent(srv) -> None:
     assert len(pdbatch.jobs()) == 0
 
 
+# ------------------------------------------------------------------ client=
+@pytest.mark.parametrize("backend", [None, "batch", "realtime"])
+def test_a_url_as_client_is_refused_naming_openai_OpenAI(make_server, frame, backend):
+    srv = make_server()
+    with pytest.raises(OptionError) as info:
+        frame.llm.map("{t}", model="m", client=srv.base_url, backend=backend, progress=False)
+    msg = str(info.value)
+    assert "client must be an openai.OpenAI client" in msg and "the string" in msg
+    assert f"client=openai.OpenAI(base_url={srv.base_url!r}, api_key=...)" in msg
+    nothing_sent(srv)
+
+
+@pytest.mark.parametrize("make_bad, words", [
+    (lambda srv: {"base_url": srv.base_url}, ["got dict", "client=openai.OpenAI(base_url=..., api_key=...)"]),
+    (lambda srv: 42, ["got int 42", "OPENAI_API_KEY"]),
+    (lambda srv: openai.AsyncOpenAI(base_url=srv.base_url, api_key="k"),
+     ["synchronous openai.OpenAI", "AsyncOpenAI", "client=openai.OpenAI(base_url=..., api_key=...)"]),
+])
+def test_other_non_clients_are_refused(make_server, frame, make_bad, words):
+    srv = make_server()
+    for call in (lambda c: frame.llm.map("{t}", model="m", client=c, progress=False),
+                 lambda c: frame.llm.submit("{t}", model="m", client=c),
+                 lambda c: frame.llm.embed("{t}", client=c, progress=False),
+                 lambda c: frame.llm.estimate("{t}", model="m", client=c, show=False)):
+        with pytest.raises(OptionError) as info:
+            call(make_bad(srv))
+        for w in words:
+            assert w in str(info.value), str(info.value)
+    nothing_sent(srv)
+
+
+def test_a_real_client_still_works(make_server, make_client, frame):
+    srv = make_server()
+    out = frame.llm.map("{t}", model="m", client=make_client(srv), poll_interval=0.02, progress=False, timeout=30)
+    assert out["llm_output"].tolist() == ["a", "b", "c"]
+
+
 # ------------------------------------------------------------------ doctests
 def test_doctests_use_a_temporary_job_store(tmp_path):
     """A doctest that runs a map (LLMAccessor.map's example) leaves the user's cache directory alone."""
