@@ -26,6 +26,8 @@ import pytest
 
 import pdbatch
 from pdbatch.errors import JobError, OptionError
+from pdbatch.core.names import ARGUMENT_NAMES
+from pdbatch.options import OPTIONS
 from pdbatch.server import Faults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +81,40 @@ def test_a_real_client_still_works(make_server, make_client, frame):
     srv = make_server()
     out = frame.llm.map("{t}", model="m", client=make_client(srv), poll_interval=0.02, progress=False, timeout=30)
     assert out["llm_output"].tolist() == ["a", "b", "c"]
+
+
+# ------------------------------------------------------------------ did you mean
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(output_column="answer"), ["unknown option 'output_column'", "Did you mean output=?"]),
+    (dict(modle="gpt-4o-mini"), ["unknown option 'modle'", "Did you mean model=?"]),
+    (dict(error_colum="e"), ["Did you mean error_column=?"]),
+    (dict(shard_sise=10), ["Did you mean shard_size=?"]),
+    (dict(timout=5), ["Did you mean timeout=?"]),
+    (dict(respons_format="json"), ["Did you mean response_format=?"]),
+    (dict(temprature=0), ["Did you mean temperature=?", "extra_body={...}"]),
+    (dict(zzzz=1), ["unknown option 'zzzz'.", "extra_body={...}"]),
+])
+def test_unknown_options_suggest_pdbatch_names_too(make_server, make_client, frame, kwargs, words):
+    srv = make_server()
+    with pytest.raises(OptionError) as info:
+        frame.llm.map("{t}", model="m", client=make_client(srv), progress=False, **kwargs)
+    for w in words:
+        assert w in str(info.value), str(info.value)
+    if "zzzz" in kwargs:
+        assert "Did you mean" not in str(info.value)
+    nothing_sent(srv)
+
+
+@pytest.mark.parametrize("method", ["map", "submit", "estimate", "embed"])
+def test_every_keyword_of_the_accessor_is_a_suggestion(method):
+    params = inspect.signature(getattr(pdbatch.LLMAccessor, method)).parameters
+    keywords = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    body = {"dimensions", "encoding_format", "user"} if method == "embed" else set()
+    assert keywords - body <= set(ARGUMENT_NAMES)
+
+
+def test_every_option_is_a_suggestion():
+    assert set(OPTIONS) <= set(ARGUMENT_NAMES)
 
 
 # ------------------------------------------------------------------ doctests
