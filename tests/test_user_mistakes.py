@@ -117,6 +117,35 @@ def test_every_option_is_a_suggestion():
     assert set(OPTIONS) <= set(ARGUMENT_NAMES)
 
 
+# ------------------------------------------------------------------ timeout
+def test_batch_timeout_names_the_job_and_how_to_pick_it_up(make_server, make_client, frame):
+    srv = make_server(faults=Faults(request_delay=0.4))
+    with pytest.raises(JobError) as info:
+        frame.llm.map("{t}", model="m", client=make_client(srv), poll_interval=0.02, progress=False, timeout=0.2)
+    job_id = pdbatch.jobs()["job_id"][0]
+    msg = str(info.value)
+    assert f"job {job_id} is still" in msg and "after 0.2 s" in msg
+    assert f"pdbatch.Job.load('{job_id}').wait()" in msg and ".result()" in msg and "client=" in msg
+    out = pdbatch.Job.load(job_id, client=make_client(srv)).wait(progress=False, timeout=30).result()
+    assert out["llm_output"].tolist() == ["a", "b", "c"] and srv.stats.batches_created == 1
+
+
+def test_realtime_timeout_names_the_job_and_how_to_pick_it_up(make_server, make_client):
+    srv = make_server(faults=Faults(realtime_latency=0.25))
+    df = pd.DataFrame({"w": [f"w{i}" for i in range(6)]})
+    with pytest.raises(JobError) as info:
+        df.llm.map("{w}", model="m", backend=pdbatch.Realtime(make_client(srv), max_concurrency=1),
+                   progress=False, timeout=0.3)
+    job_id = pdbatch.jobs()["job_id"][0]
+    msg = str(info.value)
+    assert f"job {job_id} stopped at its 0.3 s timeout" in msg and "answers are kept" in msg
+    assert f"pdbatch.Job.load('{job_id}').wait()" in msg and ".result()" in msg
+    sent = srv.stats.realtime_calls
+    out = pdbatch.Job.load(job_id, client=make_client(srv)).wait(progress=False, timeout=30).result()
+    assert out["llm_output"].tolist() == df["w"].tolist()
+    assert srv.stats.realtime_calls == 6 and 1 <= sent < 6  # only the rest was sent
+
+
 # ------------------------------------------------------------------ doctests
 def test_doctests_use_a_temporary_job_store(tmp_path):
     """A doctest that runs a map (LLMAccessor.map's example) leaves the user's cache directory alone."""
