@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 from .cli_files import READERS, WRITERS, CliError, check_out, check_writable, read_frame, write_frame  # noqa: F401
 from .cli_jobs import cmd_cancel, cmd_jobs, cmd_result, cmd_status, job_status  # noqa: F401
 from .errors import InputError, OptionError, PdbatchError
+from .core.names import suggest
 from .options import check
 
 __all__ = ["main", "build_parser"]
@@ -62,7 +63,10 @@ def load_prompt(path: str) -> Dict[str, Any]:
         raise CliError(f"--prompt: {path} is not valid TOML: {err}") from err
     unknown = sorted(set(data) - set(PROMPT_KEYS))
     if unknown:
-        raise CliError(f"--prompt: {path} has unknown key(s) {', '.join(unknown)}; known: {', '.join(PROMPT_KEYS)}")
+        close = suggest(unknown[0], PROMPT_KEYS)
+        hint = f" (did you mean {close!r} for {unknown[0]!r}?)" if close else ""
+        raise CliError(f"--prompt: {path} has unknown key(s) {', '.join(map(repr, unknown))}{hint}; "
+                       f"rename or drop it; known keys: {', '.join(PROMPT_KEYS)}")
     if not isinstance(data.get("params", {}), dict):
         raise CliError(f"--prompt: params in {path} must be a table of request parameters, got "
                        f"{data['params']!r}; write it as a [params] section with lines such as temperature = 0.2")

@@ -1,5 +1,8 @@
 """Shared fixtures: a real local Batch API server and an ``openai`` client for it.
 
+(``pdbatch_home``, the per-test ``$PDBATCH_HOME``, lives in the repository's root
+``conftest.py`` so that it covers the doctests in ``pdbatch/`` too.)
+
 * ``make_server(engine=..., faults=..., **kw)`` starts a :class:`BatchServer`
   on 127.0.0.1 (free port) and stops every server it started at teardown.
 * ``server``: a started server with :func:`echo_engine` and no faults.
@@ -22,19 +25,6 @@ from pdbatch.server import BatchServer
 
 TEST_KEY = "test-key-do-not-store"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-@pytest.fixture(autouse=True)
-def pdbatch_home(tmp_path, monkeypatch):
-    """Every test gets its own job store and job directories under ``$PDBATCH_HOME``."""
-    import pdbatch.job.store as store_mod
-
-    home = tmp_path / "pdbatch-home"
-    monkeypatch.setenv("PDBATCH_HOME", str(home))
-    yield home
-    s = store_mod._DEFAULT.pop(str(home / "store.sqlite3"), None)
-    if s is not None:
-        s.close()
 
 
 @pytest.fixture

@@ -135,6 +135,21 @@ def test_prompt_params_must_be_a_table(batch_env, data, capsys, params, shown):
             ["--prompt", "params", "must be a table", shown, "[params]"], src, work)
 
 
+@pytest.mark.parametrize("line, words", [
+    ('modle = "m"', ["'modle'", "did you mean 'model'", "known keys: template"]),
+    ('sytem = "be brief"', ["'sytem'", "did you mean 'system'"]),
+    ('zzz = 1', ["'zzz'", "rename or drop it", "known keys:"]),
+])
+def test_prompt_unknown_key_names_the_closest(batch_env, data, capsys, line, words):
+    src, work = data
+    prompt = work / "p.toml"
+    prompt.write_text(f'template = "say {{word}}"\nmodel = "m"\n{line}\n')
+    err = refused(capsys, batch_env, ["map", src, "--prompt", prompt, "--out", work / "out.parquet"],
+                  ["--prompt", "unknown key", *words], src, work)
+    if line.startswith("zzz"):
+        assert "did you mean" not in err
+
+
 def test_prompt_params_table_is_used(batch_env, data, capsys):
     src, work = data
     prompt = work / "p.toml"

@@ -260,8 +260,11 @@ class RowByRow:
 
         p = self.refresh(job)
         return JobError(
-            f"job {job.id} stopped at its {timeout} s timeout with {p.completed + p.failed} of {p.total} rows "
-            f"answered; the answers are kept: call job.wait() (or run the same map) again to send the rest"
+            f"job {job.id} stopped at its {round(timeout, 2):g} s timeout with {p.completed + p.failed} of "
+            f"{p.total} rows answered; the answers are kept: send the rest with "
+            f"pdbatch.Job.load({job.id!r}).wait(), then .result()"
+            f"{' (give Job.load the client= you gave map, if any)' if self.name != 'local' else ''}, "
+            f"or call job.wait(), or run the same map again"
         )
 
     def _interrupted(self, job: Any) -> Progress:

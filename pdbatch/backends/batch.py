@@ -265,8 +265,10 @@ class Batch:
                     return p
                 if deadline is not None and time.monotonic() >= deadline:
                     raise JobError(
-                        f"job {job.id} is still {p.state} after {timeout} s ({p.completed + p.failed}/{p.total} "
-                        f"done); it keeps running: call job.wait() again later"
+                        f"job {job.id} is still {p.state} after {round(timeout, 2):g} s "
+                        f"({p.completed + p.failed}/{p.total} done); it keeps running: pick it up later with "
+                        f"pdbatch.Job.load({job.id!r}).wait(), then .result() (give Job.load the client= you "
+                        f"gave map, if any), or call job.wait() again"
                     )
                 pause = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
                 time.sleep(pause)

@@ -8,7 +8,6 @@ the reason that becomes their error cell.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -16,6 +15,7 @@ import orjson
 import pandas as pd
 
 from ..errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
+from .names import ARGUMENT_NAMES, suggest
 from .join import join_results
 from .parsing import ResponseFormat, response_format as _response_format
 from .lines import LineTemplate, encode_one
@@ -52,11 +52,15 @@ BUILT_BY_PDBATCH = {
 
 
 def check_params(params: Mapping[str, Any], known: Sequence[str] = (), allowed=CHAT_PARAMS) -> None:
-    """Raise :class:`OptionError` for a keyword that is neither an option nor a body parameter."""
+    """Raise :class:`OptionError` for a keyword that is neither an option nor a body parameter.
+
+    The message suggests the closest of the body parameters in ``allowed``,
+    ``known`` and pdbatch's own keyword arguments (:data:`pdbatch.core.names.ARGUMENT_NAMES`).
+    """
     for key in params:
         if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed) + list(known), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            close = suggest(key, [*ARGUMENT_NAMES, *known, *sorted(allowed)])
+            hint = f" Did you mean {close}=?" if close else ""
             raise OptionError(
                 f"unknown option {key!r}.{hint} Request body parameters pdbatch passes through are: "
                 f"{', '.join(sorted(allowed))}; put anything else in extra_body={{...}}."

@@ -1,0 +1,61 @@
+"""pdbatch's own keyword names, and the closest one to a mistyped name ("did you mean").
+
+:data:`ARGUMENT_NAMES` lists every keyword argument of ``map`` (and of
+``submit``, ``embed``, ``estimate``, the backends): the spec's arguments, the
+backend choice, and every option of :data:`pdbatch.options.OPTIONS` (the
+tests keep the two in step). :func:`suggest` picks a candidate for an
+unknown name, so ``output_column=`` is answered with ``output=``.
+
+Examples
+--------
+>>> suggest("output_column", ARGUMENT_NAMES), suggest("modle", ARGUMENT_NAMES)
+('output', 'model')
+>>> suggest("zzz", ARGUMENT_NAMES) is None
+True
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Optional, Tuple
+
+__all__ = ["SPEC_ARGUMENTS", "ARGUMENT_NAMES", "suggest"]
+
+#: The keyword arguments that say what is asked (:meth:`pdbatch.core.spec.MapSpec.build`).
+SPEC_ARGUMENTS: Tuple[str, ...] = ("model", "system", "response_format", "images", "image_detail", "output",
+                                   "error_column", "extra_body")
+#: Every keyword name of pdbatch's own: the spec's, the backend choice, and every option.
+ARGUMENT_NAMES: Tuple[str, ...] = SPEC_ARGUMENTS + (
+    "backend", "client", "overwrite", "cache", "max_retries", "retry_invalid", "wait", "progress", "timeout",
+    "show", "embeddings", "shard_size", "shard_bytes", "poll_interval", "max_poll_interval", "create_attempts",
+    "create_timeout", "max_concurrency", "rpm", "tpm", "max_attempts", "rate_period", "backoff", "max_backoff",
+    "max_retry_after", "workers", "threads_per_worker", "dimensions", "encoding_format",
+)
+
+#: Endings a user adds to a name that has none (``output_column`` for ``output``).
+_ENDINGS = ("_column", "_col", "_name", "_names", "s")
+
+
+def suggest(key: str, candidates: Iterable[str]) -> Optional[str]:
+    """The candidate closest to a mistyped ``key``, or None when none is close.
+
+    Parameters
+    ----------
+    key : str
+        The unknown name.
+    candidates : iterable of str
+        The names it may have meant.
+
+    Returns
+    -------
+    str or None
+        A candidate ``key`` only adds an ending to (``output_column`` is
+        ``output``, not ``error_column``); else the closest by
+        :func:`difflib.get_close_matches`; else None.
+    """
+    names = list(dict.fromkeys(candidates))
+    for ending in _ENDINGS:
+        if key.endswith(ending) and key[:-len(ending)] in names:
+            return key[:-len(ending)]
+    close = difflib.get_close_matches(key, names, n=1)
+    return close[0] if close else None
