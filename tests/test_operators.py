@@ -78,7 +78,7 @@ def test_classify_bad_labels_raise_before_any_upload(make_server, make_client, r
 
 @pytest.mark.parametrize("kw, words", [
     (dict(response_format="json"), "drop response_format="), (dict(wait=False), "drop wait="),
-    (dict(tempreature=0), "Did you mean 'temperature'"), (dict(poll_interval=-1), "poll_interval"),
+    (dict(tempreature=0), "Did you mean temperature="), (dict(poll_interval=-1), "poll_interval"),
 ])
 def test_classify_refuses_what_it_builds_and_checks_map_options_first(make_server, make_client, reviews, kw, words):
     srv = make_server()
@@ -231,7 +231,7 @@ def test_preview_show_false_writes_nothing_and_rows_caps(reviews, capsys):
 
 @pytest.mark.parametrize("kw, words", [
     (dict(rows=0), "rows="), (dict(rows=True), "rows="), (dict(show="yes"), "show"),
-    (dict(temprature=0), "Did you mean 'temperature'"), (dict(backend="batch", workers=2), "workers="),
+    (dict(temprature=0), "Did you mean temperature="), (dict(backend="batch", workers=2), "workers="),
 ])
 def test_preview_checks_its_arguments_like_map(make_server, make_client, reviews, kw, words):
     srv = make_server()

@@ -17,13 +17,15 @@ True
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Optional, Tuple
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["SPEC_ARGUMENTS", "ARGUMENT_NAMES", "suggest"]
+from ..errors import OptionError
+
+__all__ = ["SPEC_ARGUMENTS", "ARGUMENT_NAMES", "CHAT_PARAMS", "EMBED_PARAMS", "suggest", "check_params"]
 
 #: The keyword arguments that say what is asked (:meth:`pdbatch.core.spec.MapSpec.build`).
 SPEC_ARGUMENTS: Tuple[str, ...] = ("model", "system", "response_format", "images", "image_detail", "output",
-                                   "error_column", "extra_body")
+                                   "error_column", "raw_column", "extra_body")
 #: Every keyword name of pdbatch's own: the spec's, the backend choice, and every option.
 ARGUMENT_NAMES: Tuple[str, ...] = SPEC_ARGUMENTS + (
     "backend", "client", "overwrite", "cache", "max_retries", "retry_invalid", "wait", "progress", "timeout",
@@ -59,3 +61,30 @@ def suggest(key: str, candidates: Iterable[str]) -> Optional[str]:
             return key[:-len(ending)]
     close = difflib.get_close_matches(key, names, n=1)
     return close[0] if close else None
+
+
+#: Chat Completions body parameters a user may pass through ``**params``.
+CHAT_PARAMS = frozenset(
+    """temperature top_p max_completion_tokens max_tokens seed n logprobs top_logprobs stop
+    presence_penalty frequency_penalty logit_bias user reasoning_effort service_tier store metadata
+    verbosity prediction modalities audio parallel_tool_calls tools tool_choice prompt_cache_key
+    safety_identifier web_search_options""".split()
+)
+
+#: Embeddings body parameters a user may pass.
+EMBED_PARAMS = frozenset({"dimensions", "encoding_format", "user"})
+
+def check_params(params: Mapping[str, Any], known: Sequence[str] = (), allowed=CHAT_PARAMS) -> None:
+    """Raise :class:`OptionError` for a keyword that is neither an option nor a body parameter.
+
+    The message suggests the closest of the body parameters in ``allowed``,
+    ``known`` and pdbatch's own keyword arguments (:data:`pdbatch.core.names.ARGUMENT_NAMES`).
+    """
+    for key in params:
+        if key not in allowed:
+            close = suggest(key, [*ARGUMENT_NAMES, *known, *sorted(allowed)])
+            hint = f" Did you mean {close}=?" if close else ""
+            raise OptionError(
+                f"unknown option {key!r}.{hint} Request body parameters pdbatch passes through are: "
+                f"{', '.join(sorted(allowed))}; put anything else in extra_body={{...}}."
+            )

@@ -15,7 +15,7 @@ import orjson
 import pandas as pd
 
 from ..errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
-from .names import ARGUMENT_NAMES, suggest
+from .names import CHAT_PARAMS, EMBED_PARAMS, check_params
 from .join import join_results
 from .parsing import ResponseFormat, response_format as _response_format
 from .lines import LineTemplate, encode_one
@@ -24,17 +24,7 @@ from .template import SERIES_FIELD, Template, display_strings, image_part
 
 __all__ = ["MapSpec", "Rendered", "CHAT_PARAMS"]
 
-#: Chat Completions body parameters a user may pass through ``**params``.
-CHAT_PARAMS = frozenset(
-    """temperature top_p max_completion_tokens max_tokens seed n logprobs top_logprobs stop
-    presence_penalty frequency_penalty logit_bias user reasoning_effort service_tier store metadata
-    verbosity prediction modalities audio parallel_tool_calls tools tool_choice prompt_cache_key
-    safety_identifier web_search_options""".split()
-)
-
 JSON_HINT = "Answer with a JSON object."
-#: Embeddings body parameters a user may pass.
-EMBED_PARAMS = frozenset({"dimensions", "encoding_format", "user"})
 _DETAILS = (None, "auto", "low", "high")
 #: Why a request asks for one answer: the result holds one answer per row.
 N_HINT = ("the result holds one answer per row, so n must be 1 (drop n=); for k answers per row run the map "
@@ -49,22 +39,6 @@ BUILT_BY_PDBATCH = {
     "stream": "pdbatch reads whole answers; drop it",
     "n": N_HINT,
 }
-
-
-def check_params(params: Mapping[str, Any], known: Sequence[str] = (), allowed=CHAT_PARAMS) -> None:
-    """Raise :class:`OptionError` for a keyword that is neither an option nor a body parameter.
-
-    The message suggests the closest of the body parameters in ``allowed``,
-    ``known`` and pdbatch's own keyword arguments (:data:`pdbatch.core.names.ARGUMENT_NAMES`).
-    """
-    for key in params:
-        if key not in allowed:
-            close = suggest(key, [*ARGUMENT_NAMES, *known, *sorted(allowed)])
-            hint = f" Did you mean {close}=?" if close else ""
-            raise OptionError(
-                f"unknown option {key!r}.{hint} Request body parameters pdbatch passes through are: "
-                f"{', '.join(sorted(allowed))}; put anything else in extra_body={{...}}."
-            )
 
 
 def _check_new_names(fmt: ResponseFormat, output: str, error_column: Optional[str],
