@@ -77,6 +77,12 @@ def test_other_non_clients_are_refused(make_server, frame, make_bad, words):
     nothing_sent(srv)
 
 
+@pytest.mark.parametrize("make", [pdbatch.Batch, pdbatch.Realtime])
+def test_a_backend_object_built_with_a_url_is_refused_too(make):
+    with pytest.raises(OptionError, match=r"client must be an openai.OpenAI client.*openai.OpenAI\(base_url="):
+        make("http://127.0.0.1:9/v1")
+
+
 def test_a_real_client_still_works(make_server, make_client, frame):
     srv = make_server()
     out = frame.llm.map("{t}", model="m", client=make_client(srv), poll_interval=0.02, progress=False, timeout=30)

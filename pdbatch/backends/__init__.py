@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import BackendUnavailableError, OptionError
 from ..options import BACKEND_NAMES, check_owner
-from .base import Backend, Progress, openai_provider
+from .base import Backend, Progress, check_client, openai_provider
 
 __all__ = ["Backend", "Progress", "resolve_backend", "choose_backend", "check_client", "provider_of",
            "local_available", "BACKENDS"]
@@ -29,41 +29,6 @@ log = logging.getLogger("pdbatch")
 def local_available() -> bool:
     """True when the ``[local]`` extra (llama-cpp-python) is installed."""
     return importlib.util.find_spec("llama_cpp") is not None
-
-
-def check_client(client: Any) -> None:
-    """Raise :class:`OptionError` unless ``client`` is None or a synchronous OpenAI-style client.
-
-    A client is an ``openai.OpenAI`` (or an object with its ``files``,
-    ``batches`` and ``chat`` resources); a URL string, an ``AsyncOpenAI`` or
-    anything else is refused before anything is rendered or sent.
-
-    Examples
-    --------
-    >>> check_client("http://localhost:8000/v1")
-    Traceback (most recent call last):
-    ...
-    pdbatch.errors.OptionError: client must be an openai.OpenAI client, got the string ...; to use another
-    server pass client=openai.OpenAI(base_url='http://localhost:8000/v1', api_key=...)
-    """
-    if client is None:
-        return
-    import openai
-
-    if isinstance(client, openai.AsyncOpenAI):
-        raise OptionError("client must be a synchronous openai.OpenAI client, got an openai.AsyncOpenAI; pass "
-                          "client=openai.OpenAI(base_url=..., api_key=...) (the realtime backend makes its own "
-                          "async client from it)")
-    if isinstance(client, openai.OpenAI) or all(hasattr(client, a) for a in ("files", "batches", "chat")):
-        return
-    if isinstance(client, str):
-        raise OptionError(f"client must be an openai.OpenAI client, got the string {client!r}; to use another "
-                          f"server pass client=openai.OpenAI(base_url={client!r}, api_key=...)")
-    shown = repr(client)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    raise OptionError(f"client must be an openai.OpenAI client, got {type(client).__name__} {shown}; pass "
-                      f"client=openai.OpenAI(base_url=..., api_key=...), or leave it out to use OPENAI_API_KEY "
-                      f"and OPENAI_BASE_URL")
 
 
 def choose_backend(backend: Any = None, client: Any = None) -> str:

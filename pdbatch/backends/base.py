@@ -18,9 +18,10 @@ import openai
 
 from ..core.answers import Answers
 from ..core.records import Request, Result
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, OptionError
 
-__all__ = ["Backend", "Ledger", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState", "default_client", "openai_provider"]
+__all__ = ["Backend", "Ledger", "Progress", "TERMINAL", "RowByRow", "JobState", "RowState", "default_client",
+           "check_client", "openai_provider"]
 
 #: Batch statuses after which nothing more will happen.
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -85,6 +86,39 @@ def default_client() -> Any:
             "another provider), or pass client=openai.OpenAI(api_key=..., base_url=...)"
         )
     return openai.OpenAI()
+
+
+def check_client(client: Any) -> None:
+    """Raise :class:`OptionError` unless ``client`` is None or a synchronous OpenAI-style client.
+
+    A client is an ``openai.OpenAI`` (or an object with its ``files``,
+    ``batches`` and ``chat`` resources); a URL string, an ``AsyncOpenAI`` or
+    anything else is refused before anything is rendered or sent.
+
+    Examples
+    --------
+    >>> check_client("http://localhost:8000/v1")
+    Traceback (most recent call last):
+    ...
+    pdbatch.errors.OptionError: client must be an openai.OpenAI client, got the string ...; to use another
+    server pass client=openai.OpenAI(base_url='http://localhost:8000/v1', api_key=...)
+    """
+    if client is None:
+        return
+    if isinstance(client, openai.AsyncOpenAI):
+        raise OptionError("client must be a synchronous openai.OpenAI client, got an openai.AsyncOpenAI; pass "
+                          "client=openai.OpenAI(base_url=..., api_key=...) (the realtime backend makes its own "
+                          "async client from it)")
+    if isinstance(client, openai.OpenAI) or all(hasattr(client, a) for a in ("files", "batches", "chat")):
+        return
+    if isinstance(client, str):
+        raise OptionError(f"client must be an openai.OpenAI client, got the string {client!r}; to use another "
+                          f"server pass client=openai.OpenAI(base_url={client!r}, api_key=...)")
+    shown = repr(client)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise OptionError(f"client must be an openai.OpenAI client, got {type(client).__name__} {shown}; pass "
+                      f"client=openai.OpenAI(base_url=..., api_key=...), or leave it out to use OPENAI_API_KEY "
+                      f"and OPENAI_BASE_URL")
 
 
 def openai_provider(client: Any = None) -> str:

@@ -40,7 +40,7 @@ from ..options import check
 from ..core.answers import NO_ANSWER
 from .progress import progress_bar
 from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, retryable
-from .base import TERMINAL, Progress, default_client, openai_provider
+from .base import TERMINAL, Progress, check_client, default_client, openai_provider
 from .batch_state import ORDER as _ORDER, BatchState, ShardState, retry_shard, rows_to_retry
 
 __all__ = ["Batch", "BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
@@ -96,6 +96,7 @@ class Batch:
         self.create_timeout = check("create_timeout", create_timeout)
         if self.max_poll_interval < self.poll_interval:
             raise OptionError(f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})")
+        check_client(client)
         self.client = client if client is not None else default_client()
         self.provider = openai_provider(self.client)
         self._create_client = self.client.with_options(max_retries=0)  # pdbatch retries these calls itself

@@ -40,7 +40,7 @@ from ..options import check
 from .ratelimit import RateLimiter
 from ..core.records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBEDDINGS_URL: for the examples)
 from .progress import progress_bar
-from .base import RowByRow, Progress, default_client, openai_provider
+from .base import RowByRow, Progress, check_client, default_client, openai_provider
 from .realtime_run import _Run, async_client
 
 __all__ = ["Realtime", "RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED"]
@@ -120,6 +120,7 @@ class Realtime(RowByRow):
         rpm, tpm, rate_period = check("rpm", rpm), check("tpm", tpm), check("rate_period", rate_period)
         backoff, max_backoff = check("backoff", backoff), check("max_backoff", max_backoff)
         max_retry_after = check("max_retry_after", max_retry_after)
+        check_client(client)
         self.client = client if client is not None else default_client()
         self.provider = openai_provider(self.client)
         async_client(self.client)  # refuse an unsupported client now, before any work
