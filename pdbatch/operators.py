@@ -20,6 +20,7 @@ import orjson
 import pandas as pd
 
 from .core.ids import unique_ids
+from .core.names import SPEC_ARGUMENTS
 from .core.parsing import response_format as _response_format
 from .errors import ColumnCollisionError, OptionError
 from .options import check
@@ -318,16 +319,9 @@ class OperatorMethods:
             raise OptionError(f"rows= must be a whole number >= 1 (how many requests to show), got {rows!r}")
         est = self.estimate(template, show=False, **params)  # map's checks, map's rendering, the whole cost
         spec_args = {k: v for k, v in params.items() if k not in _RUN_OPTIONS}
-        names = ("model", "system", "response_format", "images", "image_detail", "output", "error_column",
-                 "extra_body")
-        spec = self._build_spec(template, params={k: v for k, v in spec_args.items() if k not in names},
-                                **{k: v for k, v in spec_args.items() if k in names})
-        rendered = spec.render(self._frame(), unique_ids(self._obj.index))
-        lines: List[dict] = []
-        for _cid, line in spec.lines(rendered):
-            lines.append(orjson.loads(line))
-            if len(lines) == rows:
-                break
+        spec = self._build_spec(template, params={k: v for k, v in spec_args.items() if k not in SPEC_ARGUMENTS},
+                                **{k: v for k, v in spec_args.items() if k in SPEC_ARGUMENTS})
+        lines = _first_lines_of(self._frame(), unique_ids(self._obj.index), spec, rows)
         if show:  # this method's output, as estimate(show=True) writes its summary
             count = token_counter(spec.model).count
             text = []
@@ -342,6 +336,24 @@ class OperatorMethods:
                     text.append(f"[{msg['role']}] {content}")
             sys.stdout.write("\n".join(text + [est["summary"]]) + "\n")
         return lines
+
+
+def _first_lines_of(frame: pd.DataFrame, ids: List[str], spec: Any, rows: int) -> List[dict]:
+    """The first ``rows`` request lines of ``frame`` (decoded), rendering only as many leading rows as it takes.
+
+    Rows that are not sent (a missing value) are passed over, so the prefix
+    rendered grows (fourfold) until it holds ``rows`` lines or is the frame.
+    """
+    n, take = len(frame), rows
+    while True:
+        lines = []
+        for _cid, line in spec.lines(spec.render(frame.iloc[:take], ids[:take])):
+            lines.append(orjson.loads(line))
+            if len(lines) == rows:
+                return lines
+        if take >= n:
+            return lines
+        take *= 4
 
 
 def show_map_parameters(map_method: Any) -> None:

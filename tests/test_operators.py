@@ -263,3 +263,14 @@ def test_operators_share_maps_cache_and_backends(make_server, make_client, revie
     live = reviews.loc[["r9", "r7"]].llm.classify("{review}", labels=LABELS, model="m", backend="realtime",
                                                   client=make_client(srv), cache=False, progress=False)
     assert live["label"].tolist() == ["positive", "negative"] and srv.stats.realtime_calls == 2
+
+
+def test_preview_takes_map_options_and_passes_over_rows_not_sent(make_server, make_client):
+    """raw_column= (a map option) is accepted; rows with a missing value are passed over, however many lead."""
+    srv = make_server()
+    df = pd.DataFrame({"t": [None] * 5 + ["a", "b", None, "c", "d"]})
+    lines = df.llm.preview("{t}", model="m", raw_column="raw", rows=3, show=False, client=make_client(srv))
+    assert [x["custom_id"] for x in lines] == ["5", "6", "8"]
+    assert [x["body"]["messages"][0]["content"] for x in lines] == ["a", "b", "c"]
+    assert len(df.llm.preview("{t}", model="m", rows=30, show=False, client=make_client(srv))) == 4
+    assert srv.stats.uploads == 0 and len(srv.stats.log) == 0
