@@ -78,7 +78,6 @@ class LineTemplate:
 
         # What comes before the first value is hashed once; each row's hash goes on from a copy of that state.
         start = blake(hash_pieces[0], digest_size=16)
-        rest = _format([b""] + hash_pieces[1:])
         if slots == 1:  # the common shape, without building an argument list per line
             suffix = hash_pieces[1]
             self.line = lambda custom_id, values: line_format % (dumps(custom_id), dumps(values[0]))
@@ -92,6 +91,7 @@ class LineTemplate:
             self.hash = hash_one
         else:
             self.line = lambda custom_id, values: line_format % (dumps(custom_id), *map(dumps, values))
+            rest = _format([b""] + hash_pieces[1:])  # every value, with what follows each
 
             def hash_many(values) -> str:
                 h = start.copy()
