@@ -20,7 +20,8 @@ from .join import join_results
 from .parsing import ResponseFormat, response_format as _response_format
 from .lines import LineTemplate, encode_one
 from .records import CHAT_URL, EMBEDDINGS_URL, Request
-from .template import SERIES_FIELD, Template, display_strings, image_part
+from .render import CHUNK, Rendered, render
+from .template import SERIES_FIELD, Template, image_part
 
 __all__ = ["MapSpec", "Rendered", "CHAT_PARAMS"]
 
@@ -56,21 +57,6 @@ def _check_new_names(fmt: ResponseFormat, output: str, error_column: Optional[st
     if not fmt.columns and fmt.kind != "json" and error_column == output:
         raise OptionError(f"output and error_column are both {output!r}; the answers would be lost under the "
                           f"errors: pass another output= or error_column= name")
-
-
-@dataclass
-class Rendered:
-    """Rows rendered for sending.
-
-    ``skipped`` maps a row position to the reason it is not sent; it grows while
-    :meth:`MapSpec.requests` runs (an unreadable image is found then).
-    """
-
-    ids: List[str]
-    user: List[Optional[str]]
-    system: Optional[List[Optional[str]]]
-    images: Optional[List[Any]]
-    skipped: Dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -235,43 +221,9 @@ class MapSpec:
             raise ColumnCollisionError(clash)
 
     # ---------------------------------------------------------------- rendering
-    def _column_strings(self, frame: pd.DataFrame, names: Sequence[str], skipped: Dict[int, str]) -> Dict[str, list]:
-        out = {}
-        by_name = {str(c): c for c in frame.columns}
-        for name in names:
-            if name in out:
-                continue
-            col = frame[by_name[name]]
-            if isinstance(col, pd.DataFrame):
-                raise TemplateError(f"column {name!r} appears more than once in the frame; rename one of them")
-            strings = display_strings(col)
-            for pos, s in enumerate(strings):
-                if s is None and pos not in skipped:
-                    skipped[pos] = f"missing value in column {name!r}"
-            raw = name in self.template.raw_fields or (self.system is not None and name in self.system.raw_fields)
-            out[name] = [None if s is None else v for s, v in zip(strings, col.tolist())] if raw else strings
-        return out
-
-    def render(self, frame: pd.DataFrame, ids: List[str]) -> Rendered:
-        """Render every row's prompt text; rows with missing values are marked skipped."""
-        skipped: Dict[int, str] = {}
-        n = len(frame)
-        names = list(self.template.fields)
-        if self.system:
-            names += [f for f in self.system.fields if f not in names]
-        if self.images:
-            names += [f for f in self.images.fields if f not in names]
-        strings = self._column_strings(frame, names, skipped)
-        user = self.template.render(strings, n, skipped, ids)
-        system = self.system.render(strings, n, skipped, ids) if self.system and self.system.fields else None
-        images = None
-        if self.images:
-            if self.images.text == "{" + self.images.fields[0] + "}":
-                by_name = {str(c): c for c in frame.columns}
-                images = frame[by_name[self.images.fields[0]]].tolist()
-            else:
-                images = self.images.render(strings, n, skipped, ids)
-        return Rendered(ids, user, system, images, skipped)
+    def render(self, frame: pd.DataFrame, ids: List[str], *, chunk_rows: int = CHUNK) -> Rendered:
+        """Check every row for sending (rows with missing values are marked skipped); see :func:`~pdbatch.core.render.render`."""
+        return render(frame, ids, self.template, self.system, self.images, chunk_rows=chunk_rows)
 
     def _slots(self, rendered: Rendered) -> Iterator[tuple]:
         """``(position, custom_id, values)`` of every row that can be sent, in row order.
@@ -283,24 +235,26 @@ class MapSpec:
         read is marked skipped instead.
         """
         skipped = rendered.skipped
-        user_texts, sys_texts, images = rendered.user, rendered.system, rendered.images
         per_row_system = self._per_row_system(rendered)
         image_parts = self._image_parts
-        for pos, cid in enumerate(rendered.ids):
-            if pos in skipped:
-                continue
-            content: Any = user_texts[pos]
-            if images is not None:
-                parts, reason = image_parts(images[pos])
-                if reason is not None:
-                    skipped[pos] = reason
+        ids = rendered.ids
+        for chunk in rendered.chunks():
+            user_texts, sys_texts, images = chunk.user, chunk.system, chunk.images
+            for k, content in enumerate(user_texts):
+                pos = chunk.start + k
+                if pos in skipped:
                     continue
-                content = [{"type": "text", "text": content}] + parts
-            yield pos, cid, ((sys_texts[pos], content) if per_row_system else (content,))
+                if images is not None:
+                    parts, reason = image_parts(images[k])
+                    if reason is not None:
+                        skipped[pos] = reason
+                        continue
+                    content = [{"type": "text", "text": content}] + parts
+                yield pos, ids[pos], ((sys_texts[k], content) if per_row_system else (content,))
 
     def _per_row_system(self, rendered: Rendered) -> bool:
         """Whether each row has its own system text (a chat body whose system prompt is a template)."""
-        return rendered.system is not None and self.url != EMBEDDINGS_URL
+        return rendered.per_row_system and self.url != EMBEDDINGS_URL
 
     def _body_maker(self):
         """A function from a row's values (see :meth:`_slots`) to its request body."""

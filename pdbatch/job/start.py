@@ -20,7 +20,7 @@ from ..core.spec import MapSpec
 from ..errors import BackendUnavailableError
 from ..options import JobOptions
 from .cache import to_send
-from .fingerprint import FINGERPRINT_PREFIX, fingerprint, legacy_fingerprint
+from .fingerprint import FINGERPRINT_PREFIX, earlier_fingerprints, fingerprint
 from .host import HostCopy
 from .lifecycle import Job, new_job_id
 from .locks import job_lock
@@ -67,7 +67,7 @@ def start_job(
                          spec=source, workdir=workdir)
 
     # A job an earlier release left unfinished is found by its old fingerprint (only computed when one exists).
-    also = [legacy_fingerprint(spec, rendered, backend.name)] if store.has_open_jobs(FINGERPRINT_PREFIX) else []
+    also = earlier_fingerprints(spec, rendered, backend.name) if store.has_open_jobs(FINGERPRINT_PREFIX) else []
     rec, created = store.create_or_attach(new_record(), reuse=True, also=also)
     if not created and not cache and rec.state == "finished":
         # cache=False: a finished job's answers are not reused; start afresh.

@@ -114,11 +114,12 @@ def test_job_load_joins_on_the_ids_sent_not_on_a_round_tripped_index(make_server
     assert again["llm_output"].tolist() == out["llm_output"].tolist()
 
 
-def test_a_job_of_an_earlier_release_in_flight_is_found_by_its_old_fingerprint(make_server, make_client):
+@pytest.mark.parametrize("release", ["v1", "v2"])
+def test_a_job_of_an_earlier_release_in_flight_is_found_by_its_old_fingerprint(make_server, make_client, release):
     """A job whose fingerprint an earlier release made, still running, is re-attached: its rows are not paid twice."""
     from pdbatch.core.ids import unique_ids
     from pdbatch.core.spec import MapSpec
-    from pdbatch.job.fingerprint import FINGERPRINT_PREFIX, legacy_fingerprint
+    from pdbatch.job.fingerprint import FINGERPRINT_PREFIX, legacy_fingerprint, v2_fingerprint
 
     srv = make_server(faults=Faults(request_delay=0.05))
     client = make_client(srv)
@@ -128,7 +129,8 @@ def test_a_job_of_an_earlier_release_in_flight_is_found_by_its_old_fingerprint(m
     store = default_store()
     assert store.job(job.id).fingerprint.startswith(FINGERPRINT_PREFIX)
     spec = MapSpec.build(crashy_child.TEMPLATE, columns=list(df.columns), model="gpt-4o-mini")
-    old = legacy_fingerprint(spec, spec.render(df, unique_ids(df.index)), "batch")
+    old = {"v1": legacy_fingerprint, "v2": v2_fingerprint}[release](spec, spec.render(df, unique_ids(df.index)), "batch")
+    assert old.startswith("v2:") == (release == "v2")
     store.update_job(job.id, fingerprint=old)  # as an earlier release stored it
     created = srv.stats.batches_created
     out = df.llm.map(crashy_child.TEMPLATE, client=client, **crashy_child.OPTIONS)
