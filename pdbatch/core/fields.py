@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .answers import Answers
+from .columns import Column, compact, concat, content_hashes, first_present, merge, nulls, take
 from .parsing import as_is, one_by_one
 
 __all__ = ["Parsed", "preparse", "parse_usable", "expand", "gc_paused"]
@@ -71,16 +72,17 @@ def expand(values: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.nda
 
 @dataclass
 class Parsed:
-    """Answers parsed ahead of the join (see :func:`preparse`), already spread into one array per key.
+    """Answers parsed ahead of the join (see :func:`preparse`), already spread into one column per key.
 
-    ``custom_id`` and ``content`` say which answer each row holds: the join
-    uses a row only when its stored answer has the same custom_id *and* the
-    same content, and parses anything else again.
+    ``custom_id`` and ``content_hash`` (a 64-bit hash of the answer's text)
+    say which answer each row holds: the join uses a row only when its stored
+    answer has the same custom_id *and* the same text, and parses anything
+    else again. The columns are compact (:mod:`pdbatch.core.columns`).
     """
 
     custom_id: pa.ChunkedArray
-    content: pa.ChunkedArray
-    columns: Dict[str, np.ndarray]
+    content_hash: np.ndarray
+    columns: Dict[str, Column]
     errors: np.ndarray
 
     def __len__(self) -> int:
@@ -88,17 +90,16 @@ class Parsed:
 
     @classmethod
     def concat(cls, parts: List["Parsed"]) -> Optional["Parsed"]:
-        """One record of several (None for none); a key one part lacks is None in its rows."""
+        """One record of several (None for none); a key one part lacks is missing in its rows."""
         if not parts:
             return None
         if len(parts) == 1:
             return parts[0]
         keys = dict.fromkeys(k for p in parts for k in p.columns)
-        columns = {k: np.concatenate([p.columns[k] if k in p.columns else np.full(len(p), None, dtype=object)
-                                      for p in parts]) for k in keys}
+        columns = {k: concat([p.columns[k] if k in p.columns else nulls(len(p)) for p in parts]) for k in keys}
         return cls(pa.chunked_array([c for p in parts for c in p.custom_id.chunks], type=pa.string()),
-                   pa.chunked_array([c for p in parts for c in p.content.chunks], type=pa.string()),
-                   columns, np.concatenate([p.errors for p in parts]))
+                   np.concatenate([p.content_hash for p in parts]), columns,
+                   np.concatenate([p.errors for p in parts]))
 
 
 def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
@@ -111,7 +112,7 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple],
 
     Returns None when there is nothing to parse (text and embedding answers
     are used as they are). The result goes to the join as ``parsed=``; only
-    the columns are kept, not the decoded objects.
+    compact columns are kept, not the decoded objects nor the texts.
     """
     if parse_text is as_is or not len(answers):
         return None
@@ -123,10 +124,12 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple],
     if len(ok) < len(ok_mask):
         rows = pa.array(ok, type=pa.int64())
         cid, content = cid.take(rows), content.take(rows)
+    texts = content.to_pylist()
     with gc_paused():
-        values, errors = _many(parse_text)(content.to_pylist())
-        cols = expand(np.fromiter(values, dtype=object, count=len(ok)), columns)
-    return Parsed(cid.cast(pa.string()), content.cast(pa.string()), cols,
+        values, errors = _many(parse_text)(texts)
+        cols = {k: compact(v) for k, v in expand(np.fromiter(values, dtype=object, count=len(ok)), columns).items()}
+    cid = cid.cast(pa.string())
+    return Parsed(cid if isinstance(cid, pa.ChunkedArray) else pa.chunked_array([cid]), content_hashes(texts), cols,
                   np.fromiter(errors, dtype=object, count=len(ok)))
 
 
@@ -134,11 +137,11 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
                  expand_objects: bool, columns: Optional[List[str]] = None) -> Tuple[Any, list]:
     """``(values, errors)`` of the answers at positions ``usable`` of ``a``.
 
-    With ``expand_objects`` the values are a dict of one array per key (over
-    ``usable``), taken from ``parsed`` where it holds a row's answer and
-    parsed now for the rest: ``columns`` first, then the other keys in the
-    order of the first line of ``usable`` that has each. Without, a list of
-    parsed values.
+    With ``expand_objects`` the values are a dict of one column per key (over
+    ``usable``; see :mod:`pdbatch.core.columns`), taken from ``parsed`` where
+    it holds a row's answer and parsed now for the rest: ``columns`` first,
+    then the other keys in the order of the first line of ``usable`` that has
+    each. Without, a list of parsed values.
     """
     many = _many(parse_text)
     if not expand_objects:
@@ -149,29 +152,24 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     if parsed is not None and n and len(parsed):
         rows = pa.array(usable, type=pa.int64())
         pos = pc.index_in(a.arrow("custom_id").take(rows).cast(pa.string()), value_set=parsed.custom_id)
-        found = pc.fill_null(pos, 0)
-        same = pc.fill_null(pc.equal(a.arrow("content").take(rows).cast(pa.string()), parsed.content.take(found)),
-                            False)
-        hit = same.to_numpy(zero_copy_only=False).astype(bool) & pos.is_valid().to_numpy(zero_copy_only=False)
-        at = found.to_numpy(zero_copy_only=False)[hit]
+        found = pc.fill_null(pos, 0).to_numpy(zero_copy_only=False)
+        same = content_hashes(a.arrow("content").take(rows)) == parsed.content_hash[found]
+        hit = same & pos.is_valid().to_numpy(zero_copy_only=False)
+        at = found[hit]
     miss = np.flatnonzero(~hit)
     values, errs = many(a.take("content", usable[miss])) if len(miss) else ([], [])
-    fresh = expand(np.fromiter(values, dtype=object, count=len(miss)), None)
+    fresh = {k: compact(v) for k, v in expand(np.fromiter(values, dtype=object, count=len(miss)), None).items()}
     keys = dict.fromkeys(columns or ())
     keys.update(dict.fromkeys(parsed.columns if parsed is not None and len(at) else ()))
     keys.update(dict.fromkeys(fresh))
     out = {}
     for key in keys:
-        col = np.full(n, None, dtype=object)
-        if len(at) and key in parsed.columns:
-            col[hit] = parsed.columns[key][at]
-        if key in fresh:
-            col[miss] = fresh[key]
-        out[key] = col
+        hits = take(parsed.columns[key], at) if len(at) and key in parsed.columns else nulls(len(at))
+        out[key] = merge(n, hit, hits, fresh[key] if key in fresh else nulls(len(miss)))
     declared = set(columns or ())
     free = [k for k in out if k not in declared]
     if len(free) > 1:  # free keys in the order of the first line (of ``usable``) that has each
-        first = {k: int(np.argmax(np.not_equal(out[k], None))) for k in free}
+        first = {k: first_present(out[k]) for k in free}
         out = {k: out[k] for k in [*(columns or ()), *sorted(free, key=first.__getitem__)]}
     errors = np.full(n, None, dtype=object)
     if len(at):

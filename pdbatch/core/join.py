@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from ..errors import ColumnCollisionError
 from .answers import NO_ANSWER, Answers, answer_reason
+from .columns import spread, to_series
 from .fields import Parsed, gc_paused, parse_usable
 from .parsing import as_is
 from .records import Usage
@@ -56,9 +57,7 @@ def _series(values: Any, index: pd.Index, name: Any) -> pd.Series:
     ``boolean``; strings take pandas' default string dtype.
     """
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        s = values.to_pandas()
-        s.index, s.name = index, name
-        return s
+        return to_series(values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values]), index, name)
     kind = pd.api.types.infer_dtype(values, skipna=True)
     gaps = kind in ("integer", "boolean") and np.equal(values, None).any()
     if gaps:
@@ -206,7 +205,7 @@ def join_results(
         raw = a.arrow("content").take(pa.array(src, mask=src < 0))
     text_column = None
     out_values = np.full(n, None, dtype=object)
-    fields: Dict[str, np.ndarray] = {key: np.full(n, None, dtype=object) for key in columns or ()}
+    fields: Dict[str, Any] = {key: np.full(n, None, dtype=object) for key in columns or ()}
     if parse_text is as_is and a.is_arrow("content"):
         # Nothing to parse and the text is in Arrow: one gather builds the column, no Python strings.
         src = np.full(n, -1, dtype=np.int64)
@@ -218,18 +217,16 @@ def join_results(
         rows = where[usable]
         with gc_paused():
             got, errs = parse_usable(a, usable, parse_text, parsed, expand_objects=expand, columns=columns)
-            if expand:  # one array per key, over the usable lines: spread onto the rows
-                fields = {}
-                for key, col in got.items():
-                    fields[key] = np.full(n, None, dtype=object)
-                    fields[key][rows] = col
+            if expand:  # one column per key, over the usable lines: spread onto the rows (skipped ones blank)
+                fields = {key: spread(col, rows, n, skipped_pos) for key, col in got.items()}
             else:
                 out_values[rows] = np.fromiter(got, dtype=object, count=len(rows))
         errors[rows] = np.fromiter(errs, dtype=object, count=len(rows))
     errors[skipped_pos] = np.fromiter(skipped.values(), dtype=object, count=len(skipped))
     out_values[skipped_pos] = None
     for col in fields.values():
-        col[skipped_pos] = None
+        if isinstance(col, np.ndarray):
+            col[skipped_pos] = None
     missing = np.flatnonzero(~answered)
     for pos in missing.tolist():
         if pos not in skipped:

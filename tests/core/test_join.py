@@ -480,7 +480,8 @@ def test_preparsed_answers_join_the_same_and_a_stale_entry_is_parsed_again(df):
     first = answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": "x"}'), fail("no"), ok("it", '{"v": 4}'))
     early = preparse(first, parse)
     assert isinstance(early, Parsed) and len(early) == 3  # the plain successes only
-    assert early.columns["v"].tolist() == [1, None, 4]  # "pe" fails the schema: no value
+    from pdbatch.core.columns import objects
+    assert objects(early.columns["v"]).tolist() == [1, None, 4]  # "pe" fails the schema: no value
     # "it" was answered again since (another attempt): its stored content differs from the parsed one.
     now = answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": "x"}'), fail("no"), ok("it", '{"v": 40}'))
     kw = dict(kind="schema", output="llm_output", error_column="llm_error", columns=["v"])

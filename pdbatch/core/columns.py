@@ -1,0 +1,171 @@
+"""Answer columns kept compact: Arrow arrays where the values allow, object arrays where they do not.
+
+Parsed JSON answers are Python objects: a million rows of ``{"categories":
+[...], "summary": "..."}`` are some 300 MB of small lists and strings. A
+:data:`Column` holds one key's values over some rows as an Arrow array when
+every value fits one simple Arrow type (text, integers, floats, booleans, or a
+list of text, integers or booleans) and as an object array otherwise (dicts,
+mixed types, lists of floats). Each shard's answers are made compact as soon
+as they are parsed, so only one shard's Python objects exist at a time; the
+join turns the columns into pandas columns with the dtypes the object path
+gives (see :func:`to_series`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Union
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+__all__ = ["Column", "compact", "concat", "take", "merge", "nulls", "objects", "spread", "first_present", "to_series", "content_hashes"]
+
+#: One key's values over some rows.
+Column = Union[pa.ChunkedArray, np.ndarray]
+
+_SCALARS = (pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.null())
+_ITEMS = (pa.string(), pa.int64(), pa.bool_())
+#: Texts hashed at a time by :func:`content_hashes` (bounds the Python strings made at once).
+_STEP = 65536
+
+
+def _simple(t: pa.DataType) -> bool:
+    """Whether values of Arrow type ``t`` come back as the same Python values (a float list would not: 1 -> 1.0)."""
+    return t in _SCALARS or (pa.types.is_list(t) and t.value_type in _ITEMS)
+
+
+def compact(values: np.ndarray) -> Column:
+    """``values`` (an object array of parsed JSON values, None for missing) as Arrow when that is lossless."""
+    try:
+        arr = pa.array(values, from_pandas=False)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError):
+        return values
+    return pa.chunked_array([arr]) if _simple(arr.type) else values
+
+
+def _arrow(col: Column) -> bool:
+    return isinstance(col, pa.ChunkedArray)
+
+
+def objects(col: Column) -> np.ndarray:
+    """``col`` as an object array of Python values."""
+    if not _arrow(col):
+        return col
+    out = np.empty(len(col), dtype=object)
+    out[:] = col.to_pylist() if len(col) else []
+    return out
+
+
+def _common(cols: List[Column]) -> Optional[pa.DataType]:
+    """The one Arrow type of ``cols`` (null-typed ones fit any), or None when they cannot be one Arrow column."""
+    if not all(_arrow(c) for c in cols):
+        return None
+    types = {c.type for c in cols} - {pa.null()}
+    if len(types) > 1:
+        return None
+    return types.pop() if types else pa.null()
+
+
+def concat(cols: List[Column]) -> Column:
+    """One column of several, in order (Arrow when they share a type, else objects)."""
+    t = _common(cols)
+    if t is None:
+        return np.concatenate([objects(c) for c in cols]) if cols else np.zeros(0, dtype=object)
+    return pa.chunked_array([ch for c in cols for ch in (c.cast(t) if c.type != t else c).chunks], type=t)
+
+
+def nulls(n: int) -> Column:
+    return pa.chunked_array([pa.nulls(n)])
+
+
+def take(col: Column, rows: np.ndarray) -> Column:
+    """The values at positions ``rows`` (-1: missing)."""
+    if not _arrow(col):
+        out = np.full(len(rows), None, dtype=object)
+        have = rows >= 0
+        out[have] = col[rows[have]]
+        return out
+    idx = pa.array(rows, type=pa.int64(), mask=rows < 0)
+    return col.take(idx)
+
+
+def merge(n: int, hit: np.ndarray, hits: Column, misses: Column) -> Column:
+    """A column of ``n`` rows: ``hits`` where ``hit`` is True, ``misses`` elsewhere, each in order."""
+    src = np.empty(n, dtype=np.int64)
+    nh = int(hit.sum())
+    src[hit] = np.arange(nh)
+    src[~hit] = nh + np.arange(n - nh)
+    return take(concat([hits, misses]), src)
+
+
+def spread(col: Column, rows: np.ndarray, n: int, blank: np.ndarray) -> Column:
+    """``col`` (one value per entry of ``rows``) placed at those row positions of ``n`` rows; ``blank`` rows missing."""
+    src = np.full(n, -1, dtype=np.int64)
+    src[rows] = np.arange(len(rows))
+    src[blank] = -1
+    return take(col, src)
+
+
+def first_present(col: Column) -> int:
+    """Position of the first present value (0 when there is none)."""
+    if _arrow(col):
+        valid = col.is_valid().to_numpy(zero_copy_only=False)
+        return int(np.argmax(valid)) if len(valid) else 0
+    return int(np.argmax(np.not_equal(col, None))) if len(col) else 0
+
+
+def _lists(arr: pa.Array) -> np.ndarray:
+    """A list array as an object array of Python lists whose equal text items are one shared object."""
+    n = len(arr)
+    out = np.full(n, None, dtype=object)
+    if not n:
+        return out
+    flat = arr.flatten()
+    if pa.types.is_string(flat.type):
+        enc = flat.dictionary_encode()
+        words = np.array(enc.dictionary.to_pylist() + [None], dtype=object)
+        idx = enc.indices.fill_null(len(enc.dictionary)).to_numpy(zero_copy_only=False)
+        items = words[idx].tolist()
+    else:
+        items = flat.to_pylist()
+    offsets = arr.offsets.to_numpy(zero_copy_only=False)
+    offsets = offsets - offsets[0]
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(valid)
+    starts, ends = offsets[:-1][rows].tolist(), offsets[1:][rows].tolist()
+    out[rows] = np.fromiter((items[a:b] for a, b in zip(starts, ends)), dtype=object, count=len(rows))
+    return out
+
+
+def to_series(col: pa.ChunkedArray, index: pd.Index, name: Any) -> pd.Series:
+    """A pandas column from an Arrow one, with the dtype the object path gives the same values.
+
+    Text takes pandas' default string dtype; integers and booleans beside
+    gaps ``Int64`` / ``boolean``; lists become Python lists (an object
+    column, as pandas keeps lists) — their text items shared, so a million
+    rows of three labels hold three strings, not three million.
+    """
+    t = col.type
+    if pa.types.is_list(t):
+        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        return pd.Series(_lists(arr), index=index, name=name, dtype=object)
+    if t == pa.null():
+        return pd.Series(np.full(len(col), None, dtype=object), index=index, name=name, dtype=object)
+    if col.null_count and t in (pa.int64(), pa.bool_()):
+        dtype = "Int64" if t == pa.int64() else "boolean"
+        return pd.Series(pd.array(col, dtype=pd.ArrowDtype(t)).astype(dtype), index=index, name=name)
+    s = col.to_pandas()
+    s.index, s.name = index, name
+    return s
+
+
+def content_hashes(texts: Union[list, pa.ChunkedArray, pa.Array]) -> np.ndarray:
+    """64-bit hashes of answer texts (a list, or Arrow hashed a slice at a time)."""
+    if isinstance(texts, list):
+        return pd.util.hash_array(np.array(texts, dtype=object), categorize=False)
+    out = np.empty(len(texts), dtype=np.uint64)
+    for start in range(0, len(texts), _STEP):
+        part = texts.slice(start, _STEP).to_pylist()
+        out[start:start + len(part)] = pd.util.hash_array(np.array(part, dtype=object), categorize=False)
+    return out

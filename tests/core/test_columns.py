@@ -1,0 +1,65 @@
+"""Compact answer columns give the pandas columns the object path gives, with shared list items."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pdbatch.core.columns import compact, concat, merge, objects, spread, to_series
+from pdbatch.core.join import _series
+
+CASES = {
+    "text": ["a", None, "c"],
+    "text full": ["a", "b"],
+    "ints": [1, 2, 3],
+    "ints with gaps": [1, None, 3],
+    "bools": [True, False],
+    "bools with gaps": [True, None],
+    "floats": [1.5, None, 2.0],
+    "ints and floats": [1, 2.5, None],
+    "empty": [None, None],
+    "text lists": [["a", "b"], None, [], ["b"]],
+    "int lists": [[1, 2], [3]],
+    "float lists": [[1, 2.5], [3]],
+    "dicts": [{"a": 1}, None],
+    "mixed": [1, "a", None],
+    "big int": [2**70, 1],
+}
+
+
+def obj(values):
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_compact_column_gives_the_same_pandas_column_as_the_object_path(case):
+    values = obj(CASES[case])
+    index = pd.Index(list(range(len(values))))
+    want = _series(values.copy(), index, "k")
+    col = compact(values)
+    got = to_series(col, index, "k") if isinstance(col, pa.ChunkedArray) else _series(col, index, "k")
+    pd.testing.assert_series_equal(got, want)
+    assert [type(v) for v in got.tolist()] == [type(v) for v in want.tolist()]
+    kept = isinstance(col, pa.ChunkedArray)
+    assert kept == (case not in ("float lists", "dicts", "mixed", "big int"))
+
+
+def test_list_items_of_text_are_shared_objects():
+    col = compact(obj([["drama", "war"], ["drama"], ["war", "drama"]] * 1000))
+    s = to_series(col, pd.RangeIndex(3000), "c")
+    assert s[0] == ["drama", "war"] and s[2999] == ["war", "drama"]
+    assert len({id(x) for cell in s for x in cell}) == 2
+
+
+def test_concat_merge_and_spread_keep_arrow_only_when_the_types_agree():
+    a, b, c = compact(obj(["x", "y"])), compact(obj([None, None])), compact(obj([1, 2]))
+    assert isinstance(concat([a, b]), pa.ChunkedArray) and concat([a, b]).to_pylist() == ["x", "y", None, None]
+    mixed = concat([a, c])
+    assert isinstance(mixed, np.ndarray) and mixed.tolist() == ["x", "y", 1, 2]
+    m = merge(4, np.array([True, False, True, False]), a, compact(obj(["p", "q"])))
+    assert m.to_pylist() == ["x", "p", "y", "q"]
+    s = spread(m, np.array([3, 2, 1, 0]), 5, np.array([1]))
+    assert s.to_pylist() == ["q", None, "p", "x", None]
+    assert objects(s).tolist() == ["q", None, "p", "x", None]
