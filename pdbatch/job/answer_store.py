@@ -7,7 +7,7 @@ owns the connection; see :mod:`pdbatch.job.segments` for the segment format.
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -16,21 +16,31 @@ import pyarrow.compute as pc
 from ..core.answers import Answers
 from ..core.records import Usage
 from . import segments
+from .hashes import RowHashes
 
 __all__ = ["AnswerStore"]
 
 #: Answer columns of the per-row table, after (job_id, custom_id, hash, attempt).
 _ANSWER_COLS = Answers.COLUMNS
+#: The columns of a segment that say which rows are answered (see ``AnswerStore._status``).
+_STATUS = {"custom_id": pa.string(), "attempt": pa.int64(), "seq": pa.int64(), "ok": pa.bool_()}
 #: Below this many answers a put goes to the per-row table, from it on to one segment.
 _SEGMENT_MIN = 64
+
+
+def _lookup(hashes: Union[RowHashes, Mapping[str, str]], ids: Sequence[str]) -> List[Optional[str]]:
+    """The request hash of each of ``ids`` (None for an id the job did not send)."""
+    if isinstance(hashes, RowHashes):
+        return hashes.get_many(ids)
+    return [hashes.get(cid) for cid in ids]
 
 
 class AnswerStore:
     """Answers by job and custom_id, and successful answers by request hash (needs ``_db``, ``_lock``, ``_tx``)."""
 
-    def put_answers(self, job_id: str, answers: Answers, hashes: Dict[str, str], *, attempt: int = 0,
+    def put_answers(self, job_id: str, answers: Answers, hashes: Union[RowHashes, Mapping[str, str]], *, attempt: int = 0,
                     source: str = "api") -> int:
-        """Store answers by custom_id; ``hashes`` maps custom_id to request hash (other ids are ignored).
+        """Store answers by custom_id; ``hashes`` holds each row's request hash (answers of other ids are ignored).
 
         A few answers (arriving one at a time) become rows of the per-row
         table; many (a shard's results, a cache hit list) become one segment.
@@ -46,8 +56,7 @@ class AnswerStore:
         content = cols[1]  # an embedding vector is kept as float32 bytes
         cols[1] = [v.astype(np.float32).tobytes() if isinstance(v, np.ndarray) else v for v in content]
         rows = []
-        for i, cid in enumerate(answers.custom_id):
-            h = hashes.get(cid)
+        for i, (cid, h) in enumerate(zip(answers.custom_id, _lookup(hashes, answers.custom_id))):
             if h is None:
                 continue
             rows.append((job_id, cid, h, attempt, *(c[i] for c in cols), source, now))
@@ -65,12 +74,12 @@ class AnswerStore:
         self._count("write", t0, len(rows))
         return len(rows)
 
-    def put_segment(self, job_id: str, answers: Answers, hashes: Dict[str, str], *, attempt: int = 0,
+    def put_segment(self, job_id: str, answers: Answers, hashes: Union[RowHashes, Mapping[str, str]], *, attempt: int = 0,
                     source: str = "api") -> int:
         """Store many answers as one segment (one blob); its successes are indexed for the cache on first lookup."""
         t0 = time.perf_counter()
         ids = answers.arrow("custom_id").to_pylist() if answers.is_arrow("custom_id") else answers.custom_id
-        row_hashes = list(map(hashes.get, ids))
+        row_hashes = _lookup(hashes, ids)
         table = segments.table_of(answers, row_hashes, attempt)
         if None in row_hashes:  # answers for ids this job did not send are ignored
             table = table.filter(pc.is_valid(table.column("hash")))
@@ -126,13 +135,10 @@ class AnswerStore:
     def answers(self, job_id: str) -> Answers:
         """Every stored answer of a job, column-wise (Arrow columns; one answer per custom_id).
 
-        The result is kept until the job's answers change (progress polls read
-        it often); treat it as read-only.
+        Read afresh at each call and not kept: a million answers' texts are
+        held only while the caller holds them. Progress polls use
+        :meth:`count_answers`, which reads no text.
         """
-        key = (job_id, self._generation(job_id))
-        memo = getattr(self, "_answers_memo", None)
-        if memo is not None and memo[0] == key:
-            return memo[1]
         t0 = time.perf_counter()
         tables = self._segment_tables(job_id)
         with self._lock:
@@ -145,8 +151,40 @@ class AnswerStore:
             tables.append(table.set_column(2, "attempt", pa.array([r[2] for r in rows], pa.int64())))
         out = segments.answers_of(tables)
         self._count("read", t0, len(out))
-        self._answers_memo = (key, out)  # one job's answers at a time: memory stays bounded
         return out
+
+    def _status(self, job_id: str) -> pa.Table:
+        """``custom_id`` and ``ok`` of the latest answer of every answered row of a job, no texts.
+
+        A segment never changes once stored, so each is read once and only
+        its four small columns are kept (a copy: the blob is let go); the
+        result is kept until the job's answers change, for one job at a time.
+        """
+        key = (job_id, self._generation(job_id))
+        memo = getattr(self, "_status_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        seen = memo[2] if memo is not None and memo[0][0] == job_id else {}
+        with self._lock:
+            ids = [r[0] for r in self._db.execute("SELECT id FROM segments WHERE job_id = ? ORDER BY id", (job_id,))]
+        for seg in ids:
+            if seg not in seen:
+                with self._lock:
+                    blob = self._db.execute("SELECT data FROM segments WHERE id = ?", (seg,)).fetchone()[0]
+                t = segments.decode(blob, seg).select(list(_STATUS))
+                seen[seg] = t.take(pa.array(np.arange(t.num_rows, dtype=np.int64)))
+        with self._lock:
+            rows = self._db.execute("SELECT custom_id, attempt, ok FROM answers WHERE job_id = ?", (job_id,)).fetchall()
+        tables = [seen[seg] for seg in ids]
+        if rows:
+            cid, attempt, ok = zip(*rows)
+            tables.append(pa.table({"custom_id": pa.array(cid, pa.string()), "attempt": pa.array(attempt, pa.int64()),
+                                    "seq": pa.array(np.full(len(rows), 1 << 62, dtype=np.int64)),
+                                    "ok": pa.array([bool(v) for v in ok], pa.bool_())}))
+        table = segments.latest(pa.concat_tables(tables)) if tables else pa.table(
+            {k: pa.array([], t) for k, t in _STATUS.items()})
+        self._status_memo = (key, table, {seg: seen[seg] for seg in ids})
+        return table
 
     def usage(self, job_id: str) -> Usage:
         """Token usage summed over a job's stored answers."""
@@ -154,18 +192,18 @@ class AnswerStore:
 
     def count_answers(self, job_id: str, ok_only: bool = False) -> int:
         """How many custom_ids have a stored answer (with ``ok_only``, a plain success) in this job."""
-        a = self.answers(job_id)
-        if not ok_only or not len(a):
-            return len(a)
-        return int(pc.sum(a.arrow("ok")).as_py() or 0)
+        t = self._status(job_id)
+        if not ok_only or not t.num_rows:
+            return t.num_rows
+        return int(pc.sum(t.column("ok")).as_py() or 0)
 
     def answered_ids(self, job_id: str, ok_only: bool = False) -> set:
         """custom_ids with a stored answer (with ``ok_only``, a plain success) in this job."""
-        a = self.answers(job_id)
-        if not len(a):
+        t = self._status(job_id)
+        if not t.num_rows:
             return set()
-        cid = a.arrow("custom_id")
-        return set((cid.filter(a.arrow("ok")) if ok_only else cid).to_pylist())
+        cid = t.column("custom_id")
+        return set((cid.filter(t.column("ok")) if ok_only else cid).to_pylist())
 
     def cached(self, hashes: Iterable[str]) -> Dict[str, tuple]:
         """Successful answers stored under any of ``hashes`` (the cache), by hash: ``(*COLUMNS)`` tuples."""

@@ -31,8 +31,7 @@ def to_send(job, rendered: Rendered, use_cache: bool) -> Iterator[Tuple[str, byt
     chunk: List[tuple] = []
 
     def flush() -> Iterator[Tuple[str, bytes]]:
-        for _pos, cid, _line, h in chunk:
-            hashes[cid] = h
+        hashes.add([c[1] for c in chunk], [c[3] for c in chunk])
         hits: Dict[str, tuple] = store.cached([c[3] for c in chunk]) if use_cache else {}
         if hits:
             rows = [(cid, *hits[h]) for _pos, cid, _line, h in chunk if h in hits and cid not in answered]

@@ -25,6 +25,7 @@ from ..core.answers import Answers
 from ..core.fields import Parsed, preparse
 from ..core.spec import MapSpec
 from .cache import to_send
+from .hashes import RowHashes
 from .host import load_host
 from .locks import job_lock
 from .store import JobRecord, Store, default_store, pdbatch_home
@@ -68,7 +69,7 @@ class Job:
     max_retries: int = 2
     retry_invalid: int = 0
     #: custom_id -> request hash of every sent or cached row
-    hashes: Dict[str, str] = field(default_factory=dict)
+    hashes: RowHashes = field(default_factory=RowHashes)
     #: the backend's typed in-process state of this job (shards, the local queue...)
     state: JobState = field(default_factory=JobState)
     _last: Optional[Progress] = None
@@ -121,7 +122,7 @@ class Job:
 
     def record_written(self) -> None:
         """Record that every request is on disk: rows, hashes, counts."""
-        self.store.put_rows(self.id, list(self.hashes), list(self.hashes.values()))
+        self.store.put_rows(self.id, self.hashes)
         self.record.sent = len(self.ids) - len(self.skipped) - self.record.cached
         self.record.state = "written"
         self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached)

@@ -28,6 +28,7 @@ import pyarrow as pa
 from ..errors import JobError
 from . import segments
 from .answer_store import AnswerStore
+from .hashes import RowHashes
 from .migrations import SCHEMA_VERSION, migrate
 
 __all__ = ["Store", "JobRecord", "STORE_VERSION", "RECORD_VERSION", "default_store", "store_path", "pdbatch_home"]
@@ -241,28 +242,30 @@ class Store(AnswerStore):
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
 
     # ------------------------------------------------------------------- rows
-    def put_rows(self, job_id: str, custom_ids: Sequence[str], hashes: Sequence[str]) -> None:
+    def put_rows(self, job_id: str, hashes: RowHashes) -> None:
         """Record the request hash of each row that was sent or answered from the cache (one blob a job)."""
         t0 = time.perf_counter()
-        table = pa.table({"custom_id": pa.array(list(custom_ids), pa.string()),
-                          "hash": pa.array(list(hashes), pa.string())})
+        table = hashes.arrow()
         blob = segments.encode(table.append_column("seq", pa.array(np.zeros(len(table), dtype=np.int64))))
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO row_sets (job_id, v, data) VALUES (?, ?, ?)",
                        (job_id, _ROWS_VERSION, blob))
         self.cost["write_seconds"] += time.perf_counter() - t0
 
-    def row_hashes(self, job_id: str) -> Dict[str, str]:
+    def row_hashes(self, job_id: str) -> RowHashes:
         """custom_id -> request hash of a job's rows (from its blob, or the per-row table of older stores)."""
         with self._lock:
             row = self._db.execute("SELECT v, data FROM row_sets WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
-                return dict(self._db.execute("SELECT custom_id, hash FROM rows WHERE job_id = ?", (job_id,)))
+                pairs = self._db.execute("SELECT custom_id, hash FROM rows WHERE job_id = ?", (job_id,)).fetchall()
+                out = RowHashes()
+                out.add([p[0] for p in pairs], [p[1] for p in pairs])
+                return out
         v, blob = row
         if v > _ROWS_VERSION:
             raise JobError(f"job {job_id}: its rows were written by a newer pdbatch (version {v}); upgrade pdbatch")
         table = segments.decode(blob, 0)
-        return dict(zip(table.column("custom_id").to_pylist(), table.column("hash").to_pylist()))
+        return RowHashes.from_arrow(table.column("custom_id"), table.column("hash"))
 
     # ----------------------------------------------------------------- shards
     def put_shard(self, job_id: str, idx: int, **fields: Any) -> None:

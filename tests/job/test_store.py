@@ -60,7 +60,7 @@ def test_a_v1_store_is_migrated_and_its_job_reattaches(tmp_path, monkeypatch):
     out = job.result()
     assert out["llm_output"].tolist() == ["answer a", "answer b"] and out["llm_error"].isna().all()
     # The old answers serve the cache of new jobs too.
-    assert len(store.cached(list(store.row_hashes(V1_JOB).values()))) == 2
+    assert len(store.cached(store.row_hashes(V1_JOB).values())) == 2
     store.close()
     assert Store(str(path)).version == SCHEMA_VERSION  # opening again migrates nothing
 

@@ -1,0 +1,112 @@
+"""The request hash of each row of a job, held compactly.
+
+Every answer is stored under its request hash (the cache key), so a job keeps
+custom_id -> hash for each row it sent or found in the cache. A dict of a
+million hex strings is some 90 MB; :class:`RowHashes` keeps the hashes as one
+fixed-width byte array beside the custom_ids and looks ids up through a
+pandas index built when first needed.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+__all__ = ["RowHashes"]
+
+#: Hex digits in a request hash (blake2b, 16 bytes).
+WIDTH = 32
+
+
+class RowHashes:
+    """custom_id -> request hash (hex) of a job's rows, in the order they were added.
+
+    Examples
+    --------
+    >>> h = RowHashes()
+    >>> h.add(["a", "b"], ["0" * 32, "f" * 32])
+    >>> h.get("b"), h.get("c"), len(h)
+    ('ffffffffffffffffffffffffffffffff', None, 2)
+    >>> h.get_many(["c", "a"])
+    [None, '00000000000000000000000000000000']
+    """
+
+    def __init__(self) -> None:
+        self._ids: List[str] = []
+        self._parts: List[np.ndarray] = []
+        self._hashes = np.zeros(0, dtype=f"S{WIDTH}")
+        self._index: Optional[pd.Index] = None
+        self._first: Optional[np.ndarray] = None
+
+    @classmethod
+    def from_arrow(cls, ids: pa.ChunkedArray, hashes: pa.ChunkedArray) -> "RowHashes":
+        """From the two string columns the job store keeps."""
+        out = cls()
+        out._ids = ids.to_pylist()
+        out._hashes = np.array(hashes.to_pylist(), dtype=f"S{WIDTH}")
+        return out
+
+    def add(self, ids: Sequence[str], hashes: Sequence[str]) -> None:
+        """Append rows (an id added twice keeps its first hash for lookups)."""
+        self._ids.extend(ids)
+        self._parts.append(np.array(hashes, dtype=f"S{WIDTH}"))
+        self._index = None
+
+    def __setitem__(self, cid: str, h: str) -> None:
+        self.add([cid], [h])
+
+    def _all(self) -> np.ndarray:
+        if self._parts:
+            self._hashes = np.concatenate([self._hashes, *self._parts])
+            self._parts = []
+        return self._hashes
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __contains__(self, cid: object) -> bool:
+        return self.get(cid) is not None  # type: ignore[arg-type]
+
+    def _positions(self, ids: Iterable[str]) -> np.ndarray:
+        if self._index is None:
+            self._index = pd.Index(np.array(self._ids, dtype=object), dtype=object)
+            if not self._index.is_unique:
+                self._index = self._index[~self._index.duplicated(keep="first")]
+                self._first = np.flatnonzero(~pd.Index(np.array(self._ids, dtype=object)).duplicated(keep="first"))
+            else:
+                self._first = None
+        pos = self._index.get_indexer(np.array(list(ids), dtype=object))
+        if self._first is not None:
+            pos = np.where(pos >= 0, self._first[np.maximum(pos, 0)], -1)
+        return pos
+
+    def get_many(self, ids: Iterable[str]) -> List[Optional[str]]:
+        """The hash of each of ``ids`` (None for an id not here)."""
+        pos = self._positions(ids)
+        if not len(pos):
+            return []
+        found = self._all()[np.maximum(pos, 0)].astype(str).tolist()
+        return [h if p >= 0 else None for h, p in zip(found, pos.tolist())]
+
+    def get(self, cid: str, default: Optional[str] = None) -> Optional[str]:
+        """The hash of ``cid`` (``default`` if it is not here)."""
+        h = self.get_many([cid])[0]
+        return default if h is None else h
+
+    def values(self) -> List[str]:
+        """Every hash, in the order the rows were added."""
+        return self._all().astype(str).tolist()
+
+    def arrow(self) -> pa.Table:
+        """``custom_id`` and ``hash`` as two string columns (made from the byte array, no Python string per hash)."""
+        hashes = self._all()
+        n = len(hashes)
+        offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * WIDTH).tobytes())
+        column = pa.StringArray.from_buffers(n, offsets, pa.py_buffer(hashes.tobytes()))
+        return pa.table({"custom_id": pa.array(self._ids, pa.string()), "hash": column})
