@@ -56,6 +56,24 @@ def test_map_csv_output_with_template_and_params(batch_env, tmp_path):
     assert df["llm_output"].tolist() == ["say a", "say b"]
 
 
+def test_map_raw_column_keeps_every_answer_text(batch_env, tmp_path, capsys):
+    """``--raw-column NAME`` is ``raw_column=NAME``: the answer text of every row, the failed ones too."""
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"word": ["a", "b b b b"]}).to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    assert main(["map", str(src), "-t", "say {word}", "-m", "gpt-4o-mini", "--param", "max_completion_tokens=2",
+                 "--raw-column", "llm_raw", "--out", str(out), "--poll-interval", "0.02", "-q"]) == 0
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["word", "llm_output", "llm_raw", "llm_error"]
+    assert df["llm_raw"].tolist() == ["say a", "say b"]  # the second answer was cut at 2 words
+    assert pd.isna(df["llm_error"].iloc[0]) and df["llm_error"].iloc[1].startswith("truncated")
+    assert "1 answered, 1 failed" in capsys.readouterr().err
+    # the column is checked before anything is sent, like every other new column
+    assert main(["map", str(src), "-t", "say {word}", "-m", "gpt-4o-mini", "--raw-column", "word",
+                 "--out", str(tmp_path / "again.parquet"), "-q"]) == 2
+    assert "'word'" in capsys.readouterr().err and batch_env.stats.uploads == 1
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
