@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any, Dict, Optional, Sequence
@@ -176,6 +177,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .server.engines import echo_engine
 
         engine = echo_engine
+    if not args.quiet:  # the request log: one line per request on stderr
+        from .server.gate import request_log
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        request_log.addHandler(handler)
+        request_log.setLevel(logging.INFO)
     srv = BatchServer(engine=engine, host=args.host, port=args.port, data_dir=args.data_dir, access_log=not args.quiet)
     print(f"pdbatch serve: engine {args.engine}; point clients at base_url=http://{args.host}:{args.port}/v1",
           file=sys.stderr)
@@ -236,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     s.add_argument("--data-dir", metavar="DIR", help="where uploaded and result files are kept (default: a temp dir)")
-    s.add_argument("--quiet", "-q", action="store_true", help="no access log")
+    s.add_argument("--quiet", "-q", action="store_true", help="no request log (by default one line per request "
+                   "on stderr: time, method, path, status, milliseconds)")
     s.set_defaults(func=cmd_serve)
 
     env = " Batch jobs reach the API through OPENAI_API_KEY (and OPENAI_BASE_URL) in the environment."

@@ -178,3 +178,48 @@ def test_serve_local_answers_a_batch(tmp_path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _wait_until_up(client, proc, stderr_path, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return client.files.list()
+        except openai.APIConnectionError:
+            assert proc.poll() is None and time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_serve_request_log_unless_quiet(tmp_path, quiet):
+    """``pdbatch serve`` logs one line per request on stderr; ``--quiet`` logs none."""
+    pytest.importorskip("uvicorn")
+    port, err = free_port(), tmp_path / "stderr.txt"
+    with open(err, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "pdbatch", "serve", "--engine", "echo", "--host", "127.0.0.1",
+                                 "--port", str(port)] + (["--quiet"] if quiet else []),
+                                stdout=subprocess.DEVNULL, stderr=fh)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="anything", max_retries=0, timeout=30)
+        _wait_until_up(client, proc, err)
+        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+        assert reply.choices[0].message.content == "hello"
+        with pytest.raises(openai.NotFoundError):
+            client.batches.retrieve("batch_missing")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    lines = err.read_text().splitlines()
+    assert lines[0].startswith("pdbatch serve: engine echo; point clients at base_url=http://127.0.0.1:")
+    log = [line for line in lines[1:] if line.strip()]
+    if quiet:
+        assert log == []
+    else:  # the polls before the server was up failed to connect: not logged
+        assert [" ".join(line.split()[1:4]) for line in log[-2:]] == [
+            "POST /v1/chat/completions 200", "GET /v1/batches/batch_missing 404"]
+        assert all(line.split()[1:3] == ["GET", "/v1/files"] for line in log[:-2]) and len(log) >= 3
+        assert all(line.endswith(" ms") for line in log)
