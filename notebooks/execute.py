@@ -15,11 +15,14 @@ from an empty job store and leave yours alone). ``tests/test_notebooks.py``
 runs them the same way, through :func:`execute`, without saving.
 
 Needs the ``[dev,local]`` extras (nbclient, ipykernel, matplotlib, the local model).
+Without ipywidgets (not in ``[dev]``) the progress bars are text; their redraws are
+saved as Jupyter shows them, the final line only (:func:`coalesce_streams`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -94,6 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME.ipynb", help="default: every notebook in notebooks/")
     args = parser.parse_args(argv)
     paths = [NOTEBOOKS / n for n in args.names] or sorted(NOTEBOOKS.glob("*.ipynb"))
+    if importlib.util.find_spec("ipywidgets") is not None:
+        sys.stderr.write("note: ipywidgets is installed, so the progress bars are saved as widgets, which GitHub "
+                         "shows as their first state (0%); run where ipywidgets is not installed for text bars\n")
     for path in paths:
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="pdbatch-nb-") as tmp:

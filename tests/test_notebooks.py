@@ -151,3 +151,31 @@ def test_captions_notebook(run_notebook):
     html = next(out.data["text/html"] for c in _code_cells(nb) for out in c.outputs
                 if "<img src=\"data:image/png;base64," in out.get("data", {}).get("text/html", ""))
     assert html.count("<img src=\"data:image/png;base64,") == 35 and "pictured on a plain background" in html
+
+
+def test_progress_bar_in_a_kernel(tmp_path):
+    """In Jupyter the bar is tqdm's widget when ipywidgets is installed, else the text bar (no warning)."""
+    pytest.importorskip("uvicorn")
+    runner = _runner()
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    source = """import importlib.util, pandas as pd, pdbatch
+from pdbatch.backends.progress import in_notebook
+from pdbatch.server import BatchServer
+with BatchServer() as srv:
+    pd.DataFrame({"w": list("abcdef")}).llm.map("say {w}", model="m", client=srv.client(), backend="realtime")
+print("in notebook:", in_notebook(), "| ipywidgets:", importlib.util.find_spec("ipywidgets") is not None)"""
+    path = tmp_path / "bar.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell(source)]), path)
+    (tmp_path / "run").mkdir()
+    outs = runner.execute(path, tmp_path / "run").cells[0].outputs
+    stdout = "".join(o.text for o in outs if o.output_type == "stream" and o.name == "stdout")
+    stderr = "".join(o.text for o in outs if o.output_type == "stream" and o.name == "stderr")
+    widgets = [o for o in outs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert "in notebook: True" in stdout
+    if "ipywidgets: True" in stdout:
+        assert len(widgets) == 1 and "6/6" not in stderr
+    else:
+        assert not widgets and "IProgress" not in stderr
+        assert [line for line in stderr.split("\r") if "6/6" in line][0].rstrip().endswith("retries=0]")
+        assert len([line for line in stderr.split("\r") if "6/6" in line]) == 1
