@@ -8,7 +8,7 @@ thread (127.0.0.1 by default) and answers, in the documented shapes:
   from disk);
 * ``POST/GET /v1/batches``, ``GET /v1/batches/{id}``,
   ``POST /v1/batches/{id}/cancel``; the lifecycle is run by one worker thread
-  (see :mod:`pdbatch.server_worker`);
+  (see :mod:`pdbatch.server.worker`);
 * ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` realtime.
 
 The HTTP routes live in :mod:`pdbatch.server.app` (the gate in front of them,
