@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any, Dict, Optional, Sequence
@@ -25,14 +26,12 @@ from typing import Any, Dict, Optional, Sequence
 from .cli_files import READERS, WRITERS, CliError, check_out, check_writable, read_frame, write_frame  # noqa: F401
 from .cli_jobs import cmd_cancel, cmd_jobs, cmd_result, cmd_status, job_status  # noqa: F401
 from .errors import InputError, OptionError, PdbatchError
-from .core.names import suggest
+from .core.names import SPEC_ARGUMENTS, suggest
 from .options import check
 
 __all__ = ["main", "build_parser"]
 
 PROMPT_KEYS = ("template", "system", "schema", "json", "model", "images", "image_detail", "backend", "params")
-#: The map arguments that shape the result's columns (see :func:`result_columns`).
-SPEC_KEYS = ("model", "system", "response_format", "images", "image_detail", "output", "error_column")
 
 
 def _toml():
@@ -109,6 +108,8 @@ def map_options(args: argparse.Namespace) -> Dict[str, Any]:
             raise CliError(f"--schema: {args.schema} is not valid JSON: {err}") from err
     if args.json:
         opts["json"] = True
+    if args.raw_column is not None:
+        opts["raw_column"] = args.raw_column
     for p in args.param or []:
         k, v = _param(p)
         params[k] = v
@@ -130,7 +131,7 @@ def result_columns(df, template: str, opts: Dict[str, Any]) -> list:
     """The columns ``map`` will add to ``df`` for these options (checked as ``map`` checks them)."""
     from .core.spec import MapSpec
 
-    spec_args = {k: opts[k] for k in SPEC_KEYS if k in opts}
+    spec_args = {k: opts[k] for k in SPEC_ARGUMENTS if k in opts}
     return MapSpec.build(template, columns=list(df.columns), **spec_args).new_columns()
 
 
@@ -176,6 +177,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .server.engines import echo_engine
 
         engine = echo_engine
+    if not args.quiet:  # the request log: one line per request on stderr
+        from .server.gate import request_log
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        request_log.addHandler(handler)
+        request_log.setLevel(logging.INFO)
     srv = BatchServer(engine=engine, host=args.host, port=args.port, data_dir=args.data_dir, access_log=not args.quiet)
     print(f"pdbatch serve: engine {args.engine}; point clients at base_url=http://{args.host}:{args.port}/v1",
           file=sys.stderr)
@@ -212,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = m.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON mode: answers are JSON objects, one column per key")
     fmt.add_argument("--schema", metavar="FILE.json", help="a JSON Schema file: strict structured output, validated")
+    m.add_argument("--raw-column", metavar="NAME", help="also write each row's raw answer text (failed rows "
+                   "included) to column NAME")
     m.add_argument("--images", metavar="COL", help="column of image URLs or local paths (vision)")
     m.add_argument("--model", "-m", metavar="M", help="model name, e.g. gpt-4o-mini (a .gguf path for local)")
     m.add_argument("--backend", "-b", choices=["batch", "realtime", "local"], help="default: batch with OPENAI_API_KEY, else local")
@@ -234,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     s.add_argument("--data-dir", metavar="DIR", help="where uploaded and result files are kept (default: a temp dir)")
-    s.add_argument("--quiet", "-q", action="store_true", help="no access log")
+    s.add_argument("--quiet", "-q", action="store_true", help="no request log (by default one line per request "
+                   "on stderr: time, method, path, status, milliseconds)")
     s.set_defaults(func=cmd_serve)
 
     env = " Batch jobs reach the API through OPENAI_API_KEY (and OPENAI_BASE_URL) in the environment."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -54,6 +55,24 @@ def test_map_csv_output_with_template_and_params(batch_env, tmp_path):
                  "--out", str(out), "--poll-interval", "0.02", "-q"]) == 0
     df = pd.read_csv(out, index_col=0)
     assert df["llm_output"].tolist() == ["say a", "say b"]
+
+
+def test_map_raw_column_keeps_every_answer_text(batch_env, tmp_path, capsys):
+    """``--raw-column NAME`` is ``raw_column=NAME``: the answer text of every row, the failed ones too."""
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"word": ["a", "b b b b"]}).to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    assert main(["map", str(src), "-t", "say {word}", "-m", "gpt-4o-mini", "--param", "max_completion_tokens=2",
+                 "--raw-column", "llm_raw", "--out", str(out), "--poll-interval", "0.02", "-q"]) == 0
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["word", "llm_output", "llm_raw", "llm_error"]
+    assert df["llm_raw"].tolist() == ["say a", "say b"]  # the second answer was cut at 2 words
+    assert pd.isna(df["llm_error"].iloc[0]) and df["llm_error"].iloc[1].startswith("truncated")
+    assert "1 answered, 1 failed" in capsys.readouterr().err
+    # the column is checked before anything is sent, like every other new column
+    assert main(["map", str(src), "-t", "say {word}", "-m", "gpt-4o-mini", "--raw-column", "word",
+                 "--out", str(tmp_path / "again.parquet"), "-q"]) == 2
+    assert "'word'" in capsys.readouterr().err and batch_env.stats.uploads == 1
 
 
 @pytest.mark.parametrize(
@@ -113,24 +132,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("llama_cpp"), reason="needs pdbatch[local]")
-def test_serve_local_answers_a_batch(tmp_path):
-    """``pdbatch serve --engine local``: the cookbook's client code, only base_url changed."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pdbatch", "serve", "--engine", "local", "--port", str(port), "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+@contextlib.contextmanager
+def serving(tmp_path, *flags):
+    """``pdbatch serve --host 127.0.0.1 --port P FLAGS`` in a subprocess; yields ``(client, stderr file)`` once it answers."""
+    port, err = free_port(), tmp_path / "serve-stderr.txt"
+    with open(err, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "pdbatch", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                 *flags], stdout=subprocess.DEVNULL, stderr=fh)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="anything", max_retries=0, timeout=30)
         deadline = time.monotonic() + 30
-        for _ in range(300):
+        while True:
             try:
                 client.files.list()
                 break
             except openai.APIConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode()
+                assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
                 time.sleep(0.1)
+        yield client, err
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("llama_cpp"), reason="needs pdbatch[local]")
+def test_serve_local_answers_a_batch(tmp_path):
+    """``pdbatch serve --engine local``: the cookbook's client code, only base_url changed."""
+    with serving(tmp_path, "--engine", "local", "-q") as (client, _):
         lines = [
             {"custom_id": f"task-{i}", "method": "POST", "url": "/v1/chat/completions",
              "body": {"model": "gpt-4o-mini", "max_tokens": 16,
@@ -154,9 +186,23 @@ def test_serve_local_answers_a_batch(tmp_path):
         reply = client.chat.completions.create(model="gpt-4o-mini", max_tokens=8,
                                                messages=[{"role": "user", "content": "Hi"}])
         assert reply.choices[0].message.content is not None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_serve_request_log_unless_quiet(tmp_path, quiet):
+    """``pdbatch serve`` logs one line per request on stderr; ``--quiet`` logs none."""
+    pytest.importorskip("uvicorn")
+    with serving(tmp_path, "--engine", "echo", *(["--quiet"] if quiet else [])) as (client, err):
+        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+        assert reply.choices[0].message.content == "hello"
+        with pytest.raises(openai.NotFoundError):
+            client.batches.retrieve("batch_missing")
+    lines = err.read_text().splitlines()
+    assert lines[0].startswith("pdbatch serve: engine echo; point clients at base_url=http://127.0.0.1:")
+    log = [line for line in lines[1:] if line.strip()]
+    if quiet:
+        assert log == []
+    else:  # the polls made before the server was up did not connect: only the one answered is logged
+        assert [" ".join(line.split()[1:4]) for line in log] == [
+            "GET /v1/files 200", "POST /v1/chat/completions 200", "GET /v1/batches/batch_missing 404"]
+        assert all(line.endswith(" ms") for line in log)

@@ -255,13 +255,15 @@ class Batch:
                         continue
                     p = self.refresh(job)
                 if progress:
-                    if bar is None:
+                    done, postfix = p.completed + p.failed, f"{p.state}, failed={p.failed}"
+                    if bar is None:  # drawn once, at the first poll's counts (a re-attached job's too)
                         # Polls jump in steps: a rate would mislead, so the bar shows counts and time.
-                        bar = progress_bar(total=p.total, unit="req", desc=f"pdbatch {job.id[-10:]}", leave=True,
-                                           bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
-                    bar.n = p.completed + p.failed
-                    bar.set_postfix_str(f"{p.state}, failed={p.failed}", refresh=False)
-                    bar.refresh()
+                        bar = progress_bar(total=p.total, initial=done, postfix=postfix, unit="req", leave=True,
+                                           desc=f"pdbatch {job.id[-10:]}",
+                                           bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+                    else:
+                        bar.n = done
+                        bar.set_postfix_str(postfix)  # draws; close() does not draw the same state again
                 if p.done:
                     return p
                 if deadline is not None and time.monotonic() >= deadline:

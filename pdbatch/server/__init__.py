@@ -8,16 +8,17 @@ thread (127.0.0.1 by default) and answers, in the documented shapes:
   from disk);
 * ``POST/GET /v1/batches``, ``GET /v1/batches/{id}``,
   ``POST /v1/batches/{id}/cancel``; the lifecycle is run by one worker thread
-  (see :mod:`pdbatch.server_worker`);
+  (see :mod:`pdbatch.server.worker`);
 * ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` realtime.
 
-The HTTP routes live in :mod:`pdbatch.server_app`, the batch lifecycle in
-:mod:`pdbatch.server_worker`, knobs, counters and stored objects in
-:mod:`pdbatch.server_state`; the engines in :mod:`pdbatch.engines`.
+The HTTP routes live in :mod:`pdbatch.server.app` (the gate in front of them,
+which records and logs every call, in :mod:`pdbatch.server.gate`), the batch
+lifecycle in :mod:`pdbatch.server.worker`, knobs, counters and stored objects
+in :mod:`pdbatch.server.state`; the engines in :mod:`pdbatch.server.engines`.
 
 Any ``Authorization: Bearer <token>`` is accepted; the token is neither
-checked, logged nor stored. :class:`~pdbatch.server_state.Faults` makes the
-server fail on purpose; :class:`~pdbatch.server_state.Stats` counts what it
+checked, logged nor stored. :class:`~pdbatch.server.state.Faults` makes the
+server fail on purpose; :class:`~pdbatch.server.state.Stats` counts what it
 did. State lives in memory; file contents live under ``data_dir`` (a
 temporary directory, removed on :meth:`BatchServer.stop`, when not given).
 
@@ -109,7 +110,9 @@ class BatchServer:
         Where file contents are stored; a temporary directory (deleted by
         :meth:`stop`) when ``None``.
     access_log : bool
-        Let uvicorn print one line per request (for ``pdbatch serve``).
+        Log one line per request (``METHOD PATH STATUS MS``) to the
+        ``pdbatch.server`` logger at INFO; ``pdbatch serve`` prints them on
+        stderr unless ``--quiet``.
 
     Attributes
     ----------
@@ -220,7 +223,7 @@ class BatchServer:
         # another family first), loopback for the wildcard addresses
         self._url_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound, bound)
         config = uvicorn.Config(self.app, log_config=None, log_level="warning", lifespan="off",
-                                access_log=self.access_log, ws="none",
+                                access_log=False, ws="none",  # the gate logs requests
                                 timeout_graceful_shutdown=2, timeout_keep_alive=5)
         self._uvicorn = _uvicorn_server(config)
         self._worker = BatchWorker(self._store, self)

@@ -3,10 +3,9 @@
 :func:`build_app` wires the routes of :class:`pdbatch.server.BatchServer`:
 Files (uploads streamed to disk with python-multipart, downloads streamed
 from disk), Batches and the realtime ``/v1/chat/completions`` and
-``/v1/embeddings``. An ASGI gate in front of every route records each call in
-``Stats.log`` (and its time in ``Stats.busy_seconds``), injects
-``Faults.http_errors`` and requires a bearer token (any token; it is never
-looked at again). Handlers read ``server.faults``,
+``/v1/embeddings``. The ASGI gate of :mod:`pdbatch.server.gate`, in front of
+every route, records and logs each call, injects ``Faults.http_errors`` and
+requires a bearer token. Handlers read ``server.faults``,
 ``server.stats`` and ``server.engine`` at call time, so tests may change them
 between calls.
 """
@@ -29,6 +28,7 @@ from starlette.routing import Route
 
 from .engines import EngineError
 from ..core.records import CHAT_URL, EMBEDDINGS_URL
+from .gate import Gate, json_response as _json
 from .state import BATCH_ENDPOINTS, FILE_PURPOSES, error_body, status_error
 from .validate import check_images
 
@@ -44,11 +44,6 @@ class _ApiError(Exception):
                  code: Optional[str] = None) -> None:
         super().__init__(message)
         self.status, self.body = status, error_body(message, param=param, code=code)
-
-
-def _json(obj: Any, status: int = 200, headers: Optional[dict] = None) -> Response:
-    raw = obj if isinstance(obj, bytes) else orjson.dumps(obj)
-    return Response(raw, status_code=status, media_type="application/json", headers=headers)
 
 
 def _duration(seconds: float) -> str:
@@ -120,50 +115,6 @@ class _Upload:
             self._fh = None
 
 
-class _Gate:
-    """ASGI middleware: records every call, injects faults, requires a bearer token."""
-
-    def __init__(self, app: Any, server: Any) -> None:
-        self.app, self.server = app, server
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        method, path, logged = scope["method"], scope["path"], []
-        clock = self.server.stats.clock  # the whole call is busy time (Stats.busy_seconds)
-        clock.enter()
-
-        async def send_and_see(message: dict) -> None:
-            if message["type"] == "http.response.start":  # log before the client can see it
-                logged.append(message["status"])
-                self.server.stats.record(method, path, message["status"])
-                hook = self.server.faults.on_response
-                if hook is not None:
-                    hook(method, path, message["status"])
-            await send(message)
-
-        try:
-            code = self.server.faults.pop_http_error(method, path)
-            auth = dict(scope["headers"]).get(b"authorization", b"")
-            if code is not None:
-                body, headers = status_error(code, self.server.faults.retry_after)
-                await _drain(receive)
-                response = _json(body, code, headers)
-            elif not auth.startswith(b"Bearer ") or not auth[7:].strip():
-                await _drain(receive)
-                response = _json(error_body("Missing bearer token: send the header "
-                                            "'Authorization: Bearer <token>' (any token is "
-                                            "accepted by this local server).",
-                                            code="invalid_api_key"), 401)
-            else:
-                return await self.app(scope, receive, send_and_see)
-            await response(scope, receive, send_and_see)
-        finally:
-            clock.leave()
-            if not logged:  # the app crashed before answering; Starlette answers 500
-                self.server.stats.record(method, path, 500)
-
-
 async def _json_body(request: Request) -> dict:
     """The request's JSON object body, or a 400 as the API words it."""
     try:
@@ -173,13 +124,6 @@ async def _json_body(request: Request) -> dict:
     if not isinstance(body, dict):
         raise _ApiError(400, "We could not parse the JSON body of your request.")
     return body
-
-
-async def _drain(receive: Callable) -> None:
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False) and message["type"] == "http.request"
 
 
 def _upload_problem(sink: _Upload) -> Optional[_ApiError]:
@@ -227,7 +171,7 @@ def build_app(server: Any) -> Starlette:
         Route(EMBEDDINGS_URL, wrap(api.embeddings), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
-    app.add_middleware(_Gate, server=server)
+    app.add_middleware(Gate, server=server)
     return app
 
 

@@ -3,7 +3,7 @@
 This module holds everything of :mod:`pdbatch.server` that is not HTTP:
 :class:`Faults` (knobs tests turn), :class:`Stats` (counters), :class:`Store`
 (file and batch objects, thread-safe) and :func:`error_body`. The batch
-lifecycle runs in :mod:`pdbatch.server_worker`; the busy-time clock in
+lifecycle runs in :mod:`pdbatch.server.worker`; the busy-time clock in
 :mod:`pdbatch.server.busy`.
 
 Server choices where the public contract is silent are collected here:
