@@ -175,6 +175,9 @@ class Ledger(Protocol):
     def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
         """Answers produced (stored, and parsed for the join)."""
 
+    def record_sent(self, count: int) -> None:
+        """``count`` requests went out from this process (first sends only)."""
+
     def record_shard(self, shard: Any) -> None:
         """A piece of state to persist before going on (``shard.index``, ``shard.fields()``)."""
 
@@ -281,6 +284,7 @@ class RowByRow:
     def _arrived(self, job: Any, result: Result) -> None:
         """Record one answer in the job store (the single place answers are stored)."""
         job.record_answers(Answers.from_results([result]))
+        job.record_sent(1)
 
     def collect(self, job: Any) -> None:
         """Nothing to fetch: each answer was stored as it arrived."""

@@ -165,6 +165,8 @@ class Batch:
         batch = self._create(job, st)
         st.update(batch)
         self._save(job, st)
+        if st.attempt == 0 and st.submits == 0:  # a retry round or a shard sent again after waiting: not new
+            job.record_sent(st.count)
 
     def _meta(self, job_id: str, st: ShardState) -> Dict[str, str]:
         return {"pdbatch_job": job_id, "pdbatch_shard": str(st.index), "pdbatch_submit": str(st.submits)}

@@ -74,6 +74,10 @@ class Job:
     _last: Optional[Progress] = None
     #: answers parsed as they arrived (see :meth:`keep_answers`), for the join
     _parsed: List[Parsed] = field(default_factory=list, repr=False)
+    #: requests this process sent (as the backend reported them): ``counts["sent"]`` of the result
+    requests_sent: int = 0
+    #: how this call found a job it picked up (see :meth:`note_attached`): rows answered, rows cached, rows in flight
+    found: Dict[str, int] = field(default_factory=lambda: {"answered": 0, "cached": 0, "in_flight": 0})
 
     # ------------------------------------------------- what backends report (the Ledger of backends/base.py)
     def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
@@ -87,6 +91,10 @@ class Job:
             early = preparse(answers, self.spec.fmt.text_parser(), list(self.spec.fmt.columns or ()))
             if early is not None:
                 self._parsed.append(early)
+
+    def record_sent(self, count: int) -> None:
+        """``count`` requests went out from this process (a row sent again by a retry round is not counted)."""
+        self.requests_sent += count
 
     def record_shard(self, shard: Any) -> None:
         """Persist one piece of the backend's state that must outlive the process (a batch shard)."""
@@ -125,6 +133,32 @@ class Job:
         self.record.sent = len(self.ids) - len(self.skipped) - self.record.cached
         self.record.state = "written"
         self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached)
+
+    def note_attached(self) -> None:
+        """Remember how this call found a job it picked up, before the backend resumes it.
+
+        Rows answered by then came from an earlier run (or the cache): the
+        result counts them as ``cached``. Rows an earlier run sent that are
+        still unanswered and run remotely (batches) are ``resumed``: this call
+        collects them without sending them again.
+        """
+        answered = self.count_answers()
+        pending = self.record.sent - max(0, answered - self.record.cached)
+        self.found = {"answered": answered, "cached": self.record.cached,
+                      "in_flight": 0 if self.backend.runs_exclusively else max(0, pending)}
+
+    def counts(self, stats: Any) -> Dict[str, int]:
+        """``attrs["pdbatch"]["counts"]``: the join's counts, and what this call sent, found answered, resumed.
+
+        ``sent`` is the requests this call sent; ``cached`` the rows answered
+        from the answer cache or by an earlier run of the same job (a re-run
+        of a finished ``map`` sends nothing: ``sent`` 0, every row
+        ``cached``); ``resumed`` the rows an earlier run sent that this call
+        picked up in flight.
+        """
+        cached_now = self.record.cached - self.found["cached"]
+        return dict(stats.to_dict(), sent=self.requests_sent, cached=self.found["answered"] + cached_now,
+                    resumed=self.found["in_flight"])
 
     # ----------------------------------------------------------------- status
     @property
@@ -245,8 +279,7 @@ class Job:
             "model": spec.model,
             "state": p.state,
             "batch_ids": self.batch_ids,
-            "counts": dict(stats.to_dict(), sent=stats.rows - stats.skipped - self.record.cached,
-                           cached=self.record.cached),
+            "counts": self.counts(stats),
             "usage": stats.usage.to_dict(),
         }
         summary.update(job_cost(stats.usage, spec.model, self.backend.name, cached_rows=self.record.cached))
@@ -255,6 +288,9 @@ class Job:
             summary["errors"] = {self.ids[i]: e for i, e in enumerate(errors) if e is not None}
         out.attrs = dict(out.attrs)
         out.attrs["pdbatch"] = summary
+        stored = self.store.job(self.id)  # a cancel from another process (pdbatch cancel) is in the store only
+        if stored is not None:
+            self.record.state = stored.state
         if p.state == "cancelled":
             # Cancelled on purpose: never reused, so running the same map again sends the rest.
             # Interrupted (Ctrl-C, a timeout): left as it is, so running it again resumes it.
@@ -300,6 +336,7 @@ class Job:
         requests = None if rendered is None else (lambda: to_send(job, rendered, True))
         with job_lock(rec.workdir):  # never heal a shard while its submitter is still at work
             job.record = store.job(job_id) or rec
+            job.note_attached()
             backend.attach(job, requests=requests)
         return job
 

@@ -91,6 +91,7 @@ def start_job(
                 job.record_written()
         else:
             job.hashes = store.row_hashes(rec.id)
+            job.note_attached()
             backend.attach(job, requests=lambda: to_send(job, rendered, cache))
         if rec.state == "written":
             rec.state = "submitted"
