@@ -162,6 +162,11 @@ class Job:
 
     # ----------------------------------------------------------------- status
     @property
+    def name(self) -> Optional[str]:
+        """What ``pdbatch jobs`` calls the job (``name=`` of ``map``; default the template's first words)."""
+        return self.record.spec.get("_name")
+
+    @property
     def batch_ids(self) -> List[str]:
         """Batch API batch ids of this job (empty for other backends)."""
         return self.state.batch_ids
@@ -275,6 +280,7 @@ class Job:
         )
         summary = {
             "job_id": self.id,
+            "name": self.name,
             "backend": self.backend.name,
             "model": spec.model,
             "state": p.state,
@@ -342,7 +348,7 @@ class Job:
 
     def __repr__(self) -> str:
         state = self._last.state if self._last else self.record.state
-        return (f"<pdbatch.Job {self.id} backend={self.backend.name} rows={len(self.ids)} "
+        return (f"<pdbatch.Job {self.id} name={self.name!r} backend={self.backend.name} rows={len(self.ids)} "
                 f"sent={self.sent} cached={self.record.cached} state={state}>")
 
 
@@ -352,13 +358,16 @@ def jobs(limit: int = 50, store: Optional[Store] = None) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        Columns ``job_id, created, backend, model, rows, sent, cached, state``.
+        Columns ``job_id, name, created, backend, model, rows, sent, cached, state``: ``name`` as
+        ``map(name=...)`` gave it (default the template's first words), ``sent`` and ``cached``
+        the rows the job sent and took from the answer cache.
     """
     store = store or default_store()
     recs = store.jobs(limit)
     return pd.DataFrame(
         {
             "job_id": [r.id for r in recs],
+            "name": [r.spec.get("_name") for r in recs],
             "created": pd.to_datetime([r.created_at for r in recs], unit="s"),
             "backend": [r.backend for r in recs],
             "model": [r.model for r in recs],
