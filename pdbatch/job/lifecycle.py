@@ -20,13 +20,15 @@ import pandas as pd
 from ..backends.base import Backend, JobState, Progress
 from ..errors import JobError
 from ..core.ids import custom_ids, positions
-from ..pricing.prices import job_cost
+from ..core.records import Usage
+from ..pricing.prices import job_cost, paid_usage
 from ..core.answers import Answers
 from ..core.fields import Parsed, preparse
 from ..core.spec import MapSpec
 from .cache import to_send
 from .host import load_host
 from .locks import job_lock
+from .status import jobs
 from .store import JobRecord, Store, default_store, pdbatch_home
 
 __all__ = ["Job", "pdbatch_home", "new_job_id", "jobs"]
@@ -128,11 +130,23 @@ class Job:
         return self.record.state in ("cancelling", "cancelled")
 
     def record_written(self) -> None:
-        """Record that every request is on disk: rows, hashes, counts."""
+        """Record that every request is on disk: rows, hashes, counts, the cached rows' tokens."""
         self.store.put_rows(self.id, list(self.hashes), list(self.hashes.values()))
         self.record.sent = len(self.ids) - len(self.skipped) - self.record.cached
         self.record.state = "written"
-        self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached)
+        self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached,
+                              spec=self.record.spec)
+
+    @property
+    def cached_usage(self) -> Usage:
+        """Tokens of the rows served from pdbatch's answer cache: an earlier job paid for them, not this one."""
+        return Usage(*self.record.spec.get("_cached_usage", ()))
+
+    def add_cached_usage(self, usage: Usage) -> None:
+        """Add the tokens of rows just served from the answer cache (stored with the job by :meth:`record_written`)."""
+        u = self.cached_usage + usage
+        self.record.spec = dict(self.record.spec, _cached_usage=[u.prompt_tokens, u.completion_tokens,
+                                                                 u.cached_tokens, u.reasoning_tokens])
 
     def note_attached(self) -> None:
         """Remember how this call found a job it picked up, before the backend resumes it.
@@ -154,11 +168,13 @@ class Job:
         from the answer cache or by an earlier run of the same job (a re-run
         of a finished ``map`` sends nothing: ``sent`` 0, every row
         ``cached``); ``resumed`` the rows an earlier run sent that this call
-        picked up in flight.
+        picked up in flight; ``unanswered`` the rows sent that never got an
+        answer (cancelled, expired, interrupted; ``failed`` counts them too,
+        as their error cell is set).
         """
         cached_now = self.record.cached - self.found["cached"]
         return dict(stats.to_dict(), sent=self.requests_sent, cached=self.found["answered"] + cached_now,
-                    resumed=self.found["in_flight"])
+                    resumed=self.found["in_flight"], unanswered=stats.unanswered)
 
     # ----------------------------------------------------------------- status
     @property
@@ -287,8 +303,10 @@ class Job:
             "batch_ids": self.batch_ids,
             "counts": self.counts(stats),
             "usage": stats.usage.to_dict(),
+            "usage_from_cache": self.cached_usage.to_dict(),
         }
-        summary.update(job_cost(stats.usage, spec.model, self.backend.name, cached_rows=self.record.cached))
+        summary.update(job_cost(paid_usage(stats.usage, self.cached_usage), spec.model, self.backend.name,
+                                cached_rows=self.record.cached, provider=self.backend.provider))
         summary.update(self.state.summary)
         if isinstance(out, pd.Series) and spec.error_column:
             summary["errors"] = {self.ids[i]: e for i, e in enumerate(errors) if e is not None}
@@ -351,29 +369,3 @@ class Job:
         return (f"<pdbatch.Job {self.id} name={self.name!r} backend={self.backend.name} rows={len(self.ids)} "
                 f"sent={self.sent} cached={self.record.cached} state={state}>")
 
-
-def jobs(limit: int = 50, store: Optional[Store] = None) -> pd.DataFrame:
-    """The newest jobs in the store, one row each.
-
-    Returns
-    -------
-    DataFrame
-        Columns ``job_id, name, created, backend, model, rows, sent, cached, state``: ``name`` as
-        ``map(name=...)`` gave it (default the template's first words), ``sent`` and ``cached``
-        the rows the job sent and took from the answer cache.
-    """
-    store = store or default_store()
-    recs = store.jobs(limit)
-    return pd.DataFrame(
-        {
-            "job_id": [r.id for r in recs],
-            "name": [r.spec.get("_name") for r in recs],
-            "created": pd.to_datetime([r.created_at for r in recs], unit="s"),
-            "backend": [r.backend for r in recs],
-            "model": [r.model for r in recs],
-            "rows": [r.rows for r in recs],
-            "sent": [r.sent for r in recs],
-            "cached": [r.cached for r in recs],
-            "state": [r.state for r in recs],
-        }
-    )
