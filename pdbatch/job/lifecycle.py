@@ -27,7 +27,7 @@ from ..core.fields import Parsed, preparse
 from ..core.spec import MapSpec
 from .cache import to_send
 from .host import load_host
-from .locks import job_lock
+from .locks import answers_bar, job_lock
 from .status import jobs
 from .store import JobRecord, Store, default_store, pdbatch_home
 
@@ -233,10 +233,17 @@ class Job:
         if self.backend.runs_exclusively:
             # Row-by-row backends send from this process: one process at a time per job, so two
             # notebooks running the same cell never pay twice for a row; the second one waits.
-            start = time.monotonic()
-            with job_lock(self.workdir, "run.lock", timeout):
-                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-                self._last = self.backend.wait(self, progress=progress, timeout=left)
+            # While another process runs the job, the bar shows its answers arriving (see locks.answers_bar).
+            start, before = time.monotonic(), self.count_answers()
+            tick, close = answers_bar(self.sent, self.count_answers, f"pdbatch {self.id[-10:]} (another process)")
+            try:
+                with job_lock(self.workdir, "run.lock", timeout, tick=tick if progress else None):
+                    close()
+                    self.found["in_flight"] += max(0, self.count_answers() - before)  # answered by the other
+                    left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+                    self._last = self.backend.wait(self, progress=progress, timeout=left)
+            finally:
+                close()
         else:
             self._last = self.backend.wait(self, progress=progress, timeout=timeout)
         return self
