@@ -158,8 +158,9 @@ def cmd_map(args: argparse.Namespace) -> int:
     counts = info.get("counts", {})
     print(
         f"wrote {out_path}: {len(out)} rows, {counts.get('succeeded', 0)} answered, "
-        f"{counts.get('failed', 0)} failed, {counts.get('skipped', 0)} skipped "
-        f"(backend {info.get('backend')}, job {info.get('job_id')})",
+        f"{counts.get('failed', 0)} failed, {counts.get('skipped', 0)} skipped; {counts.get('sent', 0)} requests sent "
+        f"by this run, {counts.get('cached', 0)} rows from the cache or an earlier run (backend {info.get('backend')}, job "
+        f"{info.get('job_id')})",
         file=sys.stderr,
     )
     return 0

@@ -197,13 +197,14 @@ class Job:
         Returns
         -------
         dict
-            ``{"job_id", "backend", "state", "total", "completed", "failed",
+            ``{"job_id", "name", "backend", "state", "total", "completed", "failed",
             "skipped", "cached", "batch_ids"}``.
         """
         p = self.backend.refresh(self)
         self._last = p
         return {
             "job_id": self.id,
+            "name": self.name,
             "backend": self.backend.name,
             "state": p.state,
             "total": p.total,
