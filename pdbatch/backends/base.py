@@ -169,6 +169,10 @@ class Ledger(Protocol):
         """Rows to send (every row but the skipped ones)."""
 
     @property
+    def cached_rows(self) -> int:
+        """Rows answered from the answer cache: stored answers the job never sent."""
+
+    @property
     def cancelled(self) -> bool:
         """Whether the job was cancelled on purpose."""
 

@@ -227,7 +227,7 @@ class Batch:
         if not shards:
             return Progress("completed", 0)
         total = sum(s.count for s in shards if s.attempt == 0)
-        stored_ok = job.count_answers(ok_only=True) if any(s.ingested for s in shards) else 0
+        stored_ok = job.count_answers(ok_only=True) - job.cached_rows if any(s.ingested for s in shards) else 0
         completed = stored_ok + sum(s.completed for s in shards if not s.ingested)
         latest = max(s.attempt for s in shards)
         failed = sum(s.failed for s in shards if s.attempt == latest)

@@ -191,6 +191,11 @@ class Job:
     def sent(self) -> int:
         return len(self.ids) - len(self.skipped)
 
+    @property
+    def cached_rows(self) -> int:
+        """Rows answered from pdbatch's answer cache (stored with the job, never sent by it)."""
+        return self.record.cached
+
     def status(self) -> Dict[str, Any]:
         """Refresh and return a summary: state, counts, batch ids, usage so far.
 

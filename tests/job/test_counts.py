@@ -69,3 +69,21 @@ def test_realtime_counts_the_rows_it_sent(make_server, make_client):
     again = df.llm.map("say {word}", client=make_client(srv), backend="realtime", progress=False, model="m")
     assert counts(again) == dict(rows=3, sent=0, cached=3, resumed=0, succeeded=3, failed=0, skipped=0)
     assert engine.calls == 3
+
+
+def test_batch_progress_does_not_count_cached_rows_as_completed(make_server, make_client):
+    from pdbatch.errors import EngineError
+
+    def reply(text, body):
+        if text == "say w5":
+            raise EngineError(500, "server_error", "this row fails")
+        return text
+
+    srv = make_server(engine=ScriptedEngine(reply))
+    frame(4).llm.map("say {word}", client=make_client(srv), progress=False, **FAST)
+    job = frame(6).llm.submit("say {word}", client=make_client(srv), max_retries=0, **FAST)
+    job.wait(progress=False, timeout=30)
+    st = job.status()  # of the 2 requests sent: 1 answered, 1 failed (the 4 cached rows were not sent)
+    assert (st["total"], st["completed"], st["failed"], st["cached"]) == (2, 1, 1, 4)
+    c = counts(job.result())
+    assert c == dict(rows=6, sent=2, cached=4, resumed=0, succeeded=5, failed=1, skipped=0)
