@@ -132,7 +132,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from .backends.base import TERMINAL
+    from .job.status import OFFLINE_STATES
+    from .job.store import default_store
 
+    rec = default_store().job(args.id)
+    if rec is not None and rec.state in OFFLINE_STATES:  # known from the store: no API needed
+        print(f"job {args.id} is already {rec.state}: nothing to cancel")
+        return 0
     job = _load_job(args.id)
     state = job.status()["state"]
     if state in TERMINAL:

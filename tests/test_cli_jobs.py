@@ -141,7 +141,7 @@ def test_result_shows_progress_unless_quiet(env, capsys, tmp_path):
     assert code == 0 and "4/4" not in err
 
 
-def test_cancel_a_slow_job_then_write_what_finished(env, capsys, tmp_path):
+def test_cancel_a_slow_job_then_write_what_finished(env, capsys, tmp_path, monkeypatch):
     srv = env(request_delay=0.2)  # 20 rows: ~4 s of work, cancelled long before
     job = frame(20).llm.map("say {word}", wait=False, **FAST)
     code, text, _ = run(capsys, "cancel", job.id)
@@ -170,6 +170,9 @@ def test_cancel_a_slow_job_then_write_what_finished(env, capsys, tmp_path):
     code, text, _ = run(capsys, "cancel", job.id)
     assert code == 0 and "nothing to cancel" in text
     assert srv.stats.calls("POST", "/v1/batches/*/cancel") == 1 and srv.stats.batches_created == 1
+    monkeypatch.delenv("OPENAI_API_KEY")  # a cancelled job is known from the store
+    code, text, _ = run(capsys, "cancel", job.id)
+    assert code == 0 and f"job {job.id} is already cancelled: nothing to cancel" in text
 
 
 @pytest.mark.parametrize("args", [["status", "job_nope"], ["cancel", "job_nope"],
