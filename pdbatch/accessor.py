@@ -197,7 +197,13 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         -------
         DataFrame, Series or Job
             The original columns and index plus the new columns;
-            ``attrs["pdbatch"]`` holds the summary.
+            ``attrs["pdbatch"]`` holds the summary: job id and name, batch
+            ids, ``counts`` (``sent``: requests this call sent; ``cached``:
+            rows answered from the cache or an earlier run of the same job;
+            ``resumed``: rows an earlier run had in flight; ``succeeded``,
+            ``failed``, ``unanswered``, ``skipped``), token ``usage`` and
+            ``cost`` (None where the server's prices are unknown, with a
+            ``cost_note``).
 
         Raises
         ------
