@@ -109,6 +109,8 @@ def start_job(
                               f"keep this job object (or run the same map again) to get the frame", UserWarning)
             if rec.state == "created":  # a backend that did not call record_written itself
                 job.record_written()
+            if not backend.runs_exclusively:  # batches a dead submitter created run on: picked up, not sent
+                job.found["in_flight"] = max(0, job.record.sent - job.requests_sent)
         else:
             if options.name is not None and rec.spec.get("_name") != name:  # renamed: the same job, a new name
                 rec.spec = dict(rec.spec, _name=name)
