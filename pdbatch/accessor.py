@@ -102,6 +102,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         cache: bool = True,
         max_retries: int = 2,
         retry_invalid: int = 0,
+        name: Optional[str] = None,
         wait: bool = True,
         progress: bool = True,
         timeout: Optional[float] = None,
@@ -168,6 +169,11 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         retry_invalid : int
             Rounds of resubmitting rows whose answer is not valid JSON or fails
             the schema; default 0.
+        name : str, optional
+            What ``pdbatch jobs`` and ``attrs["pdbatch"]["name"]`` call the
+            job; default the template's first words. Not part of the job's
+            identity: the same ``map`` under another name re-attaches to
+            its job (and renames it).
         wait : bool
             False returns the :class:`Job` at once.
         progress : bool
@@ -191,7 +197,13 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         -------
         DataFrame, Series or Job
             The original columns and index plus the new columns;
-            ``attrs["pdbatch"]`` holds the summary.
+            ``attrs["pdbatch"]`` holds the summary: job id and name, batch
+            ids, ``counts`` (``sent``: requests this call sent; ``cached``:
+            rows answered from the cache or an earlier run of the same job;
+            ``resumed``: rows an earlier run had in flight; ``succeeded``,
+            ``failed``, ``unanswered``, ``skipped``), token ``usage`` and
+            ``cost`` (None where the server's prices are unknown, with a
+            ``cost_note``).
 
         Raises
         ------
@@ -218,7 +230,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             image_detail=image_detail, output=output, error_column=error_column, raw_column=raw_column,
             overwrite=overwrite,
             backend=backend, client=client, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid,
-            shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
+            name=name, shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
             max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
             workers=workers, threads_per_worker=threads_per_worker, extra_body=extra_body, **params)
         return self._finish(job, run)
@@ -241,6 +253,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         cache: bool = True,
         max_retries: int = 2,
         retry_invalid: int = 0,
+        name: Optional[str] = None,
         shard_size: Optional[int] = None,
         shard_bytes: Optional[int] = None,
         poll_interval: Optional[float] = None,
@@ -263,7 +276,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             dict(model=model, system=system, response_format=response_format, images=images,
                  image_detail=image_detail, output=output, error_column=error_column, raw_column=raw_column,
                  extra_body=extra_body, params=params),
-            dict(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid),
+            dict(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid, name=name),
             backend, client,
             dict(shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
                  max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
@@ -285,6 +298,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         client: Any = None,
         cache: bool = True,
         max_retries: int = 2,
+        name: Optional[str] = None,
         wait: bool = True,
         progress: bool = True,
         timeout: Optional[float] = None,
@@ -317,7 +331,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             The column of vectors: a float32 NumPy array per row in an object
             column (``np.stack(out[output])`` gives the matrix; ``to_parquet``
             stores it as a list column).
-        error_column, overwrite, backend, client, cache, max_retries, wait, progress, timeout
+        error_column, overwrite, backend, client, cache, max_retries, name, wait, progress, timeout
             As for :meth:`map`.
         shard_size, shard_bytes, poll_interval, max_poll_interval, max_concurrency, rpm, tpm
             Backend shortcuts, as for :meth:`map`.
@@ -340,7 +354,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
                                     ("user", user)) if v is not None}
         spec, job_opts, be = self._plan(
             template, dict(model=model, output=output, error_column=error_column, params=params),
-            dict(overwrite=overwrite, cache=cache, max_retries=max_retries), backend, client,
+            dict(overwrite=overwrite, cache=cache, max_retries=max_retries, name=name), backend, client,
             dict(shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
                  max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm),
             url=EMBEDDINGS_URL)

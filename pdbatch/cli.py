@@ -97,6 +97,8 @@ def map_options(args: argparse.Namespace) -> Dict[str, Any]:
         opts["images"] = args.images
     if args.backend is not None:
         opts["backend"] = args.backend
+    if args.name is not None:
+        opts["name"] = args.name
     if args.schema is not None:
         if not os.path.isfile(args.schema):
             raise CliError(f"--schema: file not found: {args.schema}")
@@ -157,8 +159,9 @@ def cmd_map(args: argparse.Namespace) -> int:
     counts = info.get("counts", {})
     print(
         f"wrote {out_path}: {len(out)} rows, {counts.get('succeeded', 0)} answered, "
-        f"{counts.get('failed', 0)} failed, {counts.get('skipped', 0)} skipped "
-        f"(backend {info.get('backend')}, job {info.get('job_id')})",
+        f"{counts.get('failed', 0)} failed, {counts.get('skipped', 0)} skipped; {counts.get('sent', 0)} requests sent "
+        f"by this run, {counts.get('cached', 0)} rows from the cache or an earlier run (backend {info.get('backend')}, job "
+        f"{info.get('job_id')})",
         file=sys.stderr,
     )
     return 0
@@ -227,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--backend", "-b", choices=["batch", "realtime", "local"], help="default: batch with OPENAI_API_KEY, else local")
     m.add_argument("--out", "-o", metavar="OUTPUT", help="output file (.parquet, .csv or .jsonl); default INPUT.llm.parquet")
     m.add_argument("--param", action="append", metavar="KEY=VALUE", help="request parameter, e.g. temperature=0.2 (repeatable)")
+    m.add_argument("--name", metavar="NAME", help="what pdbatch jobs calls the job (default: the template's "
+                   "first words)")
     m.add_argument("--limit", type=int, metavar="N", help="only the first N rows (a quick try)")
     m.add_argument("--overwrite", action="store_true", help="replace output columns that already exist")
     m.add_argument("--poll-interval", type=float, metavar="SECONDS", help="first pause between Batch API polls (default 2)")
@@ -250,13 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     env = " Batch jobs reach the API through OPENAI_API_KEY (and OPENAI_BASE_URL) in the environment."
     j = sub.add_parser("jobs", help="list the jobs in the job store, newest first",
-                       description="List the jobs in $PDBATCH_HOME's store: id, created (UTC), backend, model, "
-                       "rows, state (with the batch statuses last seen), answers done and failed.")
+                       description="List the jobs in $PDBATCH_HOME's store: id, name, created (UTC), backend, "
+                       "model, rows, state (with the batch statuses last seen), answers done and failed, and "
+                       "requests sent but not answered (cancelled, expired or still running). Needs no API key.")
     j.add_argument("--limit", "-n", type=int, default=20, metavar="N", help="at most N jobs (default 20)")
     j.set_defaults(func=cmd_jobs)
     st = sub.add_parser("status", help="a job's state, counts, batch ids, tokens and estimated cost",
-                        description="Refresh and show one job: state, request counts, batch ids, tokens and "
-                        "estimated cost (see pdbatch.pricing)." + env)
+                        description="Show one job: state, request counts, batch ids, tokens paid and tokens "
+                        "from the answer cache, and the estimated cost (see pdbatch.pricing; unknown on a server "
+                        "other than OpenAI's API unless you set a price). A finished job is read from the store, "
+                        "offline; an unfinished one is refreshed first." + env)
     st.add_argument("id", metavar="ID", help="a job id, as pdbatch jobs lists them")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=cmd_status)

@@ -151,6 +151,7 @@ class OfflineMethods:
         cache: bool = True,
         max_retries: int = 2,
         retry_invalid: int = 0,
+        name: Optional[str] = None,
         wait: bool = True,
         progress: bool = True,
         timeout: Optional[float] = None,
@@ -203,7 +204,8 @@ class OfflineMethods:
         from .pricing import estimate_requests
 
         RunOptions(wait, progress, timeout)
-        job = JobOptions(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid)
+        job = JobOptions(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid,
+                         name=name)
         check("show", show)
         shortcuts = dict(shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
                          max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,

@@ -39,7 +39,7 @@ FILTER_SCHEMA = {
 #: The error column of the ``map`` that ``filter`` runs (its result takes its own ``error_column=``).
 _FILTER_ERRORS = "llm_error"
 #: ``map`` options that do not shape the requests (preview leaves them to ``estimate`` to check).
-_RUN_OPTIONS = frozenset("""overwrite backend client cache max_retries retry_invalid wait progress
+_RUN_OPTIONS = frozenset("""overwrite backend client cache max_retries retry_invalid name wait progress
     timeout shard_size shard_bytes poll_interval max_poll_interval max_concurrency rpm tpm workers
     threads_per_worker""".split())
 

@@ -53,6 +53,7 @@ _KINDS: Dict[str, str] = {
     "rate>0|None": "a number > 0 (per minute), or None",
     "bool": "True or False",
     "column|None": "a column name (a non-empty string) or None",
+    "text|None": "a non-empty string or None",
 }
 
 _TABLE: Tuple[Tuple[str, str, str, str], ...] = (
@@ -60,6 +61,7 @@ _TABLE: Tuple[Tuple[str, str, str, str], ...] = (
     ("cache", "job", "bool", "serve rows answered before from the job store"),
     ("max_retries", "job", "count>=0", "rounds of resending rows that failed for a retryable reason"),
     ("retry_invalid", "job", "count>=0", "rounds of resending answers that fail to parse or validate"),
+    ("name", "job", "text|None", "what pdbatch jobs calls the job (default: the template's first words)"),
     ("wait", "run", "bool", "block until the job is done"),
     ("progress", "run", "bool", "show a progress bar while waiting"),
     ("timeout", "run", "seconds>0|None", "seconds to wait at most"),
@@ -105,6 +107,8 @@ def _ok(kind: str, value: Any) -> bool:
         return isinstance(value, bool)
     if kind == "column":
         return isinstance(value, str) and value != ""
+    if kind == "text":
+        return isinstance(value, str) and value.strip() != ""
     if kind.startswith("count"):
         return _whole(value) and value >= int(kind[-1])
     if kind in ("seconds>0", "rate>0"):
@@ -162,9 +166,11 @@ class JobOptions:
     cache: bool = True
     max_retries: int = 2
     retry_invalid: int = 0
+    #: what ``pdbatch jobs`` shows; None: the template's first words (never part of the job's fingerprint)
+    name: Optional[str] = None
 
     def __post_init__(self) -> None:
-        for name in ("overwrite", "cache", "max_retries", "retry_invalid"):
+        for name in ("overwrite", "cache", "max_retries", "retry_invalid", "name"):
             check(name, getattr(self, name))
 
 

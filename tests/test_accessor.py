@@ -80,7 +80,7 @@ def test_text_answers_land_on_their_rows(make_server, make_client, movies):
     assert "llm_output" not in movies.columns  # never in place
     summary = out.attrs["pdbatch"]
     assert summary["counts"] == {"rows": 5, "sent": 5, "succeeded": 5, "failed": 0, "skipped": 0, "unknown_ids": 0,
-                                 "cached": 0}
+                                 "cached": 0, "resumed": 0, "unanswered": 0}
     assert len(summary["batch_ids"]) == 1 and summary["usage"]["input_tokens"] > 0
     # the server wrote its output in an order different from the input
     batch = srv.batches[summary["batch_ids"][0]]

@@ -44,7 +44,12 @@ def test_map_on_batch_api_writes_parquet(batch_env, tmp_path, capsys):
     assert len(df) == 4 and {"categories", "summary", "llm_error"} <= set(df.columns)
     assert df["llm_error"].isna().all()
     assert batch_env.stats.batches_created == 1
-    assert "4 answered" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "4 answered" in err and "4 requests sent by this run, 0 rows from the cache or an earlier run" in err
+    assert main(["map", str(MOVIES), "--prompt", str(PROMPT), "--out", str(out), "--limit", "4", "--overwrite",
+                 "--poll-interval", "0.02", "-q", "--backend", "batch"]) == 0  # the same job: nothing sent
+    assert "0 requests sent by this run, 4 rows from the cache or an earlier run" in capsys.readouterr().err
+    assert batch_env.stats.batches_created == 1
 
 
 def test_map_csv_output_with_template_and_params(batch_env, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 import pdbatch
 from pdbatch.cli import main
+from pdbatch.pricing import reset_prices, set_price
 from pdbatch.pricing.prices import cost
 from pdbatch.core.records import Usage
 from pdbatch.server import Faults
@@ -34,6 +35,13 @@ def env(make_server, monkeypatch):
         return srv
 
     return start
+
+
+@pytest.fixture(autouse=True)
+def _prices():
+    reset_prices()
+    yield
+    reset_prices()
 
 
 def run(capsys, *args):
@@ -71,10 +79,12 @@ def test_jobs_lists_the_store(env, capsys):
     code, out, _ = run(capsys, "jobs")
     assert code == 0
     header, row = out.splitlines()[:2]
-    assert header.split() == ["job_id", "created", "backend", "model", "rows", "state", "done", "failed"]
+    assert header.split() == ["job_id", "name", "created", "backend", "model", "rows", "state", "done", "failed",
+                              "not_answered"]
     cells = row.split()
     assert cells[0] == job_id and "batch" in cells and "gpt-4o-mini" in cells and "finished" in cells
-    assert cells[-2:] == ["4", "0"]  # done, failed
+    assert " say {word} " in row  # the name: the template's first words
+    assert cells[-3:] == ["4", "0", "0"]  # done, failed, not answered
     assert srv.stats.batches_created == 1
 
 
@@ -83,17 +93,24 @@ def test_status_shows_state_batches_tokens_and_cost(env, capsys):
     code, text, _ = run(capsys, "status", job_id)
     assert code == 0
     batch_id = out.attrs["pdbatch"]["batch_ids"][0]
-    for word in (job_id, "state: completed", "4 sent, 4 completed, 0 failed", f"{batch_id} (completed)",
-                 "estimated cost: $", "Batch API, 50% off"):
+    for word in (job_id, "(say {word})", "state: completed", "4 sent, 4 completed, 0 failed\n",
+                 f"{batch_id} (completed)", "rows: 4 (0 skipped, 0 from pdbatch's answer cache)"):
         assert word in text, word
     usage = out.attrs["pdbatch"]["usage"]
-    assert f"{usage['input_tokens']} input ({usage['cached_tokens']} cached), {usage['output_tokens']} output" in text
+    assert (f"tokens paid (answers stored so far): {usage['input_tokens']} input ({usage['cached_tokens']} at the "
+            f"cached-input rate), {usage['output_tokens']} output") in text
+    # The local server is not OpenAI's API: its prices are unknown, whatever OpenAI charges for the model.
+    assert "estimated cost: unknown" in text and f"on {srv.base_url.rstrip('/')}" in text
+    assert out.attrs["pdbatch"]["cost"] is None and "OpenAI's" in out.attrs["pdbatch"]["cost_note"]
 
+    set_price("gpt-4o-mini", input=1.0, cached_input=0.5, output=2.0)  # the user prices that server
     code, text, _ = run(capsys, "status", job_id, "--json")
     st = json.loads(text)
     assert st["state"] == "completed" and st["batch_ids"] == [batch_id] and st["usage"] == usage
     assert st["cost"] == cost(Usage(usage["input_tokens"], usage["output_tokens"], usage["cached_tokens"]),
-                              "gpt-4o-mini", batch=True)
+                              "gpt-4o-mini", batch=True) and st["cost"]["source"] == "set_price"
+    code, text, _ = run(capsys, "status", job_id)
+    assert "estimated cost: $" in text and "Batch API, 50% off" in text
     assert srv.stats.batches_created == 1 and srv.stats.uploads == 1  # looking never resubmits
 
 
@@ -104,7 +121,7 @@ def test_result_waits_then_writes_by_suffix(env, capsys, tmp_path, suffix):
     path = tmp_path / f"x{suffix}"
     code, _, err = run(capsys, "result", job.id, "--out", str(path), "-q", "--poll-interval", "0.02",
                        "--timeout", "30")
-    assert code == 0 and f"wrote {path}: 6 rows, 6 answered" in err and "cost $" in err
+    assert code == 0 and f"wrote {path}: 6 rows, 6 answered" in err and "cost unknown" in err  # a local server
     if suffix == ".parquet":
         df = pd.read_parquet(path)
     elif suffix == ".csv":
@@ -124,7 +141,7 @@ def test_result_shows_progress_unless_quiet(env, capsys, tmp_path):
     assert code == 0 and "4/4" not in err
 
 
-def test_cancel_a_slow_job_then_write_what_finished(env, capsys, tmp_path):
+def test_cancel_a_slow_job_then_write_what_finished(env, capsys, tmp_path, monkeypatch):
     srv = env(request_delay=0.2)  # 20 rows: ~4 s of work, cancelled long before
     job = frame(20).llm.map("say {word}", wait=False, **FAST)
     code, text, _ = run(capsys, "cancel", job.id)
@@ -145,9 +162,17 @@ def test_cancel_a_slow_job_then_write_what_finished(env, capsys, tmp_path):
     assert len(df) == 20 and done.sum() < 20
     assert df.loc[~done, "llm_error"].str.startswith("batch_cancelled").all()
     assert (df.loc[done, "llm_output"] == "say " + df.loc[done, "word"]).all()
+    code, text, _ = run(capsys, "status", job.id)  # the cancelled requests, as they are
+    left = int((~done).sum())
+    assert f"requests: 20 sent, {20 - left} completed, 0 failed; cancelled: {left} not answered" in text
+    code, text, _ = run(capsys, "jobs")
+    assert text.splitlines()[1].split()[-4:] == ["cancelled", str(20 - left), "0", str(left)]
     code, text, _ = run(capsys, "cancel", job.id)
     assert code == 0 and "nothing to cancel" in text
     assert srv.stats.calls("POST", "/v1/batches/*/cancel") == 1 and srv.stats.batches_created == 1
+    monkeypatch.delenv("OPENAI_API_KEY")  # a cancelled job is known from the store
+    code, text, _ = run(capsys, "cancel", job.id)
+    assert code == 0 and f"job {job.id} is already cancelled: nothing to cancel" in text
 
 
 @pytest.mark.parametrize("args", [["status", "job_nope"], ["cancel", "job_nope"],
@@ -169,10 +194,61 @@ def test_result_bad_out_suffix_exits_2_before_waiting(env, capsys, tmp_path):
     assert code == 2 and "--out" in err and not list(tmp_path.glob("o.*"))
 
 
-def test_status_of_a_batch_job_needs_the_key(env, capsys, monkeypatch):
-    _, job_id, _ = finished_job(env, capsys)
+def test_status_of_a_finished_job_works_offline(env, capsys, monkeypatch):
+    srv, job_id, out = finished_job(env, capsys)
+    calls = len(srv.stats.log)
     monkeypatch.delenv("OPENAI_API_KEY")
-    code, out, err = run(capsys, "status", job_id)
-    assert code == 1 and out == "" and "OPENAI_API_KEY" in err and len(err.strip().splitlines()) == 1
-    code, out, _ = run(capsys, "jobs")  # listing needs no key
-    assert code == 0 and job_id in out and pdbatch.jobs()["job_id"].tolist() == [job_id]
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    code, text, err = run(capsys, "status", job_id)
+    assert code == 0 and err == ""
+    assert "state: completed" in text and "4 sent, 4 completed, 0 failed" in text
+    assert f"{out.attrs['pdbatch']['batch_ids'][0]} (completed)" in text
+    code, text, _ = run(capsys, "status", job_id, "--json")
+    st = json.loads(text)
+    assert code == 0 and st["usage"] == out.attrs["pdbatch"]["usage"] and st["not_answered"] == 0
+    code, text, _ = run(capsys, "jobs")  # listing needs no key
+    assert code == 0 and job_id in text and pdbatch.jobs()["job_id"].tolist() == [job_id]
+    srv.stop()  # not even a server: nothing is asked
+    code, text, _ = run(capsys, "status", job_id)
+    assert code == 0 and "state: completed" in text and len(srv.stats.log) == calls
+
+
+def test_status_of_an_unfinished_job_needs_the_key(env, capsys, monkeypatch):
+    env(request_delay=0.5)
+    job = frame(4).llm.map("say {word}", wait=False, **FAST)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    code, out, err = run(capsys, "status", job.id)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "OPENAI_API_KEY" in err and f"job {job.id} is submitted, not finished" in err
+
+
+def test_status_separates_paid_tokens_from_cached_rows(env, capsys):
+    srv = env()
+    first = frame(4).llm.map("say {word}", progress=False, timeout=30, **FAST)
+    out = frame(6).llm.map("say {word}", progress=False, timeout=30, **FAST)  # 4 rows from the cache
+    capsys.readouterr()
+    assert out.attrs["pdbatch"]["counts"]["cached"] == 4 and out.attrs["pdbatch"]["counts"]["sent"] == 2
+    old, both = first.attrs["pdbatch"]["usage"], out.attrs["pdbatch"]["usage"]
+    assert out.attrs["pdbatch"]["usage_from_cache"]["input_tokens"] == old["input_tokens"]
+    paid_in, paid_out = both["input_tokens"] - old["input_tokens"], both["output_tokens"] - old["output_tokens"]
+    set_price("gpt-4o-mini", input=1.0, output=2.0)
+    code, text, _ = run(capsys, "status", out.attrs["pdbatch"]["job_id"])
+    assert code == 0
+    assert "2 sent, 2 completed, 0 failed" in text and "rows: 6 (0 skipped, 4 from pdbatch's answer cache)" in text
+    assert f"tokens paid (answers stored so far): {paid_in} input (0 at the cached-input rate), {paid_out} output" in text
+    assert (f"tokens of the 4 row(s) from pdbatch's answer cache (paid by an earlier job): {old['input_tokens']} "
+            f"input, {old['output_tokens']} output") in text
+    st = json.loads(run(capsys, "status", out.attrs["pdbatch"]["job_id"], "--json")[1])
+    assert st["cost"] == cost(Usage(paid_in, paid_out), "gpt-4o-mini", batch=True)
+    assert srv.stats.batches_created == 2
+
+
+def test_map_name_flag_names_the_job(env, capsys, tmp_path):
+    env()
+    src = tmp_path / "in.csv"
+    frame(3).to_csv(src)
+    code = main(["map", str(src), "-t", "say {word}", "-m", "gpt-4o-mini", "--name", "nightly words",
+                 "--poll-interval", "0.02", "--out", str(tmp_path / "o.parquet"), "-q"])
+    assert code == 0 and pdbatch.jobs()["name"].tolist() == ["nightly words"]
+    code, text, _ = run(capsys, "jobs")
+    assert " nightly words " in text.splitlines()[1]

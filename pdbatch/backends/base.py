@@ -169,11 +169,18 @@ class Ledger(Protocol):
         """Rows to send (every row but the skipped ones)."""
 
     @property
+    def cached_rows(self) -> int:
+        """Rows answered from the answer cache: stored answers the job never sent."""
+
+    @property
     def cancelled(self) -> bool:
         """Whether the job was cancelled on purpose."""
 
     def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
         """Answers produced (stored, and parsed for the join)."""
+
+    def record_sent(self, count: int) -> None:
+        """``count`` requests went out from this process (first sends only)."""
 
     def record_shard(self, shard: Any) -> None:
         """A piece of state to persist before going on (``shard.index``, ``shard.fields()``)."""
@@ -281,6 +288,7 @@ class RowByRow:
     def _arrived(self, job: Any, result: Result) -> None:
         """Record one answer in the job store (the single place answers are stored)."""
         job.record_answers(Answers.from_results([result]))
+        job.record_sent(1)
 
     def collect(self, job: Any) -> None:
         """Nothing to fetch: each answer was stored as it arrived."""

@@ -165,6 +165,8 @@ class Batch:
         batch = self._create(job, st)
         st.update(batch)
         self._save(job, st)
+        if st.attempt == 0 and st.submits == 0:  # a retry round or a shard sent again after waiting: not new
+            job.record_sent(st.count)
 
     def _meta(self, job_id: str, st: ShardState) -> Dict[str, str]:
         return {"pdbatch_job": job_id, "pdbatch_shard": str(st.index), "pdbatch_submit": str(st.submits)}
@@ -225,7 +227,7 @@ class Batch:
         if not shards:
             return Progress("completed", 0)
         total = sum(s.count for s in shards if s.attempt == 0)
-        stored_ok = job.count_answers(ok_only=True) if any(s.ingested for s in shards) else 0
+        stored_ok = job.count_answers(ok_only=True) - job.cached_rows if any(s.ingested for s in shards) else 0
         completed = stored_ok + sum(s.completed for s in shards if not s.ingested)
         latest = max(s.attempt for s in shards)
         failed = sum(s.failed for s in shards if s.attempt == latest)

@@ -28,7 +28,7 @@ SPEC_ARGUMENTS: Tuple[str, ...] = ("model", "system", "response_format", "images
                                    "error_column", "raw_column", "extra_body")
 #: Every keyword name of pdbatch's own: the spec's, the backend choice, and every option.
 ARGUMENT_NAMES: Tuple[str, ...] = SPEC_ARGUMENTS + (
-    "backend", "client", "overwrite", "cache", "max_retries", "retry_invalid", "wait", "progress", "timeout",
+    "backend", "client", "overwrite", "cache", "max_retries", "retry_invalid", "name", "wait", "progress", "timeout",
     "show", "embeddings", "shard_size", "shard_bytes", "poll_interval", "max_poll_interval", "create_attempts",
     "create_timeout", "max_concurrency", "rpm", "tpm", "max_attempts", "rate_period", "backoff", "max_backoff",
     "max_retry_after", "workers", "threads_per_worker", "dimensions", "encoding_format",

@@ -24,7 +24,8 @@ def to_send(job, rendered: Rendered, use_cache: bool) -> Iterator[Tuple[str, byt
     """The job's request lines that are neither answered in this job nor (with ``use_cache``) in the cache.
 
     Records every row's request hash in ``job.hashes`` (the cache key of its
-    answer) and counts cache hits in ``job.record.cached``.
+    answer), counts cache hits in ``job.record.cached`` and adds their tokens
+    to the job's cached usage (paid by an earlier job, not by this one).
     """
     store, hashes = job.store, job.hashes
     answered = store.answered_ids(job.id, True)
@@ -36,8 +37,10 @@ def to_send(job, rendered: Rendered, use_cache: bool) -> Iterator[Tuple[str, byt
         if hits:
             rows = [(cid, *hits[h]) for _pos, cid, _line, h in chunk if h in hits and cid not in answered]
             if rows:
-                store.put_answers(job.id, Answers.from_rows(rows), hashes, source="cache")
+                hit = Answers.from_rows(rows)
+                store.put_answers(job.id, hit, hashes, source="cache")
                 job.record.cached += len(rows)
+                job.add_cached_usage(hit.usage)
         for _pos, cid, line, h in chunk:
             if h not in hits and cid not in answered:
                 yield cid, line

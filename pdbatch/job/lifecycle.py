@@ -20,14 +20,16 @@ import pandas as pd
 from ..backends.base import Backend, JobState, Progress
 from ..errors import JobError
 from ..core.ids import custom_ids, positions
-from ..pricing.prices import job_cost
+from ..core.records import Usage
+from ..pricing.prices import job_cost, paid_usage
 from ..core.answers import Answers
 from ..core.fields import Parsed, preparse
 from ..core.spec import MapSpec
 from .cache import to_send
 from .hashes import RowHashes
 from .host import load_host
-from .locks import job_lock
+from .locks import answers_bar, job_lock
+from .status import jobs
 from .store import JobRecord, Store, default_store, pdbatch_home
 
 __all__ = ["Job", "pdbatch_home", "new_job_id", "jobs"]
@@ -75,6 +77,10 @@ class Job:
     _last: Optional[Progress] = None
     #: answers parsed as they arrived (see :meth:`keep_answers`), for the join
     _parsed: List[Parsed] = field(default_factory=list, repr=False)
+    #: requests this process sent (as the backend reported them): ``counts["sent"]`` of the result
+    requests_sent: int = 0
+    #: how this call found a job it picked up (see :meth:`note_attached`): rows answered, rows cached, rows in flight
+    found: Dict[str, int] = field(default_factory=lambda: {"answered": 0, "cached": 0, "in_flight": 0})
 
     # ------------------------------------------------- what backends report (the Ledger of backends/base.py)
     def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
@@ -88,6 +94,10 @@ class Job:
             early = preparse(answers, self.spec.fmt.text_parser(), list(self.spec.fmt.columns or ()))
             if early is not None:
                 self._parsed.append(early)
+
+    def record_sent(self, count: int) -> None:
+        """``count`` requests went out from this process (a row sent again by a retry round is not counted)."""
+        self.requests_sent += count
 
     def record_shard(self, shard: Any) -> None:
         """Persist one piece of the backend's state that must outlive the process (a batch shard)."""
@@ -121,13 +131,58 @@ class Job:
         return self.record.state in ("cancelling", "cancelled")
 
     def record_written(self) -> None:
-        """Record that every request is on disk: rows, hashes, counts."""
+        """Record that every request is on disk: rows, hashes, counts, the cached rows' tokens."""
         self.store.put_rows(self.id, self.hashes)
         self.record.sent = len(self.ids) - len(self.skipped) - self.record.cached
         self.record.state = "written"
-        self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached)
+        self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached,
+                              spec=self.record.spec)
+
+    @property
+    def cached_usage(self) -> Usage:
+        """Tokens of the rows served from pdbatch's answer cache: an earlier job paid for them, not this one."""
+        return Usage(*self.record.spec.get("_cached_usage", ()))
+
+    def add_cached_usage(self, usage: Usage) -> None:
+        """Add the tokens of rows just served from the answer cache (stored with the job by :meth:`record_written`)."""
+        u = self.cached_usage + usage
+        self.record.spec = dict(self.record.spec, _cached_usage=[u.prompt_tokens, u.completion_tokens,
+                                                                 u.cached_tokens, u.reasoning_tokens])
+
+    def note_attached(self) -> None:
+        """Remember how this call found a job it picked up, before the backend resumes it.
+
+        Rows answered by then came from an earlier run (or the cache): the
+        result counts them as ``cached``. Rows an earlier run sent that are
+        still unanswered and run remotely (batches) are ``resumed``: this call
+        collects them without sending them again.
+        """
+        answered = self.count_answers()
+        pending = self.record.sent - max(0, answered - self.record.cached)
+        self.found = {"answered": answered, "cached": self.record.cached,
+                      "in_flight": 0 if self.backend.runs_exclusively else max(0, pending)}
+
+    def counts(self, stats: Any) -> Dict[str, int]:
+        """``attrs["pdbatch"]["counts"]``: the join's counts, and what this call sent, found answered, resumed.
+
+        ``sent`` is the requests this call sent; ``cached`` the rows answered
+        from the answer cache or by an earlier run of the same job (a re-run
+        of a finished ``map`` sends nothing: ``sent`` 0, every row
+        ``cached``); ``resumed`` the rows an earlier run sent that this call
+        picked up in flight; ``unanswered`` the rows sent that never got an
+        answer (cancelled, expired, interrupted; ``failed`` counts them too,
+        as their error cell is set).
+        """
+        cached_now = self.record.cached - self.found["cached"]
+        return dict(stats.to_dict(), sent=self.requests_sent, cached=self.found["answered"] + cached_now,
+                    resumed=self.found["in_flight"], unanswered=stats.unanswered)
 
     # ----------------------------------------------------------------- status
+    @property
+    def name(self) -> Optional[str]:
+        """What ``pdbatch jobs`` calls the job (``name=`` of ``map``; default the template's first words)."""
+        return self.record.spec.get("_name")
+
     @property
     def batch_ids(self) -> List[str]:
         """Batch API batch ids of this job (empty for other backends)."""
@@ -137,19 +192,25 @@ class Job:
     def sent(self) -> int:
         return len(self.ids) - len(self.skipped)
 
+    @property
+    def cached_rows(self) -> int:
+        """Rows answered from pdbatch's answer cache (stored with the job, never sent by it)."""
+        return self.record.cached
+
     def status(self) -> Dict[str, Any]:
         """Refresh and return a summary: state, counts, batch ids, usage so far.
 
         Returns
         -------
         dict
-            ``{"job_id", "backend", "state", "total", "completed", "failed",
+            ``{"job_id", "name", "backend", "state", "total", "completed", "failed",
             "skipped", "cached", "batch_ids"}``.
         """
         p = self.backend.refresh(self)
         self._last = p
         return {
             "job_id": self.id,
+            "name": self.name,
             "backend": self.backend.name,
             "state": p.state,
             "total": p.total,
@@ -179,10 +240,17 @@ class Job:
         if self.backend.runs_exclusively:
             # Row-by-row backends send from this process: one process at a time per job, so two
             # notebooks running the same cell never pay twice for a row; the second one waits.
-            start = time.monotonic()
-            with job_lock(self.workdir, "run.lock", timeout):
-                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-                self._last = self.backend.wait(self, progress=progress, timeout=left)
+            # While another process runs the job, the bar shows its answers arriving (see locks.answers_bar).
+            start, before = time.monotonic(), self.count_answers()
+            tick, close = answers_bar(self.sent, self.count_answers, f"pdbatch {self.id[-10:]} (another process)")
+            try:
+                with job_lock(self.workdir, "run.lock", timeout, tick=tick if progress else None):
+                    close()
+                    self.found["in_flight"] += max(0, self.count_answers() - before)  # answered by the other
+                    left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+                    self._last = self.backend.wait(self, progress=progress, timeout=left)
+            finally:
+                close()
         else:
             self._last = self.backend.wait(self, progress=progress, timeout=timeout)
         return self
@@ -242,20 +310,25 @@ class Job:
         )
         summary = {
             "job_id": self.id,
+            "name": self.name,
             "backend": self.backend.name,
             "model": spec.model,
             "state": p.state,
             "batch_ids": self.batch_ids,
-            "counts": dict(stats.to_dict(), sent=stats.rows - stats.skipped - self.record.cached,
-                           cached=self.record.cached),
+            "counts": self.counts(stats),
             "usage": stats.usage.to_dict(),
+            "usage_from_cache": self.cached_usage.to_dict(),
         }
-        summary.update(job_cost(stats.usage, spec.model, self.backend.name, cached_rows=self.record.cached))
+        summary.update(job_cost(paid_usage(stats.usage, self.cached_usage), spec.model, self.backend.name,
+                                cached_rows=self.record.cached, provider=self.backend.provider))
         summary.update(self.state.summary)
         if isinstance(out, pd.Series) and spec.error_column:
             summary["errors"] = {self.ids[i]: e for i, e in enumerate(errors) if e is not None}
         out.attrs = dict(out.attrs)
         out.attrs["pdbatch"] = summary
+        stored = self.store.job(self.id)  # a cancel from another process (pdbatch cancel) is in the store only
+        if stored is not None:
+            self.record.state = stored.state
         if p.state == "cancelled":
             # Cancelled on purpose: never reused, so running the same map again sends the rest.
             # Interrupted (Ctrl-C, a timeout): left as it is, so running it again resumes it.
@@ -301,34 +374,12 @@ class Job:
         requests = None if rendered is None else (lambda: to_send(job, rendered, True))
         with job_lock(rec.workdir):  # never heal a shard while its submitter is still at work
             job.record = store.job(job_id) or rec
+            job.note_attached()
             backend.attach(job, requests=requests)
         return job
 
     def __repr__(self) -> str:
         state = self._last.state if self._last else self.record.state
-        return (f"<pdbatch.Job {self.id} backend={self.backend.name} rows={len(self.ids)} "
+        return (f"<pdbatch.Job {self.id} name={self.name!r} backend={self.backend.name} rows={len(self.ids)} "
                 f"sent={self.sent} cached={self.record.cached} state={state}>")
 
-
-def jobs(limit: int = 50, store: Optional[Store] = None) -> pd.DataFrame:
-    """The newest jobs in the store, one row each.
-
-    Returns
-    -------
-    DataFrame
-        Columns ``job_id, created, backend, model, rows, sent, cached, state``.
-    """
-    store = store or default_store()
-    recs = store.jobs(limit)
-    return pd.DataFrame(
-        {
-            "job_id": [r.id for r in recs],
-            "created": pd.to_datetime([r.created_at for r in recs], unit="s"),
-            "backend": [r.backend for r in recs],
-            "model": [r.model for r in recs],
-            "rows": [r.rows for r in recs],
-            "sent": [r.sent for r in recs],
-            "cached": [r.cached for r in recs],
-            "state": [r.state for r in recs],
-        }
-    )

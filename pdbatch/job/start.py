@@ -26,7 +26,24 @@ from .lifecycle import Job, new_job_id
 from .locks import job_lock
 from .store import JobRecord, Store, default_store, pdbatch_home
 
-__all__ = ["start_job"]
+__all__ = ["start_job", "default_name", "NAME_WORDS"]
+
+#: How many words of the template make a job's default name.
+NAME_WORDS = 6
+
+
+def default_name(template: str, words: int = NAME_WORDS) -> str:
+    """A job's name when ``name=`` is not given: the template's first words, on one line.
+
+    Examples
+    --------
+    >>> default_name("Summarise this review in one line:\\n{text}")
+    'Summarise this review in one line:...'
+    >>> default_name("{}")
+    '{}'
+    """
+    parts = str(template).split()
+    return " ".join(parts[:words]) + ("..." if len(parts) > words else "")
 
 
 def start_job(
@@ -61,7 +78,10 @@ def start_job(
     fp = fingerprint(spec, rendered, f"{backend.name}\x00{backend.provider}")
     job_id = new_job_id()
     workdir = os.path.join(pdbatch_home(), "jobs", job_id)
-    source = dict(spec.source, _max_retries=max_retries, _retry_invalid=retry_invalid)
+    name = options.name.strip() if options.name is not None else default_name(spec.source.get("template", ""))
+    # The name and the provider are kept with the job (not in its fingerprint): for pdbatch jobs and pricing.
+    source = dict(spec.source, _max_retries=max_retries, _retry_invalid=retry_invalid, _name=name,
+                  _provider=backend.provider)
     def new_record() -> JobRecord:
         return JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
                          spec=source, workdir=workdir)
@@ -89,8 +109,14 @@ def start_job(
                               f"keep this job object (or run the same map again) to get the frame", UserWarning)
             if rec.state == "created":  # a backend that did not call record_written itself
                 job.record_written()
+            if not backend.runs_exclusively:  # batches a dead submitter created run on: picked up, not sent
+                job.found["in_flight"] = max(0, job.record.sent - job.requests_sent)
         else:
+            if options.name is not None and rec.spec.get("_name") != name:  # renamed: the same job, a new name
+                rec.spec = dict(rec.spec, _name=name)
+                store.update_job(rec.id, spec=rec.spec)
             job.hashes = store.row_hashes(rec.id)
+            job.note_attached()
             backend.attach(job, requests=lambda: to_send(job, rendered, cache))
         if rec.state == "written":
             rec.state = "submitted"

@@ -105,8 +105,11 @@ def estimate_requests(
     input_tokens = tokens + image_tokens
     output = out_tokens if output_known else None
     usage = Usage(input_tokens, output or 0)
-    cost_batch = cost(usage, model, batch=True)
-    cost_realtime = cost(usage, model, batch=False)
+    # An OpenAI-style server is priced as what it is (unknown unless it is OpenAI's API or the user set a
+    # price); with the local model (free) the estimate prices the APIs it stands in for.
+    api = provider if provider.startswith("openai ") else None
+    cost_batch = cost(usage, model, batch=True, provider=api)
+    cost_realtime = cost(usage, model, batch=False, provider=api)
     reasons = Counter(skipped.values())
     est: Dict[str, Any] = {
         "model": model, "rows": rows, "requests": sent, "cached": cached, "skipped": len(skipped),
@@ -116,7 +119,7 @@ def estimate_requests(
         "tokenizer": counter.name, "tokenizer_note": counter.note,
         "cost_batch": cost_batch, "cost_realtime": cost_realtime,
         "cost_covers": "input and at most the output cap" if output is not None else "input only",
-        "prices_as_of": PRICES_AS_OF,
+        "prices_as_of": PRICES_AS_OF, "provider": api,
     }
     est["summary"] = _summary(est)
     return est
@@ -135,7 +138,7 @@ def _summary(e: Dict[str, Any]) -> str:
     else:
         out = f"output at most {e['output_tokens']:,} tokens"
     if e["cost_batch"] is None:
-        money = _unknown(e["model"])
+        money = _unknown(e["model"], e["provider"])
     else:
         alias = e["cost_batch"]["priced_as"]
         model = e["model"] if alias == (e["model"] or "").lower() else f"{e['model']} (priced as {alias})"

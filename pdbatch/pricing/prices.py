@@ -16,7 +16,11 @@ the table is a default that the user overrides, with precedence
 3. :data:`DEFAULT_PRICES`.
 
 A dated model name (``gpt-4o-mini-2024-07-18``) is priced as its base model
-(``gpt-4o-mini``) unless the name itself has an entry. The Batch API costs
+(``gpt-4o-mini``) unless the name itself has an entry. :data:`DEFAULT_PRICES`
+are OpenAI's: they price jobs sent to OpenAI's API (:data:`OPENAI_API`) only.
+A job run against any other server (``pdbatch serve``, vLLM, a proxy: any
+other ``base_url``) has an unknown cost unless :func:`set_price` or
+``PDBATCH_PRICES`` names its model (those apply to every server). The Batch API costs
 half the realtime price (input, cached input and output alike); the local
 backend costs nothing.
 
@@ -42,7 +46,7 @@ from .tokens import (CHARS_PER_TOKEN, IMAGE_TOKENS, IMAGE_TOKENS_LOW, MESSAGE_OV
 
 __all__ = [
     "Price", "DEFAULT_PRICES", "PRICES_AS_OF", "PRICES_ENV", "set_price", "reset_prices", "price", "base_model",
-    "cost", "job_cost", "format_cost", "TokenCounter", "token_counter", "CHARS_PER_TOKEN", "IMAGE_TOKENS",
+    "cost", "job_cost", "format_cost", "paid_usage", "priced_by_default", "OPENAI_API", "TokenCounter", "token_counter", "CHARS_PER_TOKEN", "IMAGE_TOKENS",
     "IMAGE_TOKENS_LOW",
 ]
 
@@ -50,6 +54,8 @@ __all__ = [
 PRICES_AS_OF = "August 2025"
 PRICES_ENV = "PDBATCH_PRICES"
 BATCH_DISCOUNT = 0.5
+#: The API whose prices :data:`DEFAULT_PRICES` lists.
+OPENAI_API = "https://api.openai.com/v1"
 
 @dataclass(frozen=True)
 class Price:
@@ -175,14 +181,34 @@ def base_model(model: str) -> str:
     return _DATED.sub("", model)
 
 
-def _lookup(model: Optional[str]) -> Tuple[Optional[Price], Optional[str], str]:
-    """``(price, priced_as, source)``; the exact name first, then the undated one."""
+def priced_by_default(provider: Optional[str]) -> bool:
+    """Whether :data:`DEFAULT_PRICES` apply to a job answered by ``provider`` (OpenAI's API; None: unknown, assumed).
+
+    ``provider`` is a backend's :attr:`~pdbatch.backends.Backend.provider`, e.g.
+    ``"openai https://api.openai.com/v1"``.
+
+    Examples
+    --------
+    >>> priced_by_default("openai https://api.openai.com/v1 org=org-1"), priced_by_default(None)
+    (True, True)
+    >>> priced_by_default("openai http://127.0.0.1:8000/v1")
+    False
+    """
+    if provider is None:
+        return True
+    parts = provider.split()
+    return len(parts) >= 2 and parts[0] == "openai" and parts[1].rstrip("/") == OPENAI_API
+
+
+def _lookup(model: Optional[str], defaults: bool = True) -> Tuple[Optional[Price], Optional[str], str]:
+    """``(price, priced_as, source)``; the exact name first, then the undated one (``defaults``: the OpenAI table too)."""
     if not model:
         return None, None, ""
     name = model.strip().lower()
     from_file, path = _file_prices()
-    layers = ((_OVERRIDES, "set_price"), (from_file, f"{PRICES_ENV}={path}"),
-              (DEFAULT_PRICES, f"OpenAI pricing page, {PRICES_AS_OF}"))
+    layers = ((_OVERRIDES, "set_price"), (from_file, f"{PRICES_ENV}={path}"))
+    if defaults:
+        layers += ((DEFAULT_PRICES, f"OpenAI pricing page, {PRICES_AS_OF}"),)
     for candidate in dict.fromkeys((name, base_model(name))):
         for table, source in layers:
             if candidate in table:
@@ -203,7 +229,8 @@ def price(model: Optional[str]) -> Optional[Price]:
     return _lookup(model)[0]
 
 
-def cost(usage: Usage, model: Optional[str], *, batch: bool, local: bool = False) -> Optional[Dict[str, Any]]:
+def cost(usage: Usage, model: Optional[str], *, batch: bool, local: bool = False,
+         provider: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """The cost in USD of ``usage`` on ``model``.
 
     Parameters
@@ -215,6 +242,9 @@ def cost(usage: Usage, model: Optional[str], *, batch: bool, local: bool = False
         Apply the Batch API's 50% discount.
     local : bool
         The local backend: everything costs 0.
+    provider : str, optional
+        Who answered (a backend's ``provider``); a server other than
+        OpenAI's API is priced only by :func:`set_price` or ``PDBATCH_PRICES``.
 
     Returns
     -------
@@ -231,11 +261,13 @@ def cost(usage: Usage, model: Optional[str], *, batch: bool, local: bool = False
     (0.075, 0.0375, 0.3, 0.4125)
     >>> cost(Usage(10, 10), "no-such-model", batch=False) is None
     True
+    >>> cost(Usage(10, 10), "gpt-4o-mini", batch=True, provider="openai http://127.0.0.1:8000/v1") is None
+    True
     """
     if local:
         return {"input": 0.0, "cached": 0.0, "output": 0.0, "total": 0.0, "currency": "USD", "batch": False,
                 "priced_as": None, "prices": None, "source": "local model: no charge"}
-    p, priced_as, source = _lookup(model)
+    p, priced_as, source = _lookup(model, defaults=priced_by_default(provider))
     if p is None:
         return None
     factor = (BATCH_DISCOUNT if batch else 1.0) / 1e6
@@ -252,13 +284,47 @@ def cost(usage: Usage, model: Optional[str], *, batch: bool, local: bool = False
     return out
 
 
-def _unknown(model: Optional[str]) -> str:
-    return (f"no price known for model {model!r}: set one with pdbatch.pricing.set_price({model!r}, input=..., "
-            f"output=...) or a JSON file named by {PRICES_ENV}")
+def _unknown(model: Optional[str], provider: Optional[str] = None) -> str:
+    fix = (f"set one with pdbatch.pricing.set_price({model!r}, input=..., output=...) or a JSON file named by "
+           f"{PRICES_ENV}")
+    if not priced_by_default(provider) and _lookup(model)[0] is not None:
+        where = provider.split()[1] if len(provider.split()) > 1 else provider
+        return (f"no price known for model {model!r} on {where}: pdbatch's price table is OpenAI's, for "
+                f"{OPENAI_API} only; if that server charges, {fix}")
+    return f"no price known for model {model!r}: {fix}"
 
 
-def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: int = 0) -> Dict[str, Any]:
+def paid_usage(total: Usage, cached: Usage) -> Usage:
+    """``total`` less the usage of rows served from pdbatch's answer cache (paid by an earlier job).
+
+    Examples
+    --------
+    >>> paid_usage(Usage(100, 10, cached_tokens=20), Usage(40, 4))
+    Usage(prompt_tokens=60, completion_tokens=6, cached_tokens=20, reasoning_tokens=0)
+    """
+    return Usage(max(0, total.prompt_tokens - cached.prompt_tokens),
+                 max(0, total.completion_tokens - cached.completion_tokens),
+                 max(0, total.cached_tokens - cached.cached_tokens),
+                 max(0, total.reasoning_tokens - cached.reasoning_tokens))
+
+
+def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: int = 0,
+             provider: Optional[str] = None) -> Dict[str, Any]:
     """The ``cost`` entry of a job's summary (and ``cost_note`` when there is something to say).
+
+    Parameters
+    ----------
+    usage : Usage
+        The tokens the job paid for (see :func:`paid_usage`): rows served
+        from pdbatch's answer cache are not in it.
+    model : str
+    backend : str
+        ``"batch"`` (half price), ``"realtime"`` or ``"local"`` (free).
+    cached_rows : int
+        Rows served from the answer cache (named in the note).
+    provider : str, optional
+        Who answered (see :func:`cost`): another server than OpenAI's API
+        has no default price.
 
     Never raises: a missing price or a bad ``PDBATCH_PRICES`` file becomes
     ``{"cost": None, "cost_note": ...}``.
@@ -269,17 +335,19 @@ def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: i
     0.0
     >>> job_cost(Usage(1000, 10), "mystery", "batch")["cost"] is None
     True
+    >>> job_cost(Usage(1000, 10), "gpt-4o-mini", "batch", provider="openai http://localhost:8000/v1")["cost_note"]
+    "no price known for model 'gpt-4o-mini' on http://localhost:8000/v1: pdbatch's price table is OpenAI's, ..."
     """
     try:
-        c = cost(usage, model, batch=backend == "batch", local=backend == "local")
+        c = cost(usage, model, batch=backend == "batch", local=backend == "local", provider=provider)
     except PdbatchError as err:
         return {"cost": None, "cost_note": str(err)}
     if c is None:
-        return {"cost": None, "cost_note": _unknown(model)}
+        return {"cost": None, "cost_note": _unknown(model, provider)}
     out: Dict[str, Any] = {"cost": c}
     if cached_rows and backend != "local":
-        out["cost_note"] = (f"{cached_rows} row(s) came from pdbatch's answer cache: their tokens are counted "
-                            f"here but were paid by an earlier job")
+        out["cost_note"] = (f"{cached_rows} row(s) came from pdbatch's answer cache: their tokens are not in "
+                            f"this cost (an earlier job paid for them)")
     return out
 
 

@@ -72,6 +72,10 @@ def test_sigkill_then_rerun_one_batch_per_shard(make_server, make_client, tmp_pa
     assert result["llm_error"].isna().all()
     assert result["llm_output"].tolist() == [f"Row r{i}: text {i}" for i in range(6)]
     assert len(result.attrs["pdbatch"]["batch_ids"]) == 3
+    # What the re-run sent itself, and what it picked up from the killed run's batches.
+    c = result.attrs["pdbatch"]["counts"]
+    sent = {"POST /v1/files": 6, "POST /v1/batches": 4, "GET /v1/batches/*": 0, "GET /v1/files/*/content": 0}[point]
+    assert c["sent"] == sent and c["sent"] + c["resumed"] + c["cached"] == 6, c
 
 
 def test_sigkill_mid_submit_resumes_the_shards_not_yet_written(make_server, make_client, tmp_path):
@@ -98,6 +102,8 @@ def test_sigkill_mid_submit_resumes_the_shards_not_yet_written(make_server, make
     assert srv.stats.batches_created == 2
     result = crashy_child.run(make_client(srv))
     assert srv.stats.batches_created == 3  # the third shard's batch only
+    c = result.attrs["pdbatch"]["counts"]
+    assert (c["sent"], c["resumed"], c["cached"]) == (2, 4, 0)
     assert result["llm_error"].isna().all()
     assert result["llm_output"].tolist() == [f"Row r{i}: text {i}" for i in range(6)]
     assert len(result.attrs["pdbatch"]["batch_ids"]) == 3

@@ -195,8 +195,18 @@ def test_job_cost_by_backend():
     assert "answer cache" in job_cost(u, "gpt-4o-mini", "batch", cached_rows=2)["cost_note"]
 
 
+def test_a_server_other_than_openais_has_no_default_price(make_server, make_client, cities):
+    srv = make_server()
+    out = cities.llm.map("Country of {city}?", model="gpt-4o-mini", client=make_client(srv), **FAST)
+    info = out.attrs["pdbatch"]
+    assert info["usage"]["input_tokens"] > 0 and info["cost"] is None
+    assert info["cost_note"].startswith(f"no price known for model 'gpt-4o-mini' on {srv.base_url.rstrip('/')}")
+    assert "set_price('gpt-4o-mini'" in info["cost_note"]
+
+
 def test_result_summary_carries_the_cost(make_server, make_client, cities):
     srv = make_server()
+    set_price("gpt-4o-mini", input=0.15, cached_input=0.075, output=0.6)  # the price of that server
     out = cities.llm.map("Country of {city}?", model="gpt-4o-mini", client=make_client(srv), **FAST)
     info = out.attrs["pdbatch"]
     u = info["usage"]
@@ -255,10 +265,18 @@ def test_estimate_sends_nothing_and_matches_what_map_sends(make_server, make_cli
     assert est["input_tokens"] == sum(body_tokens(line["body"]) for line in lines)
     job.wait(progress=False, timeout=30)
 
+    # The local server charges nothing OpenAI's price table knows of: its cost is unknown, not OpenAI's.
+    assert est["cost_batch"] is None and est["cost_realtime"] is None
+    assert f"no price known for model 'gpt-4o-mini' on {srv.base_url.rstrip('/')}" in est["summary"]
+    openai_api = cities.llm.estimate("Country of {city}?", backend="batch", show=False, **kw)  # OpenAI's API
+    assert openai_api["input_tokens"] == est["input_tokens"]
     u = Usage(est["input_tokens"], est["output_tokens"])
-    assert est["cost_batch"] == cost(u, "gpt-4o-mini", batch=True)
-    assert est["cost_realtime"]["total"] == pytest.approx(2 * est["cost_batch"]["total"])
-    assert est["cost_covers"].startswith("input and")
+    assert openai_api["cost_batch"] == cost(u, "gpt-4o-mini", batch=True)
+    assert openai_api["cost_realtime"]["total"] == pytest.approx(2 * openai_api["cost_batch"]["total"])
+    assert openai_api["cost_covers"].startswith("input and")
+    set_price("gpt-4o-mini", input=1.0, output=2.0)  # a price the user sets applies to any server
+    priced = cities.llm.estimate("Country of {city}?", client=make_client(srv), cache=False, show=False, **kw)
+    assert priced["cost_batch"] == cost(u, "gpt-4o-mini", batch=True) and priced["cost_batch"]["source"] == "set_price"
 
 
 def test_estimate_counts_cached_answers_as_not_sent(make_server, make_client, cities):
