@@ -220,9 +220,9 @@ class Realtime(RowByRow):
                 res = run.results.get_nowait()
             except queue.Empty:
                 break
-        if bar is not None:
-            bar.update(got)
+        if bar is not None:  # the postfix first: whatever line update() draws carries it
             bar.set_postfix_str(f"failed={failed[0]}, 429s={run.limited}, retries={run.retries}", refresh=False)
+            bar.update(got)
         return got
 
     def _drain(self, job, run: _Run, bar, failed: List[int]) -> None:
