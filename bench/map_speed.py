@@ -71,6 +71,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import openai  # noqa: E402
 import orjson  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
 import pdbatch  # noqa: E402
 from batchfile_speed import SCHEMA, SYSTEM, cookbook_tasks, make_frame  # noqa: E402
@@ -306,7 +307,9 @@ def frame_from_parquet(n: int, tmp: str) -> pd.DataFrame:
     child = multiprocessing.get_context("spawn").Process(target=_write_frame, args=(n, path))
     child.start()
     child.join()
-    return pd.read_parquet(path)
+    df = pd.read_parquet(path)
+    pa.default_memory_pool().release_unused()  # the reader's freed buffers, kept by Arrow's allocator
+    return df
 
 
 def memory(n: int) -> None:

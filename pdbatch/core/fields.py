@@ -150,11 +150,11 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     hit = np.zeros(n, dtype=bool)
     at = np.zeros(0, dtype=np.int64)
     if parsed is not None and n and len(parsed):
-        rows = pa.array(usable, type=pa.int64())
-        pos = pc.index_in(a.arrow("custom_id").take(rows).cast(pa.string()), value_set=parsed.custom_id)
-        found = pc.fill_null(pos, 0).to_numpy(zero_copy_only=False)
-        same = content_hashes(a.arrow("content").take(rows)) == parsed.content_hash[found]
-        hit = same & pos.is_valid().to_numpy(zero_copy_only=False)
+        # Over every answer in stored order (no gathered copy of a million texts), then picked at ``usable``.
+        pos = pc.index_in(a.arrow("custom_id").cast(pa.string()), value_set=parsed.custom_id)
+        found = pc.fill_null(pos, 0).to_numpy(zero_copy_only=False)[usable]
+        same = content_hashes(a.arrow("content"))[usable] == parsed.content_hash[found]
+        hit = same & pos.is_valid().to_numpy(zero_copy_only=False)[usable]
         at = found[hit]
     miss = np.flatnonzero(~hit)
     values, errs = many(a.take("content", usable[miss])) if len(miss) else ([], [])
