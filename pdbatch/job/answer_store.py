@@ -79,9 +79,10 @@ class AnswerStore:
         """Store many answers as one segment (one blob); its successes are indexed for the cache on first lookup."""
         t0 = time.perf_counter()
         ids = answers.arrow("custom_id").to_pylist() if answers.is_arrow("custom_id") else answers.custom_id
-        row_hashes = _lookup(hashes, ids)
+        row_hashes = hashes.get_arrow(ids) if isinstance(hashes, RowHashes) else pa.array(_lookup(hashes, ids),
+                                                                                             pa.string())
         table = segments.table_of(answers, row_hashes, attempt)
-        if None in row_hashes:  # answers for ids this job did not send are ignored
+        if row_hashes.null_count:  # answers for ids this job did not send are ignored
             table = table.filter(pc.is_valid(table.column("hash")))
         if not table.num_rows:
             return 0

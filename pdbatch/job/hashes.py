@@ -32,6 +32,8 @@ class RowHashes:
     ('ffffffffffffffffffffffffffffffff', None, 2)
     >>> h.get_many(["c", "a"])
     [None, '00000000000000000000000000000000']
+    >>> h.get_arrow(["b", "c"]).to_pylist()
+    ['ffffffffffffffffffffffffffffffff', None]
     """
 
     def __init__(self) -> None:
@@ -85,6 +87,19 @@ class RowHashes:
         if self._first is not None:
             pos = np.where(pos >= 0, self._first[np.maximum(pos, 0)], -1)
         return pos
+
+    def get_arrow(self, ids: Iterable[str]) -> pa.Array:
+        """The hash of each of ``ids`` as an Arrow string array (null for an id not here), no Python strings."""
+        pos = self._positions(ids)
+        n = len(pos)
+        found = pos >= 0
+        data = self._all()[np.maximum(pos, 0)] if n else np.zeros(0, dtype=f"S{WIDTH}")
+        lengths = np.where(found, WIDTH, 0).astype(np.int32)
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        validity = None if found.all() else pa.py_buffer(np.packbits(found, bitorder="little").tobytes())
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data[found].tobytes()),
+                                           validity)
 
     def get_many(self, ids: Iterable[str]) -> List[Optional[str]]:
         """The hash of each of ``ids`` (None for an id not here)."""

@@ -51,7 +51,7 @@ def _content(answers: Answers) -> pa.Array:
 def table_of(answers: Answers, hashes: Sequence[Optional[str]], attempt: int, seq: int = 0) -> pa.Table:
     """``answers`` as a table with their request ``hashes`` (one per row), ``attempt`` and order ``seq``."""
     n = len(answers)
-    cols = {"custom_id": answers.arrow("custom_id").cast(_S), "hash": pa.array(hashes, type=_S),
+    cols = {"custom_id": answers.arrow("custom_id").cast(_S), "hash": hashes if isinstance(hashes, pa.Array) else pa.array(hashes, type=_S),
             "attempt": pa.array(np.full(n, attempt, dtype=np.int64)),
             "seq": pa.array(np.full(n, seq, dtype=np.int64))}
     for name in Answers.COLUMNS:

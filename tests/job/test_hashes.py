@@ -1,0 +1,25 @@
+"""RowHashes answers like the dict it replaces: custom_id -> request hash, first one kept."""
+
+import random
+
+from pdbatch.job.hashes import RowHashes
+
+
+def test_row_hashes_answer_like_a_dict_that_keeps_the_first_hash():
+    rng = random.Random(3)
+    ids = [f"id {rng.randrange(500)}" for _ in range(800)]  # repeats, as a re-sent row would be
+    hashes = [f"{rng.getrandbits(128):032x}" for _ in ids]
+    want = {}
+    for cid, h in zip(ids, hashes):
+        want.setdefault(cid, h)
+    got = RowHashes()
+    for start in range(0, len(ids), 64):
+        got.add(ids[start:start + 64], hashes[start:start + 64])
+        probe = ids[:start + 64] + ["absent", "id -1"]
+        assert got.get_many(probe) == [want.get(c) for c in probe]
+    assert got.get_arrow(["absent"] + ids[:5]).to_pylist() == [None] + [want[c] for c in ids[:5]]
+    table = got.arrow()
+    assert table.column("custom_id").to_pylist() == ids and table.column("hash").to_pylist() == hashes
+    back = RowHashes.from_arrow(table.column("custom_id"), table.column("hash"))
+    assert back.get_many(list(want)) == list(want.values()) and len(back) == len(ids)
+    assert "absent" not in back and ids[0] in back
