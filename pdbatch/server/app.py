@@ -297,7 +297,7 @@ class _Api:
         self._batch_or_404(batch_id)
         with self.store.lock:
             batch = self.store.batches[batch_id]
-            if batch["status"] in ("validating", "in_progress", "finalizing"):
+            if batch["status"] in ("validating", "in_progress"):  # a finalizing batch is as good as done
                 batch.update(status="cancelling", cancelling_at=int(time.time()))
             elif batch["status"] not in ("cancelling", "cancelled"):
                 raise _ApiError(400, f"Cannot cancel a batch with status {batch['status']!r}.",

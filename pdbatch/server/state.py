@@ -20,7 +20,9 @@ Server choices where the public contract is silent are collected here:
   whose purpose is not ``batch``, an endpoint outside
   :data:`BATCH_ENDPOINTS`, a ``completion_window`` other than ``"24h"`` and
   metadata beyond 16 pairs / 64-character keys / 512-character values.
-* Cancelling a finished batch answers 400 (``invalid_state``); cancelling a
+* Cancelling a finalizing or finished batch answers 400 (``invalid_state``); a
+  cancel accepted while the batch runs always ends ``cancelled`` (with the
+  answers made so far), never ``completed``; cancelling a
   cancelling or cancelled batch returns it unchanged.
 * Unknown ids answer 404; a bad request answers 400; both with the
   ``{"error": {message, type, param, code}}`` body.

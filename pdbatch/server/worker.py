@@ -315,8 +315,12 @@ class BatchWorker(threading.Thread):
 
     def _finish(self, batch_id: str, outcome: str, out: _Sink, err: _Sink, usage: Usage) -> None:
         now = int(time.time())
-        if outcome == "completed":
-            self.store.update_batch(batch_id, status="finalizing", finalizing_at=now)
+        with self.store.lock:  # a cancel accepted before this point always ends "cancelled", never "completed"
+            batch = self.store.batches[batch_id]
+            if batch["status"] == "cancelling":
+                outcome = "cancelled"
+            elif outcome == "completed":  # from here on a cancel is refused (400 invalid_state)
+                batch.update(status="finalizing", finalizing_at=now)
         output_id = out.adopt(f"{batch_id}_output.jsonl")
         error_id = err.adopt(f"{batch_id}_error.jsonl")
         stamp = {"completed": "completed_at", "expired": "expired_at",

@@ -338,6 +338,28 @@ def test_cancel_while_validating_and_after_completion(make_server, make_client, 
         client.batches.cancel(done.id)
 
 
+def test_an_accepted_cancel_always_ends_cancelled(make_server, make_client, wait_batch):
+    """Cancels racing the end of small batches: a 200 ends "cancelled", a refused one (400) "completed"."""
+    srv = make_server(faults=Faults(request_delay=0.002))
+    client = make_client(srv)
+    outcomes = []
+    for k in range(30):  # bounded: 30 batches, each waited on for at most 5 s
+        b = submit(client, [line(f"{k}-{i}") for i in range(3)])
+        time.sleep(0.002 * (k % 6))
+        try:
+            accepted = client.batches.cancel(b.id).status == "cancelling"
+        except openai.BadRequestError as err:
+            assert "invalid_state" in str(err) or "Cannot cancel" in str(err)
+            accepted = False
+        done = wait_batch(client, b.id)
+        outcomes.append((accepted, done.status))
+        if accepted:
+            assert done.status == "cancelled" and done.cancelled_at and done.completed_at is None, done
+        else:
+            assert done.status == "completed" and done.cancelled_at is None, done
+    assert any(a for a, _ in outcomes)  # the race was exercised on the accepting side at least
+
+
 def test_batches_run_in_creation_order(make_server, make_client, wait_batch):
     engine = ScriptedEngine(lambda text, body: text)
     srv = make_server(engine=engine, faults=Faults(request_delay=0.01))
