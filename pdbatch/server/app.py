@@ -167,6 +167,8 @@ def build_app(server: Any) -> Starlette:
         Route("/v1/batches", wrap(api.list_batches), methods=["GET"]),
         Route("/v1/batches/{batch_id}", wrap(api.get_batch), methods=["GET"]),
         Route("/v1/batches/{batch_id}/cancel", wrap(api.cancel_batch), methods=["POST"]),
+        Route("/v1/models", wrap(api.list_models), methods=["GET"]),
+        Route("/v1/models/{model:path}", wrap(api.get_model), methods=["GET"]),
         Route(CHAT_URL, wrap(api.chat), methods=["POST"]),
         Route(EMBEDDINGS_URL, wrap(api.embeddings), methods=["POST"]),
     ]
@@ -284,6 +286,22 @@ class _Api:
         if raw is None:
             raise _ApiError(404, f"No such Batch object: {batch_id}", param="batch_id")
         return raw
+
+    def _models(self) -> list:
+        """The engine's model names (``engine.models`` or ``engine.name``; the echo engines take any name)."""
+        engine = self.srv.engine
+        names = getattr(engine, "models", None) or [getattr(engine, "name", None) or "echo"]
+        return [{"id": str(m), "object": "model", "created": 0, "owned_by": "pdbatch"} for m in names]
+
+    async def list_models(self, request: Request) -> Response:
+        return _json({"object": "list", "data": self._models()})
+
+    async def get_model(self, request: Request) -> Response:
+        for m in self._models():
+            if m["id"] == request.path_params["model"]:
+                return _json(m)
+        raise _ApiError(404, f"The model {request.path_params['model']!r} does not exist on this server.",
+                        param="model", code="model_not_found")
 
     async def get_batch(self, request: Request) -> Response:
         return _json(self._batch_or_404(request.path_params["batch_id"]))

@@ -1,7 +1,8 @@
 """The ASGI gate in front of every route of the local Batch API server.
 
 :class:`Gate` records each call in ``Stats.log`` (and its time in
-``Stats.busy_seconds``), injects ``Faults.http_errors``, requires a bearer
+``Stats.busy_seconds``), gives every response an ``x-request-id`` header,
+injects ``Faults.http_errors``, requires a bearer
 token (any token; it is never looked at again) and, when the server was
 built with ``access_log=True``, logs one line per request to the
 ``pdbatch.server`` logger at INFO (``pdbatch serve`` prints them on stderr
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, Callable, Optional
 
 import orjson
@@ -54,6 +56,8 @@ class Gate:
 
         async def send_and_see(message: dict) -> None:
             if message["type"] == "http.response.start":  # log before the client can see it
+                message = dict(message, headers=[*message.get("headers", []),
+                                                 (b"x-request-id", f"req_{uuid.uuid4().hex}".encode())])
                 logged.append(message["status"])
                 self.server.stats.record(method, path, message["status"])
                 hook = self.server.faults.on_response

@@ -591,3 +591,20 @@ def test_context_manager_and_serve_forever_stop(make_client):
     srv2.stop()
     runner.join(5)
     assert not runner.is_alive() and not srv2.running
+
+
+def test_models_are_listed_and_every_response_has_a_request_id(make_server, make_client):
+    srv = make_server()
+    client = make_client(srv)
+    names = [m.id for m in client.models.list()]
+    assert names and client.models.retrieve(names[0]).id == names[0]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    raw = client.files.with_raw_response.list()
+    assert raw.headers["x-request-id"].startswith("req_")
+    try:
+        client.batches.retrieve("batch_missing")
+    except openai.NotFoundError as err:
+        assert err.response.headers["x-request-id"].startswith("req_")
+    else:
+        raise AssertionError("a missing batch must be a 404")
