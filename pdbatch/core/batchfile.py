@@ -354,8 +354,9 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
 def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answers:
     """Read output and error files into column-wise :class:`Answers`.
 
-    ``kind`` is ``"chat"`` (chat completions) or ``"embedding"`` (embeddings:
-    each row's ``content`` is its float32 vector).
+    ``kind`` is ``"chat"`` (chat completions), ``"responses"`` (the Responses
+    endpoint, read line by line) or ``"embedding"`` (embeddings: each row's
+    ``content`` is its float32 vector).
 
     Arrow parses the files by blocks (no per-line Python objects, bounded
     memory); a file whose lines do not fit the expected shape (a provider that
@@ -381,6 +382,8 @@ def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answer
         if os.path.getsize(path) == 0:
             continue
         try:
+            if kind == "responses":
+                raise _Unfit("Responses answers are read line by line")
             part = _answers_arrow(path, kind)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, _Unfit):
             part = Answers.from_results(read_results([path]))

@@ -89,7 +89,7 @@ def estimate_requests(
             sent += 1
             t, i, it = body_tokens(r.body, count, memo)
             tokens, images, image_tokens = tokens + t, images + i, image_tokens + it
-            cap = r.body.get("max_completion_tokens", r.body.get("max_tokens"))
+            cap = r.body.get("max_completion_tokens", r.body.get("max_tokens", r.body.get("max_output_tokens")))
             if cap is None:
                 output_known = False
             else:
