@@ -140,3 +140,9 @@ def test_responses_answers_are_read_by_the_one_rule():
     a = Answers.from_results([Result("1", body, status_code=200), Result("2", failed, status_code=200)])
     assert a.content == ["Hello", None] and a.ok == [True, False] and a.finish_reason == ["stop", "failed"]
     assert a.usage == Usage(5, 9, cached_tokens=2, reasoning_tokens=7)
+
+
+def test_the_local_backend_refuses_the_responses_endpoint():
+    with pytest.raises(OptionError, match="endpoint='responses' runs on backend='batch' or 'realtime', not 'local'"):
+        pd.DataFrame({"t": ["a"]}).llm.map("{t}", endpoint="responses", backend="local", progress=False)
+    assert len(pdbatch.jobs()) == 0
