@@ -55,7 +55,7 @@ def test_max_cost_refuses_an_estimate_over_it_before_any_upload(make_server, mak
         frame.llm.map("say {w}", model="gpt-4o-mini", max_completion_tokens=100, max_cost=0.0001,
                       backend=backend, client=make_client(srv), progress=False)
     text = str(info.value)
-    assert "max_cost=$0.000100" in text and "Nothing was sent" in text
+    assert "max_cost=$0.0001 " in text and "Nothing was sent" in text
     total = est["cost_batch" if backend == "batch" else "cost_realtime"]["total"]
     assert pricing.format_cost({"total": total}) in text  # names the estimate
     assert isinstance(info.value, OptionError)

@@ -37,7 +37,7 @@ import openai
 
 from ..errors import PdbatchError
 from ..options import check
-from ..pricing.budget import Spend, api_provider
+from ..pricing.budget import Spend, api_provider, format_usd
 from .ratelimit import RateLimiter
 from ..core.records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBEDDINGS_URL: for the examples)
 from .progress import progress_bar
@@ -259,7 +259,7 @@ class Realtime(RowByRow):
 
     def unanswered(self, job, pos: int) -> str:
         if job.state.status == "budget_exhausted":
-            return BUDGET_EXHAUSTED.format(cap=f"${job.max_cost:g}")
+            return BUDGET_EXHAUSTED.format(cap=format_usd(job.max_cost))
         return super().unanswered(job, pos)
 
     @staticmethod

@@ -19,7 +19,7 @@ from ..core.records import Usage
 from ..errors import BudgetError
 from .prices import _unknown, cost, format_cost
 
-__all__ = ["check_estimate", "Spend", "batch_rate", "api_provider"]
+__all__ = ["check_estimate", "Spend", "batch_rate", "api_provider", "format_usd"]
 
 
 def batch_rate(backend: str, tier: Optional[str]) -> bool:
@@ -34,6 +34,11 @@ def api_provider(provider: str) -> Optional[str]:
 
 def _usd(x: float) -> str:
     return format_cost({"total": x})
+
+
+def format_usd(x: float) -> str:
+    """A cap as the user gave it: ``$0.75``, ``$10``, ``$0.000001``."""
+    return "$" + f"{x:.10f}".rstrip("0").rstrip(".")
 
 
 def check_estimate(est: Dict[str, Any], max_cost: float, backend: str, tier: Optional[str] = None) -> None:
@@ -54,7 +59,7 @@ def check_estimate(est: Dict[str, Any], max_cost: float, backend: str, tier: Opt
         return  # the local model costs nothing
     flat = batch_rate(backend, tier)
     c = est["cost_batch" if flat else "cost_realtime"]
-    cap = _usd(max_cost)
+    cap = format_usd(max_cost)
     if c is None:
         raise BudgetError(f"max_cost={cap} cannot be checked: {_unknown(est['model'], est.get('provider'))}; "
                           f"or drop max_cost=. Nothing was sent.")
