@@ -254,7 +254,7 @@ class Realtime(RowByRow):
         cap = job.max_cost
         if cap is None:
             return None
-        flex = any(r.body.get("service_tier") == "flex" for r in job.state.requests[:1])
+        flex = job.spec.params.get("service_tier") == "flex"  # billed at the Batch API's price
         return Spend(cap, job.spec.model, batch=flex, provider=api_provider(self.provider), usage=job.paid_usage())
 
     def unanswered(self, job, pos: int) -> str:

@@ -135,7 +135,8 @@ def _summary(e: Dict[str, Any]) -> str:
     imgs = (f", including {e['images']} image(s) at a flat {e['image_tokens'] // max(e['images'], 1)} tokens each"
             if e["images"] else "")
     if e["output_tokens"] is None:
-        out = "output tokens unknown (set max_completion_tokens= to bound them)"
+        out = ("output tokens unknown (set max_completion_tokens=, or max_output_tokens= on the Responses "
+               "endpoint, to bound them)")
     else:
         out = f"output at most {e['output_tokens']:,} tokens"
     if e["cost_batch"] is None:
