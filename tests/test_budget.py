@@ -169,6 +169,18 @@ def test_flex_resource_unavailable_is_retried_without_lowering_the_rate(make_ser
     assert backend.limiter.pauses == 0 and backend.limiter.rpm == 1000  # no shared pause, the rate unchanged
 
 
+def test_flex_calls_get_a_long_timeout(make_server, make_client):
+    """A flex call outlives the client's short timeout (flex answers slowly); a standard call does not."""
+    srv = make_server(faults=Faults(realtime_latency=0.6))
+    client = make_client(srv, timeout=0.3)
+    flex = words(1).llm.map("{w}", model="gpt-4o-mini", service_tier="flex", backend=rt(client, max_attempts=1),
+                            progress=False, timeout=30)
+    assert flex["llm_error"].isna().all() and flex["llm_output"].tolist() == ["w0"]
+    plain = words(1).llm.map("{w}", model="gpt-4o-mini", backend=rt(client, max_attempts=1), progress=False,
+                             timeout=30)
+    assert plain["llm_error"].iloc[0].startswith("timeout")
+
+
 def test_flex_is_for_the_realtime_backend(make_server, make_client):
     srv = make_server()
     with pytest.raises(OptionError, match="service_tier='flex' is for backend='realtime'"):

@@ -146,3 +146,21 @@ def test_the_local_backend_refuses_the_responses_endpoint():
     with pytest.raises(OptionError, match="endpoint='responses' runs on backend='batch' or 'realtime', not 'local'"):
         pd.DataFrame({"t": ["a"]}).llm.map("{t}", endpoint="responses", backend="local", progress=False)
     assert len(pdbatch.jobs()) == 0
+
+
+def test_read_results_joins_downloaded_responses_files(make_server, make_client, tmp_path):
+    """Output files of a /v1/responses batch join back without being told the endpoint."""
+    srv = make_server(engine=ScriptedEngine(reply))
+    client = make_client(srv)
+    job = CITIES.llm.submit("in {city}", model="gpt-4o-mini", endpoint="responses", response_format=SCHEMA,
+                            max_output_tokens=4, client=client, poll_interval=0.02)
+    job.wait(progress=False, timeout=30)
+    batch = client.batches.retrieve(job.batch_ids[0])
+    paths = []
+    for name, fid in (("out", batch.output_file_id), ("err", batch.error_file_id)):
+        if fid:
+            paths.append(tmp_path / f"{name}.jsonl")
+            paths[-1].write_bytes(client.files.content(fid).read())
+    out = CITIES.llm.read_results(paths, "in {city}", response_format=SCHEMA)
+    assert out.loc[["fr", "pe", "jp"], "country"].tolist() == ["PARIS", "LIMA", "TOKYO"]
+    assert out.loc["cut", "llm_error"].startswith("truncated") and out.loc["no", "llm_error"].startswith("refused")

@@ -259,7 +259,7 @@ def _arrow_schema() -> pa.Schema:
         ("prompt_tokens_details", pa.struct([("cached_tokens", i)])),
         ("completion_tokens_details", pa.struct([("reasoning_tokens", i)])),
     ])
-    body = pa.struct([("choices", pa.list_(choice)), ("usage", usage), ("error", err)])
+    body = pa.struct([("choices", pa.list_(choice)), ("usage", usage), ("error", err), ("object", s)])
     resp = pa.struct([("status_code", i), ("body", body)])
     return pa.schema([("custom_id", s), ("response", resp), ("error", err)])
 
@@ -320,6 +320,8 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
         finish = pc.if_else(has, "stop", none)
         valid = pc.is_valid(vectors)
     else:
+        if pc.any(pc.equal(pc.struct_field(body, "object"), "response")).as_py():
+            raise _Unfit(f"{path}: Responses answers are read line by line")
         first, has = _first(pc.struct_field(body, "choices"))
         msg = pc.struct_field(first, "message")
         content = pc.struct_field(msg, "content")
