@@ -121,6 +121,12 @@ def test_realtime_stops_at_max_cost_keeps_answers_and_resumes_with_a_higher_cap(
     assert err[~answered].str.startswith("budget_exhausted").all() and "max_cost=$10" in err[~answered].iloc[0]
     assert srv.stats.realtime_calls == answered.sum()
     assert out.attrs["pdbatch"]["cost"]["total"] == pytest.approx(3.0 * answered.sum())
+    summary = out.attrs["pdbatch"]["realtime"]
+    assert summary["budget_exhausted"] and summary["max_cost"] == 10.0 and summary["spent"] >= 10.0
+    # the same cap again: the job's spend is already over it, so nothing more is sent
+    same = frame.llm.map("a b {w}", model=MODEL, max_cost=10.0, backend=rt(make_client(srv), max_concurrency=1),
+                         progress=False, timeout=30)
+    assert srv.stats.realtime_calls == answered.sum() and same["llm_error"].equals(err)
     # the same map with a higher cap sends the rest only
     again = frame.llm.map("a b {w}", model=MODEL, max_cost=100.0, backend=rt(make_client(srv), max_concurrency=1),
                           progress=False, timeout=30)

@@ -170,6 +170,7 @@ class Realtime(RowByRow):
         spend = self._spend(job)
         if spend is not None and spend.exhausted:
             job.state.status = "budget_exhausted"
+            self._counts(job).update(max_cost=spend.cap, spent=round(spend.spent, 10), budget_exhausted=True)
             return self.refresh(job)
         run = job.state.run = _Run(self, todo)
         run.spend = spend
@@ -278,6 +279,9 @@ class Realtime(RowByRow):
             s["flex_unavailable"] = s.get("flex_unavailable", 0) + run.unavailable
         if run.started:
             s["seconds"] = round(s["seconds"] + max((run.ended or time.monotonic()) - run.started, 0.0), 3)
+        if run.spend is not None:  # what the budget cap saw: the job's spend so far, and the cap
+            s.update(max_cost=run.spend.cap, spent=round(run.spend.spent, 10),
+                     budget_exhausted=job.state.status == "budget_exhausted")
         lim = run.backend.limiter
         if lim.learned:
             s["server_limits"] = dict(lim.learned)
