@@ -22,7 +22,7 @@ ENDPOINTS = {"chat": CHAT_URL, "chat.completions": CHAT_URL, CHAT_URL: CHAT_URL,
              "responses": RESPONSES_URL, RESPONSES_URL: RESPONSES_URL}
 #: Chat names a Responses body calls otherwise, and what to pass instead.
 RESPONSES_RENAMED = {"max_completion_tokens": "max_output_tokens=", "max_tokens": "max_output_tokens=",
-                     "reasoning_effort": "reasoning={'effort': ...}", "response_format": "response_format= of map"}
+                     "reasoning_effort": "reasoning={'effort': ...}"}
 
 
 def endpoint_url(endpoint: Optional[str]) -> str:
