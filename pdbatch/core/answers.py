@@ -52,7 +52,7 @@ def responses_choice(body: Mapping[str, Any]) -> Optional[dict]:
     output = body.get("output")
     if not isinstance(output, list):
         return None
-    texts, refusal = [], None
+    texts, refusals = [], []
     for item in output:
         if not isinstance(item, Mapping) or item.get("type") != "message":
             continue
@@ -60,7 +60,7 @@ def responses_choice(body: Mapping[str, Any]) -> Optional[dict]:
             if isinstance(part, Mapping) and part.get("type") == "output_text" and part.get("text") is not None:
                 texts.append(str(part["text"]))
             elif isinstance(part, Mapping) and part.get("type") == "refusal":
-                refusal = part.get("refusal") or "refused"
+                refusals.append(str(part.get("refusal") or "refused"))
     status = body.get("status")
     if status == "completed":
         finish = "stop"
@@ -68,7 +68,8 @@ def responses_choice(body: Mapping[str, Any]) -> Optional[dict]:
         finish = (body.get("incomplete_details") or {}).get("reason") or "incomplete"
     else:
         finish = status
-    return {"message": {"content": "".join(texts) if texts else None, "refusal": refusal}, "finish_reason": finish}
+    return {"message": {"content": "".join(texts) if texts else None, "refusal": "".join(refusals) or None},
+            "finish_reason": finish}
 
 
 def usable(error: Any, status_code: Optional[int], content: Any, refusal: Any, finish_reason: Any) -> bool:
