@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pandas as pd
 import pytest
 
@@ -164,3 +165,19 @@ def test_read_results_joins_downloaded_responses_files(make_server, make_client,
     out = CITIES.llm.read_results(paths, "in {city}", response_format=SCHEMA)
     assert out.loc[["fr", "pe", "jp"], "country"].tolist() == ["PARIS", "LIMA", "TOKYO"]
     assert out.loc["cut", "llm_error"].startswith("truncated") and out.loc["no", "llm_error"].startswith("refused")
+
+
+def test_the_server_answers_the_sdk_responses_create(make_server, make_client):
+    """The project's server speaks the Responses shape the SDK parses (output_text, status, usage)."""
+    srv = make_server()
+    client = make_client(srv)
+    r = client.responses.create(model="gpt-4o-mini", instructions="Be brief.", input="hello there",
+                                max_output_tokens=1)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output_text == "hello" and r.usage.output_tokens == 1 and r.usage.input_tokens > 0
+    r = client.responses.create(model="gpt-4o-mini", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "hi"}]}], text={"format": {"type": "json_object"}})
+    assert r.status == "completed" and json.loads(r.output_text) == {"echo": "hi"}
+    with pytest.raises(openai.BadRequestError, match="image"):
+        client.responses.create(model="gpt-4o-mini", input=[{"role": "user", "content": [
+            {"type": "input_image", "image_url": "ftp://example.com/a.png"}]}])
