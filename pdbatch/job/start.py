@@ -57,7 +57,7 @@ def check_budget(spec: MapSpec, rendered, backend: Backend, max_cost: float, sto
     """
     est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(rendered.ids),
                             skipped=rendered.skipped, store=store, provider=backend.provider)
-    check_estimate(est, max_cost, backend.name, spec.params.get("service_tier"))
+    check_estimate(est, max_cost, backend.name, spec.params.get("service_tier"), remote=not backend.runs_exclusively)
 
 
 def start_job(

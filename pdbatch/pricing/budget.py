@@ -19,12 +19,7 @@ from ..core.records import Usage
 from ..errors import BudgetError
 from .prices import _unknown, cost, format_cost
 
-__all__ = ["check_estimate", "Spend", "batch_rate", "api_provider", "format_usd"]
-
-
-def batch_rate(backend: str, tier: Optional[str]) -> bool:
-    """Whether a job on ``backend`` with ``service_tier`` ``tier`` pays the Batch API's price (flex does)."""
-    return backend == "batch" or tier == "flex"
+__all__ = ["check_estimate", "Spend", "api_provider", "format_usd"]
 
 
 def api_provider(provider: str) -> Optional[str]:
@@ -41,8 +36,12 @@ def format_usd(x: float) -> str:
     return "$" + f"{x:.10f}".rstrip("0").rstrip(".")
 
 
-def check_estimate(est: Dict[str, Any], max_cost: float, backend: str, tier: Optional[str] = None) -> None:
+def check_estimate(est: Dict[str, Any], max_cost: float, backend: str, tier: Optional[str] = None, *,
+                   remote: Optional[bool] = None) -> None:
     """Raise :class:`BudgetError` unless the estimate ``est`` fits under ``max_cost`` (see the module docstring).
+
+    ``remote``: the backend runs batches remotely, at the batch price, which a
+    cap cannot stop once sent (default: ``backend == "batch"``).
 
     Examples
     --------
@@ -57,18 +56,19 @@ def check_estimate(est: Dict[str, Any], max_cost: float, backend: str, tier: Opt
     """
     if backend == "local":
         return  # the local model costs nothing
-    flat = batch_rate(backend, tier)
+    remote = backend == "batch" if remote is None else remote
+    flat = remote or tier == "flex"
     c = est["cost_batch" if flat else "cost_realtime"]
     cap = format_usd(max_cost)
     if c is None:
         raise BudgetError(f"max_cost={cap} cannot be checked: {_unknown(est['model'], est.get('provider'))}; "
                           f"or drop max_cost=. Nothing was sent.")
-    if est["output_tokens"] is None and backend == "batch":
+    if est["output_tokens"] is None and remote:
         raise BudgetError(f"max_cost={cap} needs a bound on the output on the batch backend, where a batch once "
                           f"sent cannot be stopped: set max_completion_tokens= (max_output_tokens= with "
                           f"endpoint='responses'). Nothing was sent.")
     if c["total"] > max_cost:
-        rate = "the Batch API's price" if backend == "batch" else "the flex price" if flat else "realtime prices"
+        rate = "the batch price" if remote else "the flex price" if flat else "realtime prices"
         raise BudgetError(
             f"max_cost={cap} refuses this map: its estimate is {_usd(c['total'])} ({est['cost_covers']}, "
             f"{est['requests']:,} requests on {est['model']} at {rate}), over the cap. Nothing was sent: raise "
