@@ -8,6 +8,8 @@ no default price). No mocks.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -135,7 +137,7 @@ def test_realtime_stops_at_max_cost_keeps_answers_and_resumes_with_a_higher_cap(
 
 
 # ------------------------------------------------------------------ flex
-def test_flex_is_priced_at_the_batch_rate(make_server, make_client, priced):
+def test_flex_is_priced_at_the_batch_rate(make_server, make_client, priced, capsys):
     srv = make_server()
     frame = words(4)
     flex = frame.llm.map("{w}", model="gpt-4o-mini", service_tier="flex", backend=rt(make_client(srv)),
@@ -146,6 +148,11 @@ def test_flex_is_priced_at_the_batch_rate(make_server, make_client, priced):
     assert flex.attrs["pdbatch"]["cost"]["total"] == pytest.approx(
         pricing.cost(usage, "gpt-4o-mini", batch=True)["total"])
     assert flex.attrs["pdbatch"]["cost"]["total"] == pytest.approx(plain.attrs["pdbatch"]["cost"]["total"] / 2)
+    capsys.readouterr()
+    assert main(["status", flex.attrs["pdbatch"]["job_id"], "--json"]) == 0  # pdbatch status prices it alike
+    status = json.loads(capsys.readouterr().out)
+    assert status["cost"]["batch"] is True and status["cost"]["total"] == pytest.approx(
+        flex.attrs["pdbatch"]["cost"]["total"])
     # the pre-send check prices flex at the batch rate too
     est = frame.llm.estimate("{w}", model="gpt-4o-mini", max_completion_tokens=50, show=False)
     between = (est["cost_batch"]["total"] + est["cost_realtime"]["total"]) / 2
