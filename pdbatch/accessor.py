@@ -76,6 +76,12 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             raise BackendUnavailableError(
                 f"images= needs a vision model, which the {be.name!r} backend does not have; "
                 f"use backend='batch' with a vision model such as gpt-4o-mini")
+        if spec.answer_kind == "responses" and not getattr(be, "supports_responses", False):
+            raise OptionError(f"endpoint='responses' runs on backend='batch' or 'realtime', not {be.name!r}; "
+                              f"drop endpoint= (the {be.name!r} backend answers chat requests)")
+        if spec.params.get("service_tier") == "flex" and be.name != "realtime":
+            raise OptionError(f"service_tier='flex' is for backend='realtime' (realtime calls at the Batch API's "
+                              f"price); drop it for backend={be.name!r}")
         return spec, job, be
 
     def _finish(self, job: Job, run: RunOptions):
@@ -116,6 +122,8 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         workers: Optional[int] = None,
         threads_per_worker: Optional[int] = None,
         extra_body: Optional[dict] = None,
+        endpoint: Optional[str] = None,
+        max_cost: Optional[float] = None,
         **params: Any,
     ) -> Union[pd.DataFrame, pd.Series, Job]:
         """Enrich every row with an LLM answer; return a new object with the answers.
@@ -188,10 +196,21 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             Shortcuts for :class:`pdbatch.Local` options (local backend only).
         extra_body : dict, optional
             Provider-specific fields merged into every request body.
+        endpoint : {"chat", "responses"}, optional
+            ``"responses"`` (or ``"/v1/responses"``) sends Responses bodies
+            (``instructions``, ``input``, ``text.format``; cap the output with
+            ``max_output_tokens=``) on the batch and realtime backends;
+            default chat completions.
+        max_cost : float, optional
+            US dollars the job may spend: refused before anything is sent
+            when the estimate is over it (or cannot be priced); the realtime
+            backend also stops sending once its spend reaches it (the rest
+            get the error cell ``budget_exhausted``).
         **params
             Chat Completions body parameters copied into each body
-            (``temperature``, ``max_completion_tokens``, ``seed``...); an
-            unknown name raises, suggesting the closest one.
+            (``temperature``, ``max_completion_tokens``, ``seed``,
+            ``service_tier="flex"`` on the realtime backend...); an unknown
+            name raises, suggesting the closest one.
 
         Returns
         -------
@@ -232,7 +251,8 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             backend=backend, client=client, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid,
             name=name, shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
             max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
-            workers=workers, threads_per_worker=threads_per_worker, extra_body=extra_body, **params)
+            workers=workers, threads_per_worker=threads_per_worker, extra_body=extra_body, endpoint=endpoint,
+            max_cost=max_cost, **params)
         return self._finish(job, run)
 
     def submit(
@@ -264,6 +284,8 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         workers: Optional[int] = None,
         threads_per_worker: Optional[int] = None,
         extra_body: Optional[dict] = None,
+        endpoint: Optional[str] = None,
+        max_cost: Optional[float] = None,
         **params: Any,
     ) -> Job:
         """Render every row into a request and start the job; return the :class:`Job`.
@@ -275,8 +297,9 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             template,
             dict(model=model, system=system, response_format=response_format, images=images,
                  image_detail=image_detail, output=output, error_column=error_column, raw_column=raw_column,
-                 extra_body=extra_body, params=params),
-            dict(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid, name=name),
+                 extra_body=extra_body, params=params, endpoint=endpoint),
+            dict(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid, name=name,
+                 max_cost=max_cost),
             backend, client,
             dict(shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
                  max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
@@ -309,6 +332,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         max_concurrency: Optional[int] = None,
         rpm: Optional[float] = None,
         tpm: Optional[float] = None,
+        max_cost: Optional[float] = None,
     ):
         """Embed every row's rendered text; one float32 vector per row.
 
@@ -331,7 +355,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             The column of vectors: a float32 NumPy array per row in an object
             column (``np.stack(out[output])`` gives the matrix; ``to_parquet``
             stores it as a list column).
-        error_column, overwrite, backend, client, cache, max_retries, name, wait, progress, timeout
+        error_column, overwrite, backend, client, cache, max_retries, name, wait, progress, timeout, max_cost
             As for :meth:`map`.
         shard_size, shard_bytes, poll_interval, max_poll_interval, max_concurrency, rpm, tpm
             Backend shortcuts, as for :meth:`map`.
@@ -354,7 +378,8 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
                                     ("user", user)) if v is not None}
         spec, job_opts, be = self._plan(
             template, dict(model=model, output=output, error_column=error_column, params=params),
-            dict(overwrite=overwrite, cache=cache, max_retries=max_retries, name=name), backend, client,
+            dict(overwrite=overwrite, cache=cache, max_retries=max_retries, name=name, max_cost=max_cost), backend,
+            client,
             dict(shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
                  max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm),
             url=EMBEDDINGS_URL)

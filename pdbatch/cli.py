@@ -97,6 +97,10 @@ def map_options(args: argparse.Namespace) -> Dict[str, Any]:
         opts["images"] = args.images
     if args.backend is not None:
         opts["backend"] = args.backend
+    if args.endpoint is not None:
+        opts["endpoint"] = args.endpoint
+    if args.max_cost is not None:
+        opts["max_cost"] = check("max_cost", args.max_cost, label="--max-cost")
     if args.name is not None:
         opts["name"] = args.name
     if args.schema is not None:
@@ -232,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--param", action="append", metavar="KEY=VALUE", help="request parameter, e.g. temperature=0.2 (repeatable)")
     m.add_argument("--name", metavar="NAME", help="what pdbatch jobs calls the job (default: the template's "
                    "first words)")
+    m.add_argument("--endpoint", choices=["chat", "responses"], help="the OpenAI API to send (default chat completions)")
+    m.add_argument("--max-cost", type=float, metavar="USD", help="refuse the run when its estimate is over USD dollars; "
+                   "realtime also stops sending once its spend reaches it")
     m.add_argument("--limit", type=int, metavar="N", help="only the first N rows (a quick try)")
     m.add_argument("--overwrite", action="store_true", help="replace output columns that already exist")
     m.add_argument("--poll-interval", type=float, metavar="SECONDS", help="first pause between Batch API polls (default 2)")

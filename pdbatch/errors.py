@@ -24,6 +24,7 @@ __all__ = [
     "ColumnCollisionError",
     "SchemaError",
     "OptionError",
+    "BudgetError",
     "BackendUnavailableError",
     "BatchFailedError",
     "JobError",
@@ -105,6 +106,10 @@ class SchemaError(InputError):
 
 class OptionError(PdbatchError, TypeError):
     """An unknown or invalid option was passed."""
+
+
+class BudgetError(OptionError):
+    """``max_cost=`` refuses a call before anything is sent: the estimate is over it, or cannot be made."""
 
 
 class BackendUnavailableError(PdbatchError, RuntimeError):

@@ -15,7 +15,7 @@ from .backends import choose_backend, provider_of
 from .core.batchfile import MAX_BYTES, MAX_REQUESTS, read_answers, write_lines
 from .core.ids import unique_ids
 from .core.records import EMBEDDINGS_URL
-from .errors import BackendUnavailableError, OptionError
+from .errors import BackendUnavailableError, BudgetError, OptionError
 from .options import JobOptions, RunOptions, check, check_owner
 
 __all__ = ["OfflineMethods"]
@@ -37,6 +37,7 @@ class OfflineMethods:
         shard_size: int = MAX_REQUESTS,
         shard_bytes: int = MAX_BYTES,
         extra_body: Optional[dict] = None,
+        endpoint: Optional[str] = None,
         **params: Any,
     ) -> List[str]:
         """Write the Batch API input JSONL for this frame without sending anything.
@@ -51,7 +52,7 @@ class OfflineMethods:
         ----------
         path : str or path-like
             The file to write (its directory must exist).
-        template, model, system, response_format, images, image_detail, extra_body, **params
+        template, model, system, response_format, images, image_detail, extra_body, endpoint, **params
             As for :meth:`map`; ``model`` is required.
         shard_size, shard_bytes : int
             Per-file limits (50,000 requests and 200 MB by default).
@@ -67,7 +68,8 @@ class OfflineMethods:
         if not os.path.isdir(directory):
             raise OptionError(f"path: the directory {directory!r} does not exist; create it first")
         spec = self._build_spec(template, model=model, system=system, response_format=response_format,
-                                images=images, image_detail=image_detail, extra_body=extra_body, params=params)
+                                images=images, image_detail=image_detail, extra_body=extra_body, params=params,
+                                endpoint=endpoint)
         if spec.model is None:
             raise OptionError("model= is required to write a batch file, e.g. model='gpt-4o-mini'")
         ids = unique_ids(self._obj.index)
@@ -127,7 +129,7 @@ class OfflineMethods:
         ids = unique_ids(self._obj.index)
         skipped = spec.render(self._frame(), ids).skipped if template is not None else {}
         self._check_new_columns(spec, overwrite)
-        answers = read_answers(paths, "embedding" if spec.embeddings else "chat")
+        answers = read_answers(paths, spec.answer_kind)
         out, stats, _errors = spec.join(self._obj, ids, answers, skipped=skipped, overwrite=overwrite)
         out.attrs = dict(out.attrs)
         out.attrs["pdbatch"] = {"counts": stats.to_dict(), "usage": stats.usage.to_dict()}
@@ -165,6 +167,8 @@ class OfflineMethods:
         workers: Optional[int] = None,
         threads_per_worker: Optional[int] = None,
         extra_body: Optional[dict] = None,
+        endpoint: Optional[str] = None,
+        max_cost: Optional[float] = None,
         show: bool = True,
         **params: Any,
     ) -> dict:
@@ -190,7 +194,9 @@ class OfflineMethods:
             ``skip_reasons``, ``input_tokens``, ``images``, ``output_tokens``
             (the ``max_completion_tokens`` cap, else None), ``tokenizer``,
             ``cost_batch`` / ``cost_realtime`` (None for a model without a
-            price) and ``summary``.
+            price), ``summary``, and with ``max_cost=`` the reason ``map`` would
+            refuse it (``max_cost_refusal``, None when it fits; priced as the
+            chosen backend pays).
 
         Examples
         --------
@@ -205,7 +211,7 @@ class OfflineMethods:
 
         RunOptions(wait, progress, timeout)
         job = JobOptions(overwrite=overwrite, cache=cache, max_retries=max_retries, retry_invalid=retry_invalid,
-                         name=name)
+                         name=name, max_cost=max_cost)
         check("show", show)
         shortcuts = dict(shard_size=shard_size, shard_bytes=shard_bytes, poll_interval=poll_interval,
                          max_poll_interval=max_poll_interval, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
@@ -220,13 +226,31 @@ class OfflineMethods:
                 check_owner(name, given)
         spec = self._build_spec(template, model=model, system=system, response_format=response_format,
                                 images=images, image_detail=image_detail, output=output, error_column=error_column,
-                                raw_column=raw_column, extra_body=extra_body, params=params)
+                                raw_column=raw_column, extra_body=extra_body, params=params, endpoint=endpoint)
         self._check_new_columns(spec, job.overwrite)
         ids = unique_ids(self._obj.index)
         rendered = spec.render(self._frame(), ids)
         store = default_store() if job.cache and os.path.exists(store_path()) else None
         est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(ids),
                                 skipped=rendered.skipped, store=store, provider=provider_of(backend, client))
+        if job.max_cost is not None:
+            est["max_cost"], est["max_cost_refusal"] = job.max_cost, _refusal(est, job.max_cost, backend, client,
+                                                                               spec.params.get("service_tier"))
         if show:  # the summary is what show=True asks for: this method's output, not a notice
             sys.stdout.write(est["summary"] + "\n")
         return est
+
+
+def _refusal(est: dict, max_cost: float, backend: Any, client: Any, tier: Optional[str]) -> Optional[str]:
+    """Why ``map`` with ``max_cost`` would refuse what ``est`` estimates, or None."""
+    from .pricing.budget import check_estimate
+
+    try:
+        name = choose_backend(backend, client)
+    except BackendUnavailableError:
+        name = "batch"
+    try:
+        check_estimate(est, max_cost, name, tier)
+    except BudgetError as err:
+        return str(err)
+    return None

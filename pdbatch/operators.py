@@ -328,14 +328,25 @@ class OperatorMethods:
             for line in lines:
                 text.append(f"--- custom_id {line['custom_id']!r}: ~{body_tokens(line['body'], count)[0]:,} "
                             f"input tokens")
-                for msg in line["body"].get("messages", [{"role": "input", "content": line["body"].get("input")}]):
+                for msg in _messages(line["body"]):
                     content = msg["content"]
                     if not isinstance(content, str):
-                        content = " ".join(p.get("text", "[image]") if p.get("type") == "text" else "[image]"
-                                           for p in content)
+                        content = " ".join(p.get("text", "[image]") if p.get("type") in ("text", "input_text")
+                                           else "[image]" for p in content)
                     text.append(f"[{msg['role']}] {content}")
             sys.stdout.write("\n".join(text + [est["summary"]]) + "\n")
         return lines
+
+
+def _messages(body: dict) -> List[dict]:
+    """The messages a body shows: chat ``messages``, Responses ``instructions`` + ``input`` items, or an input."""
+    if "messages" in body:
+        return body["messages"]
+    inp = body.get("input")
+    if isinstance(inp, list) and all(isinstance(m, dict) for m in inp):
+        system = [{"role": "instructions", "content": body["instructions"]}] if "instructions" in body else []
+        return system + inp
+    return [{"role": "input", "content": inp}]
 
 
 def _first_lines_of(frame: pd.DataFrame, ids: List[str], spec: Any, rows: int) -> List[dict]:

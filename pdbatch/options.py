@@ -54,6 +54,7 @@ _KINDS: Dict[str, str] = {
     "bool": "True or False",
     "column|None": "a column name (a non-empty string) or None",
     "text|None": "a non-empty string or None",
+    "usd>0|None": "an amount in US dollars > 0, or None",
 }
 
 _TABLE: Tuple[Tuple[str, str, str, str], ...] = (
@@ -62,6 +63,7 @@ _TABLE: Tuple[Tuple[str, str, str, str], ...] = (
     ("max_retries", "job", "count>=0", "rounds of resending rows that failed for a retryable reason"),
     ("retry_invalid", "job", "count>=0", "rounds of resending answers that fail to parse or validate"),
     ("name", "job", "text|None", "what pdbatch jobs calls the job (default: the template's first words)"),
+    ("max_cost", "job", "usd>0|None", "US dollars the job may spend: checked against the estimate before sending"),
     ("wait", "run", "bool", "block until the job is done"),
     ("progress", "run", "bool", "show a progress bar while waiting"),
     ("timeout", "run", "seconds>0|None", "seconds to wait at most"),
@@ -111,7 +113,7 @@ def _ok(kind: str, value: Any) -> bool:
         return isinstance(value, str) and value.strip() != ""
     if kind.startswith("count"):
         return _whole(value) and value >= int(kind[-1])
-    if kind in ("seconds>0", "rate>0"):
+    if kind in ("seconds>0", "rate>0", "usd>0"):
         return _number(value) and value > 0
     if kind == "seconds>=0":
         return _number(value) and value >= 0
@@ -134,7 +136,7 @@ def check(name: str, value: Any, label: Optional[str] = None) -> Any:
     opt = OPTIONS[name]
     if not _ok(opt.kind, value):
         raise OptionError(f"{label or name} must be {_KINDS[opt.kind]}, got {value!r}")
-    return float(value) if opt.kind.startswith(("seconds", "rate")) and value is not None else value
+    return float(value) if opt.kind.startswith(("seconds", "rate", "usd")) and value is not None else value
 
 
 def check_owner(backend: str, given: Mapping[str, Any]) -> None:
@@ -168,10 +170,12 @@ class JobOptions:
     retry_invalid: int = 0
     #: what ``pdbatch jobs`` shows; None: the template's first words (never part of the job's fingerprint)
     name: Optional[str] = None
+    #: US dollars the job may spend (None: no cap); not part of the job's fingerprint either
+    max_cost: Optional[float] = None
 
     def __post_init__(self) -> None:
-        for name in ("overwrite", "cache", "max_retries", "retry_invalid", "name"):
-            check(name, getattr(self, name))
+        for name in ("overwrite", "cache", "max_retries", "retry_invalid", "name", "max_cost"):
+            object.__setattr__(self, name, check(name, getattr(self, name)))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ BUILTIN = {
     "ColumnCollisionError": ValueError,
     "SchemaError": ValueError,
     "OptionError": TypeError,
+    "BudgetError": TypeError,
     "BackendUnavailableError": RuntimeError,
     "BatchFailedError": RuntimeError,
     "JobError": RuntimeError,

@@ -176,6 +176,13 @@ class Ledger(Protocol):
     def cancelled(self) -> bool:
         """Whether the job was cancelled on purpose."""
 
+    @property
+    def max_cost(self) -> Optional[float]:
+        """US dollars the job may spend (``max_cost=``), or None."""
+
+    def paid_usage(self) -> Any:
+        """Tokens of the stored answers the job paid for (a :class:`~pdbatch.core.records.Usage`)."""
+
     def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
         """Answers produced (stored, and parsed for the join)."""
 
@@ -279,7 +286,7 @@ class RowByRow:
         ok = job.count_answers(ok_only=True)
         if answered >= total:
             state = "completed"
-        elif job.state.status in ("interrupted", "cancelled"):
+        elif job.state.status in ("interrupted", "cancelled", "budget_exhausted"):
             state = "cancelled"
         else:
             state = "in_progress"

@@ -75,7 +75,7 @@ class Batch:
     new_state = staticmethod(BatchState)
     supports_vision = True
     supports_json_schema = True
-    supports_embeddings = True
+    supports_embeddings = supports_responses = True
 
     def __init__(
         self,
@@ -340,7 +340,7 @@ class Batch:
         """Download and store the answers of every finished shard not yet stored."""
         for st in self._shards(job):
             if st.done and not st.ingested:
-                answers = read_answers(self._files(job, st), "embedding" if job.spec.embeddings else "chat")
+                answers = read_answers(self._files(job, st), job.spec.answer_kind)
                 job.record_answers(answers, attempt=st.attempt)
                 st.ingested = 1
                 self._save(job, st)

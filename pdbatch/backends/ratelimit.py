@@ -111,7 +111,7 @@ def estimate_tokens(body: Mapping[str, Any], url: str = "/v1/chat/completions") 
     text, _images, image_tokens = body_tokens(body, token_counter(body.get("model")).count)
     total = text + image_tokens
     if url != EMBEDDINGS_URL:
-        budget = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        budget = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens") or 0
         try:
             total += int(budget) * max(int(body.get("n") or 1), 1)
         except (TypeError, ValueError):

@@ -37,16 +37,20 @@ import openai
 
 from ..errors import PdbatchError
 from ..options import check
+from ..pricing.budget import Spend, api_provider, format_usd
 from .ratelimit import RateLimiter
 from ..core.records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBEDDINGS_URL: for the examples)
 from .progress import progress_bar
 from .base import RowByRow, Progress, check_client, default_client, openai_provider
 from .realtime_run import _Run, async_client
 
-__all__ = ["Realtime", "RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED"]
+__all__ = ["Realtime", "RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED", "BUDGET_EXHAUSTED"]
 
 #: Error cell of a row the run never answered after Ctrl-C or a timeout.
 INTERRUPTED = "interrupted: the realtime run stopped before this row was answered; run again to resume"
+#: Error cell of a row the run did not send because ``max_cost=`` was reached.
+BUDGET_EXHAUSTED = ("budget_exhausted: the job's spend reached max_cost={cap} before this row was sent; run the "
+                    "same map with a higher max_cost= to send the rest")
 #: Error cell of a row the run never answered after ``job.cancel()``.
 CANCELLED = "cancelled: the realtime run was cancelled before this row was answered"
 # Longest wait for calls in flight after a stop, in seconds.
@@ -101,6 +105,7 @@ class Realtime(RowByRow):
     supports_vision = True
     supports_json_schema = True
     supports_embeddings = True
+    supports_responses = True
 
     def __init__(
         self,
@@ -162,7 +167,13 @@ class Realtime(RowByRow):
         if not todo:
             return self.refresh(job)
         job.state.status = "pending"
+        spend = self._spend(job)
+        if spend is not None and spend.exhausted:
+            job.state.status = "budget_exhausted"
+            self._counts(job).update(max_cost=spend.cap, spent=round(spend.spent, 10), budget_exhausted=True)
+            return self.refresh(job)
         run = job.state.run = _Run(self, todo)
+        run.spend = spend
         bar = None
         if progress and self.progress:
 
@@ -214,6 +225,11 @@ class Realtime(RowByRow):
             return 0
         while True:
             self._arrived(job, res)
+            if run.spend is not None:
+                run.spend.add(res.usage)
+                if run.spend.exhausted and job.state.status == "pending":  # send nothing more; in flight are kept
+                    job.state.status = "budget_exhausted"
+                    run.stop()
             got += 1
             failed[0] += not res.ok
             try:
@@ -234,6 +250,19 @@ class Realtime(RowByRow):
                 limit = time.monotonic() + 5.0
             self._take(job, run, bar, failed, _TICK)
 
+    def _spend(self, job) -> Optional[Spend]:
+        """What the job has spent against its ``max_cost`` (None without a cap)."""
+        cap = job.max_cost
+        if cap is None:
+            return None
+        flex = job.spec.params.get("service_tier") == "flex"  # billed at the Batch API's price
+        return Spend(cap, job.spec.model, batch=flex, provider=api_provider(self.provider), usage=job.paid_usage())
+
+    def unanswered(self, job, pos: int) -> str:
+        if job.state.status == "budget_exhausted":
+            return BUDGET_EXHAUSTED.format(cap=format_usd(job.max_cost))
+        return super().unanswered(job, pos)
+
     @staticmethod
     def _counts(job) -> Dict[str, Any]:
         """``job.state.summary["realtime"]``: merged into ``attrs["pdbatch"]`` by ``Job.result``."""
@@ -246,8 +275,13 @@ class Realtime(RowByRow):
         s["attempts"] += run.attempts
         s["retries"] += run.retries
         s["429s"] += run.limited
+        if run.unavailable:  # flex "resource unavailable" 429s: retried with backoff, not counted as rate limits
+            s["flex_unavailable"] = s.get("flex_unavailable", 0) + run.unavailable
         if run.started:
             s["seconds"] = round(s["seconds"] + max((run.ended or time.monotonic()) - run.started, 0.0), 3)
+        if run.spend is not None:  # what the budget cap saw: the job's spend so far, and the cap
+            s.update(max_cost=run.spend.cap, spent=round(run.spend.spent, 10),
+                     budget_exhausted=job.state.status == "budget_exhausted")
         lim = run.backend.limiter
         if lim.learned:
             s["server_limits"] = dict(lim.learned)

@@ -22,10 +22,13 @@ import openai
 from ..errors import OptionError
 from .ratelimit import estimate_tokens, sleep_unless
 from .retry import TRANSIENT_ERRORS, RetryPolicy, error_code
-from ..core.records import CHAT_URL, EMBEDDINGS_URL, Request, Result
+from ..core.records import CHAT_URL, EMBEDDINGS_URL, RESPONSES_URL, Request, Result
 
 
-__all__ = ["async_client"]
+__all__ = ["async_client", "FLEX_TIMEOUT", "resource_unavailable"]
+
+#: Seconds a ``service_tier="flex"`` call may take at least (OpenAI recommends about 15 minutes).
+FLEX_TIMEOUT = 900.0
 
 #: SDK parameters of each endpoint's ``create``, by endpoint.
 _PARAMS: Dict[str, frozenset] = {}
@@ -92,15 +95,37 @@ def _split(url: str, method: Any, body: Dict[str, Any]) -> Dict[str, Any]:
     return kwargs
 
 
+def resource_unavailable(err: BaseException) -> bool:
+    """Whether ``err`` is the flex tier's 429 "resource unavailable" (capacity is short, not a rate limit)."""
+    if getattr(err, "status_code", None) != 429:
+        return False
+    body = getattr(err, "body", None)
+    code = body.get("code") if isinstance(body, dict) else None
+    message = str(body.get("message") if isinstance(body, dict) else getattr(err, "message", ""))
+    return code == "resource_unavailable" or "resource unavailable" in message.lower()
+
+
+def _flex_timeout(aclient: "openai.AsyncOpenAI") -> Any:
+    """The client's timeout, raised to :data:`FLEX_TIMEOUT` when it is a shorter number of seconds."""
+    t = aclient.timeout
+    return max(float(t), FLEX_TIMEOUT) if isinstance(t, (int, float)) else t
+
+
 async def _call(aclient: "openai.AsyncOpenAI", req: Request):
     """Send one request by its endpoint; return the SDK's raw response."""
     if req.url == CHAT_URL:
         create = aclient.chat.completions.with_raw_response.create
     elif req.url == EMBEDDINGS_URL:
         create = aclient.embeddings.with_raw_response.create
+    elif req.url == RESPONSES_URL:
+        create = aclient.responses.with_raw_response.create
     else:
-        raise OptionError(f"backend='realtime' sends {CHAT_URL} and {EMBEDDINGS_URL} requests, not {req.url}")
-    return await create(**_split(req.url, create, dict(req.body)))
+        raise OptionError(f"backend='realtime' sends {CHAT_URL}, {RESPONSES_URL} and {EMBEDDINGS_URL} requests, "
+                          f"not {req.url}")
+    kwargs = _split(req.url, create, dict(req.body))
+    if req.body.get("service_tier") == "flex":  # flex answers slowly: a long timeout
+        kwargs["timeout"] = _flex_timeout(aclient)
+    return await create(**kwargs)
 
 
 async def _body(raw: Any) -> dict:
@@ -138,7 +163,9 @@ class _Run:
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.error: Optional[BaseException] = None
-        self.attempts = self.retries = self.limited = 0
+        self.attempts = self.retries = self.limited = self.unavailable = 0
+        #: what the run has spent against the job's max_cost (set by the backend), or None
+        self.spend: Any = None
         self.started = self.ended = 0.0
         self._aborted = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -232,6 +259,19 @@ class _Run:
                               request_id=raw.headers.get("x-request-id"))
             except (openai.APIStatusError, *TRANSIENT_ERRORS) as err:
                 status = getattr(err, "status_code", None)
+                if resource_unavailable(err):
+                    # Flex capacity is short: this row backs off; the limits and the other senders are untouched.
+                    self.unavailable += 1
+                    wait = policy.delay(err, attempt)
+                    if wait is None:
+                        return _failure(req.custom_id, err, attempt)
+                    policy.log(f"{req.url} (flex) for row {req.custom_id!r}", err, attempt, wait)
+                    if self.stopping.is_set():
+                        return None
+                    self.retries += 1
+                    if await sleep_unless(wait, self._wake):
+                        return None
+                    continue
                 if status is not None:
                     lim.observe(ticket, err.response.headers if err.response is not None else None)
                     if status == 429:

@@ -7,7 +7,10 @@ rule over Python values and :func:`usable_arrow` over Arrow columns, side by
 side: the Arrow reader of output files and :meth:`Answers.from_results` both
 use them. :func:`answer_reason` says why a line that is not ``ok`` cannot be
 used, or finds its content usable after all. A new ``finish_reason`` is one
-edit here.
+edit here. A Responses answer (``endpoint="responses"``) is read into the same
+fields by :func:`responses_choice`: its ``status`` and ``incomplete_details``
+become a ``finish_reason`` (``completed`` is ``"stop"``), its ``output_text``
+parts the content and a ``refusal`` part the refusal.
 """
 
 from __future__ import annotations
@@ -21,12 +24,52 @@ import pyarrow.compute as pc
 
 from .records import Usage, embedding_of, usage_counts
 
-__all__ = ["Answers", "OK_FINISH", "NO_ANSWER", "usable", "usable_arrow", "answer_reason"]
+__all__ = ["Answers", "OK_FINISH", "NO_ANSWER", "usable", "usable_arrow", "answer_reason", "responses_choice"]
 
 #: finish_reason values of a complete answer.
 OK_FINISH = ("stop",)
 #: The error cell of a sent row that no result came back for.
 NO_ANSWER = "no_answer: no result came back for this row"
+
+
+#: finish_reason of a Responses answer cut at its ``max_output_tokens``.
+OUTPUT_CAP = "max_output_tokens"
+
+
+def responses_choice(body: Mapping[str, Any]) -> Optional[dict]:
+    """A Responses body as a chat choice (``{"message": {"content", "refusal"}, "finish_reason"}``), or None.
+
+    ``finish_reason`` is ``"stop"`` for ``status == "completed"``, the
+    ``incomplete_details.reason`` of an incomplete answer (``"max_output_tokens"``,
+    ``"content_filter"``), else the status itself. None when ``body`` has no ``output``.
+
+    Examples
+    --------
+    >>> responses_choice({"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+    ...     "output": [{"type": "reasoning"}, {"type": "message", "content": [{"type": "output_text", "text": "par"}]}]})
+    {'message': {'content': 'par', 'refusal': None}, 'finish_reason': 'max_output_tokens'}
+    """
+    output = body.get("output")
+    if not isinstance(output, list):
+        return None
+    texts, refusals = [], []
+    for item in output:
+        if not isinstance(item, Mapping) or item.get("type") != "message":
+            continue
+        for part in item.get("content") or ():
+            if isinstance(part, Mapping) and part.get("type") == "output_text" and part.get("text") is not None:
+                texts.append(str(part["text"]))
+            elif isinstance(part, Mapping) and part.get("type") == "refusal":
+                refusals.append(str(part.get("refusal") or "refused"))
+    status = body.get("status")
+    if status == "completed":
+        finish = "stop"
+    elif status == "incomplete":
+        finish = (body.get("incomplete_details") or {}).get("reason") or "incomplete"
+    else:
+        finish = status
+    return {"message": {"content": "".join(texts) if texts else None, "refusal": "".join(refusals) or None},
+            "finish_reason": finish}
 
 
 def usable(error: Any, status_code: Optional[int], content: Any, refusal: Any, finish_reason: Any) -> bool:
@@ -229,6 +272,8 @@ class Answers:
                 choices = body.get("choices") if isinstance(body, Mapping) else None
                 if choices:
                     choice = choices[0]
+                elif isinstance(body, Mapping) and "output" in body:
+                    choice = responses_choice(body)
                 elif isinstance(body, Mapping) and "data" in body:
                     # An embeddings answer: the vector stands in the content column.
                     vec = embedding_of(body)
@@ -272,8 +317,12 @@ def answer_reason(status_code, content, finish_reason, refusal, has_choice, erro
         return f"refused: {str(refusal)[:200]}"
     if finish_reason == "length":
         return "truncated: finish_reason=length (raise max_completion_tokens)"
+    if finish_reason == OUTPUT_CAP:
+        return "truncated: status=incomplete, reason max_output_tokens (raise max_output_tokens)"
     if finish_reason == "content_filter":
         return "content_filter: the answer was withheld by the provider's filter"
+    if finish_reason in ("failed", "cancelled", "incomplete", "in_progress", "queued"):
+        return f"response {finish_reason}: the answer did not complete"
     if content is None:
         return "tool_call: the answer is a tool call, not text" if finish_reason == "tool_calls" else "empty answer"
     return None

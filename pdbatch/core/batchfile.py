@@ -27,6 +27,7 @@ import pyarrow.json as pajson
 
 from ..errors import InputError
 from .answers import Answers, usable_arrow
+from .arrow_responses import PARSE as RESPONSES_PARSE, columns as responses_columns
 from .records import NO_RESPONSE, Request, Result
 
 __all__ = ["Shard", "write_shards", "write_lines", "iter_shards", "read_results", "read_answers", "MAX_REQUESTS",
@@ -259,7 +260,7 @@ def _arrow_schema() -> pa.Schema:
         ("prompt_tokens_details", pa.struct([("cached_tokens", i)])),
         ("completion_tokens_details", pa.struct([("reasoning_tokens", i)])),
     ])
-    body = pa.struct([("choices", pa.list_(choice)), ("usage", usage), ("error", err)])
+    body = pa.struct([("choices", pa.list_(choice)), ("usage", usage), ("error", err), ("object", s)])
     resp = pa.struct([("status_code", i), ("body", body)])
     return pa.schema([("custom_id", s), ("response", resp), ("error", err)])
 
@@ -300,9 +301,9 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
     Only the fields named in the schema are kept, and they stay Arrow arrays:
     no Python object is made per line (see :class:`Answers`).
     """
-    embed = kind == "embedding"
+    embed, responses = kind == "embedding", kind == "responses"
     reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=4 << 20),
-                              parse_options=_EMBED_PARSE if embed else _PARSE)
+                              parse_options=_EMBED_PARSE if embed else RESPONSES_PARSE if responses else _PARSE)
     table = pa.Table.from_batches(list(reader), schema=reader.schema)
     n = table.num_rows
     ids = table.column("custom_id")
@@ -319,7 +320,12 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
         refusal = pa.nulls(n, pa.string())
         finish = pc.if_else(has, "stop", none)
         valid = pc.is_valid(vectors)
+    elif responses:
+        content, refusal, finish, has, tokens = responses_columns(body, n)
+        valid = pc.is_valid(content)
     else:
+        if pc.any(pc.equal(pc.struct_field(body, "object"), "response")).as_py():
+            raise _Unfit(f"{path}: Responses answers (read line by line when not asked for)")
         first, has = _first(pc.struct_field(body, "choices"))
         msg = pc.struct_field(first, "message")
         content = pc.struct_field(msg, "content")
@@ -338,8 +344,8 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
     ok = usable_arrow(code, message, status, valid, refusal, finish)
     usage = pc.struct_field(body, "usage")
     zeros = pa.array(np.zeros(n, dtype=np.int64))
-    tokens = {"prompt_tokens": pc.struct_field(usage, "prompt_tokens")}
-    if not embed:
+    tokens = tokens if responses else {"prompt_tokens": pc.struct_field(usage, "prompt_tokens")}
+    if not embed and not responses:
         tokens.update(
             completion_tokens=pc.struct_field(usage, "completion_tokens"),
             cached_tokens=pc.struct_field(pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens"),
@@ -354,8 +360,9 @@ def _answers_arrow(path: str, kind: str = "chat") -> Answers:
 def read_answers(paths: Union[str, Sequence[str]], kind: str = "chat") -> Answers:
     """Read output and error files into column-wise :class:`Answers`.
 
-    ``kind`` is ``"chat"`` (chat completions) or ``"embedding"`` (embeddings:
-    each row's ``content`` is its float32 vector).
+    ``kind`` is ``"chat"`` (chat completions), ``"responses"`` (the Responses
+    endpoint; a ``"chat"`` file of Responses answers is read line by line) or
+    ``"embedding"`` (embeddings: each row's ``content`` is its float32 vector).
 
     Arrow parses the files by blocks (no per-line Python objects, bounded
     memory); a file whose lines do not fit the expected shape (a provider that

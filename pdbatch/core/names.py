@@ -21,17 +21,18 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..errors import OptionError
 
-__all__ = ["SPEC_ARGUMENTS", "ARGUMENT_NAMES", "CHAT_PARAMS", "EMBED_PARAMS", "suggest", "check_params"]
+__all__ = ["SPEC_ARGUMENTS", "ARGUMENT_NAMES", "CHAT_PARAMS", "EMBED_PARAMS", "RESPONSES_PARAMS", "suggest",
+           "check_params"]
 
 #: The keyword arguments that say what is asked (:meth:`pdbatch.core.spec.MapSpec.build`).
 SPEC_ARGUMENTS: Tuple[str, ...] = ("model", "system", "response_format", "images", "image_detail", "output",
-                                   "error_column", "raw_column", "extra_body")
+                                   "error_column", "raw_column", "extra_body", "endpoint")
 #: Every keyword name of pdbatch's own: the spec's, the backend choice, and every option.
 ARGUMENT_NAMES: Tuple[str, ...] = SPEC_ARGUMENTS + (
     "backend", "client", "overwrite", "cache", "max_retries", "retry_invalid", "name", "wait", "progress", "timeout",
     "show", "embeddings", "shard_size", "shard_bytes", "poll_interval", "max_poll_interval", "create_attempts",
     "create_timeout", "max_concurrency", "rpm", "tpm", "max_attempts", "rate_period", "backoff", "max_backoff",
-    "max_retry_after", "workers", "threads_per_worker", "dimensions", "encoding_format",
+    "max_retry_after", "workers", "threads_per_worker", "dimensions", "encoding_format", "max_cost",
 )
 
 #: Endings a user adds to a name that has none (``output_column`` for ``output``).
@@ -69,6 +70,12 @@ CHAT_PARAMS = frozenset(
     presence_penalty frequency_penalty logit_bias user reasoning_effort service_tier store metadata
     verbosity prediction modalities audio parallel_tool_calls tools tool_choice prompt_cache_key
     safety_identifier web_search_options""".split()
+)
+
+#: Responses body parameters a user may pass through ``**params`` (``endpoint="responses"``).
+RESPONSES_PARAMS = frozenset(
+    """temperature top_p max_output_tokens reasoning service_tier store metadata user tools tool_choice
+    parallel_tool_calls truncation prompt_cache_key safety_identifier top_logprobs include max_tool_calls""".split()
 )
 
 #: Embeddings body parameters a user may pass.

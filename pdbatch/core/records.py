@@ -16,12 +16,13 @@ import base64
 import numpy as np
 import orjson
 
-__all__ = ["Request", "request_hash", "key_prefix", "Result", "Usage", "usage_counts", "embedding_of", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL"]
+__all__ = ["Request", "request_hash", "key_prefix", "Result", "Usage", "usage_counts", "embedding_of", "RECORD_VERSION", "CHAT_URL", "EMBEDDINGS_URL", "RESPONSES_URL"]
 
 RECORD_VERSION = 1
 NO_RESPONSE = "the line carried neither a response nor an error"
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
+RESPONSES_URL = "/v1/responses"
 
 
 def embedding_of(body: Optional[Mapping[str, Any]]) -> Optional[np.ndarray]:

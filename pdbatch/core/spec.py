@@ -15,15 +15,16 @@ import orjson
 import pandas as pd
 
 from ..errors import ColumnCollisionError, MissingColumnError, OptionError, TemplateError
-from .names import CHAT_PARAMS, EMBED_PARAMS, check_params
+from .names import CHAT_PARAMS, EMBED_PARAMS, RESPONSES_PARAMS, check_params
 from .join import join_results
 from .parsing import ResponseFormat, response_format as _response_format
+from .endpoints import RESPONSES_BUILT, RESPONSES_RENAMED, endpoint_url, responses_body_maker, responses_image
 from .lines import LineTemplate, encode_one
-from .records import CHAT_URL, EMBEDDINGS_URL, Request
+from .records import CHAT_URL, EMBEDDINGS_URL, RESPONSES_URL, Request
 from .render import CHUNK, Rendered, render
 from .template import SERIES_FIELD, Template, image_part
 
-__all__ = ["MapSpec", "Rendered", "CHAT_PARAMS"]
+__all__ = ["MapSpec", "Rendered", "CHAT_PARAMS", "endpoint_url"]
 
 JSON_HINT = "Answer with a JSON object."
 _DETAILS = (None, "auto", "low", "high")
@@ -40,8 +41,6 @@ BUILT_BY_PDBATCH = {
     "stream": "pdbatch reads whole answers; drop it",
     "n": N_HINT,
 }
-
-
 def _check_new_names(fmt: ResponseFormat, output: str, error_column: Optional[str],
                      raw_column: Optional[str] = None) -> None:
     """The new columns must differ from each other: an answer must never land under the error column."""
@@ -108,11 +107,23 @@ class MapSpec:
         params: Optional[Mapping[str, Any]] = None,
         url: str = CHAT_URL,
         raw_column: Optional[str] = None,
+        endpoint: Optional[str] = None,
     ) -> "MapSpec":
-        """Validate every argument against the frame's ``columns``; raise before any work."""
+        """Validate every argument against the frame's ``columns``; raise before any work.
+
+        ``endpoint`` (``"chat"`` or ``"responses"``) picks ``url`` for a chat-like spec.
+        """
         params = dict(params or {})
-        embed = url == EMBEDDINGS_URL
-        check_params(params, allowed=EMBED_PARAMS if embed else CHAT_PARAMS)
+        if endpoint is not None:
+            if url == EMBEDDINGS_URL:
+                raise OptionError("endpoint= is for map; embeddings always go to /v1/embeddings: drop endpoint=")
+            url = endpoint_url(endpoint)
+        embed, responses = url == EMBEDDINGS_URL, url == RESPONSES_URL
+        for key in params if responses else ():
+            if key in RESPONSES_RENAMED:
+                raise OptionError(f"{key}= is a Chat Completions name; with endpoint='responses' pass "
+                                  f"{RESPONSES_RENAMED[key]} instead")
+        check_params(params, allowed=EMBED_PARAMS if embed else RESPONSES_PARAMS if responses else CHAT_PARAMS)
         if embed and (system is not None or images is not None or response_format is not None):
             raise OptionError("embeddings take a template only: drop system=, images= and response_format=")
         if embed and params.get("dimensions") is not None and (
@@ -167,9 +178,10 @@ class MapSpec:
         if extra_body is not None and not isinstance(extra_body, Mapping):
             raise OptionError(f"extra_body must be a dict of body fields, got {extra_body!r}")
         if extra_body:
+            built = dict(BUILT_BY_PDBATCH, **(RESPONSES_BUILT if responses else {}))
             for key in extra_body:
-                if key in BUILT_BY_PDBATCH:
-                    raise OptionError(f"extra_body may not set {key!r}, which pdbatch builds: {BUILT_BY_PDBATCH[key]}")
+                if key in built:
+                    raise OptionError(f"extra_body may not set {key!r}, which pdbatch builds: {built[key]}")
             params.update(extra_body)
         _check_new_names(fmt, output, error_column, raw_column)
         source = {
@@ -249,7 +261,10 @@ class MapSpec:
                     if reason is not None:
                         skipped[pos] = reason
                         continue
-                    content = [{"type": "text", "text": content}] + parts
+                    if self.url == RESPONSES_URL:
+                        content = [{"type": "input_text", "text": content}] + [responses_image(p) for p in parts]
+                    else:
+                        content = [{"type": "text", "text": content}] + parts
                 yield pos, ids[pos], ((sys_texts[k], content) if per_row_system else (content,))
 
     def _per_row_system(self, rendered: Rendered) -> bool:
@@ -259,9 +274,11 @@ class MapSpec:
     def _body_maker(self):
         """A function from a row's values (see :meth:`_slots`) to its request body."""
         base = dict(self.params)
+        model = self.model
+        if self.url == RESPONSES_URL:
+            return responses_body_maker(model, self.system, self.fmt.body, base)
         if self.fmt.body is not None:
             base["response_format"] = self.fmt.body
-        model = self.model
         if self.url == EMBEDDINGS_URL:
             return lambda values: {"model": model, "input": values[0], **base}
         if self.system is not None and not self.system.fields:
@@ -272,6 +289,11 @@ class MapSpec:
             return lambda values: {"model": model, "messages": [{"role": "system", "content": values[0]},
                                                                 {"role": "user", "content": values[1]}], **base}
         return lambda values: {"model": model, "messages": [{"role": "user", "content": values[0]}], **base}
+
+    @property
+    def answer_kind(self) -> str:
+        """What the answers are read as: ``"embedding"``, ``"responses"`` or ``"chat"`` (see ``read_answers``)."""
+        return "embedding" if self.embeddings else "responses" if self.url == RESPONSES_URL else "chat"
 
     def requests(self, rendered: Rendered) -> Iterator[Request]:
         """Yield one :class:`Request` per row that can be sent, in row order (bodies as dicts)."""

@@ -184,6 +184,15 @@ class Job:
         return self.record.spec.get("_name")
 
     @property
+    def max_cost(self) -> Optional[float]:
+        """US dollars the job may spend (``max_cost=`` of ``map``), or None."""
+        return self.record.spec.get("_max_cost")
+
+    def paid_usage(self) -> Usage:
+        """Tokens of the stored answers this job paid for (rows served from the answer cache left out)."""
+        return paid_usage(self.stored_answers().usage, self.cached_usage)
+
+    @property
     def batch_ids(self) -> List[str]:
         """Batch API batch ids of this job (empty for other backends)."""
         return self.state.batch_ids
@@ -320,7 +329,8 @@ class Job:
             "usage_from_cache": self.cached_usage.to_dict(),
         }
         summary.update(job_cost(paid_usage(stats.usage, self.cached_usage), spec.model, self.backend.name,
-                                cached_rows=self.record.cached, provider=self.backend.provider))
+                                cached_rows=self.record.cached, provider=self.backend.provider,
+                                tier=spec.params.get("service_tier")))
         summary.update(self.state.summary)
         if isinstance(out, pd.Series) and spec.error_column:
             summary["errors"] = {self.ids[i]: e for i, e in enumerate(errors) if e is not None}

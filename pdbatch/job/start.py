@@ -19,6 +19,8 @@ from ..core.ids import unique_ids
 from ..core.spec import MapSpec
 from ..errors import BackendUnavailableError
 from ..options import JobOptions
+from ..pricing.budget import check_estimate
+from ..pricing.estimate import estimate_requests
 from .cache import to_send
 from .fingerprint import FINGERPRINT_PREFIX, earlier_fingerprints, fingerprint
 from .host import HostCopy
@@ -26,7 +28,7 @@ from .lifecycle import Job, new_job_id
 from .locks import job_lock
 from .store import JobRecord, Store, default_store, pdbatch_home
 
-__all__ = ["start_job", "default_name", "NAME_WORDS"]
+__all__ = ["start_job", "default_name", "check_budget", "NAME_WORDS"]
 
 #: How many words of the template make a job's default name.
 NAME_WORDS = 6
@@ -44,6 +46,18 @@ def default_name(template: str, words: int = NAME_WORDS) -> str:
     """
     parts = str(template).split()
     return " ".join(parts[:words]) + ("..." if len(parts) > words else "")
+
+
+def check_budget(spec: MapSpec, rendered, backend: Backend, max_cost: float, store: Optional[Store]) -> None:
+    """Raise :class:`~pdbatch.errors.BudgetError` when the estimate of what would be sent is over ``max_cost``.
+
+    The estimate is :func:`~pdbatch.pricing.estimate_requests` of the rows
+    ``map`` would send (rows the answer cache holds are free), priced at the
+    rate ``backend`` pays (see :mod:`pdbatch.pricing.budget`).
+    """
+    est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(rendered.ids),
+                            skipped=rendered.skipped, store=store, provider=backend.provider)
+    check_estimate(est, max_cost, backend.name, spec.params.get("service_tier"), remote=not backend.runs_exclusively)
 
 
 def start_job(
@@ -75,13 +89,15 @@ def start_job(
         )
     rendered = spec.render(frame, ids)
     store = store or default_store()
+    if options.max_cost is not None:  # refused before the job exists, before anything is sent
+        check_budget(spec, rendered, backend, options.max_cost, store if cache else None)
     fp = fingerprint(spec, rendered, f"{backend.name}\x00{backend.provider}")
     job_id = new_job_id()
     workdir = os.path.join(pdbatch_home(), "jobs", job_id)
     name = options.name.strip() if options.name is not None else default_name(spec.source.get("template", ""))
     # The name and the provider are kept with the job (not in its fingerprint): for pdbatch jobs and pricing.
     source = dict(spec.source, _max_retries=max_retries, _retry_invalid=retry_invalid, _name=name,
-                  _provider=backend.provider)
+                  _provider=backend.provider, _max_cost=options.max_cost)
     def new_record() -> JobRecord:
         return JobRecord(job_id, time.time(), fp, backend.name, spec.model, spec.url, len(ids), state="created",
                          spec=source, workdir=workdir)
@@ -114,6 +130,9 @@ def start_job(
         else:
             if options.name is not None and rec.spec.get("_name") != name:  # renamed: the same job, a new name
                 rec.spec = dict(rec.spec, _name=name)
+                store.update_job(rec.id, spec=rec.spec)
+            if rec.spec.get("_max_cost") != options.max_cost:  # the cap of this call (a higher one sends the rest)
+                rec.spec = dict(rec.spec, _max_cost=options.max_cost)
                 store.update_job(rec.id, spec=rec.spec)
             job.hashes = store.row_hashes(rec.id)
             job.note_attached()

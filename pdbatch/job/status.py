@@ -97,7 +97,8 @@ def stored_status(store: Store, rec: JobRecord) -> Dict[str, Any]:
         "batches": [(s["batch_id"], s["status"]) for s in shards if s["batch_id"]],
         "usage": usage.to_dict(), "usage_paid": paid.to_dict(), "usage_from_cache": cached_usage.to_dict(),
     }
-    out.update(job_cost(paid, rec.model, rec.backend, cached_rows=rec.cached, provider=rec.spec.get("_provider")))
+    out.update(job_cost(paid, rec.model, rec.backend, cached_rows=rec.cached, provider=rec.spec.get("_provider"),
+                        tier=(rec.spec.get("params") or {}).get("service_tier")))
     return out
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ..core.records import Usage, request_hash
+from ..core.records import EMBEDDINGS_URL, Usage, request_hash
 from .prices import PRICES_AS_OF, _unknown, cost, format_cost
 from .tokens import body_tokens, token_counter
 
@@ -89,7 +89,8 @@ def estimate_requests(
             sent += 1
             t, i, it = body_tokens(r.body, count, memo)
             tokens, images, image_tokens = tokens + t, images + i, image_tokens + it
-            cap = r.body.get("max_completion_tokens", r.body.get("max_tokens"))
+            cap = 0 if r.url == EMBEDDINGS_URL else \
+                r.body.get("max_completion_tokens", r.body.get("max_tokens", r.body.get("max_output_tokens")))
             if cap is None:
                 output_known = False
             else:
@@ -134,7 +135,8 @@ def _summary(e: Dict[str, Any]) -> str:
     imgs = (f", including {e['images']} image(s) at a flat {e['image_tokens'] // max(e['images'], 1)} tokens each"
             if e["images"] else "")
     if e["output_tokens"] is None:
-        out = "output tokens unknown (set max_completion_tokens= to bound them)"
+        out = ("output tokens unknown (set max_completion_tokens=, or max_output_tokens= on the Responses "
+               "endpoint, to bound them)")
     else:
         out = f"output at most {e['output_tokens']:,} tokens"
     if e["cost_batch"] is None:

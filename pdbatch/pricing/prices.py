@@ -239,7 +239,7 @@ def cost(usage: Usage, model: Optional[str], *, batch: bool, local: bool = False
         ``prompt_tokens`` include ``cached_tokens`` (as the API reports them).
     model : str
     batch : bool
-        Apply the Batch API's 50% discount.
+        Apply the Batch API's 50% discount (also the price of ``service_tier="flex"`` calls).
     local : bool
         The local backend: everything costs 0.
     provider : str, optional
@@ -309,7 +309,7 @@ def paid_usage(total: Usage, cached: Usage) -> Usage:
 
 
 def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: int = 0,
-             provider: Optional[str] = None) -> Dict[str, Any]:
+             provider: Optional[str] = None, tier: Optional[str] = None) -> Dict[str, Any]:
     """The ``cost`` entry of a job's summary (and ``cost_note`` when there is something to say).
 
     Parameters
@@ -325,6 +325,8 @@ def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: i
     provider : str, optional
         Who answered (see :func:`cost`): another server than OpenAI's API
         has no default price.
+    tier : str, optional
+        The requests' ``service_tier``: ``"flex"`` is billed at the Batch API's price.
 
     Never raises: a missing price or a bad ``PDBATCH_PRICES`` file becomes
     ``{"cost": None, "cost_note": ...}``.
@@ -339,7 +341,8 @@ def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: i
     "no price known for model 'gpt-4o-mini' on http://localhost:8000/v1: pdbatch's price table is OpenAI's, ..."
     """
     try:
-        c = cost(usage, model, batch=backend == "batch", local=backend == "local", provider=provider)
+        c = cost(usage, model, batch=backend == "batch" or tier == "flex", local=backend == "local",
+                 provider=provider)
     except PdbatchError as err:
         return {"cost": None, "cost_note": str(err)}
     if c is None:

@@ -125,13 +125,17 @@ def token_counter(model: Optional[str]) -> TokenCounter:
 
 
 def body_tokens(body: Mapping[str, Any], count: Callable[[Optional[str]], int], memo: Optional[Dict[int, Any]] = None):
-    """``(text tokens, images, image tokens)`` of one request body (chat or embeddings).
+    """``(text tokens, images, image tokens)`` of one request body (chat, responses or embeddings).
 
     ``memo`` keeps the token count of a shared ``response_format`` between calls.
     """
     memo = {} if memo is None else memo
     tokens = images = image_tokens = 0
     messages = body.get("messages")
+    responses = messages is None and isinstance(body.get("input"), list) and \
+        all(isinstance(m, Mapping) for m in body["input"])
+    if responses:  # a Responses body: instructions, then input items (see pdbatch.core.endpoints)
+        messages = ([{"content": body["instructions"]}] if body.get("instructions") is not None else []) + body["input"]
     if messages is not None:
         tokens += REQUEST_OVERHEAD
         for msg in messages:
@@ -141,17 +145,18 @@ def body_tokens(body: Mapping[str, Any], count: Callable[[Optional[str]], int], 
                 tokens += count(content)
                 continue
             for part in content or ():
-                if part.get("type") == "text":
+                if part.get("type") in ("text", "input_text"):
                     tokens += count(part.get("text"))
-                elif part.get("type") == "image_url":
+                elif part.get("type") in ("image_url", "input_image"):
                     images += 1
-                    low = (part.get("image_url") or {}).get("detail") == "low"
+                    img = part.get("image_url")
+                    low = (img.get("detail") if isinstance(img, Mapping) else part.get("detail")) == "low"
                     image_tokens += IMAGE_TOKENS_LOW if low else IMAGE_TOKENS
-        rf = body.get("response_format")
+        rf = body.get("response_format") or (body.get("text") or {}).get("format")
         if isinstance(rf, Mapping) and rf.get("type") == "json_schema":
             # The API puts the schema into the prompt; its JSON text is a fair approximation.
             if id(rf) not in memo:
-                memo[id(rf)] = (rf, count(orjson.dumps(rf.get("json_schema")).decode()))
+                memo[id(rf)] = (rf, count(orjson.dumps(rf.get("json_schema") or rf.get("schema")).decode()))
             tokens += memo[id(rf)][1]
     elif "input" in body:
         inp = body["input"]

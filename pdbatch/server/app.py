@@ -2,7 +2,7 @@
 
 :func:`build_app` wires the routes of :class:`pdbatch.server.BatchServer`:
 Files (uploads streamed to disk with python-multipart, downloads streamed
-from disk), Batches and the realtime ``/v1/chat/completions`` and
+from disk), Batches and the realtime ``/v1/chat/completions``, ``/v1/responses`` and
 ``/v1/embeddings``. The ASGI gate of :mod:`pdbatch.server.gate`, in front of
 every route, records and logs each call, injects ``Faults.http_errors`` and
 requires a bearer token. Handlers read ``server.faults``,
@@ -27,9 +27,10 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from .engines import EngineError
-from ..core.records import CHAT_URL, EMBEDDINGS_URL
+from ..core.records import CHAT_URL, EMBEDDINGS_URL, RESPONSES_URL
 from .gate import Gate, json_response as _json
 from .state import BATCH_ENDPOINTS, FILE_PURPOSES, error_body, status_error
+from .responses import answer as answer_with
 from .validate import check_images
 
 __all__ = ["build_app"]
@@ -171,6 +172,7 @@ def build_app(server: Any) -> Starlette:
         Route("/v1/models/{model:path}", wrap(api.get_model), methods=["GET"]),
         Route(CHAT_URL, wrap(api.chat), methods=["POST"]),
         Route(EMBEDDINGS_URL, wrap(api.embeddings), methods=["POST"]),
+        Route(RESPONSES_URL, wrap(api.responses), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.add_middleware(Gate, server=server)
@@ -329,6 +331,9 @@ class _Api:
     async def embeddings(self, request: Request) -> Response:
         return await self.realtime(request, EMBEDDINGS_URL)
 
+    async def responses(self, request: Request) -> Response:
+        return await self.realtime(request, RESPONSES_URL)
+
     async def realtime(self, request: Request, url: str) -> Response:
         self.srv.stats.bump("realtime_calls")
         faults, headers = self.srv.faults, {}
@@ -353,7 +358,7 @@ class _Api:
             await asyncio.sleep(faults.realtime_latency)
         try:
             check_images(body, url)  # a request the API refuses never reaches the engine
-            answer = await run_in_threadpool(self.srv.engine, body, url)
+            answer = await run_in_threadpool(answer_with, self.srv.engine, body, url)
         except EngineError as exc:
             return _json(exc.to_body(), exc.status_code, headers)
         except Exception as exc:

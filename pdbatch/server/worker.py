@@ -34,6 +34,7 @@ import orjson
 from .engines import EngineError
 from ..core.records import Usage
 from .state import MAX_REPORTED_ERRORS, Faults, Stats, Store, error_body, new_id
+from .responses import answer as answer_with
 from .validate import check_images
 
 __all__ = ["BatchWorker", "validate_input"]
@@ -299,7 +300,7 @@ class BatchWorker(threading.Thread):
             try:
                 check_images(body, endpoint)  # a request the API refuses never reaches the engine
                 self.stats.bump("requests_executed")
-                answer = self.host.engine(body, endpoint)
+                answer = answer_with(self.host.engine, body, endpoint)
                 if not isinstance(answer, dict):
                     raise TypeError(f"engine returned {type(answer).__name__}, not dict")
             except EngineError as exc:
