@@ -65,7 +65,7 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         job = JobOptions(**job_args)
         spec = self._build_spec(template, url=url, **spec_args)
         self._check_new_columns(spec, job.overwrite)
-        be = resolve_backend(backend, client, **shortcuts)
+        be = resolve_backend(backend, client, model=spec.model, **shortcuts)
         if spec.model is None and be.name in ("batch", "realtime"):
             raise OptionError(f"model= is required for backend={be.name!r}, e.g. model='gpt-4o-mini'")
         if spec.embeddings and not be.supports_embeddings:

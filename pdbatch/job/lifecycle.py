@@ -365,7 +365,7 @@ class Job:
         if host is not None:
             frame = host.to_frame(name="value") if isinstance(host, pd.Series) else host
             rendered = spec.render(frame, ids)
-        backend = resolve_backend(rec.backend, client)
+        backend = resolve_backend(rec.backend, client, model=spec.model)
         job = cls(rec.id, host, spec, backend, ids, rendered.skipped if rendered else {}, rec.workdir, store, rec,
                   max_retries=int(rec.spec.get("_max_retries", 2)),
                   retry_invalid=int(rec.spec.get("_retry_invalid", 0)),
