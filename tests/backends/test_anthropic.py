@@ -1,0 +1,180 @@
+"""The Anthropic Message Batches backend end to end: the real ``anthropic`` SDK over HTTP against the local server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pdbatch.core.anthropic_ids import anthropic_id
+from pdbatch.errors import BackendUnavailableError, OptionError
+from pdbatch.server import Faults
+from pdbatch.server.engines import ScriptedEngine
+
+from tests.backends import anthropic_child as child
+
+anthropic = pytest.importorskip("anthropic")
+HERE = Path(__file__).resolve().parent
+
+
+def root(srv) -> str:
+    return srv.base_url[: -len("/v1")]
+
+
+@pytest.fixture
+def make_anthropic():
+    made = []
+
+    def factory(srv, **kw):
+        kw.setdefault("max_retries", 0)
+        made.append(anthropic.Anthropic(base_url=root(srv), api_key="sk-ant-test", timeout=10.0, **kw))
+        return made[-1]
+
+    yield factory
+    for c in made:
+        c.close()
+
+
+def test_text_answers_join_back_on_labels_anthropic_refuses(make_server, make_anthropic):
+    engine = ScriptedEngine(lambda text, body: text.upper())
+    srv = make_server(engine=engine)
+    out = child.run(make_anthropic(srv), system="Shout.")
+    assert list(out.index) == child.LABELS
+    assert out["llm_output"].tolist() == [f"ROW R{i}: TEXT {i}" for i in range(6)]
+    assert out["llm_error"].isna().all()
+    assert srv.stats.batches_created == 3  # shard_size=2
+    body = engine.bodies[0]
+    assert body["messages"][0] == {"role": "system", "content": "Shout."}  # sent as the top-level system
+    assert body["max_completion_tokens"] == 1024  # the default max_tokens
+    assert out.attrs["pdbatch"]["usage"]["output_tokens"] == 24  # 4 words x 6 rows
+
+
+def test_schema_answers_are_validated_like_openai(make_server, make_anthropic):
+    def reply(text, body):
+        schema = body["response_format"]["json_schema"]["schema"]
+        assert schema["required"] == ["n"]
+        return json.dumps({"n": "not a number"}) if "r1" in text else json.dumps({"n": len(text)})
+
+    srv = make_server(engine=ScriptedEngine(reply))
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    out = child.run(make_anthropic(srv), n=3, response_format=schema, max_tokens=64)
+    assert out.loc["a b", "n"] == len("Row r0: text 0")
+    assert pd.isna(out.loc["x/y|z", "n"]) and "n" in out.loc["x/y|z", "llm_error"]
+
+
+def test_json_mode_is_an_instruction_and_is_parsed(make_server, make_anthropic):
+    seen = []
+
+    def reply(text, body):
+        seen.append(body["messages"][0]["content"])
+        return json.dumps({"echo": text})
+
+    srv = make_server(engine=ScriptedEngine(reply))
+    out = child.run(make_anthropic(srv), n=2, response_format="json")
+    assert out["llm_error"].isna().all()
+    assert all("JSON object" in s for s in seen)
+
+
+def test_images_go_as_image_blocks(make_server, make_anthropic):
+    srv = make_server(engine=ScriptedEngine(lambda text, body: text))
+    df = pd.DataFrame({"q": ["what?"], "img": ["https://example.com/cat.png"]}, index=["a/b"])
+    out = df.llm.map("{q}", images="img", model="claude-haiku-4-5", client=make_anthropic(srv),
+                     poll_interval=0.02, max_poll_interval=0.05, progress=False, timeout=30)
+    assert out.loc["a/b", "llm_output"] == "what? [1 image]"
+
+
+def test_errored_and_expired_results_retried_invalid_request_kept(make_server, make_anthropic):
+    seen, lock = {}, threading.Lock()
+    over, bad = anthropic_id("a b"), anthropic_id("x/y|z")
+
+    def flaky(cid, params):
+        with lock:
+            seen[cid] = seen.get(cid, 0) + 1
+            first = seen[cid] == 1
+        if cid == over and first:
+            return (529, "overloaded", "Overloaded")
+        if cid == bad:
+            return (400, "invalid", "prompt is too long: 300000 tokens > 200000 maximum")
+        return None
+
+    engine = ScriptedEngine(lambda text, body: text)
+    srv = make_server(engine=engine, faults=Faults(error_for=flaky, expire_after=3))
+    out = child.run(make_anthropic(srv), shard_size=10, max_retries=4)
+    assert out.loc["x/y|z", "llm_error"] == ("invalid_request_error: prompt is too long: 300000 tokens > 200000 "
+                                             "maximum")
+    assert seen[bad] == 1  # permanent: never sent again
+    assert out["llm_error"].drop("x/y|z").isna().all()
+    assert out.loc["a b", "llm_output"] == "Row r0: text 0"
+    assert srv.stats.batches_created >= 2 and out.attrs["pdbatch"]["resubmitted"] >= 3  # 1 overloaded + 3 expired
+    assert engine.calls == 5  # every other row answered exactly once
+
+
+def test_rerun_reattaches_with_zero_new_batches(make_server, make_anthropic):
+    srv = make_server(faults=Faults(request_delay=0.02))
+    client = make_anthropic(srv)
+    job = child.make_frame().llm.map(child.TEMPLATE, client=client, wait=False, **child.OPTIONS)
+    assert srv.stats.batches_created == 3
+    again = child.run(client)  # the same map: attaches to the job in flight
+    assert srv.stats.batches_created == 3
+    assert again["llm_error"].isna().all() and job.id == again.attrs["pdbatch"]["job_id"]
+    child.run(client)  # finished: answered from the job, nothing sent
+    assert srv.stats.batches_created == 3
+
+
+def test_sigkill_between_create_and_record_adopts_the_batch(make_server, make_anthropic, tmp_path):
+    srv = make_server(faults=Faults(request_delay=0.01))
+    fired, box = threading.Event(), {}
+
+    def hook(method, path, status):
+        if not fired.is_set() and "pid" in box and (method, path) == ("POST", "/v1/messages/batches") \
+                and status < 300:
+            fired.set()
+            os.kill(box["pid"], signal.SIGKILL)
+
+    srv.faults.on_response = hook
+    out = tmp_path / "out.parquet"
+    proc = subprocess.Popen([sys.executable, str(HERE / "anthropic_child.py"), root(srv), str(out)],
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    box["pid"] = proc.pid
+    proc.wait(timeout=60)
+    assert fired.is_set() and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    srv.faults.on_response = None
+    result = child.run(make_anthropic(srv))
+    assert srv.stats.batches_created == 3  # the batch created before the kill was adopted, not made again
+    assert result["llm_error"].isna().all()
+    assert result["llm_output"].tolist() == [f"Row r{i}: text {i}" for i in range(6)]
+
+
+def test_embeddings_and_realtime_refused_before_sending(make_server, make_anthropic):
+    srv = make_server()
+    client = make_anthropic(srv)
+    df = child.make_frame(2)
+    with pytest.raises(BackendUnavailableError, match="embed"):
+        df.llm.embed("{text}", model="claude-haiku-4-5", client=client)
+    with pytest.raises(OptionError, match="realtime"):
+        child.run(client, n=2, backend="realtime", shard_size=None, poll_interval=None, max_poll_interval=None)
+    assert srv.stats.log == []
+
+
+def test_anthropic_api_key_and_claude_model_pick_it(make_server, monkeypatch):
+    srv = make_server(engine=ScriptedEngine(lambda text, body: "hi"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-env")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", root(srv))
+    out = child.make_frame(2).llm.map(child.TEMPLATE, **child.OPTIONS)
+    assert out["llm_output"].tolist() == ["hi", "hi"]
+    assert srv.stats.calls("POST", "/v1/messages/batches") == 1
+
+
+def test_unsupported_params_refused_before_sending(make_server, make_anthropic):
+    srv = make_server()
+    with pytest.raises(OptionError, match="seed"):
+        child.run(make_anthropic(srv), n=2, seed=3)
+    assert srv.stats.calls("POST", "/v1/messages/batches") == 0
