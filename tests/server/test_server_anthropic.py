@@ -134,3 +134,25 @@ def test_cancel_and_list_pages(make_server):
     assert b.request_counts.succeeded + b.request_counts.canceled == 50
     ids = [x.id for x in client.messages.batches.list(limit=1)]  # the SDK pages through after_id
     assert ids == [b.id, first.id]
+
+
+def test_x_api_key_header_is_accepted_like_a_bearer_token(make_server):
+    import json
+    import urllib.error
+    import urllib.request
+
+    srv = make_server()
+    body = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def post(headers):
+        req = urllib.request.Request(srv.base_url + "/messages", data=body, method="POST",
+                                     headers={"content-type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, None
+
+    status, msg = post({"x-api-key": "k"})
+    assert status == 200 and msg["content"][0]["text"] == "hi"
+    assert post({})[0] == 401
