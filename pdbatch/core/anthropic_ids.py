@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Dict, Iterable
+from typing import Callable, Dict, Iterable
 
 from ..errors import InputError
 
@@ -48,6 +48,8 @@ def anthropic_id(custom_id: str) -> str:
 class IdMap:
     """The two-way map of a set of custom_ids (a batch), collision-checked.
 
+    ``id_of`` maps one id (:func:`anthropic_id`).
+
     Examples
     --------
     >>> m = IdMap(["a b", "c"])
@@ -55,11 +57,11 @@ class IdMap:
     ('a b', 'c')
     """
 
-    def __init__(self, ids: Iterable[str]) -> None:
+    def __init__(self, ids: Iterable[str], id_of: Callable[[str], str] = anthropic_id) -> None:
         self.out: Dict[str, str] = {}
         self.back: Dict[str, str] = {}
         for cid in ids:
-            aid = anthropic_id(cid)
+            aid = id_of(cid)
             other = self.back.get(aid)
             if other is not None and other != cid:
                 raise InputError(f"the index labels {other!r} and {cid!r} map to the same Anthropic custom_id "

@@ -178,3 +178,37 @@ def test_unsupported_params_refused_before_sending(make_server, make_anthropic):
     with pytest.raises(OptionError, match="seed"):
         child.run(make_anthropic(srv), n=2, seed=3)
     assert srv.stats.calls("POST", "/v1/messages/batches") == 0
+
+
+def test_job_load_with_the_client_collects(make_server, make_anthropic):
+    import pdbatch
+
+    srv = make_server(faults=Faults(request_delay=0.02))
+    job = child.make_frame().llm.submit(child.TEMPLATE, client=make_anthropic(srv),
+                                        **{k: v for k, v in child.OPTIONS.items() if k not in ("progress", "timeout")})
+    loaded = pdbatch.Job.load(job.id, client=make_anthropic(srv))
+    out = loaded.wait(progress=False, timeout=30).result()
+    assert out["llm_output"].tolist() == [f"Row r{i}: text {i}" for i in range(6)]
+    assert list(out.index) == child.LABELS and srv.stats.batches_created == 3
+
+
+def test_cancel_keeps_answers_and_rerun_sends_only_the_rest(make_server, make_anthropic):
+    import time
+
+    engine = ScriptedEngine(lambda text, body: text)
+    srv = make_server(engine=engine, faults=Faults(request_delay=0.1))
+    opts = {k: v for k, v in child.OPTIONS.items() if k not in ("progress", "timeout", "shard_size")}
+    job = child.make_frame().llm.submit(child.TEMPLATE, client=make_anthropic(srv), **opts)
+    for _ in range(300):  # bounded: until the first answers are in
+        if engine.calls >= 2:
+            break
+        time.sleep(0.02)
+    job.cancel()
+    partial = job.wait(progress=False, timeout=30).result()
+    done = int(partial["llm_error"].isna().sum())
+    assert 2 <= done < 6
+    assert partial["llm_error"].dropna().str.startswith("batch_cancelled").all()
+    srv.faults.request_delay = 0.0
+    out = child.run(make_anthropic(srv))
+    assert out["llm_error"].isna().all() and out.attrs["pdbatch"]["counts"]["cached"] == done
+    assert engine.calls == 6  # the rows answered before the cancel were not paid twice
