@@ -90,8 +90,9 @@ def resolve_backend(backend: Any = None, client: Any = None, *, model: Any = Non
     check_owner(name, given)
     if name in ("batch", "realtime") and wants_anthropic(client, model):
         if name == "realtime":
-            raise OptionError("backend='realtime' does not speak Anthropic's Messages API yet; use backend='batch' "
-                              "(Message Batches, half the price) with the anthropic client")
+            from .anthropic_realtime import AnthropicRealtime
+
+            return AnthropicRealtime(client, **given)
         from .anthropic import AnthropicBatch
 
         return AnthropicBatch(client, **given)

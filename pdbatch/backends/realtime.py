@@ -96,6 +96,7 @@ class Realtime(RowByRow):
     """
 
     name = "realtime"
+    Run = _Run  # the async run; another API's subclass brings its own
     INTERRUPTED = INTERRUPTED
     CANCELLED = CANCELLED
     supports_vision = True
@@ -162,7 +163,7 @@ class Realtime(RowByRow):
         if not todo:
             return self.refresh(job)
         job.state.status = "pending"
-        run = job.state.run = _Run(self, todo)
+        run = job.state.run = self.Run(self, todo)
         bar = None
         if progress and self.progress:
 
@@ -267,7 +268,7 @@ class Realtime(RowByRow):
         >>> len(res[0].body["data"][0]["embedding"])
         8
         """
-        run = _Run(self, requests).start()
+        run = self.Run(self, requests).start()
         out: List[Result] = []
         try:
             while not run.finished():

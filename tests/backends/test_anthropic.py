@@ -152,15 +152,39 @@ def test_sigkill_between_create_and_record_adopts_the_batch(make_server, make_an
     assert result["llm_output"].tolist() == [f"Row r{i}: text {i}" for i in range(6)]
 
 
-def test_embeddings_and_realtime_refused_before_sending(make_server, make_anthropic):
+def test_embeddings_refused_before_sending(make_server, make_anthropic):
     srv = make_server()
     client = make_anthropic(srv)
     df = child.make_frame(2)
-    with pytest.raises(BackendUnavailableError, match="embed"):
-        df.llm.embed("{text}", model="claude-haiku-4-5", client=client)
-    with pytest.raises(OptionError, match="realtime"):
-        child.run(client, n=2, backend="realtime", shard_size=None, poll_interval=None, max_poll_interval=None)
+    for backend in ("batch", "realtime"):
+        with pytest.raises(BackendUnavailableError, match="embed"):
+            df.llm.embed("{text}", model="claude-haiku-4-5", client=client, backend=backend)
     assert srv.stats.log == []
+
+
+REALTIME = dict(model="claude-haiku-4-5", backend="realtime", progress=False, timeout=30)
+
+
+def test_realtime_messages_create_with_schema_and_retries(make_server, make_anthropic):
+    def reply(text, body):
+        assert body["messages"][0] == {"role": "system", "content": "Count."}
+        return json.dumps({"n": len(text)})
+
+    srv = make_server(engine=ScriptedEngine(reply), faults=Faults(realtime_errors=[529, 429, 500]))
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    out = child.make_frame().llm.map(child.TEMPLATE, system="Count.", response_format=schema,
+                                     client=make_anthropic(srv), max_concurrency=2, **REALTIME)
+    assert out["llm_error"].isna().all()
+    assert out["n"].tolist() == [len(f"Row r{i}: text {i}") for i in range(6)]
+    assert srv.stats.calls("POST", "/v1/messages") == 6 + 3  # three retried
+    assert srv.stats.batches_created == 0
+
+
+def test_realtime_400_is_a_permanent_error_cell(make_server, make_anthropic):
+    srv = make_server(faults=Faults(realtime_errors=[400]))
+    out = child.make_frame(1).llm.map(child.TEMPLATE, client=make_anthropic(srv), max_concurrency=1, **REALTIME)
+    assert out["llm_error"].iloc[0].startswith("invalid_request_error: injected")
+    assert srv.stats.calls("POST", "/v1/messages") == 1
 
 
 def test_anthropic_api_key_and_claude_model_pick_it(make_server, monkeypatch):
