@@ -226,7 +226,7 @@ class OfflineMethods:
         rendered = spec.render(self._frame(), ids)
         store = default_store() if job.cache and os.path.exists(store_path()) else None
         est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(ids),
-                                skipped=rendered.skipped, store=store, provider=provider_of(backend, client))
+                                skipped=rendered.skipped, store=store, provider=provider_of(backend, client, spec.model))
         if show:  # the summary is what show=True asks for: this method's output, not a notice
             sys.stdout.write(est["summary"] + "\n")
         return est

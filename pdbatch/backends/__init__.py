@@ -117,7 +117,7 @@ def resolve_backend(backend: Any = None, client: Any = None, *, model: Any = Non
     return Local(**given)
 
 
-def provider_of(backend: Any = None, client: Any = None) -> str:
+def provider_of(backend: Any = None, client: Any = None, model: Any = None) -> str:
     """Who would answer a ``map`` with these arguments (see :attr:`Backend.provider`), without building a client.
 
     The cache key of an estimate's lookups; None-safe where no backend is
@@ -127,12 +127,12 @@ def provider_of(backend: Any = None, client: Any = None) -> str:
     if backend is not None and not isinstance(backend, str):
         return backend.provider
     try:
-        name = choose_backend(backend, client)
+        name = choose_backend(backend, client, model)
     except BackendUnavailableError:
         name = "batch"
     if name == "local":
         return "local default"
-    if wants_anthropic(client):
+    if wants_anthropic(client, model):
         from .anthropic import anthropic_provider
 
         return anthropic_provider(client)

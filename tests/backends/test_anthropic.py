@@ -236,3 +236,22 @@ def test_cancel_keeps_answers_and_rerun_sends_only_the_rest(make_server, make_an
     out = child.run(make_anthropic(srv))
     assert out["llm_error"].isna().all() and out.attrs["pdbatch"]["counts"]["cached"] == done
     assert engine.calls == 6  # the rows answered before the cancel were not paid twice
+
+
+def test_estimate_prices_claude_on_anthropic_only_and_sees_the_cache(make_server, make_anthropic):
+    srv = make_server()
+    client = make_anthropic(srv)
+    df = child.make_frame(2)
+    est = df.llm.estimate(child.TEMPLATE, model="claude-haiku-4-5", client=client)
+    assert est["cost_batch"] is None and est["provider"] == f"anthropic {root(srv)}"  # not api.anthropic.com
+    child.run(client, n=2)
+    assert df.llm.estimate(child.TEMPLATE, model="claude-haiku-4-5", client=client)["cached"] == 2
+    real = df.llm.estimate(child.TEMPLATE, model="claude-haiku-4-5", client=anthropic.Anthropic(api_key="k"))
+    assert real["cost_batch"]["source"].startswith("Anthropic pricing page")
+
+
+def test_shards_by_bytes_too(make_server, make_anthropic):
+    srv = make_server()
+    out = child.run(make_anthropic(srv), shard_size=100, shard_bytes=600)
+    assert out["llm_error"].isna().all()
+    assert srv.stats.batches_created >= 2  # every request line is ~300 bytes
