@@ -70,8 +70,8 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             raise OptionError(f"model= is required for backend={be.name!r}, e.g. model='gpt-4o-mini'")
         if spec.embeddings and not be.supports_embeddings:
             raise BackendUnavailableError(
-                f"the {be.name!r} backend cannot embed; use backend='batch' or backend='realtime' with a client "
-                f"or OPENAI_API_KEY")
+                f"the {be.name!r} backend ({be.provider}) cannot embed; use backend='batch' or backend='realtime' "
+                f"with an openai.OpenAI client or OPENAI_API_KEY")
         if spec.images is not None and not be.supports_vision:
             raise BackendUnavailableError(
                 f"images= needs a vision model, which the {be.name!r} backend does not have; "
