@@ -72,6 +72,9 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
             raise BackendUnavailableError(
                 f"the {be.name!r} backend ({be.provider}) cannot embed; use backend='batch' or backend='realtime' "
                 f"with an openai.OpenAI client or OPENAI_API_KEY")
+        check_spec = getattr(be, "check_spec", None)  # a backend's own limits (Anthropic's parameters)
+        if check_spec is not None and not spec.embeddings:
+            check_spec(spec)
         if spec.images is not None and not be.supports_vision:
             raise BackendUnavailableError(
                 f"images= needs a vision model, which the {be.name!r} backend does not have; "

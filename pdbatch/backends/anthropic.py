@@ -49,7 +49,7 @@ from .batch import POLL_PATIENCE, Batch
 from .batch_state import ShardState, raw_lines
 from .retry import RetryPolicy, retryable
 
-__all__ = ["AnthropicBatch", "is_anthropic", "anthropic_provider", "MAX_REQUESTS", "MAX_BYTES", "CLOCK_SLACK"]
+__all__ = ["AnthropicBatch", "check_spec", "is_anthropic", "anthropic_provider", "MAX_REQUESTS", "MAX_BYTES", "CLOCK_SLACK"]
 
 log = logging.getLogger("pdbatch")
 
@@ -76,6 +76,14 @@ def anthropic_provider(client: Any = None) -> str:
     base = str(getattr(client, "base_url", "") or "") if client is not None else \
         (os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com")
     return f"anthropic {base.rstrip('/')}"
+
+
+def check_spec(spec: Any) -> None:
+    """Refuse, before anything is rendered, a spec whose parameters Anthropic's Messages API has no place for."""
+    body = {"model": spec.model, "messages": [{"role": "user", "content": ""}], **spec.params}
+    if spec.fmt.body is not None:
+        body["response_format"] = spec.fmt.body
+    to_params(body)
 
 
 def _status(b: Any) -> SimpleNamespace:
@@ -108,6 +116,7 @@ class AnthropicBatch(Batch):
 
     name = "batch"
     supports_embeddings = False
+    check_spec = staticmethod(check_spec)
 
     def __init__(self, client: Any = None, *, shard_size: int = MAX_REQUESTS, shard_bytes: int = MAX_BYTES,
                  poll_interval: float = 2.0, max_poll_interval: float = 60.0,

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from ..core.anthropic import to_chat, to_params
 from ..core.records import Request, Result
 from ..errors import OptionError
-from .anthropic import _default_client, anthropic_provider, is_anthropic
+from .anthropic import _default_client, anthropic_provider, check_spec, is_anthropic
 from .ratelimit import estimate_tokens, sleep_unless
 from .realtime import Realtime
 from .realtime_run import _Run
@@ -123,6 +123,7 @@ class AnthropicRealtime(Realtime):
 
     Run = _AnthropicRun
     supports_embeddings = False
+    check_spec = staticmethod(check_spec)
 
     def __init__(self, client: Any = None, **options: Any):
         if client is None:

@@ -199,9 +199,13 @@ def test_anthropic_api_key_and_claude_model_pick_it(make_server, monkeypatch):
 
 def test_unsupported_params_refused_before_sending(make_server, make_anthropic):
     srv = make_server()
-    with pytest.raises(OptionError, match="seed"):
-        child.run(make_anthropic(srv), n=2, seed=3)
-    assert srv.stats.calls("POST", "/v1/messages/batches") == 0
+    for backend in ("batch", "realtime"):
+        opts = {} if backend == "batch" else dict(shard_size=None, poll_interval=None, max_poll_interval=None)
+        with pytest.raises(OptionError, match="seed"):
+            child.run(make_anthropic(srv), n=2, seed=3, backend=backend, **opts)
+    assert srv.stats.log == []
+    from pdbatch.job.store import default_store
+    assert default_store().jobs() == []  # refused before a job was made
 
 
 def test_job_load_with_the_client_collects(make_server, make_anthropic):
