@@ -158,15 +158,23 @@ class AnthropicBatches:
             return {k: (dict(v) if isinstance(v, dict) else v) for k, v in obj.items() if not k.startswith("_")}
 
     def _pause(self, seconds: float, bid: str) -> None:
+        """Sleep (not busy time), waking early on cancel or stop."""
+        if seconds <= 0:
+            return
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and self.srv.running and not self._canceling(bid):
-            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+        with self.srv.stats.clock.idle():
+            while time.monotonic() < deadline and self.srv.running and not self._canceling(bid):
+                time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
 
     def _canceling(self, bid: str) -> bool:
         with self.lock:
             return self.batches[bid]["processing_status"] == "canceling"
 
     def _run(self, bid: str) -> None:
+        with self.srv.stats.clock.busy():  # Stats.busy_seconds: the whole run but its pauses
+            self._execute(bid)
+
+    def _execute(self, bid: str) -> None:
         reqs = self.requests[bid]
         order = list(range(len(reqs)))
         if self.srv.faults.shuffle_output and len(order) > 1:
@@ -184,8 +192,7 @@ class AnthropicBatches:
             elif expire is not None and done >= expire:
                 result = {"type": "expired"}
             else:
-                with self.srv.stats.clock.busy():
-                    result = self.answer(reqs[i]["params"], cid)
+                result = self.answer(reqs[i]["params"], cid)
                 self._pause(self.srv.faults.request_delay, bid)
             counts[result["type"]] += 1
             lines.append(orjson.dumps({"custom_id": cid, "result": result}))
