@@ -128,12 +128,17 @@ def test_rerun_reattaches_with_zero_new_batches(make_server, make_anthropic):
     assert srv.stats.batches_created == 3
 
 
-def test_sigkill_between_create_and_record_adopts_the_batch(make_server, make_anthropic, tmp_path):
+@pytest.mark.parametrize("point", ["POST /v1/messages/batches", "GET /v1/messages/batches/msgbatch_*",
+                                   "GET /v1/messages/batches/*/results"],
+                         ids=["between-create-and-record", "while-polling", "while-reading-results"])
+def test_sigkill_then_rerun_one_batch_per_shard(make_server, make_anthropic, tmp_path, point, caplog):
+    import fnmatch
+
     srv = make_server(faults=Faults(request_delay=0.01))
     fired, box = threading.Event(), {}
 
     def hook(method, path, status):
-        if not fired.is_set() and "pid" in box and (method, path) == ("POST", "/v1/messages/batches") \
+        if not fired.is_set() and "pid" in box and fnmatch.fnmatchcase(f"{method} {path}", point) \
                 and status < 300:
             fired.set()
             os.kill(box["pid"], signal.SIGKILL)
@@ -146,8 +151,10 @@ def test_sigkill_between_create_and_record_adopts_the_batch(make_server, make_an
     proc.wait(timeout=60)
     assert fired.is_set() and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     srv.faults.on_response = None
-    result = child.run(make_anthropic(srv))
-    assert srv.stats.batches_created == 3  # the batch created before the kill was adopted, not made again
+    with caplog.at_level("INFO", logger="pdbatch"):
+        result = child.run(make_anthropic(srv))
+    assert srv.stats.batches_created == 3  # one per shard: a batch created before the kill is adopted
+    assert ("adopts Message Batch" in caplog.text) == point.startswith("POST")
     assert result["llm_error"].isna().all()
     assert result["llm_output"].tolist() == [f"Row r{i}: text {i}" for i in range(6)]
 
