@@ -266,3 +266,20 @@ def test_shards_by_bytes_too(make_server, make_anthropic):
     out = child.run(make_anthropic(srv), shard_size=100, shard_bytes=600)
     assert out["llm_error"].isna().all()
     assert srv.stats.batches_created >= 2  # every request line is ~300 bytes
+
+
+def test_pydantic_model_as_structured_output(make_server, make_anthropic):
+    pydantic = pytest.importorskip("pydantic")
+
+    class Movie(pydantic.BaseModel):
+        genre: str
+        year: int
+
+    def reply(text, body):
+        schema = body["response_format"]["json_schema"]["schema"]
+        assert schema["additionalProperties"] is False and set(schema["required"]) == {"genre", "year"}
+        return json.dumps({"genre": "drama", "year": 1999})
+
+    srv = make_server(engine=ScriptedEngine(reply))
+    out = child.run(make_anthropic(srv), n=2, response_format=Movie)
+    assert out["genre"].tolist() == ["drama", "drama"] and out["year"].tolist() == [1999, 1999]
