@@ -16,10 +16,12 @@ as for OpenAI; only three steps differ.
   (:func:`pdbatch.core.anthropic.result_line`), and read by the same reader.
 
 **The crash window.** Message Batches carry no metadata, so a batch cannot be
-tagged with its job. Before ``create`` the shard records the intent with its
-time (``creating``, ``file_id = "intent:<unix time>"``). Whoever picks the job
-up next with the shard still ``creating`` lists the batches created since
-(newest first, less :data:`CLOCK_SLACK`), keeps those with the shard's number
+tagged with its job. Before ``create`` the shard records the intent with the
+API's own clock (the ``Date`` header of a ``batches.list(limit=1)`` call, so
+that the local clock does not matter; the local time less :data:`CLOCK_SLACK`
+when there is no header): ``creating``, ``file_id = "intent:<unix time>"``.
+Whoever picks the job up next with the shard still ``creating`` lists the
+batches created since (less :data:`DATE_SLACK`), keeps those with the shard's number
 of requests not recorded by another shard, and, where a batch has ended,
 only if its results hold exactly the shard's custom_ids. One match is adopted;
 with several, the oldest. A batch of the same size created by another
@@ -49,15 +51,16 @@ from .batch import POLL_PATIENCE, Batch
 from .batch_state import ShardState, raw_lines
 from .retry import RetryPolicy, retryable
 
-__all__ = ["AnthropicBatch", "check_spec", "is_anthropic", "anthropic_provider", "MAX_REQUESTS", "MAX_BYTES", "CLOCK_SLACK"]
+__all__ = ["AnthropicBatch", "check_spec", "is_anthropic", "anthropic_provider", "MAX_REQUESTS", "MAX_BYTES",
+           "CLOCK_SLACK", "DATE_SLACK"]
 
 log = logging.getLogger("pdbatch")
 
 #: Message Batches limits: requests per batch, and bytes (256 MB; shards stay below it with room to spare).
 MAX_REQUESTS = 100_000
 MAX_BYTES = 200 * 1024 * 1024
-#: Seconds before the recorded intent from which a created batch may be ours (clocks differ).
-CLOCK_SLACK = 300.0
+#: Seconds before the intent from which a batch may be ours: the Date header's resolution, and clock skew.
+DATE_SLACK, CLOCK_SLACK = 2.0, 300.0
 
 
 def is_anthropic(client: Any) -> bool:
@@ -152,7 +155,7 @@ class AnthropicBatch(Batch):
                 self._save(job, st)
                 return
         requests = self._requests(st)  # refuses what cannot be sent before the intent is recorded
-        st.status, st.file_id = "creating", f"intent:{time.time():.3f}"
+        st.status, st.file_id = "creating", f"intent:{self._now():.3f}"
         self._save(job, st)
         st.update(_status(self._create(job, st, requests)))
         self._save(job, st)
@@ -195,11 +198,22 @@ class AnthropicBatch(Batch):
                            logging.INFO)
                 time.sleep(wait)
 
+    def _now(self) -> float:
+        """The API's time (its ``Date`` header), else the local time less :data:`CLOCK_SLACK`."""
+        from email.utils import parsedate_to_datetime
+
+        try:
+            raw = self._create_client.messages.batches.with_raw_response.list(limit=1)
+            return parsedate_to_datetime(raw.headers["date"]).timestamp()
+        except Exception as err:  # no header, or the call failed: the create will tell
+            log.debug("no server time for the create intent (%r); using the local clock", err)
+            return time.time() - CLOCK_SLACK
+
     def _adopt(self, job: Any, st: ShardState, scan: int = 1000) -> Any:
         """The batch a crash left unrecorded for this shard (see the module notes), or None."""
         if not (st.file_id or "").startswith("intent:"):
             return None
-        since = float(st.file_id.split(":", 1)[1]) - CLOCK_SLACK
+        since = float(st.file_id.split(":", 1)[1]) - DATE_SLACK
         claimed = {s.batch_id for s in job.state.shards if s.batch_id and s is not st}
         want = set(IdMap(st.line_ids()).back)
         found = []
