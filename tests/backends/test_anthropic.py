@@ -283,3 +283,20 @@ def test_pydantic_model_as_structured_output(make_server, make_anthropic):
     srv = make_server(engine=ScriptedEngine(reply))
     out = child.run(make_anthropic(srv), n=2, response_format=Movie)
     assert out["genre"].tolist() == ["drama", "drama"] and out["year"].tolist() == [1999, 1999]
+
+
+def test_cli_map_with_anthropic_api_key_and_a_claude_model(make_server, monkeypatch, tmp_path):
+    from pdbatch.cli import main
+
+    root_dir = Path(__file__).resolve().parents[2]
+    srv = make_server()
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-cli")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", root(srv))
+    out = tmp_path / "movies.parquet"
+    assert main(["map", str(root_dir / "data" / "movies.csv"), "--prompt", str(root_dir / "data" / "prompts" /
+                 "movies.toml"), "--model", "claude-haiku-4-5", "--out", str(out), "--limit", "3",
+                 "--poll-interval", "0.02", "-q"]) == 0
+    df = pd.read_parquet(out)
+    assert df["llm_error"].isna().all() and df["summary"].notna().all()
+    assert srv.stats.calls("POST", "/v1/messages/batches") == 1
