@@ -147,6 +147,8 @@ def to_params(body: Mapping[str, Any]) -> dict:
     for key, value in body.items():
         if key in ("model", "messages", "max_completion_tokens", "max_tokens", "response_format") or value is None:
             continue
+        if key == "temperature" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            raise OptionError(f"temperature={value!r}: Anthropic takes a temperature from 0 to 1 (OpenAI's go to 2)")
         if key in ("temperature", "top_p", "metadata", "top_k", "tools", "tool_choice", "thinking"):
             params[key] = value
         elif key == "stop":

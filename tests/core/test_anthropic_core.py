@@ -44,7 +44,8 @@ def test_images_become_image_blocks():
         "data:image/png;base64,AAAA"
 
 
-@pytest.mark.parametrize("extra", [{"seed": 1}, {"logprobs": True}, {"frequency_penalty": 0.1}])
+@pytest.mark.parametrize("extra", [{"seed": 1}, {"logprobs": True}, {"frequency_penalty": 0.1},
+                                   {"temperature": 1.5}])
 def test_params_without_counterpart_are_refused(extra):
     with pytest.raises(OptionError, match=next(iter(extra))):
         to_params(chat(**extra))
