@@ -128,13 +128,15 @@ def test_rerun_reattaches_with_zero_new_batches(make_server, make_anthropic):
     assert srv.stats.batches_created == 3
 
 
-@pytest.mark.parametrize("point", ["POST /v1/messages/batches", "GET /v1/messages/batches/msgbatch_*",
-                                   "GET /v1/messages/batches/*/results"],
-                         ids=["between-create-and-record", "while-polling", "while-reading-results"])
-def test_sigkill_then_rerun_one_batch_per_shard(make_server, make_anthropic, tmp_path, point, caplog):
+@pytest.mark.parametrize("point,delay", [("POST /v1/messages/batches", 0.01), ("POST /v1/messages/batches", 0.4),
+                                         ("GET /v1/messages/batches/msgbatch_*", 0.01),
+                                         ("GET /v1/messages/batches/*/results", 0.01)],
+                         ids=["between-create-and-record", "between-create-and-record-still-running",
+                              "while-polling", "while-reading-results"])
+def test_sigkill_then_rerun_one_batch_per_shard(make_server, make_anthropic, tmp_path, point, delay, caplog):
     import fnmatch
 
-    srv = make_server(faults=Faults(request_delay=0.01))
+    srv = make_server(faults=Faults(request_delay=delay))
     fired, box = threading.Event(), {}
 
     def hook(method, path, status):
