@@ -52,7 +52,7 @@ from .batch_state import ShardState, raw_lines
 from .retry import RetryPolicy, retryable
 
 __all__ = ["AnthropicBatch", "check_spec", "is_anthropic", "anthropic_provider", "MAX_REQUESTS", "MAX_BYTES",
-           "CLOCK_SLACK", "DATE_SLACK"]
+           "CLOCK_SLACK", "DATE_SLACK", "default_anthropic_client"]
 
 log = logging.getLogger("pdbatch")
 
@@ -135,7 +135,7 @@ class AnthropicBatch(Batch):
         if self.max_poll_interval < self.poll_interval:
             raise OptionError(f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})")
         if client is None:
-            client = _default_client()
+            client = default_anthropic_client()
         elif not is_anthropic(client) or type(client).__name__.startswith("Async"):
             raise OptionError(f"client must be a synchronous anthropic.Anthropic client, got {type(client).__name__}; "
                               "pass client=anthropic.Anthropic(api_key=...)")
@@ -287,7 +287,7 @@ class AnthropicBatch(Batch):
                 self._save(job, st)
 
 
-def _default_client() -> Any:
+def default_anthropic_client() -> Any:
     """``anthropic.Anthropic()`` from the environment, or an error saying what to install or set."""
     try:
         import anthropic

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from ..core.anthropic import to_chat, to_params
 from ..core.records import Request, Result
 from ..errors import OptionError
-from .anthropic import _default_client, anthropic_provider, check_spec, is_anthropic
+from .anthropic import default_anthropic_client, anthropic_provider, check_spec, is_anthropic
 from .ratelimit import estimate_tokens, sleep_unless
 from .realtime import Realtime
 from .realtime_run import _Run
@@ -127,7 +127,7 @@ class AnthropicRealtime(Realtime):
 
     def __init__(self, client: Any = None, **options: Any):
         if client is None:
-            client = _default_client()
+            client = default_anthropic_client()
         elif not is_anthropic(client) or type(client).__name__.startswith("Async"):
             raise OptionError(f"client must be a synchronous anthropic.Anthropic client, got "
                               f"{type(client).__name__}; pass client=anthropic.Anthropic(api_key=...)")

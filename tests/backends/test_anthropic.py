@@ -302,3 +302,19 @@ def test_cli_map_with_anthropic_api_key_and_a_claude_model(make_server, monkeypa
     df = pd.read_parquet(out)
     assert df["llm_error"].isna().all() and df["summary"].notna().all()
     assert srv.stats.calls("POST", "/v1/messages/batches") == 1
+
+
+def test_job_load_without_a_client_uses_the_anthropic_environment(make_server, make_anthropic, monkeypatch):
+    import pdbatch
+
+    srv = make_server()
+    job = child.make_frame(2).llm.submit(child.TEMPLATE, client=make_anthropic(srv),
+                                         **{k: v for k, v in child.OPTIONS.items() if k not in ("progress", "timeout")})
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-not-this-one")
+    with pytest.raises(BackendUnavailableError, match="ANTHROPIC_API_KEY"):
+        pdbatch.Job.load(job.id)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-env")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", root(srv))
+    out = pdbatch.Job.load(job.id).wait(progress=False, timeout=30).result()
+    assert out["llm_error"].isna().all() and srv.stats.batches_created == 1
