@@ -25,10 +25,12 @@ batches created since (less :data:`DATE_SLACK`), keeps those with the shard's nu
 of requests not recorded by another shard, and, where a batch has ended,
 only if its results hold exactly the shard's custom_ids. One match is adopted;
 with several, the oldest. A batch of the same size created by another
-program in the same minutes while the batch of ours never reached the API
-could be adopted wrongly: its results then match none of our ids, the rows are
-unanswered and go again in the next retry round, so the worst case is paying
-once more for that shard, never losing an answer.
+program in those seconds while ours never reached the API could be adopted
+wrongly: its results then match none of our ids, the rows are unanswered and
+go again in the next retry round (the worst case: paying once more for that
+shard). Only a batch of another pdbatch job over the same index labels, the
+same number of rows and created within those seconds could pass for ours with
+its own answers.
 """
 
 from __future__ import annotations
