@@ -20,6 +20,7 @@ import pandas as pd
 from . import errors
 from . import pricing
 from .accessor import LLMAccessor
+from .backends.anthropic import AnthropicBatch
 from .backends.batch import Batch
 from .backends.local import Local
 from .backends.realtime import Realtime
@@ -27,7 +28,7 @@ from .errors import PdbatchError
 from .job.lifecycle import Job, jobs
 from .core.records import Request, Result, Usage
 
-__all__ = ["LLMAccessor", "Batch", "Realtime", "Local", "Job", "jobs", "Request", "Result", "Usage", "PdbatchError", "errors", "pricing", "__version__"]
+__all__ = ["LLMAccessor", "Batch", "AnthropicBatch", "Realtime", "Local", "Job", "jobs", "Request", "Result", "Usage", "PdbatchError", "errors", "pricing", "__version__"]
 __version__ = "0.1.0"
 
 with warnings.catch_warnings():

@@ -65,13 +65,16 @@ class LLMAccessor(OfflineMethods, OperatorMethods):
         job = JobOptions(**job_args)
         spec = self._build_spec(template, url=url, **spec_args)
         self._check_new_columns(spec, job.overwrite)
-        be = resolve_backend(backend, client, **shortcuts)
+        be = resolve_backend(backend, client, model=spec.model, **shortcuts)
         if spec.model is None and be.name in ("batch", "realtime"):
             raise OptionError(f"model= is required for backend={be.name!r}, e.g. model='gpt-4o-mini'")
         if spec.embeddings and not be.supports_embeddings:
             raise BackendUnavailableError(
-                f"the {be.name!r} backend cannot embed; use backend='batch' or backend='realtime' with a client "
-                f"or OPENAI_API_KEY")
+                f"the {be.name!r} backend ({be.provider}) cannot embed; use backend='batch' or backend='realtime' "
+                f"with an openai.OpenAI client or OPENAI_API_KEY")
+        check_spec = getattr(be, "check_spec", None)  # a backend's own limits (Anthropic's parameters)
+        if check_spec is not None and not spec.embeddings:
+            check_spec(spec)
         if spec.images is not None and not be.supports_vision:
             raise BackendUnavailableError(
                 f"images= needs a vision model, which the {be.name!r} backend does not have; "

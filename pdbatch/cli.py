@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         "map",
         help="run a prompt over every row of a CSV/Parquet/JSONL file and write the answers as new columns",
         description="Read INPUT, render every row through the template, run the requests (Batch API with "
-        "OPENAI_API_KEY set, else the local model), and write the frame with the new columns to --out.",
+        "OPENAI_API_KEY set, or Anthropic's Message Batches with ANTHROPIC_API_KEY and a claude-* --model, else the "
+        "local model), and write the frame with the new columns to --out.",
     )
     m.add_argument("input", metavar="INPUT", help="a .csv, .parquet or .jsonl file")
     m.add_argument("--prompt", metavar="FILE.toml", help="prompt file with template, system, schema, model, images, params")

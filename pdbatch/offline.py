@@ -232,7 +232,7 @@ class OfflineMethods:
         rendered = spec.render(self._frame(), ids)
         store = default_store() if job.cache and os.path.exists(store_path()) else None
         est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(ids),
-                                skipped=rendered.skipped, store=store, provider=provider_of(backend, client))
+                                skipped=rendered.skipped, store=store, provider=provider_of(backend, client, spec.model))
         if job.max_cost is not None:
             est["max_cost"], est["max_cost_refusal"] = job.max_cost, _refusal(est, job.max_cost, backend, client,
                                                                                spec.params.get("service_tier"))

@@ -19,7 +19,7 @@ from ..errors import BackendUnavailableError, OptionError
 from ..options import BACKEND_NAMES, check_owner
 from .base import Backend, Progress, check_client, openai_provider
 
-__all__ = ["Backend", "Progress", "resolve_backend", "choose_backend", "check_client", "provider_of",
+__all__ = ["Backend", "Progress", "resolve_backend", "choose_backend", "wants_anthropic", "check_client", "provider_of",
            "local_available", "BACKENDS"]
 
 BACKENDS = BACKEND_NAMES
@@ -31,11 +31,21 @@ def local_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def choose_backend(backend: Any = None, client: Any = None) -> str:
+def wants_anthropic(client: Any = None, model: Any = None) -> bool:
+    """Whether Anthropic answers: an ``anthropic.Anthropic`` client, or no client, ``ANTHROPIC_API_KEY`` and a ``claude-*`` model."""
+    from .anthropic import is_anthropic
+
+    if client is not None:
+        return is_anthropic(client)
+    return isinstance(model, str) and model.startswith("claude") and bool(os.environ.get("ANTHROPIC_API_KEY"))
+
+
+def choose_backend(backend: Any = None, client: Any = None, model: Any = None) -> str:
     """The backend name ``backend`` stands for (checking it); None picks one.
 
-    With ``backend=None``: a given ``client`` or an ``OPENAI_API_KEY`` in the
-    environment means the Batch API; otherwise the local model when the
+    With ``backend=None``: a given ``client``, an ``OPENAI_API_KEY`` in the
+    environment, or a ``claude-*`` ``model`` with ``ANTHROPIC_API_KEY`` means the Batch API;
+    otherwise the local model when the
     ``[local]`` extra is installed; otherwise an error that says how to get either.
     """
     if backend is not None and not isinstance(backend, str):
@@ -44,7 +54,7 @@ def choose_backend(backend: Any = None, client: Any = None) -> str:
                               f"or None to choose; got {backend!r}")
         return backend.name
     if backend is None:
-        if client is not None or os.environ.get("OPENAI_API_KEY"):
+        if client is not None or os.environ.get("OPENAI_API_KEY") or wants_anthropic(None, model):
             return "batch"
         if local_available():
             return "local"
@@ -58,7 +68,7 @@ def choose_backend(backend: Any = None, client: Any = None) -> str:
     return backend
 
 
-def resolve_backend(backend: Any = None, client: Any = None, **options: Any) -> Backend:
+def resolve_backend(backend: Any = None, client: Any = None, *, model: Any = None, **options: Any) -> Backend:
     """Return the backend object for ``backend`` (a name, an object, or None).
 
     ``options`` are backend options given as shortcuts (``shard_size=``,
@@ -76,8 +86,16 @@ def resolve_backend(backend: Any = None, client: Any = None, **options: Any) -> 
                               f"e.g. pdbatch.{type(backend).__name__}({next(iter(given), 'client')}=...)")
         return backend
     explicit = backend is not None
-    name = choose_backend(backend, client)
+    name = choose_backend(backend, client, model)
     check_owner(name, given)
+    if name in ("batch", "realtime") and wants_anthropic(client, model):
+        if name == "realtime":
+            from .anthropic_realtime import AnthropicRealtime
+
+            return AnthropicRealtime(client, **given)
+        from .anthropic import AnthropicBatch
+
+        return AnthropicBatch(client, **given)
     if name == "batch":
         from .batch import Batch
 
@@ -99,7 +117,7 @@ def resolve_backend(backend: Any = None, client: Any = None, **options: Any) -> 
     return Local(**given)
 
 
-def provider_of(backend: Any = None, client: Any = None) -> str:
+def provider_of(backend: Any = None, client: Any = None, model: Any = None) -> str:
     """Who would answer a ``map`` with these arguments (see :attr:`Backend.provider`), without building a client.
 
     The cache key of an estimate's lookups; None-safe where no backend is
@@ -109,9 +127,13 @@ def provider_of(backend: Any = None, client: Any = None) -> str:
     if backend is not None and not isinstance(backend, str):
         return backend.provider
     try:
-        name = choose_backend(backend, client)
+        name = choose_backend(backend, client, model)
     except BackendUnavailableError:
         name = "batch"
     if name == "local":
         return "local default"
+    if wants_anthropic(client, model):
+        from .anthropic import anthropic_provider
+
+        return anthropic_provider(client)
     return openai_provider(client)

@@ -103,7 +103,7 @@ def check_client(client: Any) -> None:
     pdbatch.errors.OptionError: client must be an openai.OpenAI client, got the string ...; to use another
     server pass client=openai.OpenAI(base_url='http://localhost:8000/v1', api_key=...)
     """
-    if client is None:
+    if client is None or type(client).__module__.split(".")[0] == "anthropic":  # AnthropicBatch checks its own
         return
     if isinstance(client, openai.AsyncOpenAI):
         raise OptionError("client must be a synchronous openai.OpenAI client, got an openai.AsyncOpenAI; pass "

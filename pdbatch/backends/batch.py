@@ -220,8 +220,7 @@ class Batch:
         for st in shards:
             if st.batch_id and st.status not in TERMINAL and st.status != "waiting":
                 before = (st.status, st.completed, st.failed)
-                st.update(self._api(job, st, "batches.retrieve",
-                                    lambda: self._create_client.batches.retrieve(st.batch_id)))
+                st.update(self._api(job, st, "batches.retrieve", lambda: self._retrieve(st.batch_id)))
                 if (st.status, st.completed, st.failed) != before:
                     self._save(job, st)
         if not shards:
@@ -238,6 +237,9 @@ class Batch:
         else:
             state = min((s.status for s in shards if not s.done), key=_ORDER.index, default="in_progress")
         return Progress(state, total, min(completed, total), min(failed, total))
+
+    def _retrieve(self, batch_id: str):  # the batch object (another API's subclass adapts its own)
+        return self._create_client.batches.retrieve(batch_id)
 
     def wait(self, job, *, progress: bool, timeout: Optional[float]) -> Progress:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -395,5 +397,4 @@ class Batch:
                 self._save(job, st)
 
 
-#: The name of earlier releases.
-BatchBackend = Batch
+BatchBackend = Batch  # the name of earlier releases

@@ -100,6 +100,7 @@ class Realtime(RowByRow):
     """
 
     name = "realtime"
+    Run = _Run  # the async run; another API's subclass brings its own
     INTERRUPTED = INTERRUPTED
     CANCELLED = CANCELLED
     supports_vision = True
@@ -172,7 +173,7 @@ class Realtime(RowByRow):
             job.state.status = "budget_exhausted"
             self._counts(job).update(max_cost=spend.cap, spent=round(spend.spent, 10), budget_exhausted=True)
             return self.refresh(job)
-        run = job.state.run = _Run(self, todo)
+        run = job.state.run = self.Run(self, todo)
         run.spend = spend
         bar = None
         if progress and self.progress:
@@ -301,7 +302,7 @@ class Realtime(RowByRow):
         >>> len(res[0].body["data"][0]["embedding"])
         8
         """
-        run = _Run(self, requests).start()
+        run = self.Run(self, requests).start()
         out: List[Result] = []
         try:
             while not run.finished():

@@ -39,6 +39,7 @@ import email.utils
 import importlib
 import logging
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timezone
@@ -107,6 +108,11 @@ def retryable(err: BaseException) -> bool:
     """
     if isinstance(err, openai.APIStatusError):
         return retryable_status(err.status_code) and error_code(err) not in FINAL_CODES
+    other = sys.modules.get("anthropic")  # the [anthropic] extra's SDK, when a backend loaded it
+    if other is not None and isinstance(err, other.APIStatusError):
+        return retryable_status(err.status_code)
+    if other is not None and isinstance(err, other.APIConnectionError):  # timeouts included
+        return True
     return isinstance(err, TRANSIENT_ERRORS)
 
 

@@ -358,8 +358,9 @@ class Job:
         Parameters
         ----------
         job_id : str
-        client : openai.OpenAI, optional
-            For batch jobs; default ``OpenAI()`` from the environment.
+        client : openai.OpenAI or anthropic.Anthropic, optional
+            For batch and realtime jobs; default ``OpenAI()`` from the
+            environment (``anthropic.Anthropic()`` for a job Anthropic answered).
         """
         from ..backends import resolve_backend
 
@@ -375,7 +376,11 @@ class Job:
         if host is not None:
             frame = host.to_frame(name="value") if isinstance(host, pd.Series) else host
             rendered = spec.render(frame, ids)
-        backend = resolve_backend(rec.backend, client)
+        if client is None and str(rec.spec.get("_provider", "")).startswith("anthropic "):  # an Anthropic job
+            from ..backends.anthropic import default_anthropic_client
+
+            client = default_anthropic_client()
+        backend = resolve_backend(rec.backend, client, model=spec.model)
         job = cls(rec.id, host, spec, backend, ids, rendered.skipped if rendered else {}, rec.workdir, store, rec,
                   max_retries=int(rec.spec.get("_max_retries", 2)),
                   retry_invalid=int(rec.spec.get("_retry_invalid", 0)),

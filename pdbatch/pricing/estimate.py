@@ -108,7 +108,7 @@ def estimate_requests(
     usage = Usage(input_tokens, output or 0)
     # An OpenAI-style server is priced as what it is (unknown unless it is OpenAI's API or the user set a
     # price); with the local model (free) the estimate prices the APIs it stands in for.
-    api = provider if provider.startswith("openai ") else None
+    api = provider if provider.startswith(("openai ", "anthropic ")) else None
     cost_batch = cost(usage, model, batch=True, provider=api)
     cost_realtime = cost(usage, model, batch=False, provider=api)
     reasons = Counter(skipped.values())

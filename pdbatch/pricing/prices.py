@@ -41,6 +41,7 @@ import orjson
 
 from ..errors import OptionError, PdbatchError
 from ..core.records import Usage
+from .claude import ANTHROPIC_API, CLAUDE_PRICES, CLAUDE_PRICES_AS_OF
 from .tokens import (CHARS_PER_TOKEN, IMAGE_TOKENS, IMAGE_TOKENS_LOW, MESSAGE_OVERHEAD, REQUEST_OVERHEAD,  # noqa: F401
                      TokenCounter, body_tokens, encoding_name, token_counter)
 
@@ -87,9 +88,10 @@ DEFAULT_PRICES: Mapping[str, Price] = {
 # (its price list shows no cached column for some older ones). Cached tokens are
 # priced here at the cached rate with the batch discount applied: an estimate.
 
+_CLAUDE: Dict[str, Price] = {m: Price(*p) for m, p in CLAUDE_PRICES.items()}  # Anthropic's API only
 _OVERRIDES: Dict[str, Price] = {}
 _FILE_CACHE: Dict[str, Tuple[int, Dict[str, Price]]] = {}
-_DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+_DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")  # \d{8}: Claude's snapshots
 
 
 def _check_number(name: str, value: Any, model: str, where: str) -> float:
@@ -197,7 +199,8 @@ def priced_by_default(provider: Optional[str]) -> bool:
     if provider is None:
         return True
     parts = provider.split()
-    return len(parts) >= 2 and parts[0] == "openai" and parts[1].rstrip("/") == OPENAI_API
+    return len(parts) >= 2 and (parts[0], parts[1].rstrip("/")) in (("openai", OPENAI_API),
+                                                                      ("anthropic", ANTHROPIC_API))
 
 
 def _lookup(model: Optional[str], defaults: bool = True) -> Tuple[Optional[Price], Optional[str], str]:
@@ -208,7 +211,8 @@ def _lookup(model: Optional[str], defaults: bool = True) -> Tuple[Optional[Price
     from_file, path = _file_prices()
     layers = ((_OVERRIDES, "set_price"), (from_file, f"{PRICES_ENV}={path}"))
     if defaults:
-        layers += ((DEFAULT_PRICES, f"OpenAI pricing page, {PRICES_AS_OF}"),)
+        layers += ((DEFAULT_PRICES, f"OpenAI pricing page, {PRICES_AS_OF}"),
+                   (_CLAUDE, f"Anthropic pricing page, {CLAUDE_PRICES_AS_OF}"))
     for candidate in dict.fromkeys((name, base_model(name))):
         for table, source in layers:
             if candidate in table:

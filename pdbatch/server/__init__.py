@@ -9,7 +9,11 @@ thread (127.0.0.1 by default) and answers, in the documented shapes:
 * ``POST/GET /v1/batches``, ``GET /v1/batches/{id}``,
   ``POST /v1/batches/{id}/cancel``; the lifecycle is run by one worker thread
   (see :mod:`pdbatch.server.worker`);
-* ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` realtime.
+* ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` realtime;
+* Anthropic's ``POST /v1/messages`` and Message Batches API
+  (``/v1/messages/batches``), answered by the same engine (see
+  :mod:`pdbatch.server.anthropic_api`; the ``anthropic`` SDK's ``base_url``
+  is the server's root, without ``/v1``).
 
 The HTTP routes live in :mod:`pdbatch.server.app` (the gate in front of them,
 which records and logs every call, in :mod:`pdbatch.server.gate`), the batch

@@ -174,6 +174,9 @@ def build_app(server: Any) -> Starlette:
         Route(EMBEDDINGS_URL, wrap(api.embeddings), methods=["POST"]),
         Route(RESPONSES_URL, wrap(api.responses), methods=["POST"]),
     ]
+    from .anthropic_api import anthropic_routes  # the Messages and Message Batches API
+
+    routes += anthropic_routes(server)
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.add_middleware(Gate, server=server)
     return app

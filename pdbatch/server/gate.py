@@ -67,7 +67,10 @@ class Gate:
 
         try:
             code = self.server.faults.pop_http_error(method, path)
-            auth = dict(scope["headers"]).get(b"authorization", b"")
+            sent = dict(scope["headers"])
+            auth = sent.get(b"authorization", b"")
+            if not auth and sent.get(b"x-api-key", b"").strip():  # Anthropic's own header (older SDKs)
+                auth = b"Bearer " + sent[b"x-api-key"]
             if code is not None:
                 body, headers = status_error(code, self.server.faults.retry_after)
                 await _drain(receive)

@@ -340,3 +340,13 @@ def test_estimate_rejects_what_map_rejects(make_server, make_client, cities, kw,
     with pytest.raises(err, match=word):
         cities.llm.map("Country of {city}?", model="gpt-4o-mini", client=make_client(srv), **kw)
     assert srv.stats.log == []
+
+
+def test_claude_prices_apply_on_anthropics_api_at_half_for_batches():
+    from pdbatch.backends.anthropic import anthropic_provider
+
+    assert price("claude-haiku-4-5-20251001") == Price(1.0, 0.1, 5.0)  # a dated snapshot: its alias's price
+    c = job_cost(Usage(2_000_000, 1_000_000), "claude-sonnet-4-5", "batch", provider=anthropic_provider())["cost"]
+    assert c["total"] == pytest.approx(0.5 * (2 * 3.0 + 15.0)) and c["source"].startswith("Anthropic pricing page")
+    local = job_cost(Usage(10, 10), "claude-sonnet-4-5", "batch", provider="anthropic http://127.0.0.1:9")
+    assert local["cost"] is None  # another server: unknown unless set_price names it
