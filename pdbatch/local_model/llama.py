@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import BackendUnavailableError, InputError
 from .grammar import FLAT_JSON_GBNF, schema_grammar
@@ -61,7 +61,7 @@ def _check_content(content: Any, i: int) -> None:
     raise InputError(f"messages[{i}].content must be a string or a list of parts, got {type(content).__name__}")
 
 
-def translate_body(body: Mapping[str, Any]) -> Dict[str, Any]:
+def translate_body(body: Mapping[str, Any], schema: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Keyword arguments of ``Llama.create_chat_completion`` for an OpenAI chat body.
 
     ``messages`` pass as they are (text only); ``max_completion_tokens`` (or
@@ -82,6 +82,10 @@ def translate_body(body: Mapping[str, Any]) -> Dict[str, Any]:
     ----------
     body : dict
         A ``/v1/chat/completions`` request body.
+    schema : dict, optional
+        The schema to build the grammar from in place of the body's (which
+        leaves out what OpenAI refuses, e.g. ``uniqueItems``); only used when
+        the body asks for JSON.
 
     Returns
     -------
@@ -121,14 +125,12 @@ def translate_body(body: Mapping[str, Any]) -> Dict[str, Any]:
     if isinstance(out.get("stop"), str):
         out["stop"] = [out["stop"]]
     fmt = body.get("response_format")
-    if isinstance(fmt, Mapping):
-        kind, schema = fmt.get("type"), None
-        if kind == "json_schema":
+    if isinstance(fmt, Mapping) and fmt.get("type") in ("json_schema", "json_object"):
+        if schema is None and fmt["type"] == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema")
-        elif kind == "json_object":
+        elif schema is None:
             schema = fmt.get("schema")
-        if kind in ("json_schema", "json_object"):
-            out["grammar"] = _grammar(schema) if schema else FLAT_JSON_GBNF
+        out["grammar"] = _grammar(schema) if schema else FLAT_JSON_GBNF
     return out
 
 
@@ -194,8 +196,11 @@ class LocalModel:
             verbose=False,
         )
 
-    def complete(self, body: Mapping[str, Any]) -> dict:
+    def complete(self, body: Mapping[str, Any], schema: Optional[Mapping[str, Any]] = None) -> dict:
         """Answer one chat request body; return an OpenAI ``chat.completion`` body.
+
+        ``schema``, when given, is the JSON Schema the grammar enforces in
+        place of the body's (see :func:`translate_body`).
 
         Raises
         ------
@@ -204,7 +209,7 @@ class LocalModel:
         ValueError
             From llama.cpp, e.g. a prompt longer than the context window.
         """
-        kwargs = translate_body(body)
+        kwargs = translate_body(body, schema)
         kwargs.setdefault("seed", self.seed)
         if "grammar" in kwargs:
             kwargs["grammar"] = self._grammar(kwargs["grammar"])

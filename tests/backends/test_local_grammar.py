@@ -35,7 +35,7 @@ def _rules(gbnf: str) -> dict:
 
 
 def test_unique_enum_array_never_offers_a_chosen_value():
-    rules = _rules(schema_grammar(strict_schema(UNIQUE)))
+    rules = _rules(schema_grammar(strict_schema(UNIQUE, drop=())))
     names = [n for n in rules if n.startswith("pdbatch-unique-0")]
     # one rule per set of fewer than maxItems chosen values (plus the array itself)
     assert len(names) == 1 + len(GENRES) + len(list(itertools.combinations(GENRES, 2)))
@@ -49,7 +49,7 @@ def test_unique_enum_array_never_offers_a_chosen_value():
 
 
 def test_schema_grammar_keeps_llama_cpp_bounds_and_clean_strings():
-    rules = _rules(schema_grammar(strict_schema(UNIQUE)))
+    rules = _rules(schema_grammar(strict_schema(UNIQUE, drop=())))
     assert rules["note"].count("char") == 12  # maxLength 12: at most 12 characters
     assert "\\x00-\\x1F" in rules["char"]  # no raw control characters (a newline) inside strings
     # without uniqueItems, llama-cpp-python's repetition with maxItems stays
@@ -87,7 +87,20 @@ def test_translate_body_grammars():
     own = {"messages": MSGS, "response_format": {"type": "json_object", "schema": UNIQUE}}
     assert translate_body(own)["grammar"] == schema_grammar(UNIQUE)
     for fmt in (None, {"type": "text"}):
-        assert "grammar" not in translate_body({"messages": MSGS, "response_format": fmt})
+        assert "grammar" not in translate_body({"messages": MSGS, "response_format": fmt}, schema=UNIQUE)
+
+
+def test_unique_items_leave_the_request_but_not_the_grammar_or_the_validation():
+    fmt = response_format(UNIQUE)
+    sent = fmt.body["json_schema"]["schema"]
+    assert "uniqueItems" not in sent["properties"]["tags"]  # OpenAI refuses it: 'uniqueItems' is not permitted
+    body = {"messages": MSGS, "response_format": fmt.body}
+    assert "pdbatch-unique" not in translate_body(body)["grammar"]
+    # the local backend hands the grammar the answers' own schema
+    assert "pdbatch-unique-0 ::=" in translate_body(body, schema=strict_schema(fmt.schema, drop=()))["grammar"]
+    value, err = fmt.parse_text('{"tags": ["war", "war"], "note": "x"}')
+    assert value is None and err.startswith("schema violation at /tags") and "non-unique" in err
+    assert fmt.parse_text('{"tags": ["war", "drama"], "note": "x"}') == ({"tags": ["war", "drama"], "note": "x"}, None)
 
 
 def test_sampling_defaults_apply_and_the_body_overrides_them():
