@@ -273,3 +273,34 @@ def test_cancel_before_wait(pool, cities):
     out = job.wait(progress=False).result()
     assert out["llm_error"].str.startswith("cancelled").all()
     assert out.attrs["pdbatch"]["state"] == "cancelled"
+
+
+# ------------------------------------------------------------------ grammars that keep a small model finite
+def test_schema_bounds_and_unique_items_hold_while_decoding(pool, colors):
+    schema = {
+        "type": "object",
+        "properties": {
+            "words": {"type": "array", "uniqueItems": True, "minItems": 1, "maxItems": 3,
+                      "items": {"enum": ["red", "green", "blue", "black"]}},
+            "note": {"type": "string", "maxLength": 10},
+        },
+        "required": ["words", "note"],
+    }
+    out = colors.iloc[:2].llm.map(
+        "Write the word {w} three times, then a long note about it.", response_format=schema,
+        max_completion_tokens=64, extra_body={"repeat_penalty": 1.0}, **FAST,
+    )
+    assert out["llm_error"].isna().all(), out["llm_error"].tolist()
+    for words, note in zip(out["words"], out["note"]):
+        assert 1 <= len(words) <= 3 and len(set(words)) == len(words), words
+        assert len(note) <= 10
+
+
+def test_json_mode_stays_flat(pool, cities):
+    out = cities.iloc[:2].llm.map(
+        "Describe {city} as deeply nested JSON: objects inside objects inside objects.", response_format="json",
+        max_completion_tokens=96, raw_column="raw", **FAST,
+    )
+    for raw, err in zip(out["raw"], out["llm_error"]):
+        assert raw.lstrip().startswith("{") and "{" not in raw.lstrip()[1:], raw  # no nested object
+        assert err is None or err.startswith("truncated"), err
