@@ -107,14 +107,11 @@ def main() -> int:
     from pdbatch.core.loops import repetition_loop
 
     cli = ["map", args.input, "--prompt", args.prompt, "--backend", "local"]
-    if args.json:
-        cli.append("--json")
     for p in args.param:
         cli += ["--param", p]
     ns = build_parser().parse_args(cli)
     opts = map_options(ns)
-    if args.json:
-        opts.pop("response_format", None)
+    if args.json:  # the prompt file's schema gives way to JSON mode
         opts["response_format"] = "json"
     extra = dict(_kv(e) for e in args.extra)
     if extra:
