@@ -156,9 +156,9 @@ def main() -> int:
         print(f"first category   {first.most_common(5)}; film-noir in {every.get('film-noir', 0)} rows")
         print(f"summary length   median {int(ok['summary'].str.len().median())} chars")
     elif args.json and len(ok):
-        flat = sum(1 for _, row in ok.drop(columns=list(df.columns) + ["llm_error", "llm_raw"]).iterrows()
-                   if all(not isinstance(v, (dict, list)) for v in row.dropna()))
-        print(f"flat objects     {flat}/{len(ok)}")
+        new = ok.drop(columns=list(df.columns) + ["llm_error", "llm_raw"])
+        nested = sum(1 for _, row in new.iterrows() if any(isinstance(v, dict) for v in row.dropna()))
+        print(f"nested objects   {nested}/{len(ok)} valid rows hold an object inside the object")
     print(f"wall             {wall:.1f} s ({wall / n:.2f} s/row)")
     for _, row in ok.head(args.show).iterrows():
         print("  ok ", row["Series_Title"], "->", row.get("llm_raw"))
