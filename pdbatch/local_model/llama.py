@@ -36,7 +36,7 @@ DEFAULT_MAX_TOKENS = 256
 #: ``extra_body``). Measured on the main job with ``bench/local_quality.py``: see
 #: the notes there. A repeat penalty over the answer's last 64 tokens is what
 #: stops a 135M model's loops ("a life of ambition, a life of ambition, ...").
-SAMPLING = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+SAMPLING = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}
 
 # Body keys copied unchanged into create_chat_completion's keyword arguments
 # (the first six are OpenAI's; the rest are llama.cpp's, given through extra_body).
