@@ -25,6 +25,8 @@ store (a temporary ``PDBATCH_HOME``) so every row is answered afresh, and
   title (or title and year, in any wording of brackets and punctuation) or
   is not a sentence (fewer than five words, or no verb-like word after the
   title is stripped; see :func:`bad_summary`);
+* **looping summary**: share of valid rows whose ``summary`` says one
+  three-word phrase three times or more (a loop the schema cut short);
 * **genre agreement** (a rough accuracy proxy): share of valid rows whose
   first category is one of the genres of the CSV's ``Genre`` column;
 * **top category**, e.g. how often ``film-noir`` is chosen;
@@ -76,6 +78,13 @@ def bad_summary(summary, title, year) -> str:
     if len(words) < 5 or not summary.strip().endswith((".", "!", "?", '."', ".'")):
         return "short"
     return ""
+
+
+def loops_in(text) -> bool:
+    """Whether ``text`` says one three-word phrase three times or more ("the rolling hills of the rolling hills...")."""
+    words = _words(text) if isinstance(text, str) else []
+    grams = collections.Counter(zip(words, words[1:], words[2:]))
+    return bool(grams) and max(grams.values()) >= 3
 
 
 def _kv(text: str):
@@ -152,6 +161,8 @@ def main() -> int:
         print(f"repeated labels  {rep}/{len(ok)} = {rep / len(ok):.1%} of valid rows")
         print(f"title-only/not a sentence  {bad}/{len(ok)} = {bad / len(ok):.1%} of valid rows "
               f"(title {why.count('title')}, short {why.count('short')})")
+        looping = sum(1 for s in ok["summary"] if loops_in(s))
+        print(f"looping summary  {looping}/{len(ok)} = {looping / len(ok):.1%} of valid rows (a 3-word phrase 3+ times)")
         print(f"genre agreement  {agree}/{len(ok)} = {agree / len(ok):.1%} (first category in the CSV's Genre)")
         print(f"first category   {first.most_common(5)}; film-noir in {every.get('film-noir', 0)} rows")
         print(f"summary length   median {int(ok['summary'].str.len().median())} chars")
