@@ -30,7 +30,8 @@ store (a temporary ``PDBATCH_HOME``) so every row is answered afresh, and
 * **genre agreement** (a rough accuracy proxy): share of valid rows whose
   first category is one of the genres of the CSV's ``Genre`` column;
 * **top category**, e.g. how often ``film-noir`` is chosen;
-* **wall** time of the ``map`` call, model loading included.
+* **wall** time of the ``map`` call, model loading included, and the tokens
+  read and written.
 
 ``--rows N`` takes N films evenly spaced over the file (not the first N,
 which are all from the 1920s-40s). ``--param K=V`` adds a request body
@@ -170,7 +171,9 @@ def main() -> int:
         new = ok.drop(columns=list(df.columns) + ["llm_error", "llm_raw"])
         nested = sum(1 for _, row in new.iterrows() if any(isinstance(v, dict) for v in row.dropna()))
         print(f"nested objects   {nested}/{len(ok)} valid rows hold an object inside the object")
-    print(f"wall             {wall:.1f} s ({wall / n:.2f} s/row)")
+    usage = out.attrs.get("pdbatch", {}).get("usage", {})
+    print(f"wall             {wall:.1f} s ({wall / n:.2f} s/row); tokens in {usage.get('input_tokens')}, "
+          f"out {usage.get('output_tokens')} ({(usage.get('output_tokens') or 0) / n:.0f}/row)")
     for _, row in ok.head(args.show).iterrows():
         print("  ok ", row["Series_Title"], "->", row.get("llm_raw"))
     for _, row in out[err.notna()].head(args.show).iterrows():
