@@ -33,9 +33,13 @@ DEFAULT_MAX_TOKENS = 256
 
 #: Sampling defaults of the local model; a body's own value wins (``temperature=``,
 #: ``top_p=``, or llama.cpp's ``repeat_penalty``, ``top_k``, ``min_p`` through
-#: ``extra_body``). Measured on the main job with ``bench/local_quality.py``: see
-#: the notes there. A repeat penalty over the answer's last 64 tokens is what
-#: stops a 135M model's loops ("a life of ambition, a life of ambition, ...").
+#: ``extra_body``). The first four are llama-cpp-python's own; ``repeat_penalty``
+#: (over the answer's last 64 tokens) is raised from 1.0 because a 135M model loops
+#: ("a life of ambition, a life of ambition, ..."): 43 of the 44 cut-off answers of the
+#: main job did. Measured with ``bench/local_quality.py`` (SmolLM2-135M, 2 cores): JSON
+#: mode, 20 films: 1.0 -> 18/20 valid (2 loops), 1.1 -> 20/20, 1.3 -> 20/20 but stray
+#: keys and markup; the movie schema, 40 films: 100% valid either way, summaries that
+#: loop inside the length bound with 1.0, median 154 -> 119 characters with 1.1.
 SAMPLING = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}
 
 # Body keys copied unchanged into create_chat_completion's keyword arguments
