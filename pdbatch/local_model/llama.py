@@ -38,8 +38,8 @@ DEFAULT_MAX_TOKENS = 256
 #: ("a life of ambition, a life of ambition, ..."): 43 of the 44 cut-off answers of the
 #: main job did. Measured with ``bench/local_quality.py`` (SmolLM2-135M, 2 cores): JSON
 #: mode, 20 films: 1.0 -> 18/20 valid (2 loops), 1.1 -> 20/20, 1.3 -> 20/20 but stray
-#: keys and markup; the movie schema, 40 films: 100% valid either way, summaries that
-#: loop inside the length bound with 1.0, median 154 -> 119 characters with 1.1.
+#: keys and markup; the movie schema, 40 films: 100% valid either way, summaries a
+#: median 154 characters with 1.0 (some looping within the length bound), 119 with 1.1.
 SAMPLING = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}
 
 # Body keys copied unchanged into create_chat_completion's keyword arguments
