@@ -75,6 +75,8 @@ class RowState(JobState):
     status: str = "pending"
     stop: threading.Event = field(default_factory=threading.Event)
     model_path: Optional[str] = None
+    #: local: the schema the grammar enforces, the answers' own (``uniqueItems`` included)
+    schema: Optional[dict] = None
     run: Any = None
 
 

@@ -22,6 +22,7 @@ from typing import List, Optional
 from ..errors import InputError, OptionError
 from ..options import check
 from ..local_model.model import get_pool, resolve_model
+from ..core.parsing import strict_schema
 from ..core.records import Request, Result
 from .progress import progress_bar
 from .base import RowByRow, Progress
@@ -45,6 +46,19 @@ def _failure(custom_id: str, err: Exception) -> Result:
     if not isinstance(err, InputError):
         text = f"{type(err).__name__}: {text}"
     return Result.failure(custom_id, "local_error", text)
+
+
+def _grammar_schema(job) -> Optional[dict]:
+    """The schema the answers are validated against, made strict, with the keywords OpenAI refuses kept.
+
+    The request bodies carry :func:`~pdbatch.core.parsing.strict_schema`'s copy,
+    which leaves out ``uniqueItems`` (OpenAI refuses it); the local grammar can
+    enforce it, so it decodes with this one.
+    """
+    fmt = getattr(getattr(job, "spec", None), "fmt", None)
+    if fmt is None or fmt.kind != "schema" or not isinstance(fmt.schema, dict):
+        return None
+    return strict_schema(fmt.schema, drop=())
 
 
 class Local(RowByRow):
@@ -111,6 +125,7 @@ class Local(RowByRow):
         if notice and reqs:
             warnings.warn(f"pdbatch: {notice}", UserWarning, stacklevel=2)
         job.state.requests, job.state.model_path, job.state.status = reqs, path, "pending"
+        job.state.schema = _grammar_schema(job)
         job.state.stop = threading.Event()
 
     # ------------------------------------------------------------------- wait
@@ -129,6 +144,7 @@ class Local(RowByRow):
         for r in todo:
             work.put(r)
         done: "queue.SimpleQueue[Result]" = queue.SimpleQueue()
+        schema = job.state.schema
 
         def worker() -> None:
             while not stop.is_set():
@@ -137,7 +153,7 @@ class Local(RowByRow):
                 except queue.Empty:
                     return
                 try:
-                    res = Result(req.custom_id, body=pool.complete(req.body), status_code=200)
+                    res = Result(req.custom_id, body=pool.complete(req.body, schema=schema), status_code=200)
                 except Exception as err:  # one bad row never stops the run
                     res = _failure(req.custom_id, err)
                 done.put(res)

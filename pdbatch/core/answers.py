@@ -22,18 +22,46 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .loops import repetition_loop
 from .records import Usage, embedding_of, usage_counts
 
-__all__ = ["Answers", "OK_FINISH", "NO_ANSWER", "usable", "usable_arrow", "answer_reason", "responses_choice"]
+__all__ = ["Answers", "OK_FINISH", "NO_ANSWER", "TRUNCATED", "usable", "usable_arrow", "answer_reason",
+           "truncated_reason", "responses_choice"]
 
 #: finish_reason values of a complete answer.
 OK_FINISH = ("stop",)
 #: The error cell of a sent row that no result came back for.
 NO_ANSWER = "no_answer: no result came back for this row"
+#: The error cell of an answer cut off by the token limit.
+TRUNCATED = "truncated: finish_reason=length (raise max_completion_tokens)"
+
+
+def truncated_reason(content: Any, plain: Optional[str] = None) -> str:
+    """The error cell of an answer cut off by the token limit (``finish_reason == "length"``).
+
+    When the text ends in a repetition loop (:func:`~pdbatch.core.loops.repetition_loop`)
+    more tokens would only buy more repeats, so the cell says so and names
+    what helps instead; otherwise it is ``plain`` (default :data:`TRUNCATED`).
+
+    Examples
+    --------
+    >>> truncated_reason('{"summary": "A tale')
+    'truncated: finish_reason=length (raise max_completion_tokens)'
+    >>> truncated_reason('{"summary": "A tale of love, of love, of love, of love, of love, of lo')[:64]
+    "truncated: the model repeated itself (' of love,' over and over)"
+    """
+    unit = repetition_loop(content) if isinstance(content, str) else None
+    if unit is None:
+        return TRUNCATED if plain is None else plain
+    shown = unit if len(unit) <= 40 else unit[:37] + "..."
+    return (f"truncated: the model repeated itself ({shown!r} over and over) until the token limit; more "
+            "tokens will not help: a repeat penalty (local: extra_body={'repeat_penalty': 1.3}), a "
+            "maxLength or maxItems in the schema, a shorter prompt or a bigger model will")
 
 
 #: finish_reason of a Responses answer cut at its ``max_output_tokens``.
 OUTPUT_CAP = "max_output_tokens"
+_OUTPUT_CAP_CUT = "truncated: status=incomplete, reason max_output_tokens (raise max_output_tokens)"
 
 
 def responses_choice(body: Mapping[str, Any]) -> Optional[dict]:
@@ -305,7 +333,8 @@ def answer_reason(status_code, content, finish_reason, refusal, has_choice, erro
     """Why an answer (given as its fields) cannot be used, or None when its content can.
 
     Covers API errors (``"<code>: <message>"``), truncation
-    (``finish_reason == "length"``), content filtering, refusals and empty answers.
+    (``finish_reason == "length"``, worded by :func:`truncated_reason`),
+    content filtering, refusals and empty answers.
     """
     if error_code is not None or error_message is not None or (status_code is not None and status_code >= 400):
         code = error_code or (f"http_{status_code}" if status_code else "error")
@@ -316,9 +345,9 @@ def answer_reason(status_code, content, finish_reason, refusal, has_choice, erro
     if refusal:
         return f"refused: {str(refusal)[:200]}"
     if finish_reason == "length":
-        return "truncated: finish_reason=length (raise max_completion_tokens)"
+        return truncated_reason(content)
     if finish_reason == OUTPUT_CAP:
-        return "truncated: status=incomplete, reason max_output_tokens (raise max_output_tokens)"
+        return truncated_reason(content, _OUTPUT_CAP_CUT)
     if finish_reason == "content_filter":
         return "content_filter: the answer was withheld by the provider's filter"
     if finish_reason in ("failed", "cancelled", "incomplete", "in_progress", "queued"):

@@ -27,7 +27,7 @@ from ..errors import SchemaError
 from .answers import Answers, answer_reason
 from .records import Result
 
-__all__ = ["ResponseFormat", "response_format", "strict_schema", "answer_text"]
+__all__ = ["ResponseFormat", "response_format", "strict_schema", "answer_text", "NOT_PERMITTED"]
 
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_-]+")
 
@@ -201,22 +201,35 @@ def answer_text(result: Result) -> Tuple[Optional[str], Optional[str]]:
     return (None, reason) if reason is not None else (a.content[0], None)
 
 
-def strict_schema(schema: Mapping[str, Any]) -> dict:
+#: Keywords OpenAI's strict mode refuses ("'uniqueItems' is not permitted", a 400 for every
+#: row): :func:`strict_schema` leaves them out of the request; answers are still validated
+#: against the schema as given, so a violation is an error cell.
+NOT_PERMITTED = ("uniqueItems",)
+
+
+def strict_schema(schema: Mapping[str, Any], *, drop: Tuple[str, ...] = NOT_PERMITTED) -> dict:
     """A copy of ``schema`` that OpenAI's strict structured outputs accept.
 
     Every object gets ``additionalProperties: false`` and lists all its
     properties as required (optional fields become required, which still
-    validates against the original schema).
+    validates against the original schema). The keywords in ``drop``
+    (:data:`NOT_PERMITTED`) are left out: the answer is checked against them
+    when it is validated. The local model passes ``drop=()``, its grammar
+    enforces ``uniqueItems``.
 
     Examples
     --------
     >>> strict_schema({"type": "object", "properties": {"a": {"type": "string"}}})
     {'type': 'object', 'properties': {'a': {'type': 'string'}}, 'additionalProperties': False, 'required': ['a']}
+    >>> strict_schema({"type": "array", "items": {"type": "string"}, "uniqueItems": True})
+    {'type': 'array', 'items': {'type': 'string'}}
     """
     out = copy.deepcopy(dict(schema))
 
     def visit(node: Any) -> None:
         if isinstance(node, dict):
+            for key in drop:
+                node.pop(key, None)
             props = node.get("properties")
             if node.get("type") == "object" or isinstance(props, dict):
                 if isinstance(props, dict):

@@ -196,11 +196,11 @@ class ModelPool:
         """The model's name (its file name without ``.gguf``)."""
         return self._models[0].name
 
-    def complete(self, body: Mapping[str, Any]) -> dict:
-        """Answer one chat request body on a free instance (thread-safe)."""
+    def complete(self, body: Mapping[str, Any], schema: Optional[Mapping[str, Any]] = None) -> dict:
+        """Answer one chat request body on a free instance (thread-safe); ``schema`` as in :meth:`LocalModel.complete`."""
         model = self._free.get()
         try:
-            return model.complete(body)
+            return model.complete(body, schema)
         finally:
             self._free.put(model)
 

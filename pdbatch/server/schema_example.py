@@ -7,7 +7,8 @@ answers under ``response_format={"type": "json_schema", ...}``.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Union
+import re
+from typing import Any, Mapping, Optional, Union
 
 __all__ = ["example_from_schema"]
 
@@ -56,7 +57,73 @@ def _string(schema: Mapping[str, Any], text: str, index: int) -> str:
     lo, hi = schema.get("minLength", 0), schema.get("maxLength")
     if len(value) < lo:
         value = value + "x" * (lo - len(value))
-    return value[:hi] if hi is not None else value
+    value = value[:hi] if hi is not None else value
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str) and not _matches(pattern, value):
+        value = _pattern_example(pattern) or value
+    return value
+
+
+def _matches(pattern: str, value: str) -> bool:
+    try:
+        return re.search(pattern, value) is not None
+    except re.error:
+        return True  # not a Python regex: leave the value alone
+
+
+_CANDIDATES = "aeA0 x.-_"
+
+
+def _in_class(c: str, items) -> bool:
+    """Whether character ``c`` is in a parsed regex character class."""
+    hit, negate = False, False
+    for op, av in items:
+        name = str(op)
+        if name == "NEGATE":
+            negate = True
+        elif name == "LITERAL":
+            hit = hit or ord(c) == av
+        elif name == "RANGE":
+            hit = hit or av[0] <= ord(c) <= av[1]
+        elif name == "CATEGORY":
+            kind = str(av)
+            test = c.isdigit() if "DIGIT" in kind else c.isspace() if "SPACE" in kind else (c.isalnum() or c == "_")
+            hit = hit or (test != ("NOT" in kind))
+    return hit != negate
+
+
+def _regex_example(items) -> str:
+    out = []
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            out.append(chr(av))
+        elif name in ("NOT_LITERAL", "ANY"):
+            out.append(next(c for c in _CANDIDATES if name == "ANY" or ord(c) != av))
+        elif name == "IN":
+            out.append(next(c for c in _CANDIDATES if _in_class(c, av)))
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            out.append(_regex_example(av[2]) * av[0])
+        elif name == "SUBPATTERN":
+            out.append(_regex_example(av[-1]))
+        elif name == "BRANCH":
+            out.append(_regex_example(av[1][0]))
+        elif name != "AT":
+            raise ValueError(name)
+    return "".join(out)
+
+
+def _pattern_example(pattern: str) -> Optional[str]:
+    """A short string matching ``pattern`` (shortest repeats, first alternatives), or None."""
+    try:
+        from re import _parser  # type: ignore[attr-defined]  # Python >= 3.11
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as _parser  # type: ignore[no-redef]
+    try:
+        value = _regex_example(_parser.parse(pattern))
+    except Exception:  # an unusual construct: the pattern is not honoured
+        return None
+    return value if _matches(pattern, value) else None
 
 
 def _example(schema: Any, root: Mapping[str, Any], text: str, depth: int, index: int) -> Any:
@@ -116,8 +183,10 @@ def example_from_schema(schema: Mapping[str, Any], text: str = "") -> Any:
     (1 item, 2 when ``uniqueItems``, within ``minItems``/``maxItems``; tuple
     ``prefixItems``), ``null`` and nullable types, ``const``,
     ``anyOf``/``oneOf``/``allOf`` and local ``$ref`` into ``$defs`` (as
-    pydantic emits). ``pattern`` is not honoured. Plain strings carry
-    ``text``. Recursive schemas stop growing after a few levels.
+    pydantic emits). Plain strings carry ``text``; when that does not match
+    the string's ``pattern``, a short string made from the pattern
+    (shortest repeats, first alternatives) stands in. Recursive schemas stop
+    growing after a few levels.
 
     Examples
     --------
@@ -125,5 +194,7 @@ def example_from_schema(schema: Mapping[str, Any], text: str = "") -> Any:
     ...     "label": {"enum": ["pos", "neg"]}, "score": {"type": "integer", "minimum": 1},
     ...     "tags": {"type": "array", "items": {"type": "string"}}}}, "hi")
     {'label': 'pos', 'score': 1, 'tags': ['hi']}
+    >>> example_from_schema({"type": "string", "pattern": "^[A-Z][^.!?]{3,9}[.!?]$"}, "hi")
+    'Aaaa.'
     """
     return _example(schema, schema, text, 0, 0)

@@ -18,7 +18,8 @@ import pdbatch  # noqa: E402,F401  (registers .llm)
 from pdbatch.backends.local import INTERRUPTED, Local  # noqa: E402
 from pdbatch.errors import BackendUnavailableError, InputError, JobError, OptionError  # noqa: E402
 from pdbatch.job.lifecycle import Job  # noqa: E402
-from pdbatch.local_model.llama import DEFAULT_MAX_TOKENS, translate_body  # noqa: E402
+from pdbatch.local_model.grammar import FLAT_JSON_GBNF, schema_grammar  # noqa: E402
+from pdbatch.local_model.llama import DEFAULT_MAX_TOKENS, SAMPLING, translate_body  # noqa: E402
 from pdbatch.local_model.model import default_model_path, get_pool, resolve_model  # noqa: E402
 from pdbatch.core.records import CHAT_URL  # noqa: E402
 
@@ -75,6 +76,7 @@ def test_translate_body_maps_openai_fields():
     }
     out = translate_body(body)
     assert out == {
+        **SAMPLING,
         "messages": body["messages"],
         "max_tokens": 12,
         "temperature": 0.5,
@@ -83,19 +85,17 @@ def test_translate_body_maps_openai_fields():
         "stop": ["\n"],
         "presence_penalty": 0.1,
         "frequency_penalty": 0.2,
-        "response_format": {"type": "json_object", "schema": SCHEMA},
+        "grammar": schema_grammar(SCHEMA),
     }
 
 
 def test_translate_body_defaults_and_modes():
     msgs = [{"role": "user", "content": "hi"}]
-    assert translate_body({"messages": msgs}) == {"messages": msgs, "max_tokens": DEFAULT_MAX_TOKENS}
+    assert translate_body({"messages": msgs}) == {**SAMPLING, "messages": msgs, "max_tokens": DEFAULT_MAX_TOKENS}
     assert translate_body({"messages": msgs, "max_tokens": 5})["max_tokens"] == 5
     assert translate_body({"messages": msgs, "max_tokens": 5, "max_completion_tokens": 9})["max_tokens"] == 9
-    assert translate_body({"messages": msgs, "response_format": {"type": "json_object"}})["response_format"] == {
-        "type": "json_object"
-    }
-    assert "response_format" not in translate_body({"messages": msgs, "response_format": {"type": "text"}})
+    assert translate_body({"messages": msgs, "response_format": {"type": "json_object"}})["grammar"] == FLAT_JSON_GBNF
+    assert "grammar" not in translate_body({"messages": msgs, "response_format": {"type": "text"}})
     parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
     assert translate_body({"messages": parts})["messages"] == parts
 
@@ -273,3 +273,34 @@ def test_cancel_before_wait(pool, cities):
     out = job.wait(progress=False).result()
     assert out["llm_error"].str.startswith("cancelled").all()
     assert out.attrs["pdbatch"]["state"] == "cancelled"
+
+
+# ------------------------------------------------------------------ grammars that keep a small model finite
+def test_schema_bounds_and_unique_items_hold_while_decoding(pool, colors):
+    schema = {
+        "type": "object",
+        "properties": {
+            "words": {"type": "array", "uniqueItems": True, "minItems": 1, "maxItems": 3,
+                      "items": {"enum": ["red", "green", "blue", "black"]}},
+            "note": {"type": "string", "maxLength": 10},
+        },
+        "required": ["words", "note"],
+    }
+    out = colors.iloc[:2].llm.map(
+        "Write the word {w} three times, then a long note about it.", response_format=schema,
+        max_completion_tokens=64, extra_body={"repeat_penalty": 1.0}, **FAST,
+    )
+    assert out["llm_error"].isna().all(), out["llm_error"].tolist()
+    for words, note in zip(out["words"], out["note"]):
+        assert 1 <= len(words) <= 3 and len(set(words)) == len(words), words
+        assert len(note) <= 10
+
+
+def test_json_mode_stays_flat(pool, cities):
+    out = cities.iloc[:2].llm.map(
+        "Describe {city} as deeply nested JSON: objects inside objects inside objects.", response_format="json",
+        max_completion_tokens=96, raw_column="raw", **FAST,
+    )
+    for raw, err in zip(out["raw"], out["llm_error"]):
+        assert raw.lstrip().startswith("{") and "{" not in raw.lstrip()[1:], raw  # no nested object
+        assert err is None or err.startswith("truncated"), err

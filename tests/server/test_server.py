@@ -530,6 +530,9 @@ def test_echo_engine_json_schema_satisfies_pydantic_schema(client):
         "type": "object", "required": ["kids"], "additionalProperties": False,
         "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}}},
     {"allOf": [{"type": "object", "properties": {"a": {"const": 7}}, "required": ["a"]}]},
+    {"type": "string", "pattern": '^[A-Z][^.!?"\\\n]{20,200}[.!?]$'},  # the movie example's summary
+    {"type": "string", "pattern": "^(yes|no)-\\d{2,3}$"},
+    {"type": "string", "pattern": "t"},  # the text itself matches: kept
 ])
 def test_example_from_schema_validates(schema):
     jsonschema.validate(example_from_schema(schema, "t"), schema)
