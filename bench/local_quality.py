@@ -39,7 +39,8 @@ parameter (as the CLI's ``--param``); ``--extra K=V`` adds a provider
 field through ``extra_body`` (e.g. llama.cpp's ``repeat_penalty``,
 ``top_k``, ``min_p``). ``--prompt`` picks another prompt file.
 
-Measured on 2026-12-02 (2 shared cores, other jobs running: load 5-8), all 269 films:
+Measured on 2026-12-02 on a quiet 2-core machine, all 269 films, the two
+versions run one after the other:
 
 =========================  =====================  =====================
                            before (b5c7982)       after
@@ -48,16 +49,15 @@ valid                      225/269 = 83.6%        269/269 = 100.0%
 truncated (all but 1 loop) 44                     0
 repeated labels            200/225 = 88.9%        0/269 = 0.0%
 title-only / not sentence  165/225 = 73.3%        5/269 = 1.9%
-"film-noir" first          120/225                0 ("noir" in 19 rows)
+"film-noir" first          120/225                0 ("noir" instead)
 genre agreement            31/225 = 13.8%         62/269 = 23.0%
 tokens in / out            45,063 / 20,917        30,799 / 13,762
-wall                       1657 s                 1706 s (heavier load)
+wall                       516.5 s                377.1 s
 =========================  =====================  =====================
 
-The two full runs had different loads; the fair speed comparison is the two
-versions run side by side on the same 30 films (``--rows 30 --workers 1``,
-concurrently): before 712 s (94 output tokens a row, 7 rows truncated), after
-462 s (47 a row, none truncated).
+Side by side on the same 30 films (``--rows 30 --workers 1``, both versions
+at once on shared cores): before 712 s (94 output tokens a row, 7 rows
+truncated), after 462 s (47 a row, none truncated).
 """
 
 from __future__ import annotations
