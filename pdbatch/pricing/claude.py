@@ -26,8 +26,6 @@ ANTHROPIC_API = "https://api.anthropic.com"
 #: Standard prices: (input, cache hits, output) per 1M tokens. A dated id
 #: (``claude-haiku-4-5-20251001``) is priced as its undated alias.
 CLAUDE_PRICES: Mapping[str, tuple] = {
-    "claude-opus-5": (5.00, 0.50, 25.00),
-    "claude-sonnet-5": (2.00, 0.20, 10.00),
     "claude-opus-4-8": (5.00, 0.50, 25.00),
     "claude-opus-4-7": (5.00, 0.50, 25.00),
     "claude-opus-4-6": (5.00, 0.50, 25.00),
