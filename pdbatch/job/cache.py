@@ -38,7 +38,8 @@ def to_send(job, rendered: Rendered, use_cache: bool) -> Iterator[Tuple[str, byt
             rows = [(cid, *hits[h]) for _pos, cid, _line, h in chunk if h in hits and cid not in answered]
             if rows:
                 hit = Answers.from_rows(rows)
-                store.put_answers(job.id, hit, hashes, source="cache")
+                # this chunk's hashes only: a lookup in every row's hashes would re-index them per chunk
+                store.put_answers(job.id, hit, {c[1]: c[3] for c in chunk}, source="cache")
                 job.record.cached += len(rows)
                 job.add_cached_usage(hit.usage)
         for _pos, cid, line, h in chunk:

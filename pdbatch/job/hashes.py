@@ -9,7 +9,7 @@ pandas index built when first needed.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,8 @@ __all__ = ["RowHashes"]
 
 #: Hex digits in a request hash (blake2b, 16 bytes).
 WIDTH = 32
+#: Ids added after the index was built that are looked up in a dict before a new index is built.
+_FOLD = 65536
 
 
 class RowHashes:
@@ -42,6 +44,8 @@ class RowHashes:
         self._hashes = np.zeros(0, dtype=f"S{WIDTH}")
         self._index: Optional[pd.Index] = None
         self._first: Optional[np.ndarray] = None
+        #: positions of ids added since the index was built (looked up after it; folded in when it grows)
+        self._recent: Dict[str, int] = {}
 
     @classmethod
     def from_arrow(cls, ids: pa.ChunkedArray, hashes: pa.ChunkedArray) -> "RowHashes":
@@ -52,10 +56,21 @@ class RowHashes:
         return out
 
     def add(self, ids: Sequence[str], hashes: Sequence[str]) -> None:
-        """Append rows (an id added twice keeps its first hash for lookups)."""
+        """Append rows (an id added twice keeps its first hash for lookups).
+
+        Lookups between adds (answers arriving while later rows are still
+        being sent) stay cheap: ids added since the index was built are kept
+        in a small dict, folded into a new index once it holds a quarter of
+        the rows.
+        """
+        start = len(self._ids)
         self._ids.extend(ids)
         self._parts.append(np.array(hashes, dtype=f"S{WIDTH}"))
-        self._index = None
+        if self._index is not None:
+            for k, cid in enumerate(ids):
+                self._recent.setdefault(cid, start + k)
+            if len(self._recent) > max(_FOLD, len(self._ids) // 4):
+                self._index = None
 
     def __setitem__(self, cid: str, h: str) -> None:
         self.add([cid], [h])
@@ -76,16 +91,21 @@ class RowHashes:
         return self.get(cid) is not None  # type: ignore[arg-type]
 
     def _positions(self, ids: Iterable[str]) -> np.ndarray:
+        ids = list(ids)
         if self._index is None:
+            self._recent = {}
             self._index = pd.Index(np.array(self._ids, dtype=object), dtype=object)
             if not self._index.is_unique:
                 self._index = self._index[~self._index.duplicated(keep="first")]
                 self._first = np.flatnonzero(~pd.Index(np.array(self._ids, dtype=object)).duplicated(keep="first"))
             else:
                 self._first = None
-        pos = self._index.get_indexer(np.array(list(ids), dtype=object))
+        pos = self._index.get_indexer(np.array(ids, dtype=object))
         if self._first is not None:
             pos = np.where(pos >= 0, self._first[np.maximum(pos, 0)], -1)
+        if self._recent:
+            for i in np.flatnonzero(pos < 0).tolist():
+                pos[i] = self._recent.get(ids[i], -1)
         return pos
 
     def get_arrow(self, ids: Iterable[str]) -> pa.Array:

@@ -23,3 +23,18 @@ def test_row_hashes_answer_like_a_dict_that_keeps_the_first_hash():
     back = RowHashes.from_arrow(table.column("custom_id"), table.column("hash"))
     assert back.get_many(list(want)) == list(want.values()) and len(back) == len(ids)
     assert "absent" not in back and ids[0] in back
+
+
+def test_lookups_between_adds_fold_recent_ids_into_a_new_index(monkeypatch):
+    import pdbatch.job.hashes as mod
+
+    monkeypatch.setattr(mod, "_FOLD", 10)
+    h = RowHashes()
+    seen = {}
+    for k in range(300):  # answers looked up while later rows are still being added
+        cid, digest = f"r{k % 250}", f"{k:032x}"
+        h.add([cid], [digest])
+        seen.setdefault(cid, digest)
+        assert h.get(cid) == seen[cid] and h.get(f"r{k // 2}") == seen[f"r{k // 2}"]
+    assert h.get_many([f"r{k}" for k in range(250)]) == [seen[f"r{k}"] for k in range(250)]
+    assert len(h._recent) <= max(10, len(h) // 4)
