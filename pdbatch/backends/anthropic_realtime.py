@@ -14,13 +14,12 @@ read: give ``rpm=`` / ``tpm=`` to pace below your tier's limits.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ..core.anthropic import to_chat, to_params
 from ..core.records import Request, Result
 from ..errors import OptionError
 from .anthropic import default_anthropic_client, anthropic_provider, check_spec, is_anthropic
-from .ratelimit import estimate_tokens, sleep_unless
 from .realtime import Realtime
 from .realtime_run import _Run
 
@@ -50,63 +49,25 @@ def _failure(cid: str, err: Exception, attempts: int) -> Result:
 
 
 class _AnthropicRun(_Run):
-    """A realtime run whose calls go to ``messages.create``."""
+    """A realtime run whose calls go to ``messages.create``: the pacing, retries and stops are :class:`_Run`'s."""
 
-    async def _amain(self) -> None:  # as _Run's, with an AsyncAnthropic
-        import asyncio
+    def _client(self) -> Any:
+        return async_anthropic(self.backend.client)
 
-        self._wake = asyncio.Event()
-        self._task = asyncio.current_task()
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            if self._aborted:
-                return
-        if self.stopping.is_set():
-            self._wake.set()
-        aclient = async_anthropic(self.backend.client)
-        try:
-            n = min(self.backend.max_concurrency, len(self.todo))
-            await asyncio.gather(*(self._worker(aclient) for _ in range(n)))
-        finally:
-            await aclient.close()
-
-    async def _one(self, aclient: Any, req: Request) -> Optional[Result]:
+    def _errors(self) -> tuple:
         import anthropic
 
-        lim, policy = self.backend.limiter, self.policy
-        tokens = estimate_tokens(req.body, req.url) if lim.counts_tokens else 0
-        params = to_params(req.body)
-        attempt = 0
-        while True:
-            attempt += 1
-            if not await lim.acquire(tokens, self._wake):
-                return None
-            ticket = lim.sent(tokens)
-            self.attempts += 1
-            try:
-                raw = await aclient.messages.with_raw_response.create(**params)
-                lim.observe(ticket, raw.headers)
-                message = await raw.parse()
-                return Result(req.custom_id, body=to_chat(message.to_dict()), status_code=raw.status_code,
-                              request_id=raw.headers.get("request-id"))
-            except (anthropic.APIStatusError, anthropic.APIConnectionError) as err:
-                status = getattr(err, "status_code", None)
-                if status is not None:
-                    lim.observe(ticket, err.response.headers if err.response is not None else None)
-                    if status == 429:
-                        self.limited += 1
-                wait = policy.delay(err, attempt)
-                if wait is None:
-                    return _failure(req.custom_id, err, attempt)
-                policy.log(f"messages.create for row {req.custom_id!r}", err, attempt, wait)
-                if status == 429:
-                    lim.pause(wait)  # every sender holds, not only this one
-                    wait = 0.0
-            if self.stopping.is_set():
-                return None  # not answered: a later run sends it again
-            self.retries += 1
-            if wait and await sleep_unless(wait, self._wake):
-                return None
+        return (anthropic.APIStatusError, anthropic.APIConnectionError)
+
+    async def _send(self, aclient: Any, req: Request, ticket: Any) -> Result:
+        raw = await aclient.messages.with_raw_response.create(**to_params(req.body))
+        self.backend.limiter.observe(ticket, raw.headers)
+        message = await raw.parse()
+        return Result(req.custom_id, body=to_chat(message.to_dict()), status_code=raw.status_code,
+                      request_id=raw.headers.get("request-id"))
+
+    def _failure(self, cid: str, err: Exception, attempts: int) -> Result:
+        return _failure(cid, err, attempts)
 
 
 class AnthropicRealtime(Realtime):

@@ -223,7 +223,7 @@ class _Run:
                 return
         if self.stopping.is_set():
             self._wake.set()
-        aclient = async_client(self.backend.client)
+        aclient = self._client()
         try:
             n = min(self.backend.max_concurrency, len(self.todo))
             await asyncio.gather(*(self._worker(aclient) for _ in range(n)))
@@ -240,6 +240,26 @@ class _Run:
             if res is not None:
                 self.results.put(res)
 
+    # ---------------------------------------------- what another API's run replaces
+    def _client(self) -> Any:
+        """The async SDK client the calls go through (closed when the run ends)."""
+        return async_client(self.backend.client)
+
+    def _errors(self) -> tuple:
+        """What one call may raise that the retry policy judges (an API status, a timeout, a lost connection)."""
+        return (openai.APIStatusError, *TRANSIENT_ERRORS)
+
+    async def _send(self, aclient: Any, req: Request, ticket: Any) -> Result:
+        """Make one call; the limiter sees its response headers."""
+        raw = await _call(aclient, req)
+        self.backend.limiter.observe(ticket, raw.headers)
+        return Result(req.custom_id, body=await _body(raw), status_code=raw.status_code,
+                      request_id=raw.headers.get("x-request-id"))
+
+    def _failure(self, cid: str, err: Exception, attempts: int) -> Result:
+        """The error cell of a call given up on."""
+        return _failure(cid, err, attempts)
+
     async def _one(self, aclient: "openai.AsyncOpenAI", req: Request) -> Optional[Result]:
         """Answer one request, retrying what is worth it; None leaves the row unanswered (stopped)."""
         lim = self.backend.limiter
@@ -253,18 +273,15 @@ class _Run:
             ticket = lim.sent(tokens)
             self.attempts += 1
             try:
-                raw = await _call(aclient, req)
-                lim.observe(ticket, raw.headers)
-                return Result(req.custom_id, body=await _body(raw), status_code=raw.status_code,
-                              request_id=raw.headers.get("x-request-id"))
-            except (openai.APIStatusError, *TRANSIENT_ERRORS) as err:
+                return await self._send(aclient, req, ticket)
+            except self._errors() as err:
                 status = getattr(err, "status_code", None)
                 if resource_unavailable(err):
                     # Flex capacity is short: this row backs off; the limits and the other senders are untouched.
                     self.unavailable += 1
                     wait = policy.delay(err, attempt)
                     if wait is None:
-                        return _failure(req.custom_id, err, attempt)
+                        return self._failure(req.custom_id, err, attempt)
                     policy.log(f"{req.url} (flex) for row {req.custom_id!r}", err, attempt, wait)
                     if self.stopping.is_set():
                         return None
@@ -278,7 +295,7 @@ class _Run:
                         self.limited += 1
                 wait = policy.delay(err, attempt)
                 if wait is None:
-                    return _failure(req.custom_id, err, attempt)
+                    return self._failure(req.custom_id, err, attempt)
                 policy.log(f"{req.url} for row {req.custom_id!r}", err, attempt, wait)
                 if status == 429:
                     lim.pause(wait)  # every sender holds, not only this one
