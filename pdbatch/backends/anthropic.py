@@ -51,7 +51,7 @@ from ..options import check
 from .base import TERMINAL
 from .batch import POLL_PATIENCE, Batch
 from .batch_state import ShardState, raw_lines
-from .retry import RetryPolicy, retryable
+from .retry import RetryPolicy, create_once
 
 __all__ = ["AnthropicBatch", "check_spec", "is_anthropic", "anthropic_provider", "MAX_REQUESTS", "MAX_BYTES",
            "CLOCK_SLACK", "DATE_SLACK", "default_anthropic_client"]
@@ -177,28 +177,18 @@ class AnthropicBatch(Batch):
         payload = orjson.dumps({"requests": requests})
         policy = RetryPolicy(self.create_attempts, backoff=1.0, max_backoff=30.0, max_retry_after=120.0,
                              max_elapsed=self.create_timeout)
-        started, attempt = time.monotonic(), 0
-        while True:
-            attempt += 1
-            try:  # the body serialized once, by orjson (the SDK would copy and encode 100,000 dicts itself)
-                return self._create_client.post("/v1/messages/batches", cast_to=MessageBatch, content=payload,
-                                                options={"headers": {"content-type": "application/json"}})
-            except anthropic.APIError as err:
-                if not retryable(err):
-                    raise PdbatchError(f"Anthropic refused to create the Message Batch for shard {st.index} of job "
-                                       f"{job.id} (HTTP {getattr(err, 'status_code', '?')}): {err}") from err
-                found = self._adopt(job, st)  # the create may have gone through before the failure reached us
-                if found is not None:
-                    return found
-                wait = policy.delay(err, attempt, elapsed=time.monotonic() - started)
-                if wait is None:
-                    raise PdbatchError(
-                        f"could not create the Message Batch for shard {st.index} of job {job.id} after {attempt} "
-                        f"attempts: {err}; run the job again later (it resumes where it stopped), or pass "
-                        f"pdbatch.AnthropicBatch(create_timeout=...) to keep trying longer") from err
-                policy.log(f"messages.batches.create for shard {st.index} of job {job.id}", err, attempt, wait,
-                           logging.INFO)
-                time.sleep(wait)
+        # the body serialized once, by orjson (the SDK would copy and encode 100,000 dicts itself)
+        return create_once(
+            lambda: self._create_client.post("/v1/messages/batches", cast_to=MessageBatch, content=payload,
+                                             options={"headers": {"content-type": "application/json"}}),
+            lambda: self._adopt(job, st),  # the create may have gone through before the failure reached us
+            policy, (anthropic.APIError,), what=f"messages.batches.create for shard {st.index} of job {job.id}",
+            refused=lambda err: (f"Anthropic refused to create the Message Batch for shard {st.index} of job "
+                                 f"{job.id} (HTTP {getattr(err, 'status_code', '?')}): {err}"),
+            given_up=lambda err, n: (f"could not create the Message Batch for shard {st.index} of job {job.id} "
+                                     f"after {n} attempts: {err}; run the job again later (it resumes where it "
+                                     f"stopped), or pass pdbatch.AnthropicBatch(create_timeout=...) to keep trying "
+                                     f"longer"))
 
     def _now(self) -> float:
         """The API's time (its ``Date`` header), else the local time less :data:`CLOCK_SLACK`."""

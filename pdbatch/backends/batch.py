@@ -39,7 +39,7 @@ from ..errors import BatchFailedError, JobError, OptionError, PdbatchError
 from ..options import check
 from ..core.answers import NO_ANSWER
 from .progress import progress_bar
-from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, retryable
+from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, create_once
 from .base import TERMINAL, Progress, check_client, default_client, openai_provider
 from .batch_state import ORDER as _ORDER, BatchState, ShardState, retry_shard, rows_to_retry
 
@@ -175,33 +175,17 @@ class Batch:
         meta = self._meta(job.id, st)
         policy = RetryPolicy(self.create_attempts, backoff=1.0, max_backoff=30.0, max_retry_after=120.0,
                              max_elapsed=self.create_timeout)
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return self._create_client.batches.create(
-                    input_file_id=st.file_id, endpoint=job.spec.url, completion_window="24h", metadata=meta,
-                )
-            except (openai.APIStatusError, *TRANSIENT_ERRORS) as err:
-                if not retryable(err):
-                    raise PdbatchError(
-                        f"the server refused to create the batch for shard {st.index} of job {job.id} "
-                        f"(HTTP {err.status_code}): {err.message}"
-                    ) from err
-                # The create may have succeeded before the failure reached us: adopt it, never duplicate.
-                found = self._find(job.id, st)
-                if found is not None:
-                    return found
-                wait = policy.delay(err, attempt, elapsed=time.monotonic() - started)
-                if wait is None:
-                    raise PdbatchError(
-                        f"could not create the batch for shard {st.index} of job {job.id} after {attempt} attempts "
-                        f"in {time.monotonic() - started:.0f} s: {err}; run the job again later (it resumes where it "
-                        f"stopped), or pass pdbatch.Batch(create_timeout=...) to keep trying longer"
-                    ) from err
-                policy.log(f"batches.create for shard {st.index} of job {job.id}", err, attempt, wait, logging.INFO)
-                time.sleep(wait)
+        return create_once(
+            lambda: self._create_client.batches.create(input_file_id=st.file_id, endpoint=job.spec.url,
+                                                       completion_window="24h", metadata=meta),
+            lambda: self._find(job.id, st),  # a create that failed on its way back may have gone through
+            policy, (openai.APIStatusError, *TRANSIENT_ERRORS),
+            what=f"batches.create for shard {st.index} of job {job.id}",
+            refused=lambda err: (f"the server refused to create the batch for shard {st.index} of job {job.id} "
+                                 f"(HTTP {err.status_code}): {err.message}"),
+            given_up=lambda err, n: (f"could not create the batch for shard {st.index} of job {job.id} after {n} "
+                                     f"attempts: {err}; run the job again later (it resumes where it stopped), or "
+                                     f"pass pdbatch.Batch(create_timeout=...) to keep trying longer"))
 
     def _find(self, job_id: str, st: ShardState, scan: int = 1000):
         """The batch already created for this shard and submission, found by metadata; None if none."""

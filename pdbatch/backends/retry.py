@@ -47,11 +47,12 @@ from typing import Any, Callable, Mapping, Optional
 
 import openai
 
-from ..errors import OptionError
+from ..errors import OptionError, PdbatchError
 
 __all__ = [
     "RetryPolicy",
     "call",
+    "create_once",
     "RETRY_STATUSES",
     "FINAL_CODES",
     "RETRYABLE_CODES",
@@ -332,6 +333,36 @@ class RetryPolicy:
                 what, how, attempt, of, within, wait,
                 extra={"what": what, "attempt": attempt, "max_attempts": self.max_attempts,
                        "wait": wait, "status": status})
+
+
+def create_once(create: Callable[[], Any], find: Callable[[], Any], policy: RetryPolicy, errors: tuple, *,
+                what: str, refused: Callable[[BaseException], str], given_up: Callable[[BaseException, int], str],
+                sleep: Callable[[float], None] = time.sleep) -> Any:
+    """``create()`` of a batch, retried for as long as ``policy`` allows, never creating it twice.
+
+    An error the API will not change its mind about (:func:`retryable` is
+    false) raises :class:`~pdbatch.errors.PdbatchError` with ``refused(err)``.
+    After any other failure the create may still have gone through, so
+    ``find()`` looks for the batch first and returns it when it exists; only
+    then is the create tried again, and ``given_up(err, attempts)`` is raised
+    when the policy says stop.
+    """
+    started, attempt = time.monotonic(), 0
+    while True:
+        attempt += 1
+        try:
+            return create()
+        except errors as err:
+            if not retryable(err):
+                raise PdbatchError(refused(err)) from err
+            found = find()
+            if found is not None:
+                return found
+            wait = policy.delay(err, attempt, elapsed=time.monotonic() - started)
+            if wait is None:
+                raise PdbatchError(given_up(err, attempt)) from err
+            policy.log(what, err, attempt, wait, logging.INFO)
+            sleep(wait)
 
 
 def call(fn: Callable[[], Any], policy: RetryPolicy, what: str, *, level: int = logging.INFO,
