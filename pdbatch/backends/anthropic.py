@@ -47,7 +47,6 @@ import orjson
 from ..core.anthropic import result_line, to_params
 from ..core.anthropic_ids import IdMap
 from ..errors import BackendUnavailableError, OptionError, PdbatchError
-from ..options import check
 from .base import TERMINAL
 from .batch import POLL_PATIENCE, Batch
 from .batch_state import ShardState, raw_lines
@@ -126,16 +125,9 @@ class AnthropicBatch(Batch):
     def __init__(self, client: Any = None, *, shard_size: int = MAX_REQUESTS, shard_bytes: int = MAX_BYTES,
                  poll_interval: float = 2.0, max_poll_interval: float = 60.0,
                  create_attempts: Optional[int] = None, create_timeout: float = 120.0):
-        self.shard_size = check("shard_size", shard_size)
-        self.shard_bytes = check("shard_bytes", shard_bytes)
+        self._keep_options(shard_size, shard_bytes, poll_interval, max_poll_interval, create_attempts, create_timeout)
         if self.shard_size > MAX_REQUESTS:
             raise OptionError(f"shard_size={shard_size}: a Message Batch holds at most {MAX_REQUESTS} requests")
-        self.poll_interval = check("poll_interval", poll_interval)
-        self.max_poll_interval = check("max_poll_interval", max_poll_interval)
-        self.create_attempts = check("create_attempts", create_attempts)
-        self.create_timeout = check("create_timeout", create_timeout)
-        if self.max_poll_interval < self.poll_interval:
-            raise OptionError(f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})")
         if client is None:
             client = default_anthropic_client()
         elif not is_anthropic(client) or type(client).__name__.startswith("Async"):

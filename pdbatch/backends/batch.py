@@ -88,14 +88,7 @@ class Batch:
         create_attempts: Optional[int] = None,
         create_timeout: float = 120.0,
     ):
-        self.shard_size = check("shard_size", shard_size)
-        self.shard_bytes = check("shard_bytes", shard_bytes)
-        self.poll_interval = check("poll_interval", poll_interval)
-        self.max_poll_interval = check("max_poll_interval", max_poll_interval)
-        self.create_attempts = check("create_attempts", create_attempts)
-        self.create_timeout = check("create_timeout", create_timeout)
-        if self.max_poll_interval < self.poll_interval:
-            raise OptionError(f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})")
+        self._keep_options(shard_size, shard_bytes, poll_interval, max_poll_interval, create_attempts, create_timeout)
         check_client(client)
         self.client = client if client is not None else default_client()
         self.provider = openai_provider(self.client)
@@ -167,6 +160,18 @@ class Batch:
         self._save(job, st)
         if st.attempt == 0 and st.submits == 0:  # a retry round or a shard sent again after waiting: not new
             job.record_sent(st.count)
+
+    def _keep_options(self, shard_size: int, shard_bytes: int, poll_interval: float, max_poll_interval: float,
+                      create_attempts: Optional[int], create_timeout: float) -> None:
+        """Check and keep the sharding, polling and create options (shared by every batch API's backend)."""
+        self.shard_size = check("shard_size", shard_size)
+        self.shard_bytes = check("shard_bytes", shard_bytes)
+        self.poll_interval = check("poll_interval", poll_interval)
+        self.max_poll_interval = check("max_poll_interval", max_poll_interval)
+        self.create_attempts = check("create_attempts", create_attempts)
+        self.create_timeout = check("create_timeout", create_timeout)
+        if self.max_poll_interval < self.poll_interval:
+            raise OptionError(f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})")
 
     def _meta(self, job_id: str, st: ShardState) -> Dict[str, str]:
         return {"pdbatch_job": job_id, "pdbatch_shard": str(st.index), "pdbatch_submit": str(st.submits)}
