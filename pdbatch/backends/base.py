@@ -310,6 +310,7 @@ class RowByRow:
         from ..errors import JobError
 
         p = self.refresh(job)
+        timeout = getattr(job, "asked_timeout", None) or timeout  # the user's figure, not what the lock wait left
         return JobError(
             f"job {job.id} stopped at its {round(timeout, 2):g} s timeout with {p.completed + p.failed} of "
             f"{p.total} rows answered; the answers are kept: send the rest with "

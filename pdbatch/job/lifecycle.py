@@ -246,10 +246,10 @@ class Job:
         Job
             ``self``, so that ``job.wait().result()`` reads well.
         """
+        self.asked_timeout = timeout  # what a timeout error names (the backend may get less, see below)
         if self.backend.runs_exclusively:
-            # Row-by-row backends send from this process: one process at a time per job, so two
-            # notebooks running the same cell never pay twice for a row; the second one waits.
-            # While another process runs the job, the bar shows its answers arriving (see locks.answers_bar).
+            # Row-by-row backends send from this process: one process at a time per job, so two notebooks
+            # running the same cell never pay twice; the second waits, its bar showing the other's answers.
             start, before = time.monotonic(), self.count_answers()
             tick, close = answers_bar(self.sent, self.count_answers, f"pdbatch {self.id[-10:]} (another process)")
             try:
