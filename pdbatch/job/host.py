@@ -7,7 +7,10 @@ back exactly as it was given: Parquet re-infers object columns and indexes
 an int column name into a str, and cannot hold columns ``0`` and ``"0"`` at
 once. The custom_ids are stored beside it all the same, never rebuilt from an
 index. The copy is written in a thread of its own while the first shards are
-uploaded; copies made by earlier releases (Parquet) are still read.
+uploaded, as pickles of :data:`SLICE` rows one after another: pickling a
+whole frame of Arrow strings first copies every column (pandas combines its
+chunks), and the allocator keeps that memory afterwards. Copies made by
+earlier releases (one pickle, or Parquet) are still read.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import pyarrow as pa
 __all__ = ["HostCopy", "load_host"]
 
 _FRAME, _OLD_FRAME, _IDS, _META = "host.pickle", "host.parquet", "host-ids.arrow", "host.json"
+#: Rows per pickled slice of the copy (each slice's column copies are freed before the next is made).
+SLICE = 100_000
 
 
 class HostCopy:
@@ -64,13 +69,23 @@ def save_host(host: Union[pd.DataFrame, pd.Series], ids: List[str], workdir: str
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, _FRAME + ".part")
     with open(tmp, "wb") as fh:
-        pickle.dump(host, fh, protocol=5)
+        for start in range(0, max(len(host), 1), SLICE):  # an empty frame is one (empty) slice
+            pickle.dump(host.iloc[start:start + SLICE], fh, protocol=5)
     os.replace(tmp, os.path.join(workdir, _FRAME))
     with pa.OSFile(os.path.join(workdir, _IDS), "wb") as sink:
         with pa.ipc.new_file(sink, pa.schema([("custom_id", pa.string())])) as out:
             out.write_table(pa.table({"custom_id": pa.array(ids, pa.string())}))
     with open(os.path.join(workdir, _META), "wb") as fh:
-        fh.write(orjson.dumps({"series": isinstance(host, pd.Series), "v": 3}))
+        fh.write(orjson.dumps({"series": isinstance(host, pd.Series), "v": 4}))
+
+
+def _joined(parts: list) -> Union[pd.DataFrame, pd.Series]:
+    """The slices of a copy as one object again: dtypes, index, names and ``attrs`` as they were."""
+    if len(parts) == 1:
+        return parts[0]
+    whole = pd.concat(parts, axis=0)
+    whole.attrs = parts[0].attrs
+    return whole
 
 
 def load_host(workdir: str) -> Tuple[Union[pd.DataFrame, pd.Series, None], Optional[List[str]]]:
@@ -81,8 +96,13 @@ def load_host(workdir: str) -> Tuple[Union[pd.DataFrame, pd.Series, None], Optio
     with open(meta_path, "rb") as fh:
         meta = orjson.loads(fh.read())
     if os.path.exists(os.path.join(workdir, _FRAME)):
-        with open(os.path.join(workdir, _FRAME), "rb") as fh:
-            host = pickle.load(fh)  # written by this user's own pdbatch, in the job store's directory
+        with open(os.path.join(workdir, _FRAME), "rb") as fh:  # written by this user's own pdbatch
+            host = pickle.load(fh)
+            if meta.get("v", 3) >= 4:  # slices: read to the end, then put back together
+                parts = [host]
+                while fh.peek(1):
+                    parts.append(pickle.load(fh))
+                host = _joined(parts)
     elif os.path.exists(os.path.join(workdir, _OLD_FRAME)):
         frame = pd.read_parquet(os.path.join(workdir, _OLD_FRAME))
         host = frame.iloc[:, 0] if meta.get("series") else frame
