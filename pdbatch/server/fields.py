@@ -1,0 +1,185 @@
+"""Field checkers of the local server's request validation (:mod:`pdbatch.server.validate`).
+
+Each checker is ``check(value, param)``: it returns when ``value`` is what the
+hosted API accepts for the field named ``param`` (the API's own naming, e.g.
+``messages[0].content[1].image_url.url``) and raises otherwise an
+:class:`~pdbatch.errors.EngineError` 400 worded as the API words it, with the
+API's ``code``: ``missing_required_parameter``, ``invalid_type``,
+``invalid_value``, ``integer_below_min_value``, ``decimal_above_max_value``,
+``empty_array``, ``array_above_max_length``, ``invalid_image_url``.
+
+Examples
+--------
+>>> TEMPERATURE(0.7, "temperature")
+>>> TEMPERATURE(3, "temperature")
+Traceback (most recent call last):
+...
+pdbatch.errors.EngineError: Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got 3 instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional
+
+from ..core.images import image_url_problem
+from ..errors import EngineError
+
+__all__ = ["fail", "missing", "wrong_type", "bad_value", "typed", "ranged", "enum", "STR", "BOOL", "OBJ",
+           "ARR", "TEMPERATURE", "TOP_P", "PENALTY", "POSITIVE", "model_name", "nonempty", "stop",
+           "metadata", "tools", "tool_choice", "response_format", "image_url"]
+
+_KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a decimal",
+          str: "a string", list: "an array", dict: "an object"}
+_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def fail(code: str, message: str, param: Optional[str]) -> EngineError:
+    """The 400 ``invalid_request_error`` the API answers, with ``code`` and ``param``."""
+    return EngineError(400, code, message, param=param)
+
+
+def _kind(value: Any) -> str:
+    return _KINDS.get(type(value), "a " + type(value).__name__)
+
+
+def missing(param: str) -> EngineError:
+    return fail("missing_required_parameter", f"Missing required parameter: '{param}'.", param)
+
+
+def wrong_type(param: str, expected: str, value: Any) -> EngineError:
+    return fail("invalid_type", f"Invalid type for '{param}': expected {expected}, but got "
+                                f"{_kind(value)} instead.", param)
+
+
+def bad_value(param: str, value: Any, allowed: tuple) -> EngineError:
+    names = [f"'{a}'" for a in allowed]
+    listed = ", ".join(names[:-1]) + f", and {names[-1]}" if len(names) > 1 else names[0]
+    return fail("invalid_value", f"Invalid value for '{param}': {value!r}. Supported values are: "
+                                 f"{listed}.", param)
+
+
+# -- field checkers: check(value, param) raises or returns ----------------------
+def typed(types: Any, expected: str) -> Callable[[Any, str], None]:
+    def check(value: Any, param: str) -> None:
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+            raise wrong_type(param, expected, value)
+    return check
+
+
+def _tuple(types: Any) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def ranged(integer: bool, lo: Optional[float] = None, hi: Optional[float] = None
+            ) -> Callable[[Any, str], None]:
+    word, types = ("integer", int) if integer else ("decimal", (int, float))
+    base = typed(types, "an integer" if integer else "a decimal")
+
+    def check(value: Any, param: str) -> None:
+        base(value, param)
+        if lo is not None and value < lo:
+            raise fail(f"{word}_below_min_value", f"Invalid '{param}': {word} below minimum value. "
+                        f"Expected a value >= {lo}, but got {value} instead.", param)
+        if hi is not None and value > hi:
+            raise fail(f"{word}_above_max_value", f"Invalid '{param}': {word} above maximum value. "
+                        f"Expected a value <= {hi}, but got {value} instead.", param)
+    return check
+
+
+def enum(*allowed: str) -> Callable[[Any, str], None]:
+    def check(value: Any, param: str) -> None:
+        if not isinstance(value, str):
+            raise wrong_type(param, "a string", value)
+        if value not in allowed:
+            raise bad_value(param, value, allowed)
+    return check
+
+
+STR, BOOL = typed(str, "a string"), typed(bool, "a boolean")
+OBJ, ARR = typed(dict, "an object"), typed(list, "an array")
+TEMPERATURE, TOP_P, PENALTY = ranged(False, 0, 2), ranged(False, 0, 1), ranged(False, -2, 2)
+POSITIVE = ranged(True, 1)
+
+
+def model_name(value: Any, param: str) -> None:
+    if not isinstance(value, str):
+        raise wrong_type(param, "a string", value)
+    if not value:
+        raise fail("invalid_value", f"Invalid '{param}': the model name is empty.", param)
+
+
+def nonempty(value: Any, param: str) -> None:
+    if not value:
+        raise fail("empty_array", f"Invalid '{param}': empty array. Expected an array with minimum "
+                                  "length 1, but got an empty array instead.", param)
+
+
+def stop(value: Any, param: str) -> None:
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise wrong_type(param, "a string or an array of strings", value)
+    if len(value) > 4:
+        raise fail("array_above_max_length", f"Invalid '{param}': array too long. Expected an array "
+                    f"with maximum length 4, but got an array with length {len(value)} instead.", param)
+
+
+def metadata(value: Any, param: str) -> None:
+    OBJ(value, param)
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise wrong_type(f"{param}.{key}", "a string", item)
+    if len(value) > 16:
+        raise fail("object_above_max_properties", f"Invalid '{param}': at most 16 keys are "
+                                                  f"allowed, got {len(value)}.", param)
+
+
+def tools(value: Any, param: str) -> None:
+    ARR(value, param)
+    for i, tool in enumerate(value):
+        if not isinstance(tool, dict):
+            raise wrong_type(f"{param}[{i}]", "an object", tool)
+        if "type" not in tool:
+            raise missing(f"{param}[{i}].type")
+
+
+def tool_choice(value: Any, param: str) -> None:
+    if isinstance(value, str):
+        enum("none", "auto", "required")(value, param)
+    elif not isinstance(value, dict):
+        raise wrong_type(param, "a string or an object", value)
+
+
+def response_format(fmt: Any, param: str, schema_at: str) -> None:
+    """``response_format`` (``schema_at="json_schema"``) or the Responses ``text.format`` (``""``)."""
+    OBJ(fmt, param)
+    kind = fmt.get("type")
+    if kind is None:
+        raise missing(f"{param}.type")
+    enum("text", "json_object", "json_schema")(kind, f"{param}.type")
+    if kind != "json_schema":
+        return
+    where = f"{param}.{schema_at}" if schema_at else param
+    spec = fmt.get(schema_at) if schema_at else fmt
+    if spec is None:
+        raise missing(where)
+    OBJ(spec, where)
+    name = spec.get("name")
+    if name is None:
+        raise missing(f"{where}.name")
+    STR(name, f"{where}.name")
+    if not _NAME.fullmatch(name):
+        raise fail("invalid_value", f"Invalid '{where}.name': {name!r} must be 1 to 64 characters "
+                                    "of a-z, A-Z, 0-9, '_' or '-'.", f"{where}.name")
+    for key, check in (("schema", OBJ), ("strict", BOOL), ("description", STR)):
+        if spec.get(key) is not None:
+            check(spec[key], f"{where}.{key}")
+
+
+def image_url(link: Any, param: str) -> None:
+    if not isinstance(link, str):
+        raise fail("invalid_value", f"Invalid '{param}': expected a string URL.", param)
+    problem = image_url_problem(link)
+    if problem is not None:
+        raise fail("invalid_image_url", f"Invalid image URL '{param}': {problem}.", param)
