@@ -60,19 +60,20 @@ def bad_value(param: str, value: Any, allowed: tuple) -> EngineError:
 
 
 # -- field checkers: check(value, param) raises or returns ----------------------
+# JSON values come as exact types, so ``type(value) in exact`` is the fast path;
+# isinstance is the fallback for subclasses (never for bool where a number is asked).
 def typed(types: Any, expected: str) -> Callable[[Any, str], None]:
+    exact = frozenset(types if isinstance(types, tuple) else (types,))
+    no_bool = bool not in exact
+
     def check(value: Any, param: str) -> None:
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+        if type(value) not in exact and (not isinstance(value, types) or (no_bool and isinstance(value, bool))):
             raise wrong_type(param, expected, value)
     return check
 
 
-def _tuple(types: Any) -> tuple:
-    return types if isinstance(types, tuple) else (types,)
-
-
 def ranged(integer: bool, lo: Optional[float] = None, hi: Optional[float] = None
-            ) -> Callable[[Any, str], None]:
+           ) -> Callable[[Any, str], None]:
     word, types = ("integer", int) if integer else ("decimal", (int, float))
     base = typed(types, "an integer" if integer else "a decimal")
 
@@ -80,18 +81,22 @@ def ranged(integer: bool, lo: Optional[float] = None, hi: Optional[float] = None
         base(value, param)
         if lo is not None and value < lo:
             raise fail(f"{word}_below_min_value", f"Invalid '{param}': {word} below minimum value. "
-                        f"Expected a value >= {lo}, but got {value} instead.", param)
+                       f"Expected a value >= {lo}, but got {value} instead.", param)
         if hi is not None and value > hi:
             raise fail(f"{word}_above_max_value", f"Invalid '{param}': {word} above maximum value. "
-                        f"Expected a value <= {hi}, but got {value} instead.", param)
+                       f"Expected a value <= {hi}, but got {value} instead.", param)
     return check
 
 
 def enum(*allowed: str) -> Callable[[Any, str], None]:
+    accepted = frozenset(allowed)
+
     def check(value: Any, param: str) -> None:
+        if type(value) is str and value in accepted:
+            return
         if not isinstance(value, str):
             raise wrong_type(param, "a string", value)
-        if value not in allowed:
+        if value not in accepted:
             raise bad_value(param, value, allowed)
     return check
 
@@ -151,30 +156,35 @@ def tool_choice(value: Any, param: str) -> None:
         raise wrong_type(param, "a string or an object", value)
 
 
+_FORMAT_TYPE = enum("text", "json_object", "json_schema")
+_SCHEMA_FIELDS = (("schema", OBJ), ("strict", BOOL), ("description", STR))
+
+
 def response_format(fmt: Any, param: str, schema_at: str) -> None:
     """``response_format`` (``schema_at="json_schema"``) or the Responses ``text.format`` (``""``)."""
     OBJ(fmt, param)
     kind = fmt.get("type")
     if kind is None:
         raise missing(f"{param}.type")
-    enum("text", "json_object", "json_schema")(kind, f"{param}.type")
     if kind != "json_schema":
+        if kind != "text" and kind != "json_object":
+            _FORMAT_TYPE(kind, f"{param}.type")
         return
-    where = f"{param}.{schema_at}" if schema_at else param
     spec = fmt.get(schema_at) if schema_at else fmt
-    if spec is None:
-        raise missing(where)
-    OBJ(spec, where)
+    if type(spec) is not dict:
+        where = f"{param}.{schema_at}" if schema_at else param
+        raise missing(where) if spec is None else wrong_type(where, "an object", spec)
     name = spec.get("name")
-    if name is None:
-        raise missing(f"{where}.name")
-    STR(name, f"{where}.name")
-    if not _NAME.fullmatch(name):
-        raise fail("invalid_value", f"Invalid '{where}.name': {name!r} must be 1 to 64 characters "
-                                    "of a-z, A-Z, 0-9, '_' or '-'.", f"{where}.name")
-    for key, check in (("schema", OBJ), ("strict", BOOL), ("description", STR)):
+    if type(name) is not str or not _NAME.fullmatch(name):
+        where = f"{param}.{schema_at}.name" if schema_at else f"{param}.name"
+        if name is None:
+            raise missing(where)
+        STR(name, where)
+        raise fail("invalid_value", f"Invalid '{where}': {name!r} must be 1 to 64 characters of a-z, "
+                                    "A-Z, 0-9, '_' or '-'.", where)
+    for key, check in _SCHEMA_FIELDS:
         if spec.get(key) is not None:
-            check(spec[key], f"{where}.{key}")
+            check(spec[key], f"{param}.{schema_at}.{key}" if schema_at else f"{param}.{key}")
 
 
 def image_url(link: Any, param: str) -> None:

@@ -43,6 +43,10 @@ _CHAT_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 _INPUT_ROLES = ("user", "assistant", "system", "developer")
 _CHAT_PARTS = {"user": ("text", "image_url", "input_audio", "file"), "assistant": ("text", "refusal")}
 _INPUT_PARTS = ("input_text", "input_image", "input_file", "input_audio", "output_text", "refusal")
+_CHAT_ROLE, _INPUT_ROLE, _INPUT_PART = enum(*_CHAT_ROLES), enum(*_INPUT_ROLES), enum(*_INPUT_PARTS)
+_PART_KIND = {role: enum(*_CHAT_PARTS.get(role, ("text",))) for role in _CHAT_ROLES}
+_DETAIL = enum("auto", "low", "high")
+_NEEDS = {"tool": "tool_call_id", "function": "name"}
 
 
 # -- chat completions ---------------------------------------------------------------
@@ -52,11 +56,12 @@ def _chat_part(part: Any, role: str, param: str) -> None:
     kind = part.get("type")
     if kind is None:
         raise missing(f"{param}.type")
-    enum(*_CHAT_PARTS.get(role, ("text",)))(kind, f"{param}.type")
-    if kind in ("text", "refusal"):
-        if kind not in part:
-            raise missing(f"{param}.{kind}")
-        STR(part[kind], f"{param}.{kind}")
+    _PART_KIND[role](kind, f"{param}.type")
+    if kind == "text" or kind == "refusal":
+        if type(part.get(kind)) is not str:
+            if kind not in part:
+                raise missing(f"{param}.{kind}")
+            STR(part[kind], f"{param}.{kind}")
     elif kind == "image_url":
         image = part.get("image_url")
         if image is None:
@@ -64,32 +69,36 @@ def _chat_part(part: Any, role: str, param: str) -> None:
         OBJ(image, f"{param}.image_url")
         image_url(image.get("url"), f"{param}.image_url.url")
         if image.get("detail") is not None:
-            enum("auto", "low", "high")(image["detail"], f"{param}.image_url.detail")
+            _DETAIL(image["detail"], f"{param}.image_url.detail")
 
 
-def _message(msg: Any, param: str) -> None:
-    if not isinstance(msg, dict):
-        raise wrong_type(param, "an object", msg)
+def _message(msg: Any, param: str, i: int) -> None:
+    """Check ``msg``, item ``i`` of ``param``; parameter names are only spelled out on failure."""
+    if type(msg) is not dict and not isinstance(msg, dict):
+        raise wrong_type(f"{param}[{i}]", "an object", msg)
     role = msg.get("role")
-    if role is None:
-        raise missing(f"{param}.role")
-    if role not in _CHAT_ROLES:
-        enum(*_CHAT_ROLES)(role, f"{param}.role")
+    if type(role) is not str or role not in _CHAT_ROLES:
+        if role is None:
+            raise missing(f"{param}[{i}].role")
+        _CHAT_ROLE(role, f"{param}[{i}].role")
     content = msg.get("content")
-    if isinstance(content, list):
+    if type(content) is str:
+        pass
+    elif isinstance(content, list):
         for j, part in enumerate(content):
-            _chat_part(part, role, f"{param}.content[{j}]")
+            _chat_part(part, role, f"{param}[{i}].content[{j}]")
     elif content is None:
         if role != "assistant" or not (msg.get("tool_calls") or msg.get("function_call")):
-            raise missing(f"{param}.content")
+            raise missing(f"{param}[{i}].content")
     elif not isinstance(content, str):
-        raise wrong_type(f"{param}.content", "one of a string or array of objects", content)
-    needs = {"tool": "tool_call_id", "function": "name"}.get(role)
+        raise wrong_type(f"{param}[{i}].content", "one of a string or array of objects", content)
+    needs = _NEEDS.get(role)
     if needs is not None and needs not in msg:
-        raise missing(f"{param}.{needs}")
+        raise missing(f"{param}[{i}].{needs}")
     for key in ("name", "tool_call_id"):
-        if msg.get(key) is not None:
-            STR(msg[key], f"{param}.{key}")
+        value = msg.get(key)
+        if value is not None and type(value) is not str:
+            STR(value, f"{param}[{i}].{key}")
 
 
 def _messages(value: Any, param: str) -> None:
@@ -97,7 +106,7 @@ def _messages(value: Any, param: str) -> None:
         raise wrong_type(param, "an array of objects", value)
     nonempty(value, param)
     for i, msg in enumerate(value):
-        _message(msg, f"{param}[{i}]")
+        _message(msg, param, i)
 
 
 def _stream_options(value: Any, param: str) -> None:
@@ -130,13 +139,14 @@ def _embedding_input(value: Any, param: str) -> None:
     nonempty(value, param)
     if len(value) > 2048:
         raise fail("array_above_max_length", f"Invalid '{param}': array too long. Expected an array "
-                    f"with maximum length 2048, but got an array with length {len(value)} instead.", param)
-    if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        return  # one input given as token ids
+                   f"with maximum length 2048, but got an array with length {len(value)} instead.", param)
+    kinds = {type(t) for t in value}
+    if kinds == {str} and all(value) or kinds == {int}:
+        return  # non-empty strings, or one input given as token ids
     for i, item in enumerate(value):
         if isinstance(item, str) and item:
             continue
-        if isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+        if isinstance(item, list) and item and {type(t) for t in item} == {int}:
             continue
         if isinstance(item, (str, list)):
             raise fail("invalid_value", f"Invalid '{param}[{i}]': an input must not be empty.", f"{param}[{i}]")
@@ -154,39 +164,44 @@ def _input_part(part: Any, param: str) -> None:
     kind = part.get("type")
     if kind is None:
         raise missing(f"{param}.type")
-    enum(*_INPUT_PARTS)(kind, f"{param}.type")
-    if kind in ("input_text", "output_text"):
-        if "text" not in part:
-            raise missing(f"{param}.text")
-        STR(part["text"], f"{param}.text")
+    _INPUT_PART(kind, f"{param}.type")
+    if kind == "input_text" or kind == "output_text":
+        if type(part.get("text")) is not str:
+            if "text" not in part:
+                raise missing(f"{param}.text")
+            STR(part["text"], f"{param}.text")
     elif kind == "input_image":
         if part.get("image_url") is None and part.get("file_id") is None:
             raise missing(f"{param}.image_url")
         if part.get("image_url") is not None:
             image_url(part["image_url"], f"{param}.image_url")
         if part.get("detail") is not None:
-            enum("auto", "low", "high")(part["detail"], f"{param}.detail")
+            _DETAIL(part["detail"], f"{param}.detail")
 
 
-def _input_item(item: Any, param: str) -> None:
+def _input_item(item: Any, param: str, i: int) -> None:
+    """Check ``item``, item ``i`` of ``param``; parameter names are only spelled out on failure."""
     if not isinstance(item, dict):
-        raise wrong_type(param, "an object", item)
+        raise wrong_type(f"{param}[{i}]", "an object", item)
     kind = item.get("type", "message")
     if kind != "message":
-        STR(kind, f"{param}.type")
+        STR(kind, f"{param}[{i}].type")
         return  # other item types (function_call_output, ...) are the engine's to accept or refuse
     role = item.get("role")
-    if role is None:
-        raise missing(f"{param}.role")
-    enum(*_INPUT_ROLES)(role, f"{param}.role")
+    if type(role) is not str or role not in _INPUT_ROLES:
+        if role is None:
+            raise missing(f"{param}[{i}].role")
+        _INPUT_ROLE(role, f"{param}[{i}].role")
     content = item.get("content")
+    if type(content) is str:
+        return
     if content is None:
-        raise missing(f"{param}.content")
+        raise missing(f"{param}[{i}].content")
     if isinstance(content, list):
         for j, part in enumerate(content):
-            _input_part(part, f"{param}.content[{j}]")
+            _input_part(part, f"{param}[{i}].content[{j}]")
     elif not isinstance(content, str):
-        raise wrong_type(f"{param}.content", "one of a string or array of objects", content)
+        raise wrong_type(f"{param}[{i}].content", "one of a string or array of objects", content)
 
 
 def _responses_input(value: Any, param: str) -> None:
@@ -196,7 +211,7 @@ def _responses_input(value: Any, param: str) -> None:
         raise wrong_type(param, "one of a string or array of input items", value)
     nonempty(value, param)
     for i, item in enumerate(value):
-        _input_item(item, f"{param}[{i}]")
+        _input_item(item, param, i)
 
 
 def _text(value: Any, param: str) -> None:
