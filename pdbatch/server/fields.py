@@ -6,7 +6,10 @@ hosted API accepts for the field named ``param`` (the API's own naming, e.g.
 :class:`~pdbatch.errors.EngineError` 400 worded as the API words it, with the
 API's ``code``: ``missing_required_parameter``, ``invalid_type``,
 ``invalid_value``, ``integer_below_min_value``, ``decimal_above_max_value``,
-``empty_array``, ``array_above_max_length``, ``invalid_image_url``.
+``empty_array``, ``array_above_max_length``, ``invalid_image_url``, and
+``invalid_json_schema`` for a strict ``json_schema`` that structured outputs
+refuse (an object without ``additionalProperties: false``, a property not
+in ``required``, a root that is not an object).
 
 Examples
 --------
@@ -20,7 +23,10 @@ pdbatch.errors.EngineError: Invalid 'temperature': decimal above maximum value. 
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any, Callable, Optional
+
+import orjson
 
 from ..core.images import image_url_problem
 from ..errors import EngineError
@@ -185,6 +191,54 @@ def response_format(fmt: Any, param: str, schema_at: str) -> None:
     for key, check in _SCHEMA_FIELDS:
         if spec.get(key) is not None:
             check(spec[key], f"{param}.{schema_at}.{key}" if schema_at else f"{param}.{key}")
+    if spec.get("strict") is True and spec.get("schema") is not None:
+        problem = _strict_problem(spec["schema"])
+        if problem is not None:  # the API names response_format for chat, text.format.schema for responses
+            raise fail("invalid_json_schema", f"Invalid schema for response_format '{name}': {problem}",
+                       param if schema_at else f"{param}.schema")
+
+
+_UNSEEN = object()
+_STRICT_SEEN: dict = {}  # encoded schema -> its problem; the lines of a batch share one schema
+
+
+def _strict_problem(schema: dict) -> Optional[str]:
+    """Why strict mode refuses ``schema`` (the first rule it breaks), or ``None``."""
+    key = orjson.dumps(schema)
+    problem = _STRICT_SEEN.get(key, _UNSEEN)
+    if problem is _UNSEEN:  # threads may race here: the worst is the same walk done twice
+        problem = _walk_strict(schema)
+        if len(_STRICT_SEEN) >= 256:
+            _STRICT_SEEN.clear()
+        _STRICT_SEEN[key] = problem
+    return problem
+
+
+def _walk_strict(schema: dict) -> Optional[str]:
+    if schema.get("type") != "object":
+        return f"schema must be a JSON Schema of 'type: \"object\"', got 'type: \"{schema.get('type')}\"'."
+    todo: deque = deque([((), schema)])
+    while todo:
+        context, node = todo.popleft()
+        if not isinstance(node, dict):
+            continue
+        props = node.get("properties")
+        if node.get("type") == "object" or isinstance(props, dict):
+            if node.get("additionalProperties") is not False:
+                return f"In context={context!r}, 'additionalProperties' is required to be supplied and to be false."
+            required = node.get("required") if isinstance(node.get("required"), list) else []
+            absent = [k for k in props or {} if k not in required]
+            if absent:
+                return (f"In context={context!r}, 'required' is required to be supplied and to be an array "
+                        f"including every key in properties. Missing '{absent[0]}'.")
+            todo.extend((context + ("properties", k), v) for k, v in (props or {}).items())
+        if isinstance(node.get("items"), dict):
+            todo.append((context + ("items",), node["items"]))
+        for key in ("anyOf", "allOf"):
+            todo.extend((context + (key, str(i)), v) for i, v in enumerate(node.get(key) or []))
+        for key in ("$defs", "definitions"):
+            todo.extend((context + (key, k), v) for k, v in (node.get(key) or {}).items())
+    return None
 
 
 def image_url(link: Any, param: str) -> None:

@@ -26,7 +26,12 @@ pytestmark = pytest.mark.timeout(30)
 
 CHAT, EMB, RESP = "/v1/chat/completions", "/v1/embeddings", "/v1/responses"
 HI = [{"role": "user", "content": "hi"}]
-JS = {"type": "json_schema", "json_schema": {"name": "row", "schema": {"type": "object"}}}
+JS = {"type": "json_schema", "json_schema": {"name": "row", "strict": True, "schema": {
+    "type": "object", "additionalProperties": False, "required": ["a", "b"], "properties": {
+        "a": {"type": "array", "items": {"$ref": "#/$defs/item"}}, "b": {"anyOf": [{"type": "null"}, {
+            "type": "object", "properties": {}, "additionalProperties": False}]}},
+    "$defs": {"item": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"],
+                       "additionalProperties": False}}}}}
 GOOD = {CHAT: {"model": "m", "messages": HI}, EMB: {"model": "m", "input": "hi"},
         RESP: {"model": "m", "input": "hi"}}
 BATCH_AND_REALTIME, REALTIME, BATCH = "both", "realtime", "batch"
@@ -78,6 +83,14 @@ BAD = [
      "response_format.json_schema.name", "invalid_value", BATCH_AND_REALTIME),
     (CHAT, {"response_format": {"type": "json_schema", "json_schema": {"name": "row", "schema": "{}"}}},
      "response_format.json_schema.schema", "invalid_type", BATCH_AND_REALTIME),
+    (CHAT, {"response_format": {"type": "json_schema", "json_schema": {"name": "row", "strict": True, "schema": {
+        "type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}}}},
+     "response_format", "invalid_json_schema", BATCH_AND_REALTIME),
+    (CHAT, {"response_format": {"type": "json_schema", "json_schema": {"name": "row", "strict": True, "schema": {
+        "type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}},
+                                               "additionalProperties": False}},
+        "required": ["a"], "additionalProperties": False}}}},
+     "response_format", "invalid_json_schema", BATCH_AND_REALTIME),
     (CHAT, {"stream": "yes"}, "stream", "invalid_type", BATCH_AND_REALTIME),
     (CHAT, {"stream": True}, "stream", "unsupported_value", BATCH),  # batch lines never stream
     (CHAT, {"stream_options": {"include_usage": True}}, "stream_options", "invalid_value", BATCH_AND_REALTIME),
@@ -112,6 +125,8 @@ BAD = [
     (RESP, {"text": "json"}, "text", "invalid_type", BATCH_AND_REALTIME),
     (RESP, {"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name",
      "missing_required_parameter", BATCH_AND_REALTIME),
+    (RESP, {"text": {"format": {"type": "json_schema", "name": "row", "strict": True, "schema": {"type": "array"}}}},
+     "text.format.schema", "invalid_json_schema", BATCH_AND_REALTIME),
     (RESP, {"truncation": "sometimes"}, "truncation", "invalid_value", BATCH_AND_REALTIME),
     (RESP, {"stream": True}, "stream", "unsupported_value", BATCH_AND_REALTIME),
 ]
@@ -167,7 +182,8 @@ def test_a_bad_realtime_body_is_a_400_naming_its_param(counted, make_client, cas
         client.post(url.removeprefix("/v1"), body=bad_body(url, fields), cast_to=object)
     assert err.value.status_code == 400
     assert err.value.param == param and err.value.code == code and err.value.type == "invalid_request_error"
-    assert f"'{param}'" in err.value.message or param == "model"
+    named = "response_format '" if code == "invalid_json_schema" else f"'{param}'"  # the API's wording
+    assert named in err.value.message
     assert seen == []  # never reached the engine
     client.post(url.removeprefix("/v1"), body=GOOD[url], cast_to=object)  # the good body still answers
     assert len(seen) == 1
