@@ -50,15 +50,18 @@ def _kind(value: Any) -> str:
 
 
 def missing(param: str) -> EngineError:
+    """The error for a required field that is absent."""
     return fail("missing_required_parameter", f"Missing required parameter: '{param}'.", param)
 
 
 def wrong_type(param: str, expected: str, value: Any) -> EngineError:
+    """The error for a field of the wrong JSON type (``expected`` is e.g. ``"an integer"``)."""
     return fail("invalid_type", f"Invalid type for '{param}': expected {expected}, but got "
                                 f"{_kind(value)} instead.", param)
 
 
 def bad_value(param: str, value: Any, allowed: tuple) -> EngineError:
+    """The error for a string outside its enumeration ``allowed``."""
     names = [f"'{a}'" for a in allowed]
     listed = ", ".join(names[:-1]) + f", and {names[-1]}" if len(names) > 1 else names[0]
     return fail("invalid_value", f"Invalid value for '{param}': {value!r}. Supported values are: "
@@ -69,6 +72,7 @@ def bad_value(param: str, value: Any, allowed: tuple) -> EngineError:
 # JSON values come as exact types, so ``type(value) in exact`` is the fast path;
 # isinstance is the fallback for subclasses (never for bool where a number is asked).
 def typed(types: Any, expected: str) -> Callable[[Any, str], None]:
+    """A checker requiring a value of ``types`` (a bool is never a number)."""
     exact = frozenset(types if isinstance(types, tuple) else (types,))
     no_bool = bool not in exact
 
@@ -80,6 +84,7 @@ def typed(types: Any, expected: str) -> Callable[[Any, str], None]:
 
 def ranged(integer: bool, lo: Optional[float] = None, hi: Optional[float] = None
            ) -> Callable[[Any, str], None]:
+    """A checker requiring an integer (``integer=True``) or a number within ``[lo, hi]``."""
     word, types = ("integer", int) if integer else ("decimal", (int, float))
     base = typed(types, "an integer" if integer else "a decimal")
 
@@ -95,6 +100,7 @@ def ranged(integer: bool, lo: Optional[float] = None, hi: Optional[float] = None
 
 
 def enum(*allowed: str) -> Callable[[Any, str], None]:
+    """A checker requiring one of the strings ``allowed``."""
     accepted = frozenset(allowed)
 
     def check(value: Any, param: str) -> None:
@@ -114,6 +120,7 @@ POSITIVE = ranged(True, 1)
 
 
 def model_name(value: Any, param: str) -> None:
+    """``model``: a non-empty string."""
     if not isinstance(value, str):
         raise wrong_type(param, "a string", value)
     if not value:
@@ -121,12 +128,14 @@ def model_name(value: Any, param: str) -> None:
 
 
 def nonempty(value: Any, param: str) -> None:
+    """An array with at least one item."""
     if not value:
         raise fail("empty_array", f"Invalid '{param}': empty array. Expected an array with minimum "
                                   "length 1, but got an empty array instead.", param)
 
 
 def stop(value: Any, param: str) -> None:
+    """``stop``: a string or at most 4 strings."""
     if isinstance(value, str):
         return
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
@@ -137,6 +146,7 @@ def stop(value: Any, param: str) -> None:
 
 
 def metadata(value: Any, param: str) -> None:
+    """``metadata``: at most 16 string values."""
     OBJ(value, param)
     for key, item in value.items():
         if not isinstance(item, str):
@@ -147,6 +157,7 @@ def metadata(value: Any, param: str) -> None:
 
 
 def tools(value: Any, param: str) -> None:
+    """``tools``: an array of objects, each with a ``type``."""
     ARR(value, param)
     for i, tool in enumerate(value):
         if not isinstance(tool, dict):
@@ -156,6 +167,7 @@ def tools(value: Any, param: str) -> None:
 
 
 def tool_choice(value: Any, param: str) -> None:
+    """``tool_choice``: ``none``, ``auto``, ``required`` or an object."""
     if isinstance(value, str):
         enum("none", "auto", "required")(value, param)
     elif not isinstance(value, dict):
@@ -242,6 +254,7 @@ def _walk_strict(schema: dict) -> Optional[str]:
 
 
 def image_url(link: Any, param: str) -> None:
+    """An image URL the API fetches: ``http(s)://`` or ``data:image/...`` (see ``image_url_problem``)."""
     if not isinstance(link, str):
         raise fail("invalid_value", f"Invalid '{param}': expected a string URL.", param)
     problem = image_url_problem(link)
