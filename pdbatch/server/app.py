@@ -2,8 +2,10 @@
 
 :func:`build_app` wires the routes of :class:`pdbatch.server.BatchServer`:
 Files (uploads streamed to disk with python-multipart, downloads streamed
-from disk), Batches and the realtime ``/v1/chat/completions``, ``/v1/responses`` and
-``/v1/embeddings``. The ASGI gate of :mod:`pdbatch.server.gate`, in front of
+from disk), Batches and the realtime ``/v1/chat/completions`` (``stream: true``
+answered as server-sent events by :mod:`pdbatch.server.sse`), ``/v1/responses`` and
+``/v1/embeddings``, every body checked first by
+:func:`pdbatch.server.validate.check_body`. The ASGI gate of :mod:`pdbatch.server.gate`, in front of
 every route, records and logs each call, injects ``Faults.http_errors`` and
 requires a bearer token. Handlers read ``server.faults``,
 ``server.stats`` and ``server.engine`` at call time, so tests may change them
@@ -29,9 +31,10 @@ from starlette.routing import Route
 from .engines import EngineError
 from ..core.records import CHAT_URL, EMBEDDINGS_URL, RESPONSES_URL
 from .gate import Gate, json_response as _json
-from .state import BATCH_ENDPOINTS, FILE_PURPOSES, error_body, status_error
+from .state import BATCH_ENDPOINTS, error_body, status_error
 from .responses import answer as answer_with
-from .validate import check_images
+from .sse import event_stream
+from .validate import check_body, check_purpose
 
 __all__ = ["build_app"]
 
@@ -129,16 +132,13 @@ async def _json_body(request: Request) -> dict:
 
 def _upload_problem(sink: _Upload) -> Optional[_ApiError]:
     """What is wrong with a parsed upload, if anything."""
-    purpose = sink.fields.get("purpose")
     if sink.filename is None:
         return _ApiError(400, "Missing required parameter: 'file'.", param="file",
                          code="missing_required_parameter")
-    if purpose is None:
-        return _ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
-                         code="missing_required_parameter")
-    if purpose not in FILE_PURPOSES:
-        return _ApiError(400, f"Invalid purpose {purpose!r}; expected one of "
-                         f"{', '.join(FILE_PURPOSES)}.", param="purpose", code="invalid_value")
+    try:
+        check_purpose(sink.fields.get("purpose"))
+    except EngineError as exc:
+        return _ApiError(400, exc.message, param=exc.param, code=exc.code)
     return None
 
 
@@ -354,17 +354,18 @@ class _Api:
             body, extra = status_error(status, faults.retry_after)
             return _json(body, status, {**headers, **extra})
         body = await _json_body(request)
-        if body.get("stream"):
-            raise _ApiError(400, "Streaming is not supported by the pdbatch server.",
-                            param="stream", code="unsupported_value")
-        if faults.realtime_latency:
-            await asyncio.sleep(faults.realtime_latency)
         try:
-            check_images(body, url)  # a request the API refuses never reaches the engine
-            answer = await run_in_threadpool(answer_with, self.srv.engine, body, url)
+            check_body(body, url, realtime=True)  # a request the API refuses never reaches the engine
+            if faults.realtime_latency:
+                await asyncio.sleep(faults.realtime_latency)
+            stream = body.get("stream") is True
+            asked = {k: v for k, v in body.items() if k not in ("stream", "stream_options")} if stream else body
+            answer = await run_in_threadpool(answer_with, self.srv.engine, asked, url)
         except EngineError as exc:
             return _json(exc.to_body(), exc.status_code, headers)
         except Exception as exc:
             return _json(error_body(f"engine failed: {exc!r}", type="server_error",
                                     code="server_error"), 500, headers)
+        if stream and isinstance(answer, dict):
+            return event_stream(answer, body, headers)
         return _json(answer, 200, headers)

@@ -19,7 +19,6 @@ from typing import Any, Callable, Mapping
 
 from ..core.records import CHAT_URL, RESPONSES_URL
 from ..errors import EngineError
-from .validate import check_images
 
 __all__ = ["answer", "to_chat", "from_chat"]
 
@@ -114,12 +113,14 @@ def from_chat(chat: Mapping[str, Any], body: Mapping[str, Any]) -> dict:
 
 
 def answer(engine: Callable[[dict, str], dict], body: dict, url: str) -> dict:
-    """``engine``'s answer to ``body`` sent to ``url``; a Responses request is answered through its chat form."""
+    """``engine``'s answer to ``body`` sent to ``url``; a Responses request is answered through its chat form.
+
+    ``body`` has passed :func:`pdbatch.server.validate.check_body` (the
+    callers check it first, image URLs included).
+    """
     if url != RESPONSES_URL:
         return engine(body, url)
-    chat_body = to_chat(body)
-    check_images(chat_body, CHAT_URL)
-    chat = engine(chat_body, CHAT_URL)
+    chat = engine(to_chat(body), CHAT_URL)
     if not isinstance(chat, Mapping):
         return chat  # the caller reports an engine that returns no dict
     return from_chat(chat, body)

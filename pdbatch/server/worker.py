@@ -35,7 +35,7 @@ from .engines import EngineError
 from ..core.records import Usage
 from .state import MAX_REPORTED_ERRORS, Faults, Stats, Store, error_body, new_id
 from .responses import answer as answer_with
-from .validate import check_images
+from .validate import check_body
 
 __all__ = ["BatchWorker", "validate_input"]
 
@@ -298,7 +298,7 @@ class BatchWorker(threading.Thread):
                                 else "invalid_request_error", code=code)
         else:
             try:
-                check_images(body, endpoint)  # a request the API refuses never reaches the engine
+                check_body(body, endpoint)  # a request the API refuses never reaches the engine
                 self.stats.bump("requests_executed")
                 answer = answer_with(self.host.engine, body, endpoint)
                 if not isinstance(answer, dict):
