@@ -15,7 +15,7 @@ parts the content and a ``refusal`` part the refusal.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from .loops import repetition_loop
 from .records import Usage, embedding_of, usage_counts
 
-__all__ = ["Answers", "OK_FINISH", "NO_ANSWER", "TRUNCATED", "usable", "usable_arrow", "answer_reason",
+__all__ = ["Answers", "Deferred", "OK_FINISH", "NO_ANSWER", "TRUNCATED", "usable", "usable_arrow", "answer_reason",
            "truncated_reason", "responses_choice"]
 
 #: finish_reason values of a complete answer.
@@ -119,6 +119,30 @@ _ANSWER_FIELDS = ("custom_id", "status_code", "content", "finish_reason", "refus
                   "error_message", "ok", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 
 
+class Deferred:
+    """A column of ``n`` values read only where asked: ``fetch(rows)`` gives those rows' values as Arrow.
+
+    The job store hands the join its answers' texts this way, so that a
+    million answers' texts are not all read to use the few the join needs
+    (failed lines, lines not parsed yet); ``Answers.arrow`` reads them all.
+    """
+
+    __slots__ = ("n", "fetch")
+
+    def __init__(self, n: int, fetch: Callable[[np.ndarray], pa.Array]) -> None:
+        self.n, self.fetch = n, fetch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, rows: Any) -> pa.Array:
+        rows = rows.to_numpy(zero_copy_only=False) if isinstance(rows, (pa.Array, pa.ChunkedArray)) else rows
+        return self.fetch(np.asarray(rows, dtype=np.int64))
+
+    def to_pylist(self) -> list:
+        return self.fetch(np.arange(self.n, dtype=np.int64)).to_pylist()
+
+
 def _answer_column(name: str) -> property:
     def get(self) -> list:
         col = self._cols[name]
@@ -127,7 +151,7 @@ def _answer_column(name: str) -> property:
         return col
 
     def set(self, value) -> None:
-        self._cols[name] = value if isinstance(value, (list, pa.Array, pa.ChunkedArray)) else list(value)
+        self._cols[name] = value if isinstance(value, (list, pa.Array, pa.ChunkedArray, Deferred)) else list(value)
 
     return property(get, set, doc=f"The ``{name}`` of every result line, as a list.")
 
@@ -161,13 +185,15 @@ class Answers:
 
     #: The per-row columns, in the order the job store keeps them.
     COLUMNS = _ANSWER_FIELDS[1:]
-    __slots__ = ("_cols",)
+    __slots__ = ("_cols", "origin")
 
     def __init__(self, **columns: Any) -> None:
         unknown = set(columns) - set(_ANSWER_FIELDS)
         if unknown:
             raise TypeError(f"Answers() got unknown columns {sorted(unknown)}; known: {list(_ANSWER_FIELDS)}")
         self._cols: dict = {}
+        #: the job store's segment of each row (-1: stored alone), when read from the store; see fields.Parsed
+        self.origin: Optional[np.ndarray] = None
         for name in _ANSWER_FIELDS:
             setattr(self, name, columns.get(name, []))
         lengths = {name: len(col) for name, col in self._cols.items()}
@@ -190,6 +216,8 @@ class Answers:
         col = self._cols[name]
         if isinstance(col, pa.ChunkedArray):
             return col
+        if isinstance(col, Deferred):
+            return pa.chunked_array([col.take(np.arange(len(col)))])
         if isinstance(col, pa.Array):
             return pa.chunked_array([col])
         return pa.chunked_array([pa.array(col)]) if col else pa.chunked_array([], type=pa.null())

@@ -74,16 +74,19 @@ def expand(values: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.nda
 class Parsed:
     """Answers parsed ahead of the join (see :func:`preparse`), already spread into one column per key.
 
-    ``custom_id`` and ``content_hash`` (a 64-bit hash of the answer's text)
-    say which answer each row holds: the join uses a row only when its stored
-    answer has the same custom_id *and* the same text, and parses anything
-    else again. The columns are compact (:mod:`pdbatch.core.columns`).
+    ``custom_id`` with ``origin`` (the job store's segment the answers were
+    stored in) or, where that is unknown (-1), ``content_hash`` (a 64-bit
+    hash of the answer's text) say which answer each row holds: the join
+    uses a row only when the stored answer it joins has the same custom_id
+    *and* comes from that segment (or has the same text), and parses
+    anything else again. The columns are compact (:mod:`pdbatch.core.columns`).
     """
 
     custom_id: pa.ChunkedArray
     content_hash: np.ndarray
     columns: Dict[str, Column]
     errors: np.ndarray
+    origin: np.ndarray
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -99,7 +102,7 @@ class Parsed:
         columns = {k: concat([p.columns[k] if k in p.columns else nulls(len(p)) for p in parts]) for k in keys}
         return cls(pa.chunked_array([c for p in parts for c in p.custom_id.chunks], type=pa.string()),
                    np.concatenate([p.content_hash for p in parts]), columns,
-                   np.concatenate([p.errors for p in parts]))
+                   np.concatenate([p.errors for p in parts]), np.concatenate([p.origin for p in parts]))
 
 
 def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
@@ -107,12 +110,14 @@ def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
 
 
 def preparse(answers: Answers, parse_text: Callable[[str], tuple],
-             columns: Optional[List[str]] = None) -> Optional[Parsed]:
+             columns: Optional[List[str]] = None, origin: Optional[int] = None) -> Optional[Parsed]:
     """Parse and spread the plain successes of ``answers`` now (one shard's, while later shards still run).
 
     Returns None when there is nothing to parse (text and embedding answers
     are used as they are). The result goes to the join as ``parsed=``; only
     compact columns are kept, not the decoded objects nor the texts.
+    ``origin`` is the job store's segment that holds ``answers``, if any:
+    the join then knows its rows by it and no text is hashed.
     """
     if parse_text is as_is or not len(answers):
         return None
@@ -129,8 +134,12 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple],
         values, errors = _many(parse_text)(texts)
         cols = {k: compact(v) for k, v in expand(np.fromiter(values, dtype=object, count=len(ok)), columns).items()}
     cid = cid.cast(pa.string())
-    return Parsed(cid if isinstance(cid, pa.ChunkedArray) else pa.chunked_array([cid]), content_hashes(texts), cols,
-                  np.fromiter(errors, dtype=object, count=len(ok)))
+    if origin is not None and pc.count_distinct(cid).as_py() == len(ok):  # else a row may join another line
+        where, hashes = np.full(len(ok), origin, dtype=np.int64), np.zeros(len(ok), dtype=np.uint64)
+    else:
+        where, hashes = np.full(len(ok), -1, dtype=np.int64), content_hashes(texts)
+    return Parsed(cid if isinstance(cid, pa.ChunkedArray) else pa.chunked_array([cid]), hashes, cols,
+                  np.fromiter(errors, dtype=object, count=len(ok)), where)
 
 
 def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tuple], parsed: Optional[Parsed], *,
@@ -153,8 +162,13 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
         # Over every answer in stored order (no gathered copy of a million texts), then picked at ``usable``.
         pos = pc.index_in(a.arrow("custom_id").cast(pa.string()), value_set=parsed.custom_id)
         found = pc.fill_null(pos, 0).to_numpy(zero_copy_only=False)[usable]
-        same = content_hashes(a.arrow("content"))[usable] == parsed.content_hash[found]
-        hit = same & pos.is_valid().to_numpy(zero_copy_only=False)[usable]
+        known = parsed.origin[found]
+        hit = pos.is_valid().to_numpy(zero_copy_only=False)[usable]
+        if a.origin is not None:  # the same segment holds the same answer: no text read
+            hit &= (known < 0) | (a.origin[usable] == known)
+        check = np.flatnonzero(hit & ((known < 0) | (a.origin is None)))
+        if len(check):  # parsed where the segment is unknown: compare the texts' hashes
+            hit[check] = content_hashes(a.take("content", usable[check])) == parsed.content_hash[found[check]]
         at = found[hit]
     miss = np.flatnonzero(~hit)
     values, errs = many(a.take("content", usable[miss])) if len(miss) else ([], [])

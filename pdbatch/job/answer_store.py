@@ -7,13 +7,13 @@ owns the connection; see :mod:`pdbatch.job.segments` for the segment format.
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..core.answers import Answers
+from ..core.answers import Answers, Deferred
 from ..core.records import Usage
 from . import segments
 from .hashes import RowHashes
@@ -25,7 +25,9 @@ _ANSWER_COLS = Answers.COLUMNS
 #: The columns of a segment that say which rows are answered (see ``AnswerStore._status``).
 _STATUS = {"custom_id": pa.string(), "attempt": pa.int64(), "seq": pa.int64(), "ok": pa.bool_()}
 #: Below this many answers a put goes to the per-row table, from it on to one segment.
-_SEGMENT_MIN = 64
+SEGMENT_MIN = 64
+#: The ``seq`` of answers stored one at a time: after every segment in precedence.
+_ALONE = 1 << 62
 
 
 def _lookup(hashes: Union[RowHashes, Mapping[str, str]], ids: Sequence[str]) -> List[Optional[str]]:
@@ -48,8 +50,8 @@ class AnswerStore:
         attempt a success is never replaced by a failure. Returns how many
         answers were stored.
         """
-        if len(answers) >= _SEGMENT_MIN:
-            return self.put_segment(job_id, answers, hashes, attempt=attempt, source=source)
+        if len(answers) >= SEGMENT_MIN:
+            return self.put_segment(job_id, answers, hashes, attempt=attempt, source=source)[0]
         t0 = time.perf_counter()
         now = time.time()
         cols = answers.columns()
@@ -75,8 +77,11 @@ class AnswerStore:
         return len(rows)
 
     def put_segment(self, job_id: str, answers: Answers, hashes: Union[RowHashes, Mapping[str, str]], *, attempt: int = 0,
-                    source: str = "api") -> int:
-        """Store many answers as one segment (one blob); its successes are indexed for the cache on first lookup."""
+                    source: str = "api") -> Tuple[int, Optional[int]]:
+        """Store many answers as one segment (one blob); its successes are indexed for the cache on first lookup.
+
+        Returns how many answers were stored and the segment's id (None when none was).
+        """
         t0 = time.perf_counter()
         ids = answers.arrow("custom_id").to_pylist() if answers.is_arrow("custom_id") else answers.custom_id
         row_hashes = hashes.get_arrow(ids) if isinstance(hashes, RowHashes) else pa.array(_lookup(hashes, ids),
@@ -85,15 +90,15 @@ class AnswerStore:
         if row_hashes.null_count:  # answers for ids this job did not send are ignored
             table = table.filter(pc.is_valid(table.column("hash")))
         if not table.num_rows:
-            return 0
+            return 0, None
         blob = segments.encode(table)
         with self._tx() as db:
-            db.execute(
+            seg = db.execute(
                 "INSERT INTO segments (job_id, attempt, source, rows, v, data, created_at, indexed) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
                 (job_id, attempt, source, table.num_rows, segments.SEGMENT_VERSION, blob, time.time()))
         self._count("write", t0, table.num_rows)
-        return table.num_rows
+        return table.num_rows, seg.lastrowid
 
     def _index_segments(self) -> None:
         """Index the successful answers of segments not indexed yet by request hash (done once per segment).
@@ -136,20 +141,84 @@ class AnswerStore:
     def answers(self, job_id: str) -> Answers:
         """Every stored answer of a job, column-wise (Arrow columns; one answer per custom_id).
 
-        Read afresh at each call and not kept: a million answers' texts are
-        held only while the caller holds them. Progress polls use
+        Read afresh at each call and not kept. The texts (``content``) are
+        not read with the rest: they are a :class:`~pdbatch.core.answers.Deferred`
+        column, read a segment at a time for the rows asked for, so a join
+        that parsed its answers as they arrived reads only the failed ones.
+        ``origin`` says which segment each answer is in. Progress polls use
         :meth:`count_answers`, which reads no text.
         """
         t0 = time.perf_counter()
-        tables = self._segment_tables(job_id)
+        with self._lock:
+            ids = [r[0] for r in self._db.execute("SELECT id FROM segments WHERE job_id = ? ORDER BY id", (job_id,))]
+        tables, vectors = [], False
+        for seg in ids:
+            table = self._segment(seg)
+            vectors = vectors or not pa.types.is_string(table.schema.field("content").type)
+            if vectors:  # embeddings: vectors are read whole (see segments.answers_of)
+                return self._answers_whole(job_id, t0)
+            lean = table.drop_columns(["content", "hash"]).append_column("pos", pa.array(np.arange(table.num_rows)))
+            tables.append(lean.take(pa.array(np.arange(lean.num_rows))))  # a copy: the segment's blob is let go
+        alone = self._alone(job_id)
+        if alone is not None:
+            if not pa.types.is_string(alone.schema.field("content").type) and not pa.types.is_null(
+                    alone.schema.field("content").type):
+                return self._answers_whole(job_id, t0)
+            tables.append(alone.drop_columns(["content", "hash"]).append_column(
+                "pos", pa.array(np.arange(alone.num_rows))))
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return Answers()
+        table = segments.latest(pa.concat_tables(tables, promote_options="permissive"))
+        seq, pos = table.column("seq").to_numpy(), table.column("pos").to_numpy()
+        alone_text = alone.column("content").cast(pa.string()) if alone is not None else None
+        cols = {name: table.column(name) for name in ("custom_id",) + _ANSWER_COLS if name != "content"}
+        out = Answers(content=Deferred(table.num_rows, lambda rows: self._texts(seq[rows], pos[rows], alone_text)),
+                      **cols)
+        out.origin = np.where(seq == _ALONE, -1, seq)
+        self._count("read", t0, len(out))
+        return out
+
+    def _segment(self, seg: int) -> pa.Table:
+        with self._lock:
+            blob = self._db.execute("SELECT data FROM segments WHERE id = ?", (seg,)).fetchone()[0]
+        self.cost["segments_read"] += 1
+        return segments.decode(blob, seg)
+
+    def _alone(self, job_id: str) -> Optional[pa.Table]:
+        """The job's answers stored one at a time, as a segment table (after every segment in precedence)."""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT custom_id, hash, attempt, {', '.join(_ANSWER_COLS)} FROM answers WHERE job_id = ?",
                 (job_id,)).fetchall()
-        if rows:  # answers stored one at a time: after every segment in the order of precedence
-            one = Answers.from_rows([(r[0],) + tuple(r[3:]) for r in rows])
-            table = segments.table_of(one, [r[1] for r in rows], 0, seq=1 << 62)
-            tables.append(table.set_column(2, "attempt", pa.array([r[2] for r in rows], pa.int64())))
+        if not rows:
+            return None
+        one = Answers.from_rows([(r[0],) + tuple(r[3:]) for r in rows])
+        table = segments.table_of(one, [r[1] for r in rows], 0, seq=_ALONE)
+        return table.set_column(2, "attempt", pa.array([r[2] for r in rows], pa.int64()))
+
+    def _texts(self, seq: np.ndarray, pos: np.ndarray, alone: Optional[pa.ChunkedArray]) -> pa.Array:
+        """The texts at (segment, position) pairs, in the order given; one segment read at a time."""
+        if not len(seq):
+            return pa.array([], pa.string())
+        self.cost["texts_read"] += len(seq)
+        order = np.argsort(seq, kind="stable")
+        cuts = np.flatnonzero(np.diff(seq[order])) + 1
+        parts = []
+        for group in np.split(order, cuts):
+            seg = int(seq[group[0]])
+            col = alone if seg == _ALONE else self._segment(seg).column("content")
+            parts.append(col.take(pa.array(pos[group])).cast(pa.string()).combine_chunks())
+        back = np.empty(len(seq), dtype=np.int64)
+        back[order] = np.arange(len(seq))
+        return pa.concat_arrays(parts).take(pa.array(back))
+
+    def _answers_whole(self, job_id: str, t0: float) -> Answers:
+        """Every answer with its content read at once (embedding vectors)."""
+        tables = self._segment_tables(job_id)
+        alone = self._alone(job_id)
+        if alone is not None:
+            tables.append(alone)
         out = segments.answers_of(tables)
         self._count("read", t0, len(out))
         return out
@@ -180,7 +249,7 @@ class AnswerStore:
         if rows:
             cid, attempt, ok = zip(*rows)
             tables.append(pa.table({"custom_id": pa.array(cid, pa.string()), "attempt": pa.array(attempt, pa.int64()),
-                                    "seq": pa.array(np.full(len(rows), 1 << 62, dtype=np.int64)),
+                                    "seq": pa.array(np.full(len(rows), _ALONE, dtype=np.int64)),
                                     "ok": pa.array([bool(v) for v in ok], pa.bool_())}))
         table = segments.latest(pa.concat_tables(tables)) if tables else pa.table(
             {k: pa.array([], t) for k, t in _STATUS.items()})

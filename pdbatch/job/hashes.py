@@ -143,5 +143,5 @@ class RowHashes:
         hashes = self._all()
         n = len(hashes)
         offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * WIDTH).tobytes())
-        column = pa.StringArray.from_buffers(n, offsets, pa.py_buffer(hashes.tobytes()))
+        column = pa.StringArray.from_buffers(n, offsets, pa.py_buffer(np.ascontiguousarray(hashes)))
         return pa.table({"custom_id": pa.array(self._ids, pa.string()), "hash": column})

@@ -25,6 +25,7 @@ from ..pricing.prices import job_cost, paid_usage
 from ..core.answers import Answers
 from ..core.fields import Parsed, preparse
 from ..core.spec import MapSpec
+from .answer_store import SEGMENT_MIN
 from .cache import to_send
 from .hashes import RowHashes
 from .host import load_host
@@ -33,9 +34,6 @@ from .status import jobs
 from .store import JobRecord, Store, default_store, pdbatch_home
 
 __all__ = ["Job", "pdbatch_home", "new_job_id", "jobs"]
-
-#: Answers stored at once from this many on are parsed as they arrive (a shard's); fewer wait for the join.
-PREPARSE_MIN = 64
 
 
 
@@ -89,9 +87,11 @@ class Job:
         Parsing here, as each shard's answers arrive, overlaps with the
         shards still running; :meth:`result` uses what was parsed.
         """
-        self.store.put_answers(self.id, answers, self.hashes, attempt=attempt)
-        if len(answers) >= PREPARSE_MIN:
-            early = preparse(answers, self.spec.fmt.text_parser(), list(self.spec.fmt.columns or ()))
+        if len(answers) < SEGMENT_MIN:  # a few (one at a time): stored as rows, parsed by the join
+            self.store.put_answers(self.id, answers, self.hashes, attempt=attempt)
+        else:
+            _, segment = self.store.put_segment(self.id, answers, self.hashes, attempt=attempt)
+            early = preparse(answers, self.spec.fmt.text_parser(), list(self.spec.fmt.columns or ()), segment)
             if early is not None:
                 self._parsed.append(early)
 

@@ -59,13 +59,17 @@ def table_of(answers: Answers, hashes: Sequence[Optional[str]], attempt: int, se
     return pa.table({k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in cols.items()})
 
 
-def encode(table: pa.Table) -> bytes:
-    """The IPC bytes of a segment table (see :func:`table_of`), versioned."""
+def encode(table: pa.Table) -> memoryview:
+    """The IPC bytes of a segment table (see :func:`table_of`), versioned.
+
+    A view of Arrow's buffer, which SQLite stores as a blob as it is: a
+    segment of a million rows is not copied into a ``bytes`` first.
+    """
     table = table.replace_schema_metadata({_META: str(SEGMENT_VERSION).encode()})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return memoryview(sink.getvalue())
 
 
 def decode(blob: bytes, seq: int) -> pa.Table:

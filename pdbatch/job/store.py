@@ -129,7 +129,8 @@ class Store(AnswerStore):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
-        self.cost = {"write_seconds": 0.0, "written": 0, "read_seconds": 0.0, "read": 0}
+        self.cost = {"write_seconds": 0.0, "written": 0, "read_seconds": 0.0, "read": 0, "segments_read": 0,
+                     "texts_read": 0}
         self._init()
 
     def _init(self, seconds: float = 60.0) -> None:

@@ -614,3 +614,34 @@ def test_answers_to_frame_gives_the_raw_text_by_custom_id():
     assert list(frame.columns) == ["custom_id", *Answers.COLUMNS]
     assert texts(frame["content"]) == ["{oops", None] and frame["ok"].tolist() == [True, False]
     assert texts(frame["error_code"]) == [None, "server_error"]
+
+
+def test_preparsed_answers_known_by_their_segment_read_no_text_and_a_newer_segment_wins(df):
+    """With ``origin`` (the store's segment of each answer) the join reads the texts of only the rows it must parse."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pdbatch.core.answers import Deferred
+    from pdbatch.core.fields import preparse
+
+    parse = response_format(SCHEMA).text_parser()
+    early = preparse(answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": 2}'), ok("it", '{"v": 4}')), parse, origin=7)
+    assert early.origin.tolist() == [7, 7, 7]
+    now = answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": 2}'), fail("no"), ok("it", '{"v": 40}'))
+    texts = now.arrow("content").combine_chunks()
+    asked = []
+
+    def fetch(rows):
+        asked.extend(rows.tolist())
+        return texts.take(pa.array(rows))
+
+    lazy = Answers(content=Deferred(len(now), fetch), **{k: now.arrow(k) for k in ("custom_id",) + Answers.COLUMNS
+                                                        if k != "content"})
+    lazy.origin = np.array([7, 7, 8, 9])  # "it" was answered again, in a later segment
+    kw = dict(kind="schema", output="llm_output", error_column="llm_error", columns=["v"])
+    out, _, errors = join_results(df, custom_ids(df.index), lazy, parse, parsed=early, **kw)
+    assert out["v"].tolist()[:2] == [1, 2] and out["v"].tolist()[3] == 40 and errors[2] is not None
+    assert sorted(asked) == [2, 3]  # the failed line (for its reason) and the re-answered one; never fr, pe
+    plain, _, plain_errors = join_results(df, custom_ids(df.index), now, parse, **kw)
+    pd.testing.assert_frame_equal(plain, out)
+    assert plain_errors == errors

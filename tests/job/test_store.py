@@ -6,6 +6,7 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import openai
 import pandas as pd
 import pytest
@@ -121,3 +122,29 @@ def test_a_64_bit_key_collision_is_a_cache_miss_never_a_wrong_answer(tmp_path):
     store.put_answers("j2", Answers.from_results(rows), {"0": b} | {str(i): h(i + 100) for i in range(1, 70)})
     assert store.cached([b])[b][1] == "t0"
     assert store.cached([a]) == {}  # its key now points at b's answer, which the full hash refuses
+
+
+def test_a_jobs_answers_read_their_texts_only_where_asked_a_segment_at_a_time(tmp_path):
+    """``answers()`` reads no text up front; asked-for rows come back right, across segments and single rows."""
+    store = Store(str(tmp_path / "s.sqlite3"))
+    hashes = {str(i): h(i) for i in range(300)}
+    store.put_answers("j", Answers.from_results([chat(str(i), f"a{i}") for i in range(200)]), hashes)
+    store.put_answers("j", Answers.from_results([chat(str(i), f"b{i}") for i in range(100, 300)]), hashes, attempt=1)
+    store.put_answers("j", Answers.from_results([chat("5", "alone"), chat("299", "late")]), hashes, attempt=2)
+    reads = lambda: (store.cost["segments_read"], store.cost["texts_read"])  # noqa: E731
+    before = reads()
+    a = store.answers("j")
+    assert len(a) == 300 and reads() == (before[0] + 2, before[1])  # each segment read once, no text kept
+    ids = a.custom_id
+    want = {"0": "a0", "5": "alone", "150": "b150", "299": "late", "99": "a99"}
+    rows = np.array([ids.index(k) for k in want])
+    before = reads()
+    assert a.take("content", rows) == list(want.values())
+    assert reads() == (before[0] + 2, before[1] + 5)  # one read per segment holding an asked-for row
+    before = reads()
+    assert a.take("content", np.array([ids.index("150"), ids.index("151")])) == ["b150", "b151"]
+    assert reads() == (before[0] + 1, before[1] + 2)
+    whole = dict(zip(ids, a.arrow("content").to_pylist()))
+    assert whole == {str(i): "alone" if i == 5 else "late" if i == 299 else f"a{i}" if i < 100 else f"b{i}"
+                     for i in range(300)}
+    assert a.origin[ids.index("5")] == -1 and a.origin[ids.index("0")] != a.origin[ids.index("150")] >= 0
