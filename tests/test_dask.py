@@ -214,7 +214,7 @@ def test_bad_options_raise_at_the_call_and_nothing_is_sent(srv):
 def test_json_mode_takes_meta_and_series_and_embeddings_get_their_meta(srv):
     ddf = dd.from_pandas(frame(6, "j"), npartitions=2)
     out = ddf.llm.map("{text} as json", model="m", response_format="json", client=api_client(srv),
-                      poll_interval=0.05, meta={"text": "str", "echo": "str", "llm_error": "object"})
+                      poll_interval=0.05, meta={"text": "str", "echo": "str", "llm_error": "str"})
     got = out.compute(scheduler="sync")
     assert got["echo"].tolist() == [f"j text {i} as json" for i in range(6)]
 
@@ -246,6 +246,18 @@ def test_a_worker_with_another_job_store_refuses_to_run(srv, tmp_path, monkeypat
     with pytest.raises(JobError, match="set PDBATCH_HOME to the same shared directory on the workers"):
         out.compute(scheduler="sync")
     assert calls(srv) == before
+
+
+def test_a_backend_built_without_a_client_reads_the_key_where_it_is_unpickled(srv, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-where-the-graph-is-built")
+    monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+    blob = pickle.dumps(pdbatch.Realtime(max_concurrency=2))
+    assert b"sk-where-the-graph-is-built" not in blob
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-on-the-worker")  # the worker's own environment
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    worker_side = pickle.loads(blob)
+    assert worker_side.client.api_key == "sk-on-the-worker" and worker_side.max_concurrency == 2
+    assert str(worker_side.client.base_url).rstrip("/") == srv.base_url.rstrip("/")  # the same server everywhere
 
 
 def test_a_worker_without_the_key_variable_says_which_to_set(srv, monkeypatch):

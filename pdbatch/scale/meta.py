@@ -6,18 +6,26 @@ the dtype it gives them when some rows failed: a partition's answers may all
 succeed (``int64``) or not (``Int64``), so every partition is made to agree
 with the meta (:func:`conform`), the nullable dtype standing for both.
 
-=====================  ===========================================
-answer                 column dtype
-=====================  ===========================================
-text, raw answer text  pandas' default string dtype
-schema ``string``      pandas' default string dtype
-schema ``integer``     ``Int64``
-schema ``number``      ``float64``
-schema ``boolean``     ``boolean``
-anything else          ``object`` (lists, objects, mixed types)
-error column           ``object`` (None where the row succeeded)
-embedding              ``object`` (one float32 array per row)
-=====================  ===========================================
+One column differs from the pandas path, for what Dask does next
+(``to_parquet`` cannot infer an Arrow type from an ``object`` meta): the
+error column is text, missing where the row succeeded. Lists and objects
+stay ``object`` as pandas keeps them; give ``to_parquet`` their Arrow type,
+e.g. ``out.to_parquet(path, schema={"tags": pa.list_(pa.string())})``
+(``list<...>[pyarrow]`` columns would write, but pandas 3.1 cannot read them
+back).
+
+=======================  ===========================================
+answer                   column dtype
+=======================  ===========================================
+text, raw answer text    pandas' default string dtype
+schema ``string``        pandas' default string dtype
+schema ``integer``       ``Int64``
+schema ``number``        ``float64``
+schema ``boolean``       ``boolean``
+anything else            ``object`` (lists, objects, mixed types)
+error column             pandas' default string dtype (missing: ok)
+embedding                ``object`` (one float32 array per row)
+=======================  ===========================================
 """
 
 from __future__ import annotations
@@ -96,7 +104,7 @@ def _new_dtypes(spec: MapSpec) -> Dict[str, Any]:
         raise OptionError(
             "response_format='json' answers with keys nobody knows before the answers arrive, so the Dask result's "
             "columns cannot be known in advance: pass meta= (e.g. meta={'sentiment': 'str', 'score': 'float64', "
-            "'llm_error': 'object'} plus the frame's own columns), or pass a JSON Schema or pydantic model as "
+            "'llm_error': 'str'} plus the frame's own columns), or pass a JSON Schema or pydantic model as "
             "response_format= so that the columns come from its keys")
     new: Dict[str, Any] = {}
     if kind == "schema":
@@ -106,7 +114,7 @@ def _new_dtypes(spec: MapSpec) -> Dict[str, Any]:
     if spec.raw_column:
         new[spec.raw_column] = TEXT
     if spec.error_column:
-        new[spec.error_column] = object
+        new[spec.error_column] = TEXT
     return new
 
 
