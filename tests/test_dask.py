@@ -174,6 +174,7 @@ def test_a_backend_object_travels_without_its_key_and_a_literal_key_is_refused(s
     again = pickle.loads(blob)
     assert str(again.client.base_url) == str(backend.client.base_url) and again.provider == backend.provider
     out = dd.from_pandas(frame(6, "b"), npartitions=2).llm.map("{text}", model="m", backend=backend)
+    assert KEY.encode() not in cloudpickle.dumps(dict(out.__dask_graph__()))
     assert out.compute()["llm_output"].tolist() == frame(6, "b")["text"].tolist()
 
     literal = openai.OpenAI(base_url=srv.base_url, api_key="sk-literal-not-in-env")
