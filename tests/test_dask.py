@@ -21,6 +21,7 @@ import openai
 import pandas as pd
 import pytest
 
+dask = pytest.importorskip("dask")
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402  (a dependency of distributed)
@@ -28,6 +29,7 @@ import cloudpickle  # noqa: E402  (a dependency of distributed)
 import pdbatch  # noqa: E402
 from pdbatch.backends.pickling import ClientRecipe  # noqa: E402
 from pdbatch.errors import BackendUnavailableError, ColumnCollisionError, DuplicateIdError, JobError, MissingColumnError, OptionError  # noqa: E402
+from pdbatch.scale.partition import BackendRef  # noqa: E402
 from pdbatch.server import BatchServer  # noqa: E402
 from pdbatch.server.engines import echo_engine  # noqa: E402
 
@@ -184,6 +186,9 @@ def test_a_backend_object_travels_without_its_key_and_a_literal_key_is_refused(s
     with pytest.raises(OptionError, match=r"Batch\(client=...\): the client's API key is in no environment"):
         pickle.dumps(pdbatch.Batch(literal))
     assert calls(srv) == before
+    # On one machine (no pickling) such a backend is fine: the graph names it without pickling it.
+    ref = BackendRef(pdbatch.Batch(literal))
+    assert dask.base.tokenize(ref) == dask.base.tokenize(ref)
 
 
 # ------------------------------------------------------------------ in this process

@@ -27,7 +27,7 @@ from ..job.store import pdbatch_home
 from ..options import RunOptions, check
 from .ids import unique_ids_check
 from .meta import empty_host, result_meta
-from .partition import ClientRef, embed_partition, estimate_partition, map_partition, write_partition
+from .partition import BackendRef, ClientRef, embed_partition, estimate_partition, map_partition, write_partition
 
 __all__ = ["DaskAccessor"]
 
@@ -137,6 +137,8 @@ class DaskAccessor:
         backend, client = args["backend"], args["client"]
         if backend is None or isinstance(backend, str):
             backend = be.name  # the backend chosen here, not one each worker would choose from its environment
+        else:
+            backend = BackendRef(backend)
         ref = ClientRef(client) if client is not None else None
         if _on_cluster():  # the graph will be pickled: refuse now what could not be
             pickle.dumps((backend, ref))
@@ -261,7 +263,11 @@ class DaskAccessor:
         LLMAccessor(self._host()).estimate(template, show=False, **flat)  # every check, on no rows
         parts = self._obj.to_delayed()
         ids = unique_ids_check(self._obj)
-        ests = dask.compute(*[dask.delayed(estimate_partition)(p, ids, template, flat) for p in parts])
+        given = args["backend"]
+        work = dict(flat, backend=given if given is None or isinstance(given, str) else BackendRef(given))
+        client = work.pop("client")
+        ref = ClientRef(client) if client is not None else None
+        ests = dask.compute(*[dask.delayed(estimate_partition)(p, ids, template, work, ref) for p in parts])
         est = _merge(list(ests), len(parts))
         if args["max_cost"] is not None:
             est["max_cost"], est["max_cost_refusal"] = args["max_cost"], _refusal(est, args)

@@ -22,7 +22,7 @@ from ..job.start import default_name
 from ..job.store import pdbatch_home
 from .meta import conform
 
-__all__ = ["ClientRef", "check_home", "map_partition", "embed_partition", "write_partition", "estimate_partition"]
+__all__ = ["ClientRef", "BackendRef", "check_home", "map_partition", "embed_partition", "write_partition", "estimate_partition"]
 
 
 class ClientRef:
@@ -47,6 +47,29 @@ class ClientRef:
     def __dask_tokenize__(self) -> tuple:
         c = self._client
         return ("pdbatch.ClientRef", type(c).__name__, str(getattr(c, "base_url", "")), self._recipe)
+
+
+class BackendRef:
+    """A backend object given to ``ddf.llm.map(backend=...)``, named in the graph without pickling it.
+
+    Dask names a graph's tasks by hashing their arguments; a backend hashes as
+    its class, provider and identity (its client, which need not pickle on a
+    single machine, is left out). Pickled, the backend travels without its
+    client's key (:mod:`pdbatch.backends.pickling`).
+    """
+
+    def __init__(self, backend: Any):
+        self.backend = backend
+
+    def __dask_tokenize__(self) -> tuple:
+        b = self.backend
+        return ("pdbatch.BackendRef", type(b).__name__, getattr(b, "provider", ""), id(b))
+
+
+def _backend(options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` with the backend object itself in place of its :class:`BackendRef`."""
+    ref = options.get("backend")
+    return dict(options, backend=ref.backend) if isinstance(ref, BackendRef) else options
 
 
 def check_home(home: str) -> None:
@@ -80,7 +103,7 @@ def map_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, *, te
     check_home(home)
     if not len(part):
         return result
-    out = LLMAccessor(part).map(template, client=_client(client), **_named(options, template, partition_info))
+    out = LLMAccessor(part).map(template, client=_client(client), **_named(_backend(options), template, partition_info))
     return conform(out, result, new)
 
 
@@ -91,7 +114,8 @@ def embed_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, *, 
     check_home(home)
     if not len(part):
         return result
-    out = LLMAccessor(part).embed(template, client=_client(client), **_named(options, template, partition_info))
+    out = LLMAccessor(part).embed(template, client=_client(client),
+                                  **_named(_backend(options), template, partition_info))
     return conform(out, result, new)
 
 
@@ -107,6 +131,6 @@ def write_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, *, 
 
 
 def estimate_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, template: str,
-                       options: Dict[str, Any]) -> dict:
+                       options: Dict[str, Any], client: Optional[ClientRef]) -> dict:
     """``part.llm.estimate(template, show=False, **options)``."""
-    return LLMAccessor(part).estimate(template, show=False, **options)
+    return LLMAccessor(part).estimate(template, show=False, client=_client(client), **_backend(options))
