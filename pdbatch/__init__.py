@@ -8,7 +8,9 @@ Importing pdbatch registers the ``.llm`` accessor on ``DataFrame`` and
                      response_format=Movie)
 
 Requests run as an OpenAI Batch job (half price), or on a local model; answers
-come back as new columns on the same index.
+come back as new columns on the same index. With Dask installed, ``.llm`` is
+also registered on Dask DataFrames and Series once ``dask.dataframe`` is
+imported (before or after pdbatch; see :mod:`pdbatch.scale`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .backends.realtime import Realtime
 from .errors import PdbatchError
 from .job.lifecycle import Job, jobs
 from .core.records import Request, Result, Usage
+from .scale import register_when_imported
 
 __all__ = ["LLMAccessor", "Batch", "AnthropicBatch", "Realtime", "Local", "Job", "jobs", "Request", "Result", "Usage", "PdbatchError", "errors", "pricing", "__version__"]
 __version__ = "0.1.0"
@@ -36,3 +39,4 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     pd.api.extensions.register_dataframe_accessor("llm")(LLMAccessor)
     pd.api.extensions.register_series_accessor("llm")(LLMAccessor)
+register_when_imported()  # ddf.llm, without importing Dask here

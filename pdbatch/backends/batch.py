@@ -42,6 +42,7 @@ from .progress import progress_bar
 from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, create_once
 from .base import TERMINAL, Progress, check_client, default_client, openai_provider
 from .batch_state import ORDER as _ORDER, BatchState, ShardState, retry_shard, rows_to_retry
+from .pickling import PicklesWithoutClient
 
 __all__ = ["Batch", "BatchBackend", "ShardState", "default_client", "RETRYABLE_CODES"]
 
@@ -51,7 +52,7 @@ log = logging.getLogger("pdbatch")
 POLL_PATIENCE = 300.0
 
 
-class Batch:
+class Batch(PicklesWithoutClient):
     """Run requests as OpenAI Batch API jobs.
 
     Parameters

@@ -42,6 +42,7 @@ from .ratelimit import RateLimiter
 from ..core.records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBEDDINGS_URL: for the examples)
 from .progress import progress_bar
 from .base import RowByRow, Progress, check_client, default_client, openai_provider
+from .pickling import PicklesWithoutClient
 from .realtime_run import _Run, async_client
 
 __all__ = ["Realtime", "RealtimeBackend", "async_client", "INTERRUPTED", "CANCELLED", "BUDGET_EXHAUSTED"]
@@ -56,7 +57,7 @@ CANCELLED = "cancelled: the realtime run was cancelled before this row was answe
 # Longest wait for calls in flight after a stop, in seconds.
 _DRAIN_SECONDS = 30.0
 _TICK = 0.1
-class Realtime(RowByRow):
+class Realtime(RowByRow, PicklesWithoutClient):
     """Answer requests with concurrent realtime API calls (Chat Completions, Embeddings).
 
     Parameters
