@@ -13,7 +13,6 @@ between calls.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -142,6 +141,24 @@ def _upload_problem(sink: _Upload) -> Optional[_ApiError]:
     return None
 
 
+def _expires_after(fields: dict) -> Optional[int]:
+    """Seconds of ``expires_after`` (``expires_after[anchor]``/``[seconds]`` form fields)."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise _ApiError(400, "expires_after.anchor must be 'created_at'.",
+                        param="expires_after.anchor", code="invalid_value")
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        value = -1
+    if not 3600 <= value <= 2_592_000:
+        raise _ApiError(400, "expires_after.seconds must be an integer from 3600 (1 hour) to "
+                        "2592000 (30 days).", param="expires_after.seconds", code="invalid_value")
+    return value
+
+
 def build_app(server: Any) -> Starlette:
     """The Starlette app serving ``server`` (a :class:`~pdbatch.server.BatchServer`)."""
     api = _Api(server)
@@ -216,6 +233,7 @@ class _Api:
                 parser.write(chunk)
             parser.finalize()
             problem = _upload_problem(sink)
+            expires = _expires_after(sink.fields) if problem is None else None
         except Exception as exc:
             problem = exc if isinstance(exc, _ApiError) else \
                 _ApiError(400, f"Malformed multipart body: {exc}", param="file")
@@ -224,7 +242,8 @@ class _Api:
         if problem is not None:
             sink.dest.unlink(missing_ok=True)
             raise problem
-        obj = self.store.add_file(sink.dest, sink.filename or "upload", sink.fields["purpose"])
+        obj = self.store.add_file(sink.dest, sink.filename or "upload", sink.fields["purpose"],
+                                  expires_after=expires)
         self.srv.stats.bump("uploads")
         return _json(obj)
 
@@ -321,7 +340,8 @@ class _Api:
         with self.store.lock:
             batch = self.store.batches[batch_id]
             if batch["status"] in ("validating", "in_progress"):  # a finalizing batch is as good as done
-                batch.update(status="cancelling", cancelling_at=int(time.time()))
+                self.store.update_batch(batch_id, status="cancelling",
+                                        cancelling_at=int(self.store.now()))
             elif batch["status"] not in ("cancelling", "cancelled"):
                 raise _ApiError(400, f"Cannot cancel a batch with status {batch['status']!r}.",
                                 param="batch_id", code="invalid_state")

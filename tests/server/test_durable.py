@@ -1,0 +1,230 @@
+"""Durable state of the local server: restarts (clean and ``kill -9``), expiry, retention.
+
+Everything goes through the real ``openai`` SDK over HTTP; the ``kill -9`` test
+runs ``pdbatch serve`` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from pdbatch.errors import ServerError
+from pdbatch.server import BatchServer, Faults
+from pdbatch.server.engines import SlowEcho
+
+from .test_server import CHAT, read_jsonl, submit, until, upload, line
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+DAY = 24 * 3600
+
+
+def rows(n, prefix="r"):
+    return [line(f"{prefix}-{i}", f"text {i}") for i in range(n)]
+
+
+def answered_once(client, batch, n, prefix="r"):
+    """Output + error lines of ``batch``: every one of the ``n`` ids exactly once."""
+    out = read_jsonl(client, batch.output_file_id) if batch.output_file_id else []
+    err = read_jsonl(client, batch.error_file_id) if batch.error_file_id else []
+    ids = [x["custom_id"] for x in out + err]
+    assert sorted(ids) == sorted(f"{prefix}-{i}" for i in range(n))
+    return out, err
+
+
+def complete_lines(path: Path) -> list[dict]:
+    """The whole lines of a JSONL file being appended to."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [json.loads(x) for x in data[: data.rfind(b"\n") + 1].splitlines() if x]
+
+
+class Serve:
+    """``pdbatch serve --engine echo`` in a subprocess on ``data_dir`` (port chosen by the OS)."""
+
+    def __init__(self, tmp_path: Path, data_dir: Path, *flags: str) -> None:
+        self.err_path = tmp_path / f"serve-{time.monotonic_ns()}.txt"
+        with open(self.err_path, "wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pdbatch", "serve", "--engine", "echo", "--port", "0", "-q",
+                 "--data-dir", str(data_dir), *flags],
+                stdout=subprocess.DEVNULL, stderr=fh, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline, text = time.monotonic() + 30, ""
+        while "base_url=" not in text:  # the banner is printed once the server listens
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.err_path.read_text()
+            time.sleep(0.05)
+            text = self.err_path.read_text()
+        self.banner = text.splitlines()[0]
+        self.base_url = re.search(r"base_url=(\S+?);", self.banner).group(1)
+        self.client = openai.OpenAI(base_url=self.base_url, api_key="k", max_retries=0, timeout=10)
+
+    def kill(self, sig=signal.SIGKILL) -> int:
+        self.client.close()
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=10)
+
+
+def test_kill_9_mid_batch_then_restart_finishes_every_line_once(tmp_path, wait_batch):
+    data = tmp_path / "data"
+    first = Serve(tmp_path, data, "--latency", "0.02")
+    try:
+        other = first.client.files.create(file=("notes.txt", b"keep me\n"), purpose="user_data")
+        batch = submit(first.client, rows(60))
+        until(lambda: first.client.batches.retrieve(batch.id).request_counts.completed >= 25,
+              timeout=20, interval=0.02)
+        started = first.client.batches.retrieve(batch.id).in_progress_at
+    finally:
+        assert first.kill() == -signal.SIGKILL
+    kept = complete_lines(data / "batches" / batch.id / "output.jsonl")  # made durable before the kill
+    assert 0 < len(kept) < 60
+
+    second = Serve(tmp_path, data, "--latency", "0.02")
+    try:
+        client = second.client
+        assert "1 resumed" in second.banner
+        assert {f.id for f in client.files.list().data} >= {batch.input_file_id, other.id}
+        assert client.files.content(other.id).content == b"keep me\n"
+        assert [b.id for b in client.batches.list().data] == [batch.id]
+        done = wait_batch(client, batch.id, timeout=20)
+        assert done.status == "completed" and done.error_file_id is None
+        assert (done.request_counts.total, done.request_counts.completed,
+                done.request_counts.failed) == (60, 60, 0)
+        assert done.in_progress_at == started  # the same run, resumed
+        out, _ = answered_once(client, done, 60)
+        by_id = {o["custom_id"]: o for o in out}
+        assert all(by_id[k["custom_id"]] == k for k in kept)  # answers made before the kill are kept as they were
+        assert all(o["response"]["body"]["choices"][0]["message"]["content"] ==
+                   "text " + o["custom_id"].split("-")[1] for o in out)
+    finally:
+        assert second.kill(signal.SIGTERM) == 0
+
+
+def test_clean_restart_keeps_files_and_batches_and_resumes(make_client, wait_batch, tmp_path):
+    data = tmp_path / "data"
+    srv = BatchServer(engine=SlowEcho(0.01), data_dir=data).start()
+    client = make_client(srv)
+    finished = submit(client, rows(5, "a"))
+    finished = wait_batch(client, finished.id)
+    running = submit(client, rows(80, "b"))
+    until(lambda: client.batches.retrieve(running.id).request_counts.completed >= 5)
+    srv.stop()
+    with pytest.raises(openai.APIConnectionError):
+        client.batches.retrieve(running.id)
+
+    with BatchServer(engine=SlowEcho(0.001), data_dir=data) as again:
+        client = make_client(again)
+        assert client.batches.retrieve(finished.id).model_dump() == finished.model_dump()
+        answered_once(client, finished, 5, "a")
+        done = wait_batch(client, running.id, timeout=20)
+        assert done.status == "completed" and done.request_counts.completed == 80
+        answered_once(client, done, 80, "b")
+        assert [b.id for b in client.batches.list().data] == [running.id, finished.id]
+        listed = {f.id: f.purpose for f in client.files.list().data}
+        assert listed == {finished.input_file_id: "batch", finished.output_file_id: "batch_output",
+                          running.input_file_id: "batch", done.output_file_id: "batch_output"}
+
+
+def test_a_data_dir_serves_one_server_at_a_time(tmp_path):
+    with BatchServer(data_dir=tmp_path):
+        with pytest.raises(ServerError, match="in use by another pdbatch server.*--data-dir"):
+            BatchServer(data_dir=tmp_path)
+
+
+def test_upload_expires_after_its_seconds(make_server, make_client, tmp_path):
+    srv = make_server(data_dir=tmp_path / "data")
+    client = make_client(srv)
+    f = client.files.create(file=("a.jsonl", b"{}\n"), purpose="batch",
+                            expires_after={"anchor": "created_at", "seconds": 3600})
+    plain = client.files.create(file=("b.jsonl", b"{}\n"), purpose="batch")
+    assert f.expires_at == f.created_at + 3600 and plain.expires_at is None
+    assert client.files.retrieve(f.id).expires_at == f.expires_at
+    srv.faults.time_shift = 3599
+    assert client.files.content(f.id).content == b"{}\n"
+    srv.faults.time_shift = 3601
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(f.id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(f.id)
+    assert [x.id for x in client.files.list().data] == [plain.id]
+    assert not (srv.data_dir / f.id).exists() and (srv.data_dir / plain.id).exists()
+
+
+@pytest.mark.parametrize("expires, param", [
+    ({"anchor": "created_at", "seconds": 60}, "expires_after.seconds"),
+    ({"anchor": "created_at", "seconds": 2_592_001}, "expires_after.seconds"),
+    ({"anchor": "last_active_at", "seconds": 3600}, "expires_after.anchor"),
+])
+def test_bad_expires_after_is_refused_and_nothing_is_kept(server, client, expires, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("a.jsonl", b"{}\n"), purpose="batch", expires_after=expires)
+    assert info.value.body["param"] == param and "expires_after" in info.value.body["message"]
+    assert client.files.list().data == []
+    assert [p for p in server.data_dir.rglob("*") if p.is_file() and p.parent.name != "state"] == []
+
+
+def test_batch_past_its_24h_window_expires_keeping_what_was_done(make_server, make_client,
+                                                                  wait_batch):
+    srv = make_server(engine=SlowEcho(0.01))
+    client = make_client(srv)
+    batch = submit(client, rows(100))
+    until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 5)
+    srv.faults.time_shift = DAY
+    done = wait_batch(client, batch.id)
+    assert done.status == "expired" and done.expired_at >= batch.expires_at
+    out, err = answered_once(client, done, 100)
+    assert 5 <= len(out) < 100
+    assert {e["error"]["code"] for e in err} == {"batch_expired"}
+    assert all(e["response"] is None for e in err)
+    assert (done.request_counts.completed, done.request_counts.failed) == (len(out), len(err))
+
+
+def test_retention_prunes_finished_batches_and_their_files(make_server, make_client, wait_batch):
+    srv = make_server(engine=SlowEcho(0.05), retention=3600)
+    client = make_client(srv)
+    old = wait_batch(client, submit(client, rows(3)).id)
+    assert old.status == "completed"
+    srv.faults.time_shift = 1800
+    slow = submit(client, rows(400, "s"))  # still running when the first one leaves
+    until(lambda: client.batches.retrieve(slow.id).status == "in_progress")
+    assert client.batches.retrieve(old.id).status == "completed"
+    srv.faults.time_shift = 3601
+    for gone in (lambda: client.batches.retrieve(old.id),
+                 lambda: client.files.retrieve(old.output_file_id),
+                 lambda: client.files.content(old.output_file_id),
+                 lambda: client.files.retrieve(old.input_file_id)):
+        with pytest.raises(openai.NotFoundError):
+            gone()
+    assert [b.id for b in client.batches.list().data] == [slow.id]
+    assert [f.id for f in client.files.list().data] == [slow.input_file_id]
+    assert not (srv.data_dir / "batches" / old.id).exists()
+    client.batches.cancel(slow.id)
+    assert wait_batch(client, slow.id).status == "cancelled"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--retention", "7x"], "--retention: '7x' is not a duration; write seconds (3600) or a number"),
+    (["--retention=-3h"], "--retention: '-3h' is not a duration"),
+    (["--retention", "0"], "--retention: '0' is not a duration"),
+    (["--latency=-1"], "--latency: give seconds >= 0, with --engine echo"),
+    (["--engine", "local", "--latency", "1"], "--latency: give seconds >= 0, with --engine echo"),
+])
+def test_serve_refuses_bad_retention_and_latency(tmp_path, capsys, flags, message):
+    from pdbatch.cli import main
+
+    assert main(["serve", "--engine", "echo", "--port", "0", "--data-dir", str(tmp_path / "d"),
+                 *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before anything was written
