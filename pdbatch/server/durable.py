@@ -135,10 +135,11 @@ class Store:
         self.batches: dict[str, dict] = {}
         self._paths: dict[str, Path] = {}
         self._due = 0.0  # the earliest deadline of a sweep: sweep on the first read
-        shutil.rmtree(self.root / "incoming", ignore_errors=True)
-        for sub in ("incoming", "state", "batches"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "state").mkdir(parents=True, exist_ok=True)
         self._lock_handle = _lock_dir(self.root / "state" / "lock")
+        shutil.rmtree(self.root / "incoming", ignore_errors=True)  # uploads cut off by a crash
+        for sub in ("incoming", "batches"):
+            (self.root / sub).mkdir(exist_ok=True)
         self._db: Optional[sqlite3.Connection] = None
         try:
             self._db = self._open(self.root / "state" / "server.sqlite3")

@@ -6,6 +6,7 @@ runs ``pdbatch serve`` as a subprocess.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -19,10 +20,10 @@ import openai
 import pytest
 
 from pdbatch.errors import ServerError
-from pdbatch.server import BatchServer, Faults
+from pdbatch.server import BatchServer
 from pdbatch.server.engines import SlowEcho
 
-from .test_server import CHAT, read_jsonl, submit, until, upload, line
+from .test_server import line, read_jsonl, submit, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,6 +122,8 @@ def test_clean_restart_keeps_files_and_batches_and_resumes(make_client, wait_bat
     running = submit(client, rows(80, "b"))
     until(lambda: client.batches.retrieve(running.id).request_counts.completed >= 5)
     srv.stop()
+    ran_before = srv.stats.requests_executed - 5
+    assert 5 <= ran_before < 80
     with pytest.raises(openai.APIConnectionError):
         client.batches.retrieve(running.id)
 
@@ -131,6 +134,7 @@ def test_clean_restart_keeps_files_and_batches_and_resumes(make_client, wait_bat
         done = wait_batch(client, running.id, timeout=20)
         assert done.status == "completed" and done.request_counts.completed == 80
         answered_once(client, done, 80, "b")
+        assert again.stats.requests_executed == 80 - ran_before  # a clean stop loses no answer
         assert [b.id for b in client.batches.list().data] == [running.id, finished.id]
         listed = {f.id: f.purpose for f in client.files.list().data}
         assert listed == {finished.input_file_id: "batch", finished.output_file_id: "batch_output",
@@ -228,3 +232,38 @@ def test_serve_refuses_bad_retention_and_latency(tmp_path, capsys, flags, messag
                  *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openai_batch") is None,
+                    reason="the openai-batch package (PyPI: openai-batch) is not installed")
+def test_openai_batch_cli_resumes_across_a_server_restart(tmp_path, wait_batch):
+    """The third-party ``openai-batch`` CLI: ``--create``, the server killed and started
+    again, then ``--resume BATCH_ID`` downloads every answer once."""
+    data, src = tmp_path / "data", tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows(40)))
+
+    def cli(base_url, *args):
+        return subprocess.run([sys.executable, "-m", "openai_batch.run", *args, "--base-url", base_url,
+                               "--api-key", "k"], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+
+    first = Serve(tmp_path, data, "--latency", "0.02")
+    try:
+        created = cli(first.base_url, str(src), "--create")
+        assert created.returncode == 0, created.stderr
+        batch_id = re.search(r"Created (batch_\w+)\.", created.stdout).group(1)
+        until(lambda: first.client.batches.retrieve(batch_id).request_counts.completed >= 5,
+              timeout=20, interval=0.02)
+    finally:
+        first.kill()
+    second = Serve(tmp_path, data)
+    try:
+        assert wait_batch(second.client, batch_id, timeout=20).status == "completed"
+        resumed = cli(second.base_url, "--resume", batch_id, "-o", "out.jsonl", "-e", "err.jsonl")
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"Status of {batch_id}: completed" in resumed.stdout
+        out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert sorted(o["custom_id"] for o in out) == sorted(f"r-{i}" for i in range(40))
+        assert not (tmp_path / "err.jsonl").exists()
+    finally:
+        second.kill(signal.SIGTERM)
