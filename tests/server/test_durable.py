@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,8 +21,8 @@ import openai
 import pytest
 
 from pdbatch.errors import ServerError
-from pdbatch.server import BatchServer
-from pdbatch.server.engines import SlowEcho
+from pdbatch.server import BatchServer, Faults
+from pdbatch.server.engines import ScriptedEngine, SlowEcho
 
 from .test_server import line, read_jsonl, submit, until
 
@@ -139,6 +140,37 @@ def test_clean_restart_keeps_files_and_batches_and_resumes(make_client, wait_bat
         listed = {f.id: f.purpose for f in client.files.list().data}
         assert listed == {finished.input_file_id: "batch", finished.output_file_id: "batch_output",
                           running.input_file_id: "batch", done.output_file_id: "batch_output"}
+
+
+def test_a_cancel_the_worker_never_saw_ends_cancelled_after_the_restart(make_client, wait_batch,
+                                                                        tmp_path):
+    """The server stops while the worker is inside line 4 and the cancel is accepted: the
+    restarted server ends the batch ``cancelled`` with the 4 answers, none run again."""
+    gate, data = threading.Event(), tmp_path / "data"
+
+    def reply(text, body):
+        if text == "text 3":
+            gate.wait(10)
+        return text
+
+    srv = BatchServer(engine=ScriptedEngine(reply), faults=Faults(shuffle_output=False),
+                      data_dir=data).start()
+    client = make_client(srv)
+    batch = submit(client, rows(20))
+    until(lambda: client.batches.retrieve(batch.id).request_counts.completed == 3)
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    srv.stop(timeout=0.2)  # the worker is still waiting inside line 4
+    gate.set()  # it answers line 4 (kept on disk), sees the stop and ends
+    until(lambda: not any(t.name == "pdbatch-batch-worker" for t in threading.enumerate()))
+    engine = ScriptedEngine(lambda text, body: text)
+    with BatchServer(engine=engine, data_dir=data) as again:
+        client = make_client(again)
+        done = wait_batch(client, batch.id)
+        assert done.status == "cancelled" and done.cancelled_at >= done.cancelling_at
+        out = read_jsonl(client, done.output_file_id)
+        assert sorted(o["custom_id"] for o in out) == ["r-0", "r-1", "r-2", "r-3"]
+        assert (done.request_counts.completed, done.request_counts.failed) == (4, 0)
+        assert done.error_file_id is None and engine.calls == 0
 
 
 def test_a_data_dir_serves_one_server_at_a_time(tmp_path):
