@@ -27,6 +27,12 @@ Server choices where the public contract is silent are collected here:
 * Unknown ids answer 404; a bad request answers 400; both with the
   ``{"error": {message, type, param, code}}`` body.
 * Lists are newest first; an unknown ``after`` cursor gives an empty page.
+* ``expires_after`` of an upload must be ``{"anchor": "created_at", "seconds":
+  N}`` with N from 3600 to 2592000 (400 ``invalid_value`` naming
+  ``expires_after.anchor`` or ``expires_after.seconds`` otherwise); an
+  expired file is deleted, but not while a running batch reads it. A batch
+  past its 24 h window ends ``expired``; a finished batch is deleted after the
+  server's retention period, if it has one (see :mod:`pdbatch.server.durable`).
 """
 
 from __future__ import annotations

@@ -179,6 +179,26 @@ def test_a_data_dir_serves_one_server_at_a_time(tmp_path):
             BatchServer(data_dir=tmp_path)
 
 
+def test_a_state_it_cannot_read_is_refused_naming_the_fix(tmp_path):
+    import sqlite3
+
+    newer = tmp_path / "newer"
+    with BatchServer(data_dir=newer):
+        pass
+    db = sqlite3.connect(newer / "state" / "server.sqlite3")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(ServerError, match="newer pdbatch.*upgrade pdbatch or choose another --data-dir"):
+        BatchServer(data_dir=newer)
+    broken = tmp_path / "broken"
+    (broken / "state").mkdir(parents=True)
+    (broken / "state" / "server.sqlite3").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ServerError, match="cannot read the server state.*--data-dir"):
+        BatchServer(data_dir=broken)
+    with BatchServer(data_dir=tmp_path / "fine"):  # and the lock went with the failures
+        pass
+
+
 def test_upload_expires_after_its_seconds(make_server, make_client, tmp_path):
     srv = make_server(data_dir=tmp_path / "data")
     client = make_client(srv)
