@@ -141,21 +141,16 @@ def _upload_problem(sink: _Upload) -> Optional[_ApiError]:
     return None
 
 
-def _expires_after(fields: dict) -> Optional[int]:
-    """Seconds of ``expires_after`` (``expires_after[anchor]``/``[seconds]`` form fields)."""
-    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+def _expires_after(anchor: Any, seconds: Any, name: str = "expires_after") -> Optional[int]:
+    """Seconds of an ``expires_after``-shaped policy (``None`` when both parts are absent)."""
     if anchor is None and seconds is None:
         return None
     if anchor != "created_at":
-        raise _ApiError(400, "expires_after.anchor must be 'created_at'.",
-                        param="expires_after.anchor", code="invalid_value")
-    try:
-        value = int(seconds or "")
-    except ValueError:
-        value = -1
+        raise _ApiError(400, f"{name}.anchor must be 'created_at'.", f"{name}.anchor", "invalid_value")
+    value = int(seconds) if isinstance(seconds, int) or str(seconds).isdigit() else -1
     if not 3600 <= value <= 2_592_000:
-        raise _ApiError(400, "expires_after.seconds must be an integer from 3600 (1 hour) to "
-                        "2592000 (30 days).", param="expires_after.seconds", code="invalid_value")
+        raise _ApiError(400, f"{name}.seconds must be an integer from 3600 (1 hour) to 2592000 (30 days).",
+                        f"{name}.seconds", "invalid_value")
     return value
 
 
@@ -233,7 +228,8 @@ class _Api:
                 parser.write(chunk)
             parser.finalize()
             problem = _upload_problem(sink)
-            expires = _expires_after(sink.fields) if problem is None else None
+            expires = None if problem is not None else _expires_after(
+                sink.fields.get("expires_after[anchor]"), sink.fields.get("expires_after[seconds]"))
         except Exception as exc:
             problem = exc if isinstance(exc, _ApiError) else \
                 _ApiError(400, f"Malformed multipart body: {exc}", param="file")
@@ -299,7 +295,10 @@ class _Api:
             raise _ApiError(400, "metadata must map at most 16 string keys (≤64 characters) "
                             "to string values (≤512 characters).", param="metadata",
                             code="invalid_value")
-        batch = self.store.create_batch(file_id, endpoint, "24h", metadata)
+        policy = body.get("output_expires_after")
+        policy = policy if isinstance(policy, dict) or policy is None else {"anchor": policy}
+        ttl = _expires_after(*map((policy or {}).get, ("anchor", "seconds")), name="output_expires_after")
+        batch = self.store.create_batch(file_id, endpoint, "24h", metadata, output_expires_after=ttl)
         raw = self.store.dump("batch", batch["id"])  # before the worker can touch it
         self.srv.stats.bump("batches_created")
         self.srv._worker.submit(batch["id"])

@@ -2,34 +2,25 @@
 
 :class:`Store` keeps the file and batch objects (the exact JSON the API
 returns) in memory for fast reads and writes every change through to SQLite
-as it happens, so that a server started again on the same ``data_dir`` --
-after a clean stop or a ``kill -9`` -- finds every file and batch, and the
-batch worker resumes the batches that had not ended.
+as it happens: a server started again on the same ``data_dir`` -- after a
+clean stop or a ``kill -9`` -- finds every file and batch, and its worker
+resumes the batches that had not ended. Layout of ``data_dir``:
 
-Layout of ``data_dir``:
-
-* ``state/server.sqlite3``: the ``files`` and ``batches`` tables, one JSON
-  object per row (WAL journal, ``PRAGMA user_version`` is the schema
-  version); ``state/lock`` is held (``flock``) while a server uses the
-  directory, so two servers never share one.
-* ``<file id>``: the content of an uploaded file; ``incoming/``: uploads
-  being received (left-overs are removed at start).
+* ``state/server.sqlite3``: tables ``files`` and ``batches``, one JSON object
+  per row (WAL; ``PRAGMA user_version`` is the schema version);
+  ``state/lock`` is held (``flock``) while a server uses the directory.
+* ``<file id>``: an uploaded file; ``incoming/``: uploads being received.
 * ``batches/<batch id>/output.jsonl`` and ``error.jsonl``: a batch's answers,
   appended as they are produced and made durable per chunk by the worker;
   when the batch ends they *are* its output and error files.
 
-Time limits, checked against :attr:`Store.now`:
-
-* ``expires_after`` of an upload sets the file's ``expires_at``; once it
-  passes the file is deleted (object and content: 404), except that the input
-  file of a batch still running is kept until that batch ends.
-* ``retention`` (seconds): a batch that ended (``completed``, ``failed``,
-  ``expired``, ``cancelled``) more than ``retention`` seconds ago is deleted
-  with its output and error files and its input file (unless another batch
-  still uses it).
-
-Expired objects are swept on the first read after their deadline and by the
-worker when idle, so a client never sees an object past its deadline.
+Deadlines, against :attr:`Store.now`: past a file's ``expires_at``
+(``expires_after`` of an upload, ``output_expires_after`` of a batch) the
+file is deleted (404), except an input file, kept until the batches running
+on it end; with ``retention`` (seconds), a batch that ended longer ago is
+deleted with its output and error files and its input file (unless another
+batch uses it). Deadlines are swept on the first read after them and by the
+idle worker, so a client never sees an object past its deadline.
 """
 
 from __future__ import annotations
@@ -46,7 +37,7 @@ from typing import Any, Callable, Iterable, Optional
 import orjson
 
 from ..errors import ServerError
-from .state import new_id
+from .state import new_id, page
 
 __all__ = ["Store", "parse_duration", "SCHEMA_VERSION", "TERMINAL", "WINDOW_SECONDS"]
 
@@ -59,7 +50,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, obj BLOB NOT NULL, path TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, obj BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, obj BLOB NOT NULL, output_ttl INTEGER);
 """
 
 
@@ -81,16 +72,6 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"{text!r} is not a duration; write seconds (3600) or a number with a "
                          "unit s, m, h, d or w (90m, 36h, 7d)")
     return value
-
-
-def _page(items: list[dict], after: Optional[str], limit: int) -> dict:
-    if after is not None:
-        ids = [o["id"] for o in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
-    data = items[:limit]
-    return {"object": "list", "data": data, "has_more": len(items) > limit,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None}
 
 
 def _lock_dir(path: Path) -> Any:
@@ -134,6 +115,7 @@ class Store:
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
         self._paths: dict[str, Path] = {}
+        self._output_ttl: dict[str, int] = {}  # output_expires_after of a batch, in seconds
         self._due = 0.0  # the earliest deadline of a sweep: sweep on the first read
         (self.root / "state").mkdir(parents=True, exist_ok=True)
         self._lock_handle = _lock_dir(self.root / "state" / "lock")
@@ -174,8 +156,11 @@ class Store:
         for file_id, obj, rel in self._db.execute("SELECT id, obj, path FROM files ORDER BY rowid"):
             self.files[file_id] = orjson.loads(obj)
             self._paths[file_id] = self.root / rel
-        for batch_id, obj in self._db.execute("SELECT id, obj FROM batches ORDER BY rowid"):
+        for batch_id, obj, ttl in self._db.execute(
+                "SELECT id, obj, output_ttl FROM batches ORDER BY rowid"):
             self.batches[batch_id] = orjson.loads(obj)
+            if ttl is not None:
+                self._output_ttl[batch_id] = ttl
 
     def _write(self, *ops: tuple[str, Iterable[tuple]]) -> None:
         """Run each ``(sql, rows)`` of ``ops`` in one transaction (nothing once closed)."""
@@ -264,11 +249,13 @@ class Store:
             items = [dict(f) for f in self.files.values() if purpose in (None, f["purpose"])]
         if order != "asc":
             items.reverse()
-        return _page(items, after, limit)
+        return page(items, after, limit)
 
     # -- batches -------------------------------------------------------------
     def create_batch(self, input_file_id: str, endpoint: str, completion_window: str,
-                     metadata: Optional[dict]) -> dict:
+                     metadata: Optional[dict], output_expires_after: Optional[int] = None) -> dict:
+        """A new ``validating`` batch; its output and error files will expire
+        ``output_expires_after`` seconds after they are made, when given."""
         now = int(self.now())
         obj = {
             "id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None,
@@ -285,7 +272,10 @@ class Store:
         }
         with self.lock:
             self.batches[obj["id"]] = obj
-            self._write(("INSERT INTO batches VALUES (?, ?)", [self._batch_row(obj["id"])]))
+            if output_expires_after is not None:
+                self._output_ttl[obj["id"]] = int(output_expires_after)
+            self._write(("INSERT INTO batches VALUES (?, ?, ?)",
+                         [(*self._batch_row(obj["id"]), output_expires_after)]))
         return obj
 
     def update_batch(self, batch_id: str, **fields: Any) -> None:
@@ -311,7 +301,8 @@ class Store:
             ids = []
             for path, kind in ((output, "output"), (error, "error")):
                 ids.append(None if path is None else self._register(
-                    new_id("file-"), path, f"{batch_id}_{kind}.jsonl", "batch_output", None)["id"])
+                    new_id("file-"), path, f"{batch_id}_{kind}.jsonl", "batch_output",
+                    self._output_ttl.get(batch_id))["id"])
             self.batches[batch_id].update(output_file_id=ids[0], error_file_id=ids[1], **fields)
             self.save_batch(batch_id, ("INSERT INTO files VALUES (?, ?, ?)",
                                        [self._file_row(i) for i in ids if i is not None]))
@@ -340,7 +331,7 @@ class Store:
         with self.lock:
             self.maybe_sweep()
             items = [orjson.loads(orjson.dumps(b)) for b in reversed(list(self.batches.values()))]
-        return _page(items, after, limit)
+        return page(items, after, limit)
 
     def dump(self, kind: str, obj_id: str) -> Optional[bytes]:
         """JSON bytes of file or batch ``obj_id`` (``None`` if unknown)."""
@@ -385,6 +376,8 @@ class Store:
 
     def _drop_batches(self, batch_ids: list[str]) -> None:
         dropped = [self.batches.pop(bid) for bid in batch_ids]
+        for bid in batch_ids:
+            self._output_ttl.pop(bid, None)
         if not dropped:
             return
         self._write(("DELETE FROM batches WHERE id = ?", [(b["id"],) for b in dropped]))

@@ -47,7 +47,7 @@ from typing import Callable, Optional
 
 from .busy import BusyClock
 
-__all__ = ["Faults", "Stats", "error_body", "status_error", "new_id",
+__all__ = ["Faults", "Stats", "error_body", "status_error", "new_id", "page",
            "BATCH_ENDPOINTS", "FILE_PURPOSES", "MAX_REPORTED_ERRORS"]
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions",
@@ -73,6 +73,17 @@ _STATUS_ERRORS = {
 def new_id(prefix: str) -> str:
     """A fresh id such as ``file-0f3c...`` or ``batch_9ab1...``."""
     return f"{prefix}{uuid.uuid4().hex}"
+
+
+def page(items: list[dict], after: Optional[str], limit: int) -> dict:
+    """One page of a list answer: the items after id ``after`` (none if unknown), at most ``limit``."""
+    if after is not None:
+        ids = [o["id"] for o in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    data = items[:limit]
+    return {"object": "list", "data": data, "has_more": len(items) > limit,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
 
 
 def error_body(message: str, *, type: str = "invalid_request_error",

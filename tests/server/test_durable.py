@@ -207,7 +207,7 @@ def test_upload_expires_after_its_seconds(make_server, make_client, tmp_path):
     plain = client.files.create(file=("b.jsonl", b"{}\n"), purpose="batch")
     assert f.expires_at == f.created_at + 3600 and plain.expires_at is None
     assert client.files.retrieve(f.id).expires_at == f.expires_at
-    srv.faults.time_shift = 3599
+    srv.faults.time_shift = 3590  # 10 s before (created_at is whole seconds)
     assert client.files.content(f.id).content == b"{}\n"
     srv.faults.time_shift = 3601
     with pytest.raises(openai.NotFoundError):
@@ -229,6 +229,24 @@ def test_bad_expires_after_is_refused_and_nothing_is_kept(server, client, expire
     assert info.value.body["param"] == param and "expires_after" in info.value.body["message"]
     assert client.files.list().data == []
     assert [p for p in server.data_dir.rglob("*") if p.is_file() and p.parent.name != "state"] == []
+
+
+def test_output_expires_after_sets_the_output_files_expiry(make_server, make_client, wait_batch):
+    srv = make_server()
+    client = make_client(srv)
+    with pytest.raises(openai.BadRequestError) as info:
+        submit(client, rows(2), output_expires_after={"anchor": "created_at", "seconds": 5})
+    assert info.value.body["param"] == "output_expires_after.seconds"
+    assert client.batches.list().data == []  # nothing was created
+    batch = submit(client, rows(2), output_expires_after={"anchor": "created_at", "seconds": 7200})
+    done = wait_batch(client, batch.id)
+    out = client.files.retrieve(done.output_file_id)
+    assert out.expires_at == out.created_at + 7200
+    assert client.files.retrieve(done.input_file_id).expires_at is None
+    srv.faults.time_shift = 7201
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(done.output_file_id)
+    assert client.batches.retrieve(batch.id).output_file_id == out.id  # the batch stays
 
 
 def test_batch_past_its_24h_window_expires_keeping_what_was_done(make_server, make_client,
