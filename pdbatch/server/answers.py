@@ -4,8 +4,8 @@ Each batch being run has ``output.jsonl`` (answers with status < 400) and
 ``error.jsonl`` (error answers and ``batch_expired`` lines) in its work
 directory (:meth:`pdbatch.server.durable.Store.work_dir`). The worker appends
 one line per answer (:meth:`AnswerLog.write`) and calls :meth:`AnswerLog.sync`
-per chunk: the lines reach the disk (``fsync``) before the batch's counts are
-stored. After a crash, :meth:`AnswerLog.recover` reads back what was written
+per chunk: the lines reach the OS (and, at most once a second, the disk)
+before the batch's counts are stored. After a crash, :meth:`AnswerLog.recover` reads back what was written
 -- dropping a torn last line -- so that the resumed batch skips every line
 already answered and runs the others: each line ends up exactly once in one
 of the two files.
@@ -76,11 +76,13 @@ class AnswerLog:
         self._fh.write(orjson.dumps(line) + b"\n")
         self.lines += 1
 
-    def sync(self) -> None:
-        """Make the lines written so far durable (flush and ``fsync``)."""
+    def sync(self, fsync: bool = True) -> None:
+        """Hand the lines written so far to the OS (they survive the process being
+        killed) and, with ``fsync``, to the disk (they survive the machine)."""
         if self._fh is not None:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if fsync:
+                os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         """Flush and close the file; it stays on disk for a later resume."""

@@ -19,8 +19,9 @@ One :class:`BatchWorker` thread per server takes batches in creation order:
   it the batch ends ``expired`` as above.
 * Answers are appended to the batch's :class:`~pdbatch.server.answers.AnswerLog`
   files as they are produced; every :data:`SYNC_LINES` lines or
-  :data:`SYNC_SECONDS` seconds they are made durable and the batch (its live
-  ``request_counts``) is stored. When the batch ends those files become its
+  :data:`SYNC_SECONDS` seconds they are handed to the OS (so a killed server
+  keeps them; ``fsync`` at most every :data:`FSYNC_SECONDS`) and the batch
+  (its live ``request_counts``) is stored. When the batch ends those files become its
   output and error files. The input is read line by line, keeping only the
   byte offsets of its lines in memory.
 * A batch that had not ended when the server stopped (or died) is submitted
@@ -49,10 +50,11 @@ from .state import MAX_REPORTED_ERRORS, Faults, Stats, error_body, new_id
 from .responses import answer as answer_with
 from .validate import check_images
 
-__all__ = ["BatchWorker", "validate_input", "SYNC_LINES", "SYNC_SECONDS"]
+__all__ = ["BatchWorker", "validate_input", "SYNC_LINES", "SYNC_SECONDS", "FSYNC_SECONDS"]
 
-#: A batch's answers are made durable every SYNC_LINES lines or SYNC_SECONDS seconds.
-SYNC_LINES, SYNC_SECONDS = 2048, 0.25
+#: A batch's answers are handed to the OS every SYNC_LINES lines or SYNC_SECONDS seconds
+#: (then its counts are stored), and fsync'd at most every FSYNC_SECONDS and at its end.
+SYNC_LINES, SYNC_SECONDS, FSYNC_SECONDS = 2048, 0.25, 1.0
 #: Seconds between two sweeps of expired files and batches while idle.
 SWEEP_SECONDS = 30.0
 
@@ -156,6 +158,7 @@ class BatchWorker(threading.Thread):
         self.store, self.host = store, host
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
         self._stop_event = threading.Event()
+        self._fsynced = 0.0  # when the running batch's answers were last fsync'd
 
     def submit(self, batch_id: str) -> None:
         """Queue a batch (status ``validating``) for processing."""
@@ -271,6 +274,7 @@ class BatchWorker(threading.Thread):
             self.store.batches[batch_id]["request_counts"].update(completed=out.lines,
                                                                   failed=err.lines)
         outcome, ran, pending, synced = "completed", len(done), 0, time.monotonic()
+        self._fsynced = synced
         order, endpoint = self._order(batch_id, len(offsets)), batch["endpoint"]
         expire_after = self.faults.expire_after
         try:
@@ -307,9 +311,12 @@ class BatchWorker(threading.Thread):
             err.close()
 
     def _sync(self, batch_id: str, out: AnswerLog, err: AnswerLog) -> None:
-        """Answers to disk first, then the batch and its counts to the database."""
-        out.sync()
-        err.sync()
+        """Answers to the OS (to the disk now and then) first, then the batch and its counts."""
+        fsync = time.monotonic() - self._fsynced >= FSYNC_SECONDS
+        out.sync(fsync)
+        err.sync(fsync)
+        if fsync:
+            self._fsynced = time.monotonic()
         self.store.save_batch(batch_id)
 
     def _expire_rest(self, batch_id: str, fh: Any, offsets: list, rest: list, done: set,
