@@ -269,6 +269,22 @@ def test_batch_past_its_24h_window_expires_keeping_what_was_done(make_server, ma
     assert (done.request_counts.completed, done.request_counts.failed) == (len(out), len(err))
 
 
+def test_a_window_that_ends_while_the_server_is_down_expires_the_batch_at_restart(
+        make_client, wait_batch, tmp_path):
+    data = tmp_path / "data"
+    srv = BatchServer(engine=SlowEcho(0.01), data_dir=data).start()
+    client = make_client(srv)
+    batch = submit(client, rows(200))
+    until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 5)
+    srv.stop()
+    with BatchServer(faults=Faults(time_shift=DAY), data_dir=data) as again:
+        client = make_client(again)
+        done = wait_batch(client, batch.id)
+        assert done.status == "expired" and again.stats.requests_executed == 0
+        out, err = answered_once(client, done, 200)
+        assert len(out) >= 5 and {e["error"]["code"] for e in err} == {"batch_expired"}
+
+
 def test_retention_prunes_finished_batches_and_their_files(make_server, make_client, wait_batch):
     srv = make_server(engine=SlowEcho(0.05), retention=3600)
     client = make_client(srv)
