@@ -171,19 +171,40 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_options(args: argparse.Namespace) -> tuple[str, Optional[float]]:
+    """The data directory and the retention (seconds) of ``pdbatch serve``, checked."""
+    from .job.store import pdbatch_home
+    from .server.durable import parse_duration
+
+    retention = None
+    if args.retention is not None:
+        try:
+            retention = parse_duration(args.retention)
+        except ValueError as err:
+            raise CliError(f"--retention: {err}") from err
+    if args.latency is not None and (args.engine != "echo" or not args.latency >= 0):
+        raise CliError("--latency: give seconds >= 0, with --engine echo (the local model's own speed is "
+                       "its latency)")
+    data_dir = os.path.abspath(os.path.expanduser(args.data_dir or os.path.join(pdbatch_home(), "serve")))
+    return data_dir, retention
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server import BatchServer
     except ImportError as err:
         raise CliError(f"pdbatch serve needs the server extra: pip install 'pdbatch[server]' ({err})") from err
+    from .server.durable import TERMINAL
+
+    data_dir, retention = _serve_options(args)
     if args.engine == "local":
         from .local_model.model import default_model_path, get_pool
 
         engine = get_pool(args.model or default_model_path())
     else:
-        from .server.engines import echo_engine
+        from .server.engines import SlowEcho, echo_engine
 
-        engine = echo_engine
+        engine = SlowEcho(args.latency) if args.latency else echo_engine
     if not args.quiet:  # the request log: one line per request on stderr
         from .server.gate import request_log
 
@@ -191,9 +212,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
         request_log.addHandler(handler)
         request_log.setLevel(logging.INFO)
-    srv = BatchServer(engine=engine, host=args.host, port=args.port, data_dir=args.data_dir, access_log=not args.quiet)
-    print(f"pdbatch serve: engine {args.engine}; point clients at base_url=http://{args.host}:{args.port}/v1",
-          file=sys.stderr)
+    srv = BatchServer(engine=engine, host=args.host, port=args.port, data_dir=data_dir, access_log=not args.quiet,
+                      retention=retention)
+    resumed = sum(b["status"] not in TERMINAL for b in srv.batches.values())
+    kept = f"kept for {args.retention} after they end" if retention else "kept until deleted"
+    if args.port == 0:  # the port is known once bound; otherwise the banner comes before any request line
+        srv.start()
+    print(f"pdbatch serve: engine {args.engine}; point clients at base_url={srv.base_url}; data in {data_dir} "
+          f"({len(srv.files)} files, {len(srv.batches)} batches, {resumed} resumed; batches {kept})",
+          file=sys.stderr, flush=True)
     srv.serve_forever()
     return 0
 
@@ -256,7 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", metavar="FILE.gguf", help="a GGUF model for --engine local (default: SmolLM2-135M)")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    s.add_argument("--data-dir", metavar="DIR", help="where uploaded and result files are kept (default: a temp dir)")
+    s.add_argument("--data-dir", metavar="DIR", help="where files, batches and answers are stored as they happen; "
+                   "a server started again on it resumes unfinished batches (default: $PDBATCH_HOME/serve)")
+    s.add_argument("--retention", metavar="DURATION", help="delete a finished batch and its files this long after it "
+                   "ended: seconds or a number with a unit s, m, h, d, w (e.g. 7d; default: keep until deleted)")
+    s.add_argument("--latency", type=float, metavar="SECONDS", help="with --engine echo: sleep this long before each "
+                   "answer, to test clients against slow batches")
     s.add_argument("--quiet", "-q", action="store_true", help="no request log (by default one line per request "
                    "on stderr: time, method, path, status, milliseconds)")
     s.set_defaults(func=cmd_serve)

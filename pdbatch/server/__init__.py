@@ -23,8 +23,12 @@ in :mod:`pdbatch.server.state`; the engines in :mod:`pdbatch.server.engines`.
 Any ``Authorization: Bearer <token>`` is accepted; the token is neither
 checked, logged nor stored. :class:`~pdbatch.server.state.Faults` makes the
 server fail on purpose; :class:`~pdbatch.server.state.Stats` counts what it
-did. State lives in memory; file contents live under ``data_dir`` (a
-temporary directory, removed on :meth:`BatchServer.stop`, when not given).
+did. Files, batches and every answer are stored under ``data_dir`` as they
+happen (see :mod:`pdbatch.server.durable`): a server started again on the
+same directory -- after a clean stop or a crash -- has every file and batch,
+and resumes the batches that had not ended. Without ``data_dir`` a temporary
+directory is used and removed on :meth:`BatchServer.stop`. The Anthropic
+Message Batches live in memory only.
 
 Examples
 --------
@@ -53,7 +57,8 @@ from typing import Any, Callable, Optional
 from .engines import echo_engine
 from ..errors import ServerError
 from .app import build_app
-from .state import Faults, Stats, Store
+from .durable import Store
+from .state import Faults, Stats
 from .worker import BatchWorker
 
 __all__ = ["BatchServer", "Faults", "Stats"]
@@ -111,8 +116,12 @@ class BatchServer:
     port : int
         TCP port; 0 picks a free one (read it from :attr:`port`).
     data_dir : str or Path, optional
-        Where file contents are stored; a temporary directory (deleted by
-        :meth:`stop`) when ``None``.
+        Where files, batches and answers are stored (see
+        :mod:`pdbatch.server.durable`); a temporary directory (deleted by
+        :meth:`stop`) when ``None``. One server at a time uses a directory.
+    retention : float, optional
+        Seconds a finished batch is kept; after that it is deleted with its
+        output, error and input files (404). Kept forever when ``None``.
     access_log : bool
         Log one line per request (``METHOD PATH STATUS MS``) to the
         ``pdbatch.server`` logger at INFO; ``pdbatch serve`` prints them on
@@ -139,7 +148,8 @@ class BatchServer:
 
     def __init__(self, engine: Callable[[dict, str], dict] = echo_engine,
                  faults: Optional[Faults] = None, host: str = "127.0.0.1", port: int = 0,
-                 data_dir: Optional[str | Path] = None, *, access_log: bool = False) -> None:
+                 data_dir: Optional[str | Path] = None, *, access_log: bool = False,
+                 retention: Optional[float] = None) -> None:
         self.engine = engine
         self.faults = faults if faults is not None else Faults()
         self.stats = Stats()
@@ -150,12 +160,16 @@ class BatchServer:
         # a temporary data_dir goes with stop(), or with the object if never stopped
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._dir), True) \
             if data_dir is None else None
-        self._store = Store(self._dir)
+        self._store = Store(self._dir, now=self._now, retention=retention)
         self._worker: Optional[BatchWorker] = None
         self._uvicorn: Any = None
         self._thread: Optional[threading.Thread] = None
         self._url_host: Optional[str] = None
         self.app = build_app(self)
+
+    def _now(self) -> float:
+        """The server's clock: wall time plus ``faults.time_shift``."""
+        return time.time() + self.faults.time_shift
 
     # -- public API ----------------------------------------------------------
     @property
@@ -231,6 +245,7 @@ class BatchServer:
                                 timeout_graceful_shutdown=2, timeout_keep_alive=5)
         self._uvicorn = _uvicorn_server(config)
         self._worker = BatchWorker(self._store, self)
+        self._worker.resume()  # batches that had not ended when the last server stopped
         self._worker.start()
         self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [sock]},
                                         name="pdbatch-server", daemon=True)
@@ -255,6 +270,7 @@ class BatchServer:
                 self._thread.join(1.0)
         if self._worker is not None:
             self._worker.stop(timeout)
+        self._store.close()
         if self._cleanup is not None:
             self._cleanup()
 

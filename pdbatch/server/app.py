@@ -15,7 +15,6 @@ between calls.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -142,6 +141,19 @@ def _upload_problem(sink: _Upload) -> Optional[_ApiError]:
     return None
 
 
+def _expires_after(anchor: Any, seconds: Any, name: str = "expires_after") -> Optional[int]:
+    """Seconds of an ``expires_after``-shaped policy (``None`` when both parts are absent)."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise _ApiError(400, f"{name}.anchor must be 'created_at'.", f"{name}.anchor", "invalid_value")
+    value = int(seconds) if isinstance(seconds, int) or str(seconds).isdigit() else -1
+    if not 3600 <= value <= 2_592_000:
+        raise _ApiError(400, f"{name}.seconds must be an integer from 3600 (1 hour) to 2592000 (30 days).",
+                        f"{name}.seconds", "invalid_value")
+    return value
+
+
 def build_app(server: Any) -> Starlette:
     """The Starlette app serving ``server`` (a :class:`~pdbatch.server.BatchServer`)."""
     api = _Api(server)
@@ -216,6 +228,8 @@ class _Api:
                 parser.write(chunk)
             parser.finalize()
             problem = _upload_problem(sink)
+            expires = None if problem is not None else _expires_after(
+                sink.fields.get("expires_after[anchor]"), sink.fields.get("expires_after[seconds]"))
         except Exception as exc:
             problem = exc if isinstance(exc, _ApiError) else \
                 _ApiError(400, f"Malformed multipart body: {exc}", param="file")
@@ -224,7 +238,8 @@ class _Api:
         if problem is not None:
             sink.dest.unlink(missing_ok=True)
             raise problem
-        obj = self.store.add_file(sink.dest, sink.filename or "upload", sink.fields["purpose"])
+        obj = self.store.add_file(sink.dest, sink.filename or "upload", sink.fields["purpose"],
+                                  expires_after=expires)
         self.srv.stats.bump("uploads")
         return _json(obj)
 
@@ -280,7 +295,10 @@ class _Api:
             raise _ApiError(400, "metadata must map at most 16 string keys (≤64 characters) "
                             "to string values (≤512 characters).", param="metadata",
                             code="invalid_value")
-        batch = self.store.create_batch(file_id, endpoint, "24h", metadata)
+        policy = body.get("output_expires_after")
+        policy = policy if isinstance(policy, dict) or policy is None else {"anchor": policy}
+        ttl = _expires_after(*map((policy or {}).get, ("anchor", "seconds")), name="output_expires_after")
+        batch = self.store.create_batch(file_id, endpoint, "24h", metadata, output_expires_after=ttl)
         raw = self.store.dump("batch", batch["id"])  # before the worker can touch it
         self.srv.stats.bump("batches_created")
         self.srv._worker.submit(batch["id"])
@@ -321,7 +339,8 @@ class _Api:
         with self.store.lock:
             batch = self.store.batches[batch_id]
             if batch["status"] in ("validating", "in_progress"):  # a finalizing batch is as good as done
-                batch.update(status="cancelling", cancelling_at=int(time.time()))
+                self.store.update_batch(batch_id, status="cancelling",
+                                        cancelling_at=int(self.store.now()))
             elif batch["status"] not in ("cancelling", "cancelled"):
                 raise _ApiError(400, f"Cannot cancel a batch with status {batch['status']!r}.",
                                 param="batch_id", code="invalid_state")

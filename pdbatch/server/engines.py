@@ -11,6 +11,9 @@ This module ships two engines that need no model at all:
 * :func:`echo_engine`, deterministic: chat replies echo the last user message,
   JSON modes return JSON (a schema-valid object for ``json_schema``), and
   embeddings are hash-seeded unit vectors;
+* :class:`SlowEcho`, :func:`echo_engine` after a fixed sleep per request
+  (``pdbatch serve --engine echo --latency SECONDS``), to test clients
+  against slow batches;
 * :class:`ScriptedEngine`, which asks a Python callable what to reply.
 
 and the builders :func:`chat_response` and :func:`embedding_response` for
@@ -38,6 +41,7 @@ __all__ = [
     "EngineError",
     "Engine",
     "ScriptedEngine",
+    "SlowEcho",
     "echo_engine",
     "chat_response",
     "embedding_response",
@@ -298,6 +302,38 @@ def echo_engine(body: dict, url: str) -> dict:
     if url == EMBEDDINGS_URL:
         return _echo_embeddings(body)
     raise EngineError(400, "unsupported_endpoint", f"echo_engine does not serve {url}")
+
+
+class SlowEcho:
+    """:func:`echo_engine` that sleeps ``latency`` seconds before each answer.
+
+    Parameters
+    ----------
+    latency : float
+        Seconds per request (a batch runs its lines one after another, so a
+        batch of N lines takes about ``N * latency`` seconds).
+
+    Examples
+    --------
+    >>> eng = SlowEcho(0.01)
+    >>> eng({"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    ...     "/v1/chat/completions")["choices"][0]["message"]["content"]
+    'hi'
+    """
+
+    name = "echo"
+
+    def __init__(self, latency: float) -> None:
+        if not latency >= 0:
+            raise ValueError(f"latency must be a number of seconds >= 0, not {latency!r}")
+        self.latency = float(latency)
+
+    def __call__(self, body: dict, url: str) -> dict:
+        time.sleep(self.latency)
+        return echo_engine(body, url)
+
+    def __repr__(self) -> str:
+        return f"SlowEcho(latency={self.latency})"
 
 
 class ScriptedEngine:

@@ -1,10 +1,10 @@
-"""State of the local Batch API server: fault knobs, counters, files, batches.
+"""State of the local Batch API server: fault knobs, counters, errors.
 
-This module holds everything of :mod:`pdbatch.server` that is not HTTP:
-:class:`Faults` (knobs tests turn), :class:`Stats` (counters), :class:`Store`
-(file and batch objects, thread-safe) and :func:`error_body`. The batch
-lifecycle runs in :mod:`pdbatch.server.worker`; the busy-time clock in
-:mod:`pdbatch.server.busy`.
+This module holds :class:`Faults` (knobs tests turn), :class:`Stats`
+(counters) and :func:`error_body`. The files and batches live in
+:class:`pdbatch.server.durable.Store` (in memory and in SQLite under the
+data directory); the batch lifecycle runs in :mod:`pdbatch.server.worker`;
+the busy-time clock in :mod:`pdbatch.server.busy`.
 
 Server choices where the public contract is silent are collected here:
 
@@ -27,32 +27,33 @@ Server choices where the public contract is silent are collected here:
 * Unknown ids answer 404; a bad request answers 400; both with the
   ``{"error": {message, type, param, code}}`` body.
 * Lists are newest first; an unknown ``after`` cursor gives an empty page.
+* ``expires_after`` of an upload must be ``{"anchor": "created_at", "seconds":
+  N}`` with N from 3600 to 2592000 (400 ``invalid_value`` naming
+  ``expires_after.anchor`` or ``expires_after.seconds`` otherwise); an
+  expired file is deleted, but not while a running batch reads it. A batch
+  past its 24 h window ends ``expired``; a finished batch is deleted after the
+  server's retention period, if it has one (see :mod:`pdbatch.server.durable`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import shutil
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional
-
-import orjson
+from typing import Callable, Optional
 
 from .busy import BusyClock
 
-__all__ = ["Faults", "Stats", "Store", "error_body", "status_error", "new_id",
+__all__ = ["Faults", "Stats", "error_body", "status_error", "new_id", "page",
            "BATCH_ENDPOINTS", "FILE_PURPOSES", "MAX_REPORTED_ERRORS"]
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions",
                    "/v1/responses", "/v1/moderations")
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data")
 MAX_REPORTED_ERRORS = 100
-WINDOW_SECONDS = 24 * 3600
 
 # status -> (type, code, message) of injected or generic errors
 _STATUS_ERRORS = {
@@ -72,6 +73,17 @@ _STATUS_ERRORS = {
 def new_id(prefix: str) -> str:
     """A fresh id such as ``file-0f3c...`` or ``batch_9ab1...``."""
     return f"{prefix}{uuid.uuid4().hex}"
+
+
+def page(items: list[dict], after: Optional[str], limit: int) -> dict:
+    """One page of a list answer: the items after id ``after`` (none if unknown), at most ``limit``."""
+    if after is not None:
+        ids = [o["id"] for o in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    data = items[:limit]
+    return {"object": "list", "data": data, "has_more": len(items) > limit,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
 
 
 def error_body(message: str, *, type: str = "invalid_request_error",
@@ -142,6 +154,10 @@ class Faults:
     batch_failures : list of str
         Error codes popped, one per batch validated: that batch ends
         ``failed`` with the code (e.g. ``token_limit_exceeded``).
+    time_shift : float
+        Seconds added to the server's clock (timestamps and deadlines): a test
+        moves time forward to see uploads expire, a batch reach the end of
+        its 24 h window or leave after the retention period.
     on_response : callable, optional
         ``on_response(method, path, status)`` runs after the server did the
         work of a call and *before* the client sees the answer: a test can kill
@@ -161,6 +177,7 @@ class Faults:
     realtime_errors: list[int] = field(default_factory=list)
     realtime_rpm: Optional[int] = None
     rate_window: float = 60.0
+    time_shift: float = 0.0
     on_response: Optional[Callable[[str, str, int], None]] = None
     batch_failures: list[str] = field(default_factory=list)
     _stamps: deque = field(default_factory=deque, init=False, repr=False, compare=False)
@@ -279,119 +296,3 @@ class Stats:
                 f"requests_executed={self.requests_executed}, "
                 f"realtime_calls={self.realtime_calls}, busy_seconds={self.busy_seconds:.3f}, "
                 f"log=<{len(self.log)} calls>)")
-
-
-def _page(items: list[dict], after: Optional[str], limit: int) -> dict:
-    if after is not None:
-        ids = [o["id"] for o in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
-    data = items[:limit]
-    return {"object": "list", "data": data, "has_more": len(items) > limit,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None}
-
-
-class Store:
-    """Files (on disk under ``root``) and batch objects, guarded by one lock.
-
-    ``files`` and ``batches`` map ids to the exact JSON objects the API
-    returns; readers outside the lock get a consistent-enough view for tests,
-    and HTTP answers are serialised under the lock.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        (self.root / "incoming").mkdir(parents=True, exist_ok=True)
-        self.lock = threading.RLock()
-        self.files: dict[str, dict] = {}
-        self.batches: dict[str, dict] = {}
-        self._paths: dict[str, Path] = {}
-
-    # -- files ---------------------------------------------------------------
-    def incoming_path(self) -> Path:
-        """A fresh path where an upload or an output file is written first."""
-        return self.root / "incoming" / uuid.uuid4().hex
-
-    def add_file(self, tmp: Path, filename: str, purpose: str, *,
-                 file_id: Optional[str] = None, status: str = "processed") -> dict:
-        """Adopt the finished file ``tmp`` as a new file object."""
-        file_id = file_id or new_id("file-")
-        path = self.root / file_id
-        shutil.move(str(tmp), str(path))
-        obj = {"id": file_id, "object": "file", "bytes": path.stat().st_size,
-               "created_at": int(time.time()), "filename": filename, "purpose": purpose,
-               "status": status, "expires_at": None, "status_details": None}
-        with self.lock:
-            self.files[file_id] = obj
-            self._paths[file_id] = path
-        return obj
-
-    def path(self, file_id: str) -> Optional[Path]:
-        """Where the content of ``file_id`` lives, or ``None``."""
-        with self.lock:
-            return self._paths.get(file_id)
-
-    def delete_file(self, file_id: str) -> bool:
-        """Forget ``file_id`` and remove its content; ``False`` if unknown."""
-        with self.lock:
-            if self.files.pop(file_id, None) is None:
-                return False
-            path = self._paths.pop(file_id)
-        path.unlink(missing_ok=True)
-        return True
-
-    def list_files(self, after: Optional[str], limit: int, order: str,
-                   purpose: Optional[str]) -> dict:
-        with self.lock:
-            items = [dict(f) for f in self.files.values() if purpose in (None, f["purpose"])]
-        if order != "asc":
-            items.reverse()
-        return _page(items, after, limit)
-
-    # -- batches -------------------------------------------------------------
-    def create_batch(self, input_file_id: str, endpoint: str, completion_window: str,
-                     metadata: Optional[dict]) -> dict:
-        now = int(time.time())
-        obj = {
-            "id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None,
-            "input_file_id": input_file_id, "completion_window": completion_window,
-            "status": "validating", "output_file_id": None, "error_file_id": None,
-            "created_at": now, "in_progress_at": None, "expires_at": now + WINDOW_SECONDS,
-            "finalizing_at": None, "completed_at": None, "failed_at": None,
-            "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-            "request_counts": {"total": 0, "completed": 0, "failed": 0},
-            "metadata": metadata, "model": None,
-            "usage": {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
-                      "total_tokens": 0},
-        }
-        with self.lock:
-            self.batches[obj["id"]] = obj
-        return obj
-
-    def update_batch(self, batch_id: str, **fields: Any) -> None:
-        """Set top-level fields of a batch atomically."""
-        with self.lock:
-            self.batches[batch_id].update(fields)
-
-    def count(self, batch_id: str, completed: int = 0, failed: int = 0) -> None:
-        """Add to a batch's live ``request_counts``."""
-        with self.lock:
-            rc = self.batches[batch_id]["request_counts"]
-            rc["completed"] += completed
-            rc["failed"] += failed
-
-    def status(self, batch_id: str) -> str:
-        with self.lock:
-            return self.batches[batch_id]["status"]
-
-    def list_batches(self, after: Optional[str], limit: int) -> dict:
-        with self.lock:
-            items = [orjson.loads(orjson.dumps(b)) for b in reversed(list(self.batches.values()))]
-        return _page(items, after, limit)
-
-    def dump(self, kind: str, obj_id: str) -> Optional[bytes]:
-        """JSON bytes of file or batch ``obj_id`` (``None`` if unknown)."""
-        with self.lock:
-            obj = (self.files if kind == "file" else self.batches).get(obj_id)
-            return None if obj is None else orjson.dumps(obj)

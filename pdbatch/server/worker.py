@@ -15,8 +15,19 @@ One :class:`BatchWorker` thread per server takes batches in creation order:
   ``cancelled`` with the finished answers in the output file. Lines that
   never ran are **not** reported at all (no line in either file), as the
   hosted service does: join by ``custom_id`` and treat absent ids as not run.
-* Output and error files are written line by line; the input is read line by
-  line, keeping only the byte offsets of its lines in memory.
+* The batch's 24 h window (``expires_at``) is checked before each line: past
+  it the batch ends ``expired`` as above.
+* Answers are appended to the batch's :class:`~pdbatch.server.answers.AnswerLog`
+  files as they are produced; every :data:`SYNC_LINES` lines or
+  :data:`SYNC_SECONDS` seconds they are handed to the OS (so a killed server
+  keeps them; ``fsync`` at most every :data:`FSYNC_SECONDS`) and the batch
+  (its live ``request_counts``) is stored. When the batch ends those files become its
+  output and error files. The input is read line by line, keeping only the
+  byte offsets of its lines in memory.
+* A batch that had not ended when the server stopped (or died) is submitted
+  again at start (:meth:`BatchWorker.resume`): it is validated again (its
+  input is unchanged), the lines already answered are skipped and the others
+  run, so each line is answered once.
 """
 
 from __future__ import annotations
@@ -31,13 +42,21 @@ from typing import Any, Optional
 
 import orjson
 
+from .answers import AnswerLog
 from .engines import EngineError
 from ..core.records import Usage
-from .state import MAX_REPORTED_ERRORS, Faults, Stats, Store, error_body, new_id
+from .durable import Store
+from .state import MAX_REPORTED_ERRORS, Faults, Stats, error_body, new_id
 from .responses import answer as answer_with
 from .validate import check_body
 
-__all__ = ["BatchWorker", "validate_input"]
+__all__ = ["BatchWorker", "validate_input", "SYNC_LINES", "SYNC_SECONDS", "FSYNC_SECONDS"]
+
+#: A batch's answers are handed to the OS every SYNC_LINES lines or SYNC_SECONDS seconds
+#: (then its counts are stored), and fsync'd at most every FSYNC_SECONDS and at its end.
+SYNC_LINES, SYNC_SECONDS, FSYNC_SECONDS = 2048, 0.25, 1.0
+#: Seconds between two sweeps of expired files and batches while idle.
+SWEEP_SECONDS = 30.0
 
 _EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
@@ -127,32 +146,6 @@ def _check_line(raw: bytes, lineno: int, endpoint: str, seen: set,
     return out, body["model"]
 
 
-class _Sink:
-    """An output or error file written lazily, line by line."""
-
-    def __init__(self, store: Store) -> None:
-        self.store, self.path, self.fh, self.lines = store, store.incoming_path(), None, 0
-
-    def write(self, line: dict) -> None:
-        if self.fh is None:
-            self.fh = open(self.path, "wb")
-        self.fh.write(orjson.dumps(line) + b"\n")
-        self.lines += 1
-
-    def adopt(self, filename: str) -> Optional[str]:
-        """Close and register as a ``batch_output`` file; ``None`` if empty."""
-        if self.fh is None:
-            return None
-        self.fh.close()
-        self.fh = None
-        return self.store.add_file(self.path, filename, "batch_output")["id"]
-
-    def discard(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-            self.path.unlink(missing_ok=True)
-
-
 class BatchWorker(threading.Thread):
     """Runs submitted batches one after another in a daemon thread.
 
@@ -165,6 +158,7 @@ class BatchWorker(threading.Thread):
         self.store, self.host = store, host
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
         self._stop_event = threading.Event()
+        self._fsynced = 0.0  # when the running batch's answers were last fsync'd
 
     def submit(self, batch_id: str) -> None:
         """Queue a batch (status ``validating``) for processing."""
@@ -177,18 +171,31 @@ class BatchWorker(threading.Thread):
         if self.is_alive():
             self.join(timeout)
 
+    def resume(self) -> list[str]:
+        """Submit every batch that had not ended, oldest first; return their ids."""
+        ids = self.store.unfinished()
+        for batch_id in ids:
+            self.submit(batch_id)
+        return ids
+
     def run(self) -> None:
         while not self._stop_event.is_set():
-            batch_id = self._queue.get()
+            try:
+                batch_id = self._queue.get(timeout=SWEEP_SECONDS)
+            except queue.Empty:
+                self.store.maybe_sweep()
+                continue
             if batch_id is None:
                 break
             with self.stats.clock.busy():  # Stats.busy_seconds; _pause sleeps are idle
                 try:
                     self._process(batch_id)
                 except Exception as exc:  # keep the worker alive whatever happens
-                    now = int(time.time())
-                    self.store.update_batch(batch_id, status="failed", failed_at=now, errors={
-                        "object": "list", "data": [_err("server_error", f"internal error: {exc!r}")]})
+                    if self._stop_event.is_set():
+                        continue  # stopping: the batch resumes at the next start
+                    self.store.update_batch(batch_id, status="failed", failed_at=self._now(),
+                                            errors={"object": "list", "data": [
+                                                _err("server_error", f"internal error: {exc!r}")]})
 
     # -- helpers -------------------------------------------------------------
     @property
@@ -198,6 +205,9 @@ class BatchWorker(threading.Thread):
     @property
     def stats(self) -> Stats:
         return self.host.stats
+
+    def _now(self) -> int:
+        return int(self.store.now())
 
     def _cancelling(self, batch_id: str) -> bool:
         return self.store.status(batch_id) == "cancelling"
@@ -228,65 +238,98 @@ class BatchWorker(threading.Thread):
     def _process(self, batch_id: str) -> None:
         with self.store.lock:
             batch = dict(self.store.batches[batch_id])
-        self._pause(self.faults.validating_delay, batch_id)
-        if self._stop_event.is_set():
-            return
-        if self._cancelling(batch_id):
-            self.store.update_batch(batch_id, status="cancelled", cancelled_at=int(time.time()))
-            return
+        started = batch["in_progress_at"] is not None  # a resumed batch was validated before
+        if not started:
+            self._pause(self.faults.validating_delay, batch_id)
+            if self._stop_event.is_set():
+                return
+            if self._cancelling(batch_id):
+                self.store.update_batch(batch_id, status="cancelled", cancelled_at=self._now())
+                return
         offsets, model, errors = validate_input(self.store.path(batch["input_file_id"]),
                                                 batch["endpoint"], self.faults)
-        refused = self.faults.pop_batch_failure()
+        refused = None if started else self.faults.pop_batch_failure()
         if refused is not None and not errors:
             errors = [_err(refused, f"injected failure: {refused} (Faults.batch_failures)")]
         if errors:
-            self.store.update_batch(batch_id, status="failed", failed_at=int(time.time()),
+            self.store.update_batch(batch_id, status="failed", failed_at=self._now(),
                                     errors={"object": "list", "data": errors})
             return
         with self.store.lock:
-            if self.store.batches[batch_id]["status"] == "validating":
-                self.store.batches[batch_id]["status"] = "in_progress"
-            self.store.batches[batch_id].update(in_progress_at=int(time.time()), model=model)
-            self.store.batches[batch_id]["request_counts"]["total"] = len(offsets)
-        self._execute(batch_id, batch["endpoint"], batch["input_file_id"], offsets)
+            live = self.store.batches[batch_id]
+            if live["status"] == "validating":
+                live["status"] = "in_progress"
+            live.update(in_progress_at=live["in_progress_at"] or self._now(), model=model)
+            live["request_counts"]["total"] = len(offsets)
+            self.store.save_batch(batch_id)
+        self._execute(batch_id, batch, offsets)
 
-    def _execute(self, batch_id: str, endpoint: str, input_id: str,
-                 offsets: list[tuple[int, int]]) -> None:
-        out, err = _Sink(self.store), _Sink(self.store)
-        usage, outcome, done = Usage(), "completed", 0
-        order = self._order(batch_id, len(offsets))
+    def _execute(self, batch_id: str, batch: dict, offsets: list[tuple[int, int]]) -> None:
+        work = self.store.work_dir(batch_id)
+        out, err = AnswerLog(work / "output.jsonl"), AnswerLog(work / "error.jsonl")
+        answered, usage = out.recover(usage=True)
+        failed, _ = err.recover()
+        done = answered | failed
+        with self.store.lock:
+            self.store.batches[batch_id]["request_counts"].update(completed=out.lines,
+                                                                  failed=err.lines)
+        outcome, ran, pending, synced = "completed", len(done), 0, time.monotonic()
+        self._fsynced = synced
+        order, endpoint = self._order(batch_id, len(offsets)), batch["endpoint"]
+        expire_after = self.faults.expire_after
         try:
-            with open(self.store.path(input_id) or "", "rb") as fh:
-                for done, index in enumerate(order):
+            with open(self.store.path(batch["input_file_id"]) or "", "rb") as fh:
+                for pos, index in enumerate(order):
                     if self._stop_event.is_set():
+                        self._sync(batch_id, out, err)
                         return
                     if self._cancelling(batch_id):
                         outcome = "cancelled"
                         break
-                    if self.faults.expire_after is not None and done >= self.faults.expire_after:
+                    if (expire_after is not None and ran >= expire_after) or \
+                            self.store.now() >= batch["expires_at"]:
                         outcome = "expired"
-                        self._expire_rest(batch_id, fh, offsets, order[done:], err)
+                        self._expire_rest(batch_id, fh, offsets, order[pos:], done, err)
                         break
                     fh.seek(offsets[index][0])
                     line = orjson.loads(fh.read(offsets[index][1]))
+                    if line["custom_id"] in done:
+                        continue
                     result, ok = self._run_line(line, endpoint)
                     (out if ok else err).write(result)
                     if ok:
                         usage = usage + Usage.from_body(result["response"]["body"])
                     self.store.count(batch_id, completed=int(ok), failed=int(not ok))
+                    ran, pending = ran + 1, pending + 1
+                    if pending >= SYNC_LINES or time.monotonic() - synced >= SYNC_SECONDS:
+                        self._sync(batch_id, out, err)
+                        pending, synced = 0, time.monotonic()
                     self._pause(self.faults.request_delay, batch_id)
             self._finish(batch_id, outcome, out, err, usage)
         finally:
-            out.discard()
-            err.discard()
+            out.close()
+            err.close()
 
-    def _expire_rest(self, batch_id: str, fh: Any, offsets: list, rest: list, err: _Sink) -> None:
+    def _sync(self, batch_id: str, out: AnswerLog, err: AnswerLog) -> None:
+        """Answers to the OS (to the disk now and then) first, then the batch and its counts."""
+        fsync = time.monotonic() - self._fsynced >= FSYNC_SECONDS
+        out.sync(fsync)
+        err.sync(fsync)
+        if fsync:
+            self._fsynced = time.monotonic()
+        self.store.save_batch(batch_id)
+
+    def _expire_rest(self, batch_id: str, fh: Any, offsets: list, rest: list, done: set,
+                     err: AnswerLog) -> None:
+        expired = 0
         for index in rest:
             fh.seek(offsets[index][0])
             cid = orjson.loads(fh.read(offsets[index][1])).get("custom_id")
-            err.write({"id": new_id("batch_req_"), "custom_id": cid, "response": None,
-                       "error": {"code": "batch_expired", "message": _EXPIRED_MESSAGE}})
-        self.store.count(batch_id, failed=len(rest))
+            if cid not in done:
+                err.write({"id": new_id("batch_req_"), "custom_id": cid, "response": None,
+                           "error": {"code": "batch_expired", "message": _EXPIRED_MESSAGE}})
+                expired += 1
+        self.store.count(batch_id, failed=expired)
 
     def _run_line(self, line: dict, endpoint: str) -> tuple[dict, bool]:
         cid, body = line["custom_id"], line["body"]
@@ -314,23 +357,26 @@ class BatchWorker(threading.Thread):
                                "body": answer}, "error": None}
         return result, status < 400
 
-    def _finish(self, batch_id: str, outcome: str, out: _Sink, err: _Sink, usage: Usage) -> None:
-        now = int(time.time())
+    def _finish(self, batch_id: str, outcome: str, out: AnswerLog, err: AnswerLog,
+                usage: Usage) -> None:
         with self.store.lock:  # a cancel accepted before this point always ends "cancelled", never "completed"
             batch = self.store.batches[batch_id]
             if batch["status"] == "cancelling":
                 outcome = "cancelled"
             elif outcome == "completed":  # from here on a cancel is refused (400 invalid_state)
-                batch.update(status="finalizing", finalizing_at=now)
-        output_id = out.adopt(f"{batch_id}_output.jsonl")
-        error_id = err.adopt(f"{batch_id}_error.jsonl")
+                self.store.update_batch(batch_id, status="finalizing",
+                                        finalizing_at=batch["finalizing_at"] or self._now())
+        output, error = out.final(), err.final()
         stamp = {"completed": "completed_at", "expired": "expired_at",
                  "cancelled": "cancelled_at"}[outcome]
-        self.store.update_batch(
-            batch_id, status=outcome, output_file_id=output_id, error_file_id=error_id,
-            usage={"input_tokens": usage.prompt_tokens,
-                   "input_tokens_details": {"cached_tokens": usage.cached_tokens},
-                   "output_tokens": usage.completion_tokens,
-                   "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-                   "total_tokens": usage.total_tokens},
-            **{stamp: int(time.time())})
+        with self.store.lock:
+            if self.store.status(batch_id) == "cancelling":
+                outcome, stamp = "cancelled", "cancelled_at"
+            self.store.finish_batch(
+                batch_id, output, error, status=outcome,
+                usage={"input_tokens": usage.prompt_tokens,
+                       "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+                       "output_tokens": usage.completion_tokens,
+                       "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+                       "total_tokens": usage.total_tokens},
+                **{stamp: self._now()})
