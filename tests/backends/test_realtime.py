@@ -308,7 +308,14 @@ def test_cancel(make_server, make_client):
     assert out["llm_error"].tolist() == [CANCELLED] * 3 and srv.stats.realtime_calls == 0
     # cancelling from another thread while waiting keeps what arrived
     job = words(12).llm.submit("{w}", model="gpt-4o-mini", backend=rt(make_client(srv), max_concurrency=2))
-    threading.Timer(0.3, job.cancel).start()
+
+    def cancel_after_two() -> None:  # once two answers are stored (bounded: 10 s), not after a fixed delay
+        deadline = time.monotonic() + 10
+        while job.count_answers() < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job.cancel()
+
+    threading.Thread(target=cancel_after_two, daemon=True).start()
     out = job.wait(progress=False, timeout=20).result()
     assert out.attrs["pdbatch"]["state"] == "cancelled"
     done = out["llm_error"].isna().sum()
