@@ -256,6 +256,10 @@ class AnswerStore:
         self._status_memo = (key, table, {seg: seen[seg] for seg in ids})
         return table
 
+    def release(self) -> None:
+        """Let go of the answered-rows table kept for progress polls (read again when next asked)."""
+        self._status_memo = None
+
     def usage(self, job_id: str) -> Usage:
         """Token usage summed over a job's stored answers."""
         return self.answers(job_id).usage

@@ -72,6 +72,10 @@ class RowHashes:
             if len(self._recent) > max(_FOLD, len(self._ids) // 4):
                 self._index = None
 
+    def release(self) -> None:
+        """Let go of the lookup index (tens of MB for a million rows); the next lookup builds it again."""
+        self._index, self._first, self._recent = None, None, {}
+
     def __setitem__(self, cid: str, h: str) -> None:
         self.add([cid], [h])
 

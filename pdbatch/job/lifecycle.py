@@ -3,28 +3,26 @@
 :func:`start_job` is the single path every entry point (``map``, ``submit``,
 the CLI) goes through: validate, render, fingerprint, then either attach to the
 job already made from the same requests (in flight or finished) or create one,
-serve what the answer cache holds, and hand the rest to the backend. Jobs,
-shards, batch ids and answers live in the job store (:mod:`pdbatch.store`),
-never only on this object: a restarted kernel finds them again.
+serve what the answer cache holds, and hand the rest to the backend. Jobs, shards,
+batch ids and answers live in the job store, never only here: a restarted kernel finds them.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
+import time, uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
 from ..backends.base import Backend, JobState, Progress
-from ..errors import JobError
 from ..core.ids import custom_ids, positions
-from ..core.records import Usage
-from ..pricing.prices import job_cost, paid_usage
+from ..errors import JobError
 from ..core.answers import Answers
 from ..core.fields import Parsed, preparse
+from ..core.records import Usage
 from ..core.spec import MapSpec
+from ..pricing.prices import job_cost, paid_usage
 from .answer_store import SEGMENT_MIN
 from .cache import to_send
 from .hashes import RowHashes
@@ -305,6 +303,8 @@ class Job:
                 f"back here; use job.answers() or run the same df.llm.map(...) again (it re-attaches)"
             )
         self.backend.collect(self)
+        self.hashes.release(), self.store.release()  # what polls and stores used: the join needs the memory
+        parts, self._parsed = self._parsed, []  # answers parsed on arrival, let go (a second result() re-parses)
         spec = self.spec
         answers = self.answers()
         out, stats, errors = spec.join(
@@ -315,7 +315,7 @@ class Job:
             unanswered=lambda pos: self.backend.unanswered(self, pos),
             overwrite=self.overwrite if overwrite is None else overwrite,
             hint=f"The answers are kept: call pdbatch.Job.load({self.id!r}).result(overwrite=True).",
-            parsed=Parsed.concat(self._parsed),
+            parsed=Parsed.concat(parts),
         )
         summary = {
             "job_id": self.id,

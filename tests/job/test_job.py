@@ -332,3 +332,19 @@ def test_parallel_realtime_runs_pay_once(make_server, tmp_path):
         assert p.returncode == 0, p.stderr.read().decode()[-2000:]
     assert engine.calls == 6 and srv.stats.realtime_calls == 6
     pd.testing.assert_frame_equal(pd.read_parquet(out_a), pd.read_parquet(out_b))
+
+
+def test_result_twice_gives_the_same_frame_after_the_early_parses_are_let_go(make_server, make_client):
+    """The first result() uses the answers parsed on arrival and drops them; a second one parses the texts again."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "w": {"type": "string"}},
+              "required": ["n", "w"], "additionalProperties": False}
+    engine = ScriptedEngine(lambda text, body: json.dumps({"n": len(text), "w": "x"}))
+    srv = make_server(engine=engine)
+    df = pd.DataFrame({"t": [f"row {i}" * (i % 3 + 1) for i in range(150)]})
+    job = df.llm.submit("{t}", model="gpt-4o-mini", response_format=schema,
+                        backend=pdbatch.Batch(make_client(srv), poll_interval=0.02,
+                                              max_poll_interval=0.05))
+    first = job.wait(progress=False, timeout=60).result()
+    second = job.result()
+    pd.testing.assert_frame_equal(first, second)
+    assert first["n"].tolist() == [len(t) for t in df["t"]] and first["llm_error"].isna().all()
