@@ -27,7 +27,7 @@ from ..job.store import pdbatch_home
 from ..options import RunOptions, check
 from .ids import unique_ids_check
 from .meta import empty_host, result_meta
-from .partition import BackendRef, ClientRef, embed_partition, estimate_partition, map_partition, write_partition
+from .partition import BackendRef, ClientRef, estimate_partition, run_partition, write_partition
 
 __all__ = ["DaskAccessor"]
 
@@ -144,7 +144,7 @@ class DaskAccessor:
             pickle.dumps((backend, ref))
         return backend, ref
 
-    def _lazy(self, func: Any, template: str, args: Dict[str, Any], host: Any, spec: Any, be: Backend,
+    def _lazy(self, method: str, template: str, args: Dict[str, Any], host: Any, spec: Any, be: Backend,
               meta: Any, token: str):
         backend, ref = self._for_workers(args, be)
         if meta is not None:
@@ -157,8 +157,8 @@ class DaskAccessor:
             result, new = result_meta(host, spec), spec.new_columns()
         options = dict(_flat(args, drop=("client",)), backend=backend)
         return self._obj.map_partitions(
-            func, unique_ids_check(self._obj), template=template, options=options, client=ref, result=result,
-            new=list(new), home=os.path.abspath(pdbatch_home()), meta=result, token=token)
+            run_partition, unique_ids_check(self._obj), method=method, template=template, options=options,
+            client=ref, result=result, new=list(new), home=os.path.abspath(pdbatch_home()), meta=result, token=token)
 
     # -------------------------------------------------------------------- API
     def map(self, template: str, *, meta: Any = None, **options: Any):
@@ -189,7 +189,7 @@ class DaskAccessor:
         spec_args["params"] = args["params"]
         host, spec, be = self._plan(template, args, spec_args, {k: args[k] for k in _JOB},
                                     {k: args[k] for k in _SHORTCUTS})
-        return self._lazy(map_partition, template, args, host, spec, be, meta, "pdbatch-map")
+        return self._lazy("map", template, args, host, spec, be, meta, "pdbatch-map")
 
     def embed(self, template: str, *, meta: Any = None, **options: Any):
         """Lazily embed every row's text: :meth:`pdbatch.accessor.LLMAccessor.embed` per partition.
@@ -208,7 +208,7 @@ class DaskAccessor:
         job_args = {k: args[k] for k in ("overwrite", "cache", "max_retries", "name", "max_cost")}
         host, spec, be = self._plan(template, args, spec_args, job_args, {k: args[k] for k in _SHORTCUTS[:7]},
                                     url=EMBEDDINGS_URL)
-        return self._lazy(embed_partition, template, args, host, spec, be, meta, "pdbatch-embed")
+        return self._lazy("embed", template, args, host, spec, be, meta, "pdbatch-embed")
 
     def to_batch_file(self, path: Any, template: str, **options: Any) -> List[str]:
         """Write the Batch API input JSONL of every partition, a partition at a time; return the paths.

@@ -22,7 +22,7 @@ from ..job.start import default_name
 from ..job.store import pdbatch_home
 from .meta import conform
 
-__all__ = ["ClientRef", "BackendRef", "check_home", "map_partition", "embed_partition", "write_partition", "estimate_partition"]
+__all__ = ["ClientRef", "BackendRef", "check_home", "run_partition", "write_partition", "estimate_partition"]
 
 
 class ClientRef:
@@ -96,26 +96,15 @@ def _client(ref: Optional[ClientRef]) -> Any:
     return ref.get() if ref is not None else None
 
 
-def map_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, *, template: str,
+def run_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, *, method: str, template: str,
                   options: Dict[str, Any], client: Optional[ClientRef], result: Any, new: List[str], home: str,
                   partition_info: Optional[dict] = None):
-    """``part.llm.map(template, **options)``, made to agree with the Dask result's meta."""
+    """``part.llm.<method>(template, **options)`` (``map`` or ``embed``), made to agree with the Dask result's meta."""
     check_home(home)
     if not len(part):
         return result
-    out = LLMAccessor(part).map(template, client=_client(client), **_named(_backend(options), template, partition_info))
-    return conform(out, result, new)
-
-
-def embed_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, *, template: str,
-                    options: Dict[str, Any], client: Optional[ClientRef], result: Any, new: List[str], home: str,
-                    partition_info: Optional[dict] = None):
-    """``part.llm.embed(template, **options)``, made to agree with the Dask result's meta."""
-    check_home(home)
-    if not len(part):
-        return result
-    out = LLMAccessor(part).embed(template, client=_client(client),
-                                  **_named(_backend(options), template, partition_info))
+    run = getattr(LLMAccessor(part), method)
+    out = run(template, client=_client(client), **_named(_backend(options), template, partition_info))
     return conform(out, result, new)
 
 
