@@ -30,7 +30,7 @@ def words():
 
 def corrupt_output(srv, batch_id, truncate: str, garble: str) -> None:
     """Cut the line of the row whose answer is ``truncate`` after its custom_id; replace ``garble``'s by junk."""
-    path = srv.data_dir / srv.batches[batch_id]["output_file_id"]
+    path = srv.file_path(srv.batches[batch_id]["output_file_id"])
     lines = path.read_bytes().splitlines(keepends=True)
     out = []
     for raw in lines:

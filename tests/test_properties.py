@@ -299,7 +299,7 @@ def corrupt_output(srv, batch_ids, how, at):
     with_output = [b for b in batch_ids if srv.batches[b].get("output_file_id")]
     if not with_output:
         return
-    path = srv.data_dir / srv.batches[with_output[at % len(with_output)]]["output_file_id"]
+    path = srv.file_path(srv.batches[with_output[at % len(with_output)]]["output_file_id"])
     lines = path.read_bytes().splitlines(keepends=True)
     if how == "empty" or not lines:
         path.write_bytes(b"")
@@ -326,7 +326,7 @@ def sent_texts(srv, known):
     for file_id, obj in list(srv.files.items()):
         if file_id in known or obj.get("purpose") != "batch":
             continue
-        for raw in (srv.data_dir / file_id).read_bytes().splitlines():
+        for raw in srv.file_path(file_id).read_bytes().splitlines():
             if raw.strip():
                 line = json.loads(raw)
                 out[line["custom_id"]] = user_text(line["body"])

@@ -182,6 +182,10 @@ class BatchServer:
         """Batch objects by id (the JSON the API returns)."""
         return self._store.batches
 
+    def file_path(self, file_id: str) -> Optional[Path]:
+        """Where the content of file ``file_id`` is on disk (an upload, or a batch's output or error file), or None."""
+        return self._store.path(file_id)
+
     @property
     def running(self) -> bool:
         """Whether the server accepts connections."""
@@ -190,7 +194,7 @@ class BatchServer:
 
     @property
     def data_dir(self) -> Path:
-        """Where file contents live (``data_dir / <file id>``)."""
+        """The server's directory: uploads as ``data_dir / <file id>``, batches' answers under it (see :meth:`file_path`)."""
         return self._dir
 
     @property
