@@ -2,7 +2,8 @@
 
 ``submit`` only keeps the requests (so ``wait=False`` returns at once);
 ``wait`` runs every unanswered request on a :class:`~pdbatch.local_model.ModelPool`,
-one Python thread per model instance pulling from a shared queue, while the
+one Python thread per request the pool can take at once (``pool.concurrency``:
+instances times the rows each decodes together) pulling from a shared queue, while the
 calling thread records answers as they arrive and drives the progress bar.
 
 Interrupting ``wait`` (Ctrl-C) or hitting its ``timeout`` stops handing out
@@ -79,6 +80,9 @@ class Local(RowByRow):
         most four).
     threads_per_worker : int, optional
         CPU threads per instance (default 1, the faster layout measured).
+    slots : int, optional
+        Rows each instance decodes together, one token of each per forward
+        pass (default 16; 1 runs one row at a time per instance).
     progress : bool
         False hides the progress bar even when ``wait(progress=True)``.
 
@@ -102,6 +106,7 @@ class Local(RowByRow):
         threads_per_worker: Optional[int] = None,
         progress: bool = True,
         model_path: Optional[str] = None,
+        slots: Optional[int] = None,
     ):
         if model is not None and model_path is not None:
             raise OptionError("give the .gguf file once: model= (model_path= is its older name)")
@@ -114,6 +119,9 @@ class Local(RowByRow):
         self.workers = check("workers", workers)
         self.threads_per_worker = check("threads_per_worker", threads_per_worker)
         self.progress = check("progress", progress)
+        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
+            raise OptionError(f"slots must be a positive integer (rows each model instance decodes together), got {slots!r}")
+        self.slots = slots
 
     # ----------------------------------------------------------------- submit
     def submit(self, job, lines) -> None:
@@ -139,7 +147,7 @@ class Local(RowByRow):
         job.state.status = "pending"
         stop: threading.Event = job.state.stop
         stop.clear()
-        pool = get_pool(job.state.model_path, self.workers, self.threads_per_worker)
+        pool = get_pool(job.state.model_path, self.workers, self.threads_per_worker, getattr(self, "slots", None))
         work: "queue.SimpleQueue[Request]" = queue.SimpleQueue()
         for r in todo:
             work.put(r)
@@ -160,7 +168,7 @@ class Local(RowByRow):
 
         threads = [
             threading.Thread(target=worker, name=f"pdbatch-local-{i}")
-            for i in range(min(pool.workers, len(todo)))
+            for i in range(min(pool.concurrency, len(todo)))
         ]
         bar = None
         if progress and self.progress:
