@@ -22,7 +22,8 @@ spaced over ``data/movies.csv``:
   local backend does.
 
 For each it prints the wall time (model loading excluded), rows/s, completion
-tokens/s, and the share of answers that parse as JSON and validate against the
+tokens/s, the CPU seconds of the process (a steadier figure than wall time on a
+machine shared with other work), and the share of answers that parse as JSON and validate against the
 schema; then the ratios to **plain**. For the batched engine it also says where
 the time went: seconds in ``llama_decode`` (and the tokens it carried, prompt
 and answer) against seconds choosing tokens (penalties and grammar). Goal of
@@ -150,17 +151,19 @@ def main() -> int:
           f"max_tokens {args.max_tokens}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     results = {}
     for name in engines:
+        cpu0 = time.process_time()
         if name == "plain":
             wall, out, stats = run_plain(path, bodies, schema, args.plain_threads)
         elif name == "pool":
             wall, out, stats = run_pool(path, bodies, schema, args.workers, args.threads, 1)
         else:
             wall, out, stats = run_pool(path, bodies, schema, args.workers, args.threads, args.slots)
+        cpu = time.process_time() - cpu0  # loading included; less noisy than wall on a shared machine
         tokens = sum(a["usage"]["completion_tokens"] for a in out)
         valid = valid_share(out, schema)
         results[name] = (wall, tokens)
         print(f"{name:8s} {wall:7.1f} s  {len(out) / wall:6.2f} rows/s  {tokens / wall:7.1f} completion tokens/s  "
-              f"valid {valid}/{len(out)}  ({tokens / len(out):.0f} tokens/row)", flush=True)
+              f"valid {valid}/{len(out)}  ({tokens / len(out):.0f} tokens/row; CPU {cpu:.1f} s)", flush=True)
         if stats:
             print(f"         llama_decode {stats['decode_s']:.1f} s for {stats['steps']} passes "
                   f"({stats['batch_tokens'] / max(stats['steps'], 1):.1f} tokens a pass, "

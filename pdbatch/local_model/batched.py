@@ -93,6 +93,12 @@ class BatchedModel:
     kv_size : int, optional
         KV cells shared by all answers and the prefix (default
         ``n_ctx + 384 * slots``); a row waits for cells to free up.
+    flash_attn : bool
+        llama.cpp's flash attention, which skips the cells of the other
+        answers instead of multiplying them by zero (default True: measured
+        1.5x faster passes with 4 answers in progress;
+        :class:`~pdbatch.local_model.llama.LocalModel` runs without it, and
+        ``slots=1, flash_attn=False`` gives its answers exactly).
 
     Examples
     --------
@@ -102,7 +108,7 @@ class BatchedModel:
     """
 
     def __init__(self, path: str, n_threads: int = 1, n_ctx: int = 2048, seed: int = 0,
-                 slots: int = DEFAULT_SLOTS, kv_size: Optional[int] = None):
+                 slots: int = DEFAULT_SLOTS, kv_size: Optional[int] = None, flash_attn: bool = True):
         try:
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -132,7 +138,8 @@ class BatchedModel:
         params.n_seq_max = self.slots + 1
         params.n_threads = params.n_threads_batch = self.n_threads
         params.kv_unified = True
-        params.flash_attn_type = self._llama.context_params.flash_attn_type  # as LocalModel: same arithmetic
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self._ctx:
