@@ -92,7 +92,8 @@ class BatchedModel:
         Answers decoded together (default :data:`DEFAULT_SLOTS`).
     kv_size : int, optional
         KV cells shared by all answers and the prefix (default
-        ``n_ctx + 384 * slots``); a row waits for cells to free up.
+        ``n_ctx + 256 * slots``: 16 rows of the main job, whose rows reserve
+        their prompt and ``max_tokens`` 256); a row waits for cells to free up.
     flash_attn : bool
         llama.cpp's flash attention, which skips the cells of the other
         answers instead of multiplying them by zero (default True: measured
@@ -118,7 +119,7 @@ class BatchedModel:
         self.path = path
         self.name = os.path.splitext(os.path.basename(path))[0]
         self.n_threads, self.n_ctx, self.seed, self.slots = int(n_threads), int(n_ctx), int(seed), int(slots)
-        self.kv_size = int(kv_size or self.n_ctx + 384 * self.slots)
+        self.kv_size = int(kv_size or self.n_ctx + 256 * self.slots)
         # the Llama object loads the weights and gives the tokenizer; its own context stays tiny and idle
         self._llama = llama_cpp.Llama(model_path=path, n_threads=self.n_threads, n_threads_batch=self.n_threads,
                                       n_ctx=64, n_batch=64, verbose=False)
@@ -155,8 +156,9 @@ class BatchedModel:
         self._root: List[int] = []
         self._root_from: Optional[_Seq] = None
         self._closed = False
-        #: where the scheduler's time goes: llama_decode calls, tokens they carried, tokens sampled, seconds
-        self.stats = {"steps": 0, "batch_tokens": 0, "sampled": 0, "decode_s": 0.0, "sample_s": 0.0}
+        #: where the scheduler's time goes: llama_decode calls, tokens they carried, tokens sampled, seconds,
+        #: and the most rows one call carried
+        self.stats = {"steps": 0, "batch_tokens": 0, "sampled": 0, "decode_s": 0.0, "sample_s": 0.0, "peak_rows": 0}
         self._thread = threading.Thread(target=self._loop, name=f"pdbatch-batched-{self.name}", daemon=True)
         self._thread.start()
 
@@ -255,6 +257,7 @@ class BatchedModel:
                 self._sample(outputs)
                 st = self.stats
                 st["steps"] += 1
+                st["peak_rows"] = max(st["peak_rows"], len(outputs))
                 st["batch_tokens"] += n
                 st["sampled"] += len(outputs)
                 st["decode_s"] += t1 - t0

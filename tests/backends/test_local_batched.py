@@ -123,6 +123,19 @@ def test_context_window_and_bad_rows_fail_alone():
     small.close()
 
 
+def test_rows_wait_for_kv_cells():
+    # cells for about two rows at a time (each reserves its prompt and max_tokens): the others wait their turn
+    tight = BatchedModel(MODEL, slots=4, kv_size=120)
+    answers = tight.complete_many([body(s) for s in SENTENCES[:4]])
+    tight.close()
+    assert all(json.loads(text_of(a))["mood"] for a in answers)
+    assert 1 <= tight.stats["peak_rows"] < 4
+    roomy = BatchedModel(MODEL, slots=4)
+    roomy.complete_many([body(s) for s in SENTENCES[:4]])
+    roomy.close()
+    assert roomy.stats["peak_rows"] == 4
+
+
 def test_pool_concurrency_and_bad_slots():
     pool = get_pool(MODEL, workers=1, slots=2)
     assert isinstance(pool, ModelPool) and pool.concurrency == 2 and pool.slots == 2
