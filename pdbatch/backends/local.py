@@ -6,6 +6,10 @@ one Python thread per request the pool can take at once (``pool.concurrency``:
 instances times the rows each decodes together) pulling from a shared queue, while the
 calling thread records answers as they arrive and drives the progress bar.
 
+Embeddings requests (``df.llm.embed(..., backend="local")``) go to the
+pool's embedder (:class:`~pdbatch.local_model.embed.LocalEmbedder`: mean
+pooling, one text per pass, float32 unit vectors).
+
 Interrupting ``wait`` (Ctrl-C) or hitting its ``timeout`` stops handing out
 work, lets the rows in flight finish (for a bounded time) and keeps every
 answer; calling ``wait`` again runs only the rows still unanswered.
@@ -24,7 +28,7 @@ from ..errors import InputError, OptionError
 from ..options import check
 from ..local_model.model import get_pool, resolve_model
 from ..core.parsing import strict_schema
-from ..core.records import Request, Result
+from ..core.records import EMBEDDINGS_URL, Request, Result
 from .progress import progress_bar
 from .base import RowByRow, Progress
 
@@ -96,7 +100,7 @@ class Local(RowByRow):
     CANCELLED = CANCELLED
     supports_vision = False
     supports_json_schema = True
-    supports_embeddings = False
+    supports_embeddings = True
 
     def __init__(
         self,
@@ -161,7 +165,8 @@ class Local(RowByRow):
                 except queue.Empty:
                     return
                 try:
-                    res = Result(req.custom_id, body=pool.complete(req.body, schema=schema), status_code=200)
+                    answer = pool.embed(req.body) if req.url == EMBEDDINGS_URL else pool.complete(req.body, schema=schema)
+                    res = Result(req.custom_id, body=answer, status_code=200)
                 except Exception as err:  # one bad row never stops the run
                     res = _failure(req.custom_id, err)
                 done.put(res)

@@ -29,7 +29,7 @@ import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import BackendUnavailableError, InputError, OptionError
-from ..core.records import CHAT_URL
+from ..core.records import CHAT_URL, EMBEDDINGS_URL
 from .batched import DEFAULT_SLOTS, BatchedModel
 from .llama import LocalModel
 
@@ -222,6 +222,8 @@ class ModelPool:
             self._free.put(m)
         self._busy = [0] * len(self._models)
         self._busy_lock = threading.Lock()
+        self._n_ctx = n_ctx
+        self._embedder = None
 
     @property
     def concurrency(self) -> int:
@@ -250,18 +252,29 @@ class ModelPool:
             with self._busy_lock:
                 self._busy[i] -= 1
 
+    def embed(self, body: Mapping[str, Any]) -> dict:
+        """Answer an embeddings request body (:class:`~pdbatch.local_model.embed.LocalEmbedder`, built on first use)."""
+        with self._busy_lock:
+            if self._embedder is None:
+                from .embed import LocalEmbedder
+
+                self._embedder = LocalEmbedder(self.path, self.threads_per_worker, self._n_ctx)
+            embedder = self._embedder
+        return embedder.embed(body)
+
     def __call__(self, body: dict, url: str) -> dict:
         """Engine interface of the local server: answer ``body`` sent to ``url``.
 
-        Only ``/v1/chat/completions`` is served; anything else, and any
-        failure, raises ``pdbatch.engines.EngineError``.
+        ``/v1/chat/completions`` and ``/v1/embeddings`` are served; anything
+        else, and any failure, raises ``pdbatch.engines.EngineError``.
         """
         from ..errors import EngineError
 
-        if url != CHAT_URL:
-            raise EngineError(400, "unsupported_endpoint", f"the local model serves {CHAT_URL} only, not {url}")
+        if url not in (CHAT_URL, EMBEDDINGS_URL):
+            raise EngineError(400, "unsupported_endpoint",
+                              f"the local model serves {CHAT_URL} and {EMBEDDINGS_URL} only, not {url}")
         try:
-            return self.complete(body)
+            return self.embed(body) if url == EMBEDDINGS_URL else self.complete(body)
         except InputError as err:
             raise EngineError(400, "invalid_request", str(err)) from err
         except ValueError as err:

@@ -153,7 +153,7 @@ def test_pool_engine(pool):
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and u["completion_tokens"] <= 4
     assert "cached_tokens" in u["prompt_tokens_details"]
     with pytest.raises(EngineError) as info:
-        pool({"model": "x", "input": "hi"}, "/v1/embeddings")
+        pool({"model": "x", "input": "hi"}, "/v1/moderations")
     assert info.value.status_code == 400 and info.value.code == "unsupported_endpoint"
     assert get_pool(MODEL) is pool
 
