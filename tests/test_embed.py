@@ -77,8 +77,11 @@ def test_embed_bad_input_sends_nothing(make_server, make_client, texts, monkeypa
     with pytest.raises(MissingColumnError, match="'nope'"):
         texts.llm.embed("{nope}", client=c)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    import anthropic
+    import pdbatch  # a backend without embeddings; the local one has them (tests/backends/test_local_embed.py)
+
     with pytest.raises(BackendUnavailableError, match="cannot embed"):
-        texts.llm.embed("{t}", backend="local")
+        texts.llm.embed("{t}", backend=pdbatch.AnthropicBatch(client=anthropic.Anthropic(api_key="sk-ant-test")))
     assert srv.stats.uploads == 0
 
 

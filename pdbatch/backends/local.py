@@ -2,8 +2,13 @@
 
 ``submit`` only keeps the requests (so ``wait=False`` returns at once);
 ``wait`` runs every unanswered request on a :class:`~pdbatch.local_model.ModelPool`,
-one Python thread per model instance pulling from a shared queue, while the
+one Python thread per request the pool can take at once (``pool.concurrency``:
+instances times the rows each decodes together) pulling from a shared queue, while the
 calling thread records answers as they arrive and drives the progress bar.
+
+Embeddings requests (``df.llm.embed(..., backend="local")``) go to the
+pool's embedder (:class:`~pdbatch.local_model.embed.LocalEmbedder`: mean
+pooling, one text per pass, float32 unit vectors).
 
 Interrupting ``wait`` (Ctrl-C) or hitting its ``timeout`` stops handing out
 work, lets the rows in flight finish (for a bounded time) and keeps every
@@ -23,7 +28,7 @@ from ..errors import InputError, OptionError
 from ..options import check
 from ..local_model.model import get_pool, resolve_model
 from ..core.parsing import strict_schema
-from ..core.records import Request, Result
+from ..core.records import EMBEDDINGS_URL, Request, Result
 from .progress import progress_bar
 from .base import RowByRow, Progress
 
@@ -79,6 +84,9 @@ class Local(RowByRow):
         most four).
     threads_per_worker : int, optional
         CPU threads per instance (default 1, the faster layout measured).
+    slots : int, optional
+        Rows each instance decodes together, one token of each per forward
+        pass (default 16; 1 runs one row at a time per instance).
     progress : bool
         False hides the progress bar even when ``wait(progress=True)``.
 
@@ -92,7 +100,7 @@ class Local(RowByRow):
     CANCELLED = CANCELLED
     supports_vision = False
     supports_json_schema = True
-    supports_embeddings = False
+    supports_embeddings = True
 
     def __init__(
         self,
@@ -102,6 +110,7 @@ class Local(RowByRow):
         threads_per_worker: Optional[int] = None,
         progress: bool = True,
         model_path: Optional[str] = None,
+        slots: Optional[int] = None,
     ):
         if model is not None and model_path is not None:
             raise OptionError("give the .gguf file once: model= (model_path= is its older name)")
@@ -114,6 +123,9 @@ class Local(RowByRow):
         self.workers = check("workers", workers)
         self.threads_per_worker = check("threads_per_worker", threads_per_worker)
         self.progress = check("progress", progress)
+        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
+            raise OptionError(f"slots must be a positive integer (rows each model instance decodes together), got {slots!r}")
+        self.slots = slots
 
     # ----------------------------------------------------------------- submit
     def submit(self, job, lines) -> None:
@@ -139,7 +151,7 @@ class Local(RowByRow):
         job.state.status = "pending"
         stop: threading.Event = job.state.stop
         stop.clear()
-        pool = get_pool(job.state.model_path, self.workers, self.threads_per_worker)
+        pool = get_pool(job.state.model_path, self.workers, self.threads_per_worker, getattr(self, "slots", None))
         work: "queue.SimpleQueue[Request]" = queue.SimpleQueue()
         for r in todo:
             work.put(r)
@@ -153,14 +165,15 @@ class Local(RowByRow):
                 except queue.Empty:
                     return
                 try:
-                    res = Result(req.custom_id, body=pool.complete(req.body, schema=schema), status_code=200)
+                    answer = pool.embed(req.body) if req.url == EMBEDDINGS_URL else pool.complete(req.body, schema=schema)
+                    res = Result(req.custom_id, body=answer, status_code=200)
                 except Exception as err:  # one bad row never stops the run
                     res = _failure(req.custom_id, err)
                 done.put(res)
 
         threads = [
             threading.Thread(target=worker, name=f"pdbatch-local-{i}")
-            for i in range(min(pool.workers, len(todo)))
+            for i in range(min(pool.concurrency, len(todo)))
         ]
         bar = None
         if progress and self.progress:

@@ -8,8 +8,12 @@ pdbatch never sees llama-cpp-python:
 * :func:`default_model_path` and :func:`resolve_model` pick the GGUF file;
 * :class:`~pdbatch.local_model.llama.LocalModel` (in ``llama``) is one
   ``Llama`` serving one prompt at a time;
-* :class:`ModelPool` is several of them behind a thread-safe ``complete``, and
-  doubles as an engine of the local server (``pool(body, url)``);
+* :class:`~pdbatch.local_model.batched.BatchedModel` (in ``batched``) is one
+  llama.cpp context answering up to ``slots`` prompts at once (one decode
+  step carries a token of each), sharing the KV cache of their common start;
+* :class:`ModelPool` is several of either behind a thread-safe ``complete``
+  (batched instances by default; ``slots=1`` is the one-prompt-at-a-time
+  pool), and doubles as an engine of the local server (``pool(body, url)``);
   :func:`get_pool` keeps one pool per model and size for the process.
 
 A 135M model writes schema-valid JSON under a grammar but weak content: it
@@ -25,13 +29,15 @@ import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import BackendUnavailableError, InputError, OptionError
-from ..core.records import CHAT_URL
+from ..core.records import CHAT_URL, EMBEDDINGS_URL
+from .batched import DEFAULT_SLOTS, BatchedModel
 from .llama import LocalModel
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "DEFAULT_WORKERS",
     "DEFAULT_THREADS_PER_WORKER",
+    "DEFAULT_SLOTS",
     "default_model_path",
     "default_workers",
     "resolve_model",
@@ -151,11 +157,16 @@ def resolve_model(model: Optional[str]) -> Tuple[str, Optional[str]]:
 
 
 class ModelPool:
-    """Several :class:`LocalModel` instances behind one thread-safe :meth:`complete`.
+    """Several model instances behind one thread-safe :meth:`complete`.
 
-    Call :meth:`complete` from up to ``workers`` threads at once; each call
-    checks out a free instance (waiting for one if all are busy). A pool is
-    also an engine for the local server: ``pool(body, url)``.
+    With ``slots`` > 1 (the default) each instance is a
+    :class:`~pdbatch.local_model.batched.BatchedModel` answering up to
+    ``slots`` requests together, and a call goes to the least busy one; with
+    ``slots=1`` each is a :class:`LocalModel` answering one request at a time,
+    and a call checks out a free one (waiting if all are busy). Call
+    :meth:`complete` from up to :attr:`concurrency` threads at once to keep
+    every instance full. A pool is also an engine for the local server:
+    ``pool(body, url)``.
 
     Parameters
     ----------
@@ -166,7 +177,12 @@ class ModelPool:
     threads_per_worker : int, optional
         CPU threads per instance (default :data:`DEFAULT_THREADS_PER_WORKER`).
     n_ctx : int
-        Context window of each instance.
+        Context window of one request (prompt plus answer).
+    slots : int, optional
+        Requests each instance decodes together (default
+        :data:`~pdbatch.local_model.batched.DEFAULT_SLOTS`; 1 for the
+        one-at-a-time engine). A model without a chat template of its own
+        falls back to 1.
 
     Examples
     --------
@@ -182,14 +198,37 @@ class ModelPool:
         workers: Optional[int] = None,
         threads_per_worker: Optional[int] = None,
         n_ctx: int = 2048,
+        slots: Optional[int] = None,
     ):
         self.path = path
         self.workers = _positive(workers, "workers", default_workers())
         self.threads_per_worker = _positive(threads_per_worker, "threads_per_worker", DEFAULT_THREADS_PER_WORKER)
-        self._models = [LocalModel(path, self.threads_per_worker, n_ctx) for _ in range(self.workers)]
+        self.slots = _positive(slots, "slots", DEFAULT_SLOTS)
+        self._models: list = []
+        if self.slots > 1:
+            try:
+                self._models.append(BatchedModel(path, self.threads_per_worker, n_ctx, slots=self.slots))
+            except BackendUnavailableError as err:
+                if "chat template" not in str(err):
+                    raise
+                self.slots = 1
+            else:
+                self._models += [BatchedModel(path, self.threads_per_worker, n_ctx, slots=self.slots)
+                                 for _ in range(self.workers - 1)]
+        if self.slots == 1:
+            self._models = [LocalModel(path, self.threads_per_worker, n_ctx) for _ in range(self.workers)]
         self._free: "queue.LifoQueue[LocalModel]" = queue.LifoQueue()
         for m in self._models:
             self._free.put(m)
+        self._busy = [0] * len(self._models)
+        self._busy_lock = threading.Lock()
+        self._n_ctx = n_ctx
+        self._embedder = None
+
+    @property
+    def concurrency(self) -> int:
+        """Calls of :meth:`complete` that can usefully run at once (``workers * slots``)."""
+        return self.workers * self.slots
 
     @property
     def name(self) -> str:
@@ -197,25 +236,45 @@ class ModelPool:
         return self._models[0].name
 
     def complete(self, body: Mapping[str, Any], schema: Optional[Mapping[str, Any]] = None) -> dict:
-        """Answer one chat request body on a free instance (thread-safe); ``schema`` as in :meth:`LocalModel.complete`."""
-        model = self._free.get()
+        """Answer one chat request body on an instance (thread-safe); ``schema`` as in :meth:`LocalModel.complete`."""
+        if self.slots == 1:
+            model = self._free.get()
+            try:
+                return model.complete(body, schema)
+            finally:
+                self._free.put(model)
+        with self._busy_lock:
+            i = min(range(len(self._models)), key=self._busy.__getitem__)
+            self._busy[i] += 1
         try:
-            return model.complete(body, schema)
+            return self._models[i].complete(body, schema)
         finally:
-            self._free.put(model)
+            with self._busy_lock:
+                self._busy[i] -= 1
+
+    def embed(self, body: Mapping[str, Any]) -> dict:
+        """Answer an embeddings request body (:class:`~pdbatch.local_model.embed.LocalEmbedder`, built on first use)."""
+        with self._busy_lock:
+            if self._embedder is None:
+                from .embed import LocalEmbedder
+
+                self._embedder = LocalEmbedder(self.path, self.threads_per_worker, self._n_ctx)
+            embedder = self._embedder
+        return embedder.embed(body)
 
     def __call__(self, body: dict, url: str) -> dict:
         """Engine interface of the local server: answer ``body`` sent to ``url``.
 
-        Only ``/v1/chat/completions`` is served; anything else, and any
-        failure, raises ``pdbatch.engines.EngineError``.
+        ``/v1/chat/completions`` and ``/v1/embeddings`` are served; anything
+        else, and any failure, raises ``pdbatch.engines.EngineError``.
         """
         from ..errors import EngineError
 
-        if url != CHAT_URL:
-            raise EngineError(400, "unsupported_endpoint", f"the local model serves {CHAT_URL} only, not {url}")
+        if url not in (CHAT_URL, EMBEDDINGS_URL):
+            raise EngineError(400, "unsupported_endpoint",
+                              f"the local model serves {CHAT_URL} and {EMBEDDINGS_URL} only, not {url}")
         try:
-            return self.complete(body)
+            return self.embed(body) if url == EMBEDDINGS_URL else self.complete(body)
         except InputError as err:
             raise EngineError(400, "invalid_request", str(err)) from err
         except ValueError as err:
@@ -225,7 +284,8 @@ class ModelPool:
             raise EngineError(500, "local_error", f"{type(err).__name__}: {err}") from err
 
     def __repr__(self) -> str:
-        return f"<ModelPool {self.name} workers={self.workers} threads_per_worker={self.threads_per_worker}>"
+        return (f"<ModelPool {self.name} workers={self.workers} threads_per_worker={self.threads_per_worker} "
+                f"slots={self.slots}>")
 
 
 def _positive(value: Optional[int], name: str, default: int) -> int:
@@ -236,20 +296,22 @@ def _positive(value: Optional[int], name: str, default: int) -> int:
     return value
 
 
-_POOLS: Dict[Tuple[str, int, int], ModelPool] = {}
+_POOLS: Dict[Tuple[str, int, int, int], ModelPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def get_pool(path: str, workers: Optional[int] = None, threads_per_worker: Optional[int] = None) -> ModelPool:
-    """The process-wide :class:`ModelPool` for (path, workers, threads), built on first use.
+def get_pool(path: str, workers: Optional[int] = None, threads_per_worker: Optional[int] = None,
+             slots: Optional[int] = None) -> ModelPool:
+    """The process-wide :class:`ModelPool` for (path, workers, threads, slots), built on first use.
 
     Repeated ``map`` calls reuse loaded models instead of loading them again.
     """
     w = _positive(workers, "workers", default_workers())
     t = _positive(threads_per_worker, "threads_per_worker", DEFAULT_THREADS_PER_WORKER)
-    key = (os.path.abspath(path), w, t)
+    s = _positive(slots, "slots", DEFAULT_SLOTS)
+    key = (os.path.abspath(path), w, t, s)
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None:
-            pool = _POOLS[key] = ModelPool(key[0], w, t)
+            pool = _POOLS[key] = ModelPool(key[0], w, t, slots=s)
         return pool

@@ -153,7 +153,7 @@ def test_pool_engine(pool):
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and u["completion_tokens"] <= 4
     assert "cached_tokens" in u["prompt_tokens_details"]
     with pytest.raises(EngineError) as info:
-        pool({"model": "x", "input": "hi"}, "/v1/embeddings")
+        pool({"model": "x", "input": "hi"}, "/v1/moderations")
     assert info.value.status_code == 400 and info.value.code == "unsupported_endpoint"
     assert get_pool(MODEL) is pool
 
@@ -243,7 +243,7 @@ class _InterruptAfterFirst(Local):
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")
 def test_ctrl_c_keeps_answers_and_resumes(pool):
     df = pd.DataFrame({"w": ["red", "blue", "green", "red"]}, index=list("dcba"))
-    be = _InterruptAfterFirst(workers=1)  # one worker: exactly one row is in flight at the stop
+    be = _InterruptAfterFirst(workers=1, slots=1)  # one row at a time: exactly one row is in flight at the stop
     job = df.llm.submit(ECHO, backend=be, max_completion_tokens=24, temperature=0)
     with pytest.warns(UserWarning, match=r"interrupted: \d of 4 rows answered"):
         out = job.wait(progress=False).result()
@@ -259,7 +259,8 @@ def test_ctrl_c_keeps_answers_and_resumes(pool):
 
 def test_timeout_stops_and_wait_resumes(pool):
     df = pd.DataFrame({"w": ["red", "blue", "green"]}, index=["x", "y", "z"])
-    job = df.llm.submit(ECHO, backend="local", max_completion_tokens=24, temperature=0)
+    # two rows in flight (one instance, two slots): they finish during the stop, the third never starts
+    job = df.llm.submit(ECHO, backend=Local(workers=1, slots=2), max_completion_tokens=24, temperature=0)
     with pytest.raises(JobError, match="call job.wait"):
         job.wait(progress=False, timeout=0.01)
     assert job.status()["state"] == "in_progress"

@@ -1,0 +1,199 @@
+"""How fast does the local model answer the main job's rows? (issue 14 §2)
+
+Run (from the repository root)::
+
+    python bench/local_speed.py                     # 32 films, max_tokens 128, all three engines
+    python bench/local_speed.py --rows 48 --max-tokens 256
+    python bench/local_speed.py --only batched --slots 8 --workers 2
+
+Three engines answer the same request bodies (the main job's prompt file
+``data/prompts/movies.toml``: its system text, template and schema, as
+``response_format`` json_schema) at temperature 0, with the same grammar and
+sampling defaults (:func:`pdbatch.local_model.translate_body`), on films evenly
+spaced over ``data/movies.csv``:
+
+* **plain**: one ``llama_cpp.Llama`` using every core, ``create_chat_completion``
+  row after row (what one writes without pdbatch);
+* **pool**: the one-prompt-at-a-time pool of earlier releases
+  (``ModelPool(slots=1)``: one-thread instances, one per core, one Python thread each);
+* **batched**: the default pool (``ModelPool()``: batched instances, each
+  decoding ``--slots`` rows per forward pass with the shared prefix computed
+  once), fed by as many threads as it takes (``pool.concurrency``), as the
+  local backend does.
+
+For each it prints the wall time (model loading excluded), rows/s, completion
+tokens/s, the CPU seconds of the process (a steadier figure than wall time on a
+machine shared with other work), and the share of answers that parse as JSON and validate against the
+schema; then the ratios to **plain**. For the batched engine it also says where
+the time went: seconds in ``llama_decode`` (and the tokens it carried, prompt
+and answer) against seconds choosing tokens (penalties and grammar). Goal of
+issue 14: batched ≥ 3× plain on 2 cores with the same or a better share of
+valid answers.
+
+Measured on 2026-12-02 on a 2-core machine shared with other jobs (load
+average 2.6), ``--rows 24 --max-tokens 128``:
+
+=========  ==========  ==========  ===========  =======
+engine     wall        rows/s      ratio        CPU
+=========  ==========  ==========  ===========  =======
+plain      70.6 s      0.34        1            96.1 s
+pool       31.2 s      0.77        2.26x        46.2 s
+batched    24.9 s      0.96        2.83x        32.4 s
+=========  ==========  ==========  ===========  =======
+
+24/24 valid for each. ``llama_decode`` took nearly all the batched engine's
+time (~54 tokens/s per pass, prompt tokens included); choosing tokens ~1.8 ms
+a token. Under heavier load (average 5-7) the two-thread plain run slows down
+many times (two spinning threads on busy cores), and the batched pool was
+1.9-2.4x the one-at-a-time pool; on a quieter moment 1.25x. Re-run on a
+quiet machine for figures to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def bodies_and_schema(rows: int, max_tokens: int):
+    """The request bodies of ``rows`` films and the schema their grammar enforces."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+    import numpy as np
+    import pandas as pd
+    from pdbatch.core.parsing import strict_schema
+
+    with open(os.path.join(ROOT, "data", "prompts", "movies.toml"), "rb") as fh:
+        spec = tomllib.load(fh)
+    df = pd.read_csv(os.path.join(ROOT, "data", "movies.csv"))
+    df = df.iloc[np.linspace(0, len(df) - 1, min(rows, len(df))).round().astype(int)]
+    fmt = {"type": "json_schema", "json_schema": {"name": "movie", "schema": strict_schema(spec["schema"]), "strict": True}}
+    bodies = [{"model": "gpt-4o-mini", "temperature": 0, "max_completion_tokens": max_tokens, "response_format": fmt,
+               "messages": [{"role": "system", "content": spec["system"]},
+                            {"role": "user", "content": spec["template"].format(**row)}]}
+              for row in df.to_dict("records")]
+    return bodies, strict_schema(spec["schema"], drop=())
+
+
+def run_plain(path, bodies, schema, threads=None):
+    import llama_cpp
+    from llama_cpp.llama_grammar import LlamaGrammar
+    from pdbatch.local_model import translate_body
+    from pdbatch.local_model.model import _cpu_count
+
+    threads = threads or _cpu_count()
+    llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=2048,
+                          seed=0, verbose=False)
+    t0 = time.perf_counter()
+    out = []
+    for body in bodies:
+        kw = translate_body(body, schema)
+        kw["grammar"] = LlamaGrammar.from_string(kw["grammar"], verbose=False)
+        kw.setdefault("seed", 0)
+        out.append(llm.create_chat_completion(**kw))
+    return time.perf_counter() - t0, out, None
+
+
+def run_pool(path, bodies, schema, workers, threads, slots):
+    from pdbatch.local_model import ModelPool
+
+    pool = ModelPool(path, workers=workers, threads_per_worker=threads, slots=slots)
+    out = [None] * len(bodies)
+    nxt = iter(range(len(bodies)))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                return
+            out[i] = pool.complete(bodies[i], schema)
+
+    threads_ = [threading.Thread(target=worker) for _ in range(min(pool.concurrency, len(bodies)))]
+    t0 = time.perf_counter()
+    for t in threads_:
+        t.start()
+    for t in threads_:
+        t.join()
+    wall = time.perf_counter() - t0
+    stats = None
+    if pool.slots > 1:
+        stats = {k: sum(m.stats[k] for m in pool._models) for k in pool._models[0].stats}
+    return wall, out, stats
+
+
+def valid_share(answers, schema) -> int:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    ok = 0
+    for a in answers:
+        try:
+            obj = json.loads(a["choices"][0]["message"]["content"])
+        except (TypeError, ValueError):
+            continue
+        ok += validator.is_valid(obj) and all(len(set(v)) == len(v) for v in obj.values() if isinstance(v, list))
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--only", choices=["plain", "pool", "batched"], action="append")
+    ap.add_argument("--workers", type=int, default=None, help="instances of the pools (default: one per core)")
+    ap.add_argument("--threads", type=int, default=None, help="threads per instance of the pools (default 1)")
+    ap.add_argument("--slots", type=int, default=None, help="rows per forward pass of the batched engine")
+    ap.add_argument("--plain-threads", type=int, default=None,
+                    help="threads of the plain Llama (default: every core; on a busy machine two spinning "
+                         "threads can be many times slower than one)")
+    args = ap.parse_args()
+
+    from pdbatch.local_model import default_model_path
+
+    path = default_model_path()
+    bodies, schema = bodies_and_schema(args.rows, args.max_tokens)
+    engines = args.only or ["plain", "pool", "batched"]
+    print(f"{len(bodies)} films of data/movies.csv, the main job's prompt and schema, temperature 0, "
+          f"max_tokens {args.max_tokens}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    results = {}
+    for name in engines:
+        cpu0 = time.process_time()
+        if name == "plain":
+            wall, out, stats = run_plain(path, bodies, schema, args.plain_threads)
+        elif name == "pool":
+            wall, out, stats = run_pool(path, bodies, schema, args.workers, args.threads, 1)
+        else:
+            wall, out, stats = run_pool(path, bodies, schema, args.workers, args.threads, args.slots)
+        cpu = time.process_time() - cpu0  # loading included; less noisy than wall on a shared machine
+        tokens = sum(a["usage"]["completion_tokens"] for a in out)
+        valid = valid_share(out, schema)
+        results[name] = (wall, tokens)
+        print(f"{name:8s} {wall:7.1f} s  {len(out) / wall:6.2f} rows/s  {tokens / wall:7.1f} completion tokens/s  "
+              f"valid {valid}/{len(out)}  ({tokens / len(out):.0f} tokens/row; CPU {cpu:.1f} s)", flush=True)
+        if stats:
+            print(f"         llama_decode {stats['decode_s']:.1f} s for {stats['steps']} passes "
+                  f"({stats['batch_tokens'] / max(stats['steps'], 1):.1f} tokens a pass, "
+                  f"{stats['batch_tokens'] / max(stats['decode_s'], 1e-9):.0f} tokens/s); choosing tokens "
+                  f"{stats['sample_s']:.1f} s ({1000 * stats['sample_s'] / max(stats['sampled'], 1):.2f} ms a token)",
+                  flush=True)
+    if "plain" in results:
+        base = results["plain"][0]
+        print("ratios to plain (rows/s): " + ", ".join(
+            f"{n} {base / results[n][0]:.2f}x" for n in results if n != "plain"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
