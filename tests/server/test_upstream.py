@@ -150,6 +150,46 @@ def test_a_restarted_server_sends_only_the_unanswered_lines(make_server, make_cl
     assert engine.calls == n  # no line answered before the restart went upstream again
 
 
+def test_cancel_mid_batch_ends_cancelled_with_what_was_answered(make_server, make_client, wait_batch):
+    engine = Counting(hold=0.05)
+    upstream = make_server(engine)
+    srv = make_server(UpstreamEngine(upstream.base_url, max_concurrency=2))
+    client = make_client(srv)
+    batch = submit(client, 60)
+    until(lambda: engine.calls >= 6, timeout=20)
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    done = wait_batch(client, batch.id, timeout=20)
+    assert done.status == "cancelled"
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).content.splitlines()]
+    assert 6 <= len(out) < 60 and len({x["custom_id"] for x in out}) == len(out)
+    assert engine.calls == len(out)  # the calls in flight at the cancel were kept, nothing more was sent
+
+
+def test_refused_lines_and_expiry_never_reach_the_upstream(make_server, make_client, wait_batch):
+    engine = Counting()
+    upstream = make_server(engine)
+    srv = make_server(UpstreamEngine(upstream.base_url, max_concurrency=4),
+                      Faults(expire_after=5, shuffle_output=False,
+                             error_for=lambda cid, body: (500, "server_error", "boom") if cid == "r-0" else None))
+    client = make_client(srv)
+    lines = [{"custom_id": f"r-{i}", "method": "POST", "url": URL, "body": {"model": "m", "messages": (
+        "hi" if i == 1 else [{"role": "user", "content": f"line {i}"}])}} for i in range(30)]
+    up = client.files.create(file=("in.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode()),
+                             purpose="batch")
+    done = wait_batch(client, client.batches.create(input_file_id=up.id, endpoint=URL,
+                                                    completion_window="24h").id, timeout=20)
+    assert done.status == "expired"
+    errors = {x["custom_id"]: x for x in (json.loads(y) for y in
+                                          client.files.content(done.error_file_id).content.splitlines())}
+    assert errors["r-1"]["response"]["status_code"] == 400
+    assert errors["r-1"]["response"]["body"]["error"]["param"] == "messages"
+    assert errors["r-0"]["response"]["status_code"] == 500
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).content.splitlines()]
+    expired = [c for c, x in errors.items() if x["error"] and x["error"]["code"] == "batch_expired"]
+    assert engine.calls == len(out) >= 3 and sorted(expired + list(errors.keys() - set(expired)) +
+                                                   [x["custom_id"] for x in out]) == sorted(f"r-{i}" for i in range(30))
+
+
 def test_realtime_calls_go_upstream_with_the_model_map(make_server, make_client):
     engine = Counting()
     upstream = make_server(engine, Faults(realtime_errors=[400]))
