@@ -12,9 +12,14 @@ in flight.
 
 The engine says it wants concurrency (:attr:`UpstreamEngine.concurrency`), so
 the batch worker hands it a batch's unanswered lines at once
-(:func:`run_batch`): each answer is appended to the batch's answer files as it
-arrives, so a server started again sends only the lines still unanswered, and
-a line answered once is never sent again.
+(:func:`run_batch`): each answer is appended to the batch's answer files and
+handed to the OS as it arrives (so even ``kill -9`` loses none), and a server
+started again sends only the lines still unanswered: a line answered once is
+never sent again. (A call in flight when the server dies is sent again.)
+
+Realtime calls to the server go through the same backend, limiter included,
+each in a run of its own (see :meth:`UpstreamEngine.__call__`). The bodies of
+a batch's unanswered lines are held in memory while it runs.
 
 The upstream's API key is read from an environment variable (default
 ``OPENAI_API_KEY``), never taken from the command line, and never written to
@@ -201,7 +206,7 @@ def run_batch(worker: Any, batch_id: str, batch: dict, offsets: list, order: lis
             done.add(line["custom_id"])
             worker.store.count(batch_id, failed=1)
     result, ran = "completed", len(done)
-    run, synced, pending = engine.run(requests), time.monotonic(), 0
+    run, synced = engine.run(requests), time.monotonic()
     expire_after = worker.faults.expire_after
     stop_by: Optional[float] = None
     try:
@@ -224,16 +229,18 @@ def run_batch(worker: Any, batch_id: str, batch: dict, offsets: list, order: lis
                 continue
             status, answer = outcome(res)
             line, ok = _line(res.custom_id, status, answer)
-            (out if ok else err).write(line)
+            log = out if ok else err
+            log.write(line)
+            log.sync(False)  # to the OS at once: a killed server keeps every answer paid for
             done.add(res.custom_id)
             stats.bump("requests_executed")
             if ok:
                 usage = usage + Usage.from_body(answer)
             worker.store.count(batch_id, completed=int(ok), failed=int(not ok))
-            ran, pending = ran + 1, pending + 1
+            ran += 1
             if time.monotonic() - synced >= worker.sync_seconds:
                 worker._sync(batch_id, out, err)
-                pending, synced = 0, time.monotonic()
+                synced = time.monotonic()
     finally:
         run.abort()
         run.thread.join(5.0)

@@ -224,33 +224,69 @@ def test_serve_upstream_bad_options(argv, message, capsys, tmp_path):
     assert not (tmp_path / "d").exists()  # nothing started
 
 
+class Serve:
+    """``pdbatch serve --upstream URL`` in a subprocess; its stdout and stderr go to ``log``."""
+
+    def __init__(self, log: Path, data: Path, upstream: str, *flags: str, env=None) -> None:
+        before = log.read_text().count("base_url=") if log.exists() else 0
+        with open(log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pdbatch", "serve", "--upstream", upstream, "--port", "0",
+                 "--data-dir", str(data), *flags], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+        until(lambda: log.read_text().count("base_url=") > before or self.proc.poll() is not None, timeout=30,
+              interval=0.05)
+        self.banner = [x for x in log.read_text().splitlines() if "base_url=" in x][-1]
+        self.client = openai.OpenAI(base_url=re.search(r"base_url=(\S+?);", self.banner).group(1), api_key="k",
+                                    max_retries=0, timeout=10)
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        self.client.close()
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=15)
+
+
 @pytest.mark.timeout(90)
 def test_the_upstream_key_stays_out_of_the_data_dir_and_the_log(make_server, tmp_path):
     secret = "sk-upstream-secret-3f9a1c"
     upstream = make_server(Counting())
     data, log = tmp_path / "data", tmp_path / "serve.txt"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pdbatch", "serve", "--upstream", upstream.base_url, "--port", "0",
-             "--upstream-key-env", "MY_UPSTREAM_KEY", "--max-concurrency", "4", "--data-dir", str(data)],
-            stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "MY_UPSTREAM_KEY": secret})
+    serve = Serve(log, data, upstream.base_url, "--upstream-key-env", "MY_UPSTREAM_KEY", "--max-concurrency", "4",
+                  env={"MY_UPSTREAM_KEY": secret})
     try:
-        until(lambda: "base_url=" in log.read_text() or proc.poll() is not None, timeout=30, interval=0.05)
-        banner = log.read_text()
-        assert "key from $MY_UPSTREAM_KEY: set" in banner, banner
-        client = openai.OpenAI(base_url=re.search(r"base_url=(\S+?);", banner).group(1), api_key="k",
-                               max_retries=0, timeout=10)
+        assert "key from $MY_UPSTREAM_KEY: set" in serve.banner, serve.banner
+        client = serve.client
         batch = submit(client, 10)
         until(lambda: client.batches.retrieve(batch.id).status == "completed", timeout=30, interval=0.05)
         answered_once(client, client.batches.retrieve(batch.id), 10)
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-        client.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
+        serve.stop()
     text = log.read_bytes()
     assert b"POST /v1/batches" in text  # the request log was on
     files = [p for p in data.rglob("*") if p.is_file()]
     assert files and not [p for p in files if secret.encode() in p.read_bytes()]
     assert secret.encode() not in text
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_mid_batch_then_restart_sends_no_answered_line_again(make_server, tmp_path):
+    n, engine = 60, Counting(hold=0.05)
+    upstream = make_server(engine)
+    data, log = tmp_path / "data", tmp_path / "serve.txt"
+    first = Serve(log, data, upstream.base_url, "--max-concurrency", "3", "-q")
+    try:
+        batch = submit(first.client, n)
+        until(lambda: engine.calls >= 15, timeout=30)
+    finally:
+        first.stop(signal.SIGKILL)
+    time.sleep(0.2)  # the calls in flight at the kill reach the upstream's engine
+    sent = engine.calls
+    second = Serve(log, data, upstream.base_url, "--max-concurrency", "3", "-q")
+    try:
+        client = second.client
+        until(lambda: client.batches.retrieve(batch.id).status == "completed", timeout=30, interval=0.05)
+        answered_once(client, client.batches.retrieve(batch.id), n)
+    finally:
+        second.stop()
+    assert sent < n and n <= engine.calls <= n + 3  # at most the calls in flight at the kill went again
