@@ -245,6 +245,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"({len(srv.files)} files, {len(srv.batches)} batches, {resumed} resumed; batches {kept})",
           file=sys.stderr, flush=True)
     srv.serve_forever()
+    if args.upstream is not None:
+        engine.close()
     return 0
 
 

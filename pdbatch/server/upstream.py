@@ -17,8 +17,8 @@ handed to the OS as it arrives (so even ``kill -9`` loses none), and a server
 started again sends only the lines still unanswered: a line answered once is
 never sent again. (A call in flight when the server dies is sent again.)
 
-Realtime calls to the server go through the same backend, limiter included,
-each in a run of its own (see :meth:`UpstreamEngine.__call__`). The bodies of
+Realtime calls to the server go through the same backend, limiter and retry
+policy, on one long-lived event loop (see :meth:`UpstreamEngine.__call__`). The bodies of
 a batch's unanswered lines are held in memory while it runs.
 
 The upstream's API key is read from an environment variable (default
@@ -28,8 +28,10 @@ the data directory or the logs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
+import threading
 import time
 from typing import Any, Iterable, Mapping, Optional
 
@@ -115,6 +117,8 @@ class UpstreamEngine:
                                 max_attempts=max_attempts, progress=False)
         self.concurrency = int(max_concurrency)
         self.model_map = dict(model_map or {})
+        self._lock = threading.Lock()
+        self._rt: Optional[tuple] = None
 
     @property
     def has_key(self) -> bool:
@@ -142,11 +146,37 @@ class UpstreamEngine:
         """Start sending ``requests`` (a realtime run); read results from ``run.results`` as they arrive."""
         return self.backend.Run(self.backend, requests).start()
 
+    def _realtime(self) -> tuple:
+        """The event loop (on a thread of its own), run, client and semaphore of the realtime calls; made once."""
+        with self._lock:
+            if self._rt is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="pdbatch-upstream", daemon=True).start()
+                run = self.backend.Run(self.backend, [])  # never started: its _one() answers each call
+
+                async def setup() -> tuple:
+                    run._wake = asyncio.Event()  # what a stop would set; never set here
+                    return loop, run, run._client(), asyncio.Semaphore(self.concurrency)
+
+                self._rt = asyncio.run_coroutine_threadsafe(setup(), loop).result()
+            return self._rt
+
     def __call__(self, body: dict, url: str) -> dict:
-        results = self.backend.answer([self.request("realtime", body, url)])
-        if not results:
+        """Answer one realtime call: the same limiter and retry policy as the batch lines, in one long-lived loop."""
+        loop, run, aclient, slots = self._realtime()
+
+        async def one() -> Optional[Result]:
+            async with slots:
+                return await run._one(aclient, self.request("realtime", body, url))
+
+        try:
+            res = asyncio.run_coroutine_threadsafe(one(), loop).result()
+        except Exception as err:  # not an API answer: a bug or a broken request
+            raise EngineError(502, "upstream_error", f"the upstream call failed: {type(err).__name__}: {err}",
+                              type="server_error") from err
+        if res is None:
             raise EngineError(503, "service_unavailable", "the upstream call was stopped before it was answered")
-        status, answer = outcome(results[0])
+        status, answer = outcome(res)
         if status >= 400:
             err = answer["error"]
             raise EngineError(status, err.get("code") or "upstream_error", err.get("message") or "upstream error",
@@ -154,7 +184,13 @@ class UpstreamEngine:
         return answer
 
     def close(self) -> None:
-        """Close the HTTP client."""
+        """Close the HTTP clients and stop the realtime calls' loop."""
+        with self._lock:
+            rt, self._rt = self._rt, None
+        if rt is not None:
+            loop, _, aclient, _ = rt
+            asyncio.run_coroutine_threadsafe(aclient.close(), loop).result(5.0)
+            loop.call_soon_threadsafe(loop.stop)
         self.backend.client.close()
 
     def __repr__(self) -> str:  # never the key

@@ -190,6 +190,18 @@ def test_refused_lines_and_expiry_never_reach_the_upstream(make_server, make_cli
                                                    [x["custom_id"] for x in out]) == sorted(f"r-{i}" for i in range(30))
 
 
+def test_429s_and_5xx_are_retried_by_the_retry_policy(make_server, make_client, wait_batch):
+    engine = Counting()
+    upstream = make_server(engine, Faults(realtime_errors=[429], retry_after=0.05))
+    srv = make_server(UpstreamEngine(upstream.base_url, max_concurrency=4))
+    client = make_client(srv)
+    chat = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert chat.choices[0].message.content == "hi" and upstream.stats.realtime_calls == 2
+    upstream.faults.realtime_errors.extend([503, 500, 429])
+    answered_once(client, wait_batch(client, submit(client, 10).id, timeout=20), 10)
+    assert engine.calls == 11 and upstream.stats.realtime_calls == 2 + 13
+
+
 def test_realtime_calls_go_upstream_with_the_model_map(make_server, make_client):
     engine = Counting()
     upstream = make_server(engine, Faults(realtime_errors=[400]))
