@@ -3,7 +3,8 @@
 :class:`UpstreamEngine` answers every request (batch lines and realtime calls)
 with the upstream's realtime endpoints (chat completions, embeddings,
 responses) through pdbatch's realtime machinery: the calls leave through a
-:class:`~pdbatch.backends.realtime.Realtime` backend, so they are paced by its
+:class:`~pdbatch.backends.realtime.Realtime` backend (whose run keeps each
+answer's JSON body as the upstream sent it), so they are paced by its
 :class:`~pdbatch.backends.ratelimit.RateLimiter` (``rpm`` / ``tpm``, the
 upstream's ``x-ratelimit-*`` headers, a shared pause after a 429) and retried
 by the one :class:`~pdbatch.backends.retry.RetryPolicy` (408, 409, 429, 5xx,
@@ -18,8 +19,11 @@ started again sends only the lines still unanswered: a line answered once is
 never sent again. (A call in flight when the server dies is sent again.)
 
 Realtime calls to the server go through the same backend, limiter and retry
-policy, on one long-lived event loop (see :meth:`UpstreamEngine.__call__`). The bodies of
-a batch's unanswered lines are held in memory while it runs.
+policy, on one long-lived event loop (see :meth:`UpstreamEngine.__call__`),
+while a batch's lines go through a run of their own: the limiter is then
+driven from two loops, which it tolerates (its state is plain numbers) at the
+cost of a rare slot taken twice. The bodies of a batch's unanswered lines are
+held in memory while it runs.
 
 The upstream's API key is read from an environment variable (default
 ``OPENAI_API_KEY``), never taken from the command line, and never written to
@@ -38,14 +42,16 @@ from typing import Any, Iterable, Mapping, Optional
 import orjson
 
 from ..backends.realtime import Realtime
+from ..backends.realtime_run import _Run, _call
 from ..core.records import Request, Result, Usage
 from ..errors import EngineError
 from .state import error_body, new_id
 
 __all__ = ["UpstreamEngine", "run_batch", "parse_model_map"]
 
-#: Seconds the calls in flight may take to finish after a stop (cancel, expiry, server stop).
-DRAIN_SECONDS = 30.0
+#: Seconds the calls in flight may take to finish after a cancel or the end of the window, and after a
+#: server stop (within the 5 s the server gives its worker; a call cut short goes again at the next start).
+DRAIN_SECONDS, STOP_DRAIN_SECONDS = 30.0, 4.0
 _TICK = 0.05
 
 
@@ -64,6 +70,20 @@ def parse_model_map(pairs: Optional[Iterable[str]]) -> dict:
             raise ValueError(f"{pair!r} is not SERVED=UPSTREAM (e.g. gpt-4o-mini=llama3.1:8b)")
         out[served.strip()] = upstream.strip()
     return out
+
+
+class _ProxyRun(_Run):
+    """A realtime run that keeps the upstream's answer as it came (the JSON body, not the SDK's reading of it)."""
+
+    async def _send(self, aclient: Any, req: Request, ticket: Any) -> Result:
+        raw = await _call(aclient, req)
+        self.backend.limiter.observe(ticket, raw.headers)
+        return Result(req.custom_id, body=orjson.loads(raw.content), status_code=raw.status_code,
+                      request_id=raw.headers.get("x-request-id"))
+
+
+class _Proxy(Realtime):
+    Run = _ProxyRun
 
 
 class UpstreamEngine:
@@ -113,7 +133,7 @@ class UpstreamEngine:
         self.base_url, self.api_key_env = str(base_url), str(api_key_env)
         key = os.environ.get(self.api_key_env) or "no-key"  # servers that check no key need some value
         client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=0)
-        self.backend = Realtime(client, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
+        self.backend = _Proxy(client, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
                                 max_attempts=max_attempts, progress=False)
         self.concurrency = int(max_concurrency)
         self.model_map = dict(model_map or {})
@@ -256,7 +276,7 @@ def run_batch(worker: Any, batch_id: str, batch: dict, offsets: list, order: lis
                     result = "expired"
                 if result != "completed":
                     run.stop()  # nothing new leaves; the calls in flight finish and are kept
-                    stop_by = time.monotonic() + DRAIN_SECONDS
+                    stop_by = time.monotonic() + (DRAIN_SECONDS if result else STOP_DRAIN_SECONDS)
             elif time.monotonic() > stop_by:
                 run.abort()
             try:
