@@ -224,7 +224,8 @@ def test_realtime_calls_go_upstream_with_the_model_map(make_server, make_client)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--engine", "echo", "--rpm", "60"], "--rpm, --max-concurrency, --model-map and --upstream-key-env go with --upstream"),
+    (["--engine", "echo", "--rpm", "60"],
+     "--rpm, --max-concurrency, --model-map and --upstream-key-env go with --upstream"),
     (["--upstream", "127.0.0.1:8000"], "--upstream: give the server's OpenAI base URL"),
     (["--upstream", "http://127.0.0.1:9/v1", "--engine", "echo"], "leave out --engine echo"),
     (["--upstream", "http://127.0.0.1:9/v1", "--max-concurrency", "0"], "--max-concurrency at least 1"),
