@@ -3,6 +3,7 @@
 Run (from the repository root)::
 
     python bench/serve_speed.py [--lines 50000] [--repeat 3]
+    python bench/serve_speed.py --upstream [--lines 1000] [--rpm 6000] [--latency 0.05] [--concurrency 16]
 
 One process: the echo engine is first called directly on every request body
 (the upper bound: no HTTP, no files, no state), then a
@@ -18,6 +19,16 @@ happen). On a shared machine wall times swing with the load, so the CPU time
 of the process over the same span (``getrusage``: user + system, all threads:
 the worker, the HTTP server answering polls, the client polling) is printed
 too, as lines per CPU second.
+
+``--upstream`` measures ``pdbatch serve --upstream`` instead: a second local
+server (echo engine, ``realtime_rpm`` requests per minute, ``--latency``
+seconds per answer) is the upstream, and a server with the upstream engine
+(``rpm`` set to the same limit, ``--concurrency`` calls at once) runs one
+batch of ``--lines`` lines against it. The figure is the rate ratio
+achieved/allowed: upstream calls per minute between the first and the last
+call, over ``--rpm`` (the limiter paces at 97 % of it, so about 0.97 is the
+ceiling); the 429s the upstream answered and the calls per line (1.00: no line
+sent twice) are printed beside it.
 """
 
 from __future__ import annotations
@@ -33,7 +44,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pdbatch.server import BatchServer  # noqa: E402
+from pdbatch.server import BatchServer, Faults  # noqa: E402
+from pdbatch.server.upstream import UpstreamEngine  # noqa: E402
 from pdbatch.server.engines import echo_engine  # noqa: E402
 
 URL = "/v1/chat/completions"
@@ -62,11 +74,11 @@ def engine_alone(lines: list[dict]) -> tuple[float, float]:
     return time.perf_counter() - start, cpu() - start_cpu
 
 
-def one_batch(lines: list[dict]) -> tuple[float, float]:
+def one_batch(lines: list[dict], engine=echo_engine) -> tuple[float, float]:
     """Wall and CPU seconds from ``batches.create`` until the batch is seen ``completed``."""
     payload = b"".join(orjson.dumps(x) + b"\n" for x in lines)
     with tempfile.TemporaryDirectory(prefix="pdbatch-serve-speed-") as tmp:
-        with BatchServer(engine=echo_engine, data_dir=tmp) as srv:
+        with BatchServer(engine=engine, data_dir=tmp) as srv:
             client = srv.client(max_retries=0, timeout=60)
             up = client.files.create(file=("in.jsonl", payload), purpose="batch")
             start, start_cpu = time.perf_counter(), cpu()
@@ -85,11 +97,46 @@ def one_batch(lines: list[dict]) -> tuple[float, float]:
     return took
 
 
+class Stamped:
+    """The echo engine, noting when each call is answered."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, body: dict, url: str) -> dict:
+        self.stamps.append(time.monotonic())
+        return echo_engine(body, url)
+
+
+def upstream_ratio(n: int, rpm: float, latency: float, concurrency: int) -> None:
+    """Print the rate ratio achieved/allowed of one ``n``-line batch through ``pdbatch serve --upstream``."""
+    stamped = Stamped()
+    with BatchServer(engine=stamped, faults=Faults(realtime_rpm=int(rpm), realtime_latency=latency)) as up:
+        engine = UpstreamEngine(up.base_url, rpm=rpm, max_concurrency=concurrency)
+        wall, _ = one_batch(make_lines(n), engine)
+        engine.close()
+        limited = sum(1 for _, _, status in up.stats.log if status == 429)
+        calls = up.stats.realtime_calls
+    span = stamped.stamps[-1] - stamped.stamps[0]
+    achieved = (len(stamped.stamps) - 1) / span * 60 if span > 0 else float("inf")
+    print(f"{n} lines through pdbatch serve --upstream (upstream: {rpm:g} rpm, {latency:g} s per answer; "
+          f"{concurrency} calls at once)")
+    print(f"  achieved {achieved:,.0f} rpm of {rpm:g} allowed: rate ratio {achieved / rpm:.3f}   "
+          f"(batch {wall:.2f} s, {limited} 429s, {calls / n:.2f} upstream calls per line)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lines", type=int, default=50_000)
+    ap.add_argument("--lines", type=int, default=None, help="default 50000 (1000 with --upstream)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--upstream", action="store_true", help="the upstream rate ratio instead")
+    ap.add_argument("--rpm", type=float, default=6000.0, help="with --upstream: the upstream's limit")
+    ap.add_argument("--latency", type=float, default=0.05, help="with --upstream: seconds per answer")
+    ap.add_argument("--concurrency", type=int, default=16, help="with --upstream: calls at once")
     args = ap.parse_args()
+    if args.upstream:
+        return upstream_ratio(args.lines or 1000, args.rpm, args.latency, args.concurrency)
+    args.lines = args.lines or 50_000
     lines = make_lines(args.lines)
     alone = [engine_alone(lines) for _ in range(args.repeat)]
     served = [one_batch(lines) for _ in range(args.repeat)]

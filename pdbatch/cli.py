@@ -182,6 +182,16 @@ def _serve_options(args: argparse.Namespace) -> tuple[str, Optional[float]]:
             retention = parse_duration(args.retention)
         except ValueError as err:
             raise CliError(f"--retention: {err}") from err
+    if args.upstream is None and (args.rpm, args.max_concurrency, args.model_map, args.upstream_key_env) != (
+            None, None, None, None):
+        raise CliError("--rpm, --max-concurrency, --model-map and --upstream-key-env go with --upstream URL")
+    if args.upstream is not None and args.engine not in (None, "upstream"):
+        raise CliError(f"--upstream answers with the upstream server: leave out --engine {args.engine}")
+    if args.upstream is not None and not args.upstream.startswith(("http://", "https://")):
+        raise CliError(f"--upstream: give the server's OpenAI base URL, e.g. http://127.0.0.1:8000/v1, "
+                       f"not {args.upstream!r}")
+    if args.rpm is not None and not args.rpm > 0 or args.max_concurrency is not None and args.max_concurrency < 1:
+        raise CliError("--rpm must be > 0 and --max-concurrency at least 1")
     if args.latency is not None and (args.engine != "echo" or not args.latency >= 0):
         raise CliError("--latency: give seconds >= 0, with --engine echo (the local model's own speed is "
                        "its latency)")
@@ -197,9 +207,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.durable import TERMINAL
 
     data_dir, retention = _serve_options(args)
-    if args.engine == "local":
+    if args.upstream is not None:
+        from .server.upstream import UpstreamEngine, parse_model_map
+
+        try:
+            model_map = parse_model_map(args.model_map)
+        except ValueError as err:
+            raise CliError(f"--model-map: {err}") from err
+        engine = UpstreamEngine(args.upstream, api_key_env=args.upstream_key_env or "OPENAI_API_KEY", rpm=args.rpm,
+                                max_concurrency=args.max_concurrency or 16, model_map=model_map)
+        args.engine = (f"upstream {args.upstream} (key from ${engine.api_key_env}: "
+                       f"{'set' if engine.has_key else 'not set, none sent'}, max {engine.concurrency} calls at once"
+                       f"{f', {args.rpm:g} rpm' if args.rpm else ''})")
+    elif args.engine in (None, "local"):
         from .local_model.model import default_model_path, get_pool
 
+        args.engine = "local"
         engine = get_pool(args.model or default_model_path())
     else:
         from .server.engines import SlowEcho, echo_engine
@@ -222,6 +245,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"({len(srv.files)} files, {len(srv.batches)} batches, {resumed} resumed; batches {kept})",
           file=sys.stderr, flush=True)
     srv.serve_forever()
+    if args.upstream is not None:
+        engine.close()
     return 0
 
 
@@ -279,7 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the Files + Batches API (and /v1/chat/completions) on this machine, answered by an "
         "engine: 'local' runs the shipped SmolLM2 model, 'echo' repeats each prompt (for tests).",
     )
-    s.add_argument("--engine", choices=["local", "echo"], default="local", help="what answers requests (default local)")
+    s.add_argument("--engine", choices=["local", "echo"], help="what answers requests (default local; "
+                   "--upstream sends them to another server)")
+    s.add_argument("--upstream", metavar="URL", help="answer every request (batch lines included) with this "
+                   "OpenAI-compatible server's realtime endpoints, e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, "
+                   "Ollama, LM Studio); each answer is stored as it arrives")
+    s.add_argument("--upstream-key-env", metavar="VAR", help="environment variable holding the upstream's API key "
+                   "(default OPENAI_API_KEY); the key is never written to the data directory or the log")
+    s.add_argument("--rpm", type=float, metavar="N", help="with --upstream: requests per minute to stay under "
+                   "(the upstream's x-ratelimit-* headers lower it)")
+    s.add_argument("--max-concurrency", type=int, metavar="N", help="with --upstream: calls in flight at most "
+                   "(default 16)")
+    s.add_argument("--model-map", action="extend", nargs="+", metavar="SERVED=UPSTREAM", help="with --upstream: "
+                   "send requests for model SERVED as model UPSTREAM (repeatable)")
     s.add_argument("--model", metavar="FILE.gguf", help="a GGUF model for --engine local (default: SmolLM2-135M)")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")

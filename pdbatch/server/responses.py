@@ -118,7 +118,7 @@ def answer(engine: Callable[[dict, str], dict], body: dict, url: str) -> dict:
     ``body`` has passed :func:`pdbatch.server.validate.check_body` (the
     callers check it first, image URLs included).
     """
-    if url != RESPONSES_URL:
+    if url != RESPONSES_URL or getattr(engine, "serves_responses", False):  # the upstream engine: as it is
         return engine(body, url)
     chat = engine(to_chat(body), CHAT_URL)
     if not isinstance(chat, Mapping):

@@ -5,7 +5,7 @@ One :class:`BatchWorker` thread per server takes batches in creation order:
 ``validating`` (``Faults.validating_delay``) → file-level validation
 (:func:`validate_input`) → ``failed`` with ``errors`` and no output file, or
 ``in_progress`` → one engine call per line, ``request_counts`` updated live →
-``finalizing`` → ``completed``.
+``finalizing`` → ``completed``. An engine with ``concurrency > 1`` runs that many lines at once.
 
 * ``Faults.expire_after`` ends the batch ``expired``: finished answers stay in
   the output file and every line that never ran gets an error line
@@ -49,6 +49,7 @@ from .durable import Store
 from .state import MAX_REPORTED_ERRORS, Faults, Stats, error_body, new_id
 from .responses import answer as answer_with
 from .validate import check_body
+from .upstream import run_batch
 
 __all__ = ["BatchWorker", "validate_input", "SYNC_LINES", "SYNC_SECONDS", "FSYNC_SECONDS"]
 
@@ -152,6 +153,8 @@ class BatchWorker(threading.Thread):
     ``host`` (the :class:`~pdbatch.server.BatchServer`) provides ``engine``,
     ``faults`` and ``stats``, read at each use.
     """
+
+    sync_seconds = SYNC_SECONDS  # for run_batch
 
     def __init__(self, store: Store, host: Any) -> None:
         super().__init__(name="pdbatch-batch-worker", daemon=True)
@@ -278,6 +281,9 @@ class BatchWorker(threading.Thread):
         order, endpoint = self._order(batch_id, len(offsets)), batch["endpoint"]
         expire_after = self.faults.expire_after
         try:
+            if getattr(self.host.engine, "concurrency", 1) > 1:  # many lines at once: upstream.py
+                ended = run_batch(self, batch_id, batch, offsets, order, done, out, err, usage)
+                return None if ended is None else self._finish(batch_id, ended[0], out, err, ended[1])
             with open(self.store.path(batch["input_file_id"]) or "", "rb") as fh:
                 for pos, index in enumerate(order):
                     if self._stop_event.is_set():
@@ -330,6 +336,15 @@ class BatchWorker(threading.Thread):
                            "error": {"code": "batch_expired", "message": _EXPIRED_MESSAGE}})
                 expired += 1
         self.store.count(batch_id, failed=expired)
+
+    def refusal(self, line: dict, endpoint: str) -> Optional[dict]:
+        """The error line of a request line the API refuses (or a fault hits); None if it may be sent."""
+        try:
+            if not (self.faults.error_for and self.faults.error_for(line["custom_id"], line["body"])):
+                return check_body(line["body"], endpoint)  # None: it may be sent
+        except EngineError:
+            pass
+        return self._run_line(line, endpoint)[0]
 
     def _run_line(self, line: dict, endpoint: str) -> tuple[dict, bool]:
         cid, body = line["custom_id"], line["body"]
