@@ -5,6 +5,7 @@ Run (from the repository root)::
     python bench/map_speed.py [--rows 200000]     # (a)-(d) below
     python bench/map_speed.py --memory            # peak memory of map, 1,000,000 rows
     python bench/map_speed.py --profile --rows 20000   # cProfile of map, top entries
+    python bench/map_speed.py --anthropic         # the Anthropic path (bench/anthropic_speed.py), 100,000 rows
 
 One process, one run, one :class:`~pdbatch.server.BatchServer` on 127.0.0.1
 whose engine answers every request at once with a schema-valid JSON object
@@ -371,8 +372,14 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", type=int, default=None, help="rows (default 200,000; 1,000,000 with --memory)")
     ap.add_argument("--memory", action="store_true", help="peak RSS of map over the frame's size")
     ap.add_argument("--profile", action="store_true", help="cProfile of map, top 15 cumulative")
+    ap.add_argument("--anthropic", action="store_true",
+                    help="the Anthropic path: a plain Message Batches loop vs map (bench/anthropic_speed.py)")
     args = ap.parse_args(argv)
-    if args.memory:
+    if args.anthropic:
+        import anthropic_speed  # the same server process and measures, with the anthropic SDK
+
+        anthropic_speed.main(["--rows", str(args.rows or 100_000)])
+    elif args.memory:
         memory(args.rows or 1_000_000)
     elif args.profile:
         profile(args.rows or 20_000)

@@ -11,7 +11,7 @@ by the one :class:`~pdbatch.backends.retry.RetryPolicy` (408, 409, 429, 5xx,
 timeouts, lost connections; never a 400). At most ``max_concurrency`` calls are
 in flight.
 
-The engine says it wants concurrency (:attr:`UpstreamEngine.concurrency`), so
+The engine runs whole batches (``runs_batches``; up to ``concurrency`` lines at once), so
 the batch worker hands it a batch's unanswered lines at once
 (:func:`run_batch`): each answer is appended to the batch's answer files and
 handed to the OS as it arrives (so even ``kill -9`` loses none), and a server
@@ -136,6 +136,7 @@ class UpstreamEngine:
         self.backend = _Proxy(client, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
                                 max_attempts=max_attempts, progress=False)
         self.concurrency = int(max_concurrency)
+        self.runs_batches = True  # the worker hands it whole batches (run_batch below), not a line at a time
         self.model_map = dict(model_map or {})
         self._lock = threading.Lock()
         self._rt: Optional[tuple] = None

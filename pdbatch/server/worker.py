@@ -5,7 +5,7 @@ One :class:`BatchWorker` thread per server takes batches in creation order:
 ``validating`` (``Faults.validating_delay``) → file-level validation
 (:func:`validate_input`) → ``failed`` with ``errors`` and no output file, or
 ``in_progress`` → one engine call per line, ``request_counts`` updated live →
-``finalizing`` → ``completed``. An engine with ``concurrency > 1`` runs that many lines at once.
+``finalizing`` → ``completed``. An engine that ``runs_batches`` (the upstream) gets whole batches.
 
 * ``Faults.expire_after`` ends the batch ``expired``: finished answers stay in
   the output file and every line that never ran gets an error line
@@ -281,7 +281,7 @@ class BatchWorker(threading.Thread):
         order, endpoint = self._order(batch_id, len(offsets)), batch["endpoint"]
         expire_after = self.faults.expire_after
         try:
-            if getattr(self.host.engine, "concurrency", 1) > 1:  # many lines at once: upstream.py
+            if getattr(self.host.engine, "runs_batches", False):  # many lines at once: upstream.py
                 ended = run_batch(self, batch_id, batch, offsets, order, done, out, err, usage)
                 return None if ended is None else self._finish(batch_id, ended[0], out, err, ended[1])
             with open(self.store.path(batch["input_file_id"]) or "", "rb") as fh:
