@@ -36,7 +36,7 @@ from typing import Any, List, Mapping, Optional
 import numpy as np
 
 from ..errors import BackendUnavailableError
-from .llama import translate_body
+from .llama import common_prefix, translate_body
 from .sampler import SeqSampler, grammar_sampler
 
 __all__ = ["DEFAULT_SLOTS", "BatchedModel"]
@@ -281,9 +281,9 @@ class BatchedModel:
                 self._cond.wait()
             while self._queue and self._free_ids:
                 seq = self._queue[0]
-                shared = min(_lcp(self._root, seq.prompt), len(seq.prompt) - 1)
+                shared = min(common_prefix(self._root, seq.prompt), len(seq.prompt) - 1)
                 if shared < MIN_SHARED and self._root_from is not None:
-                    if _lcp(self._root_from.prompt, seq.prompt) >= MIN_SHARED:
+                    if common_prefix(self._root_from.prompt, seq.prompt) >= MIN_SHARED:
                         break  # the prefix this row shares is being computed: take it next step
                     shared = 0
                 elif shared < MIN_SHARED:
@@ -380,12 +380,3 @@ class BatchedModel:
 
     def __repr__(self) -> str:
         return f"<BatchedModel {self.name} slots={self.slots} threads={self.n_threads}>"
-
-
-def _lcp(a: List[int], b: List[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -148,7 +148,8 @@ def _grammar(schema: Mapping[str, Any]) -> str:
         return JSON_GBNF
 
 
-def _common_prefix(a: Any, b: Any) -> int:
+def common_prefix(a: Any, b: Any) -> int:
+    """How many leading items ``a`` and ``b`` share (token lists: the part of a prompt already cached)."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -239,7 +240,7 @@ class LocalModel:
         usage = raw.get("usage") or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
-        cached = min(_common_prefix(before, after[:prompt]), max(prompt - 1, 0)) if before else 0
+        cached = min(common_prefix(before, after[:prompt]), max(prompt - 1, 0)) if before else 0
         choices = []
         for i, ch in enumerate(raw.get("choices") or []):
             msg = ch.get("message") or {}

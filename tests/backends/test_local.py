@@ -22,6 +22,7 @@ from pdbatch.local_model.grammar import FLAT_JSON_GBNF, schema_grammar  # noqa: 
 from pdbatch.local_model.llama import DEFAULT_MAX_TOKENS, SAMPLING, translate_body  # noqa: E402
 from pdbatch.local_model.model import default_model_path, get_pool, resolve_model  # noqa: E402
 from pdbatch.core.records import CHAT_URL  # noqa: E402
+from tests.backends.ctrl_c import ctrl_c_after_first  # noqa: E402
 
 try:
     MODEL = default_model_path()
@@ -230,14 +231,7 @@ def test_wait_false_returns_a_job(pool, colors):
 
 
 # ------------------------------------------------------------------ stopping and resuming
-class _InterruptAfterFirst(Local):
-    """Presses Ctrl-C (a real SIGINT to this process) when the first answer arrives."""
-
-    def _arrived(self, job, result):
-        super()._arrived(job, result)
-        if not getattr(self, "_fired", False):
-            self._fired = True
-            signal.raise_signal(signal.SIGINT)
+_InterruptAfterFirst = ctrl_c_after_first(Local)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")

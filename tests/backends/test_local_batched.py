@@ -29,6 +29,7 @@ from pdbatch.backends.local import INTERRUPTED, Local  # noqa: E402
 from pdbatch.errors import BackendUnavailableError, OptionError  # noqa: E402
 from pdbatch.local_model import BatchedModel, LocalModel, ModelPool  # noqa: E402
 from pdbatch.local_model.model import default_model_path, get_pool  # noqa: E402
+from tests.backends.ctrl_c import ctrl_c_after_first  # noqa: E402
 
 try:
     MODEL = default_model_path()
@@ -146,14 +147,7 @@ def test_pool_concurrency_and_bad_slots():
         Local(slots=0)
 
 
-class _InterruptAfterFirst(Local):
-    """Presses Ctrl-C (a real SIGINT to this process) when the first answer arrives."""
-
-    def _arrived(self, job, result):
-        super()._arrived(job, result)
-        if not getattr(self, "_fired", False):
-            self._fired = True
-            signal.raise_signal(signal.SIGINT)
+_InterruptAfterFirst = ctrl_c_after_first(Local)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")

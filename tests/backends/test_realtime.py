@@ -36,6 +36,7 @@ from pdbatch.backends.retry import retry_after
 from pdbatch.core.records import EMBEDDINGS_URL, Request
 from pdbatch.server import Faults
 from pdbatch.job.store import default_store
+from tests.backends.ctrl_c import ctrl_c_after_first  # noqa: E402
 
 from tests.conftest import TEST_KEY
 
@@ -268,14 +269,7 @@ def test_timeout_then_rerun_sends_only_the_rest(make_server, make_client):
     assert out.attrs["pdbatch"]["job_id"] == job_id and out.attrs["pdbatch"]["realtime"]["attempts"] == 8 - sent
 
 
-class _CtrlCAfterFirst(Realtime):
-    """Presses Ctrl-C (a real SIGINT to this process) when the first answer is stored."""
-
-    def _arrived(self, job, result):
-        super()._arrived(job, result)
-        if not getattr(self, "_fired", False):
-            self._fired = True
-            signal.raise_signal(signal.SIGINT)
+_CtrlCAfterFirst = ctrl_c_after_first(Realtime)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")

@@ -1,0 +1,18 @@
+"""A backend that presses Ctrl-C (a real SIGINT to this process) when its first answer is stored."""
+
+from __future__ import annotations
+
+import signal
+
+
+def ctrl_c_after_first(backend_class: type) -> type:
+    """A subclass of ``backend_class`` that raises SIGINT once, right after the first answer is stored."""
+
+    class CtrlCAfterFirst(backend_class):
+        def _arrived(self, job, result):
+            super()._arrived(job, result)
+            if not getattr(self, "_fired", False):
+                self._fired = True
+                signal.raise_signal(signal.SIGINT)
+
+    return CtrlCAfterFirst
