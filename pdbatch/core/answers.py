@@ -265,6 +265,7 @@ class Answers:
 
     def extend(self, other: "Answers") -> None:
         """Append ``other``'s rows (Arrow columns stay Arrow when both sides are)."""
+        self.origin = None  # the rows' segments are no longer all known: the join compares texts instead
         for name in _ANSWER_FIELDS:
             mine, theirs = self._cols[name], other._cols[name]
             if not len(theirs):
