@@ -344,7 +344,7 @@ class _Api:
             elif batch["status"] not in ("cancelling", "cancelled"):
                 raise _ApiError(400, f"Cannot cancel a batch with status {batch['status']!r}.",
                                 param="batch_id", code="invalid_state")
-        return _json(self._batch_or_404(batch_id))
+            return _json(self._batch_or_404(batch_id))  # under the lock: the answer says "cancelling", as the API does
 
     # -- realtime ------------------------------------------------------------
     async def chat(self, request: Request) -> Response:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def ctrl_c_after_first(backend_class: type) -> type:
@@ -16,3 +18,14 @@ def ctrl_c_after_first(backend_class: type) -> type:
                 signal.raise_signal(signal.SIGINT)
 
     return CtrlCAfterFirst
+
+
+@contextmanager
+def python_ctrl_c() -> Iterator[None]:
+    """Python's own Ctrl-C handler for the block, even where the test runner was started with SIGINT ignored
+    (a background job of a non-interactive shell), so that a raised SIGINT becomes KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -22,7 +22,7 @@ from pdbatch.local_model.grammar import FLAT_JSON_GBNF, schema_grammar  # noqa: 
 from pdbatch.local_model.llama import DEFAULT_MAX_TOKENS, SAMPLING, translate_body  # noqa: E402
 from pdbatch.local_model.model import default_model_path, get_pool, resolve_model  # noqa: E402
 from pdbatch.core.records import CHAT_URL  # noqa: E402
-from tests.backends.ctrl_c import ctrl_c_after_first  # noqa: E402
+from tests.backends.ctrl_c import ctrl_c_after_first, python_ctrl_c  # noqa: E402
 
 try:
     MODEL = default_model_path()
@@ -239,7 +239,7 @@ def test_ctrl_c_keeps_answers_and_resumes(pool):
     df = pd.DataFrame({"w": ["red", "blue", "green", "red"]}, index=list("dcba"))
     be = _InterruptAfterFirst(workers=1, slots=1)  # one row at a time: exactly one row is in flight at the stop
     job = df.llm.submit(ECHO, backend=be, max_completion_tokens=24, temperature=0)
-    with pytest.warns(UserWarning, match=r"interrupted: \d of 4 rows answered"):
+    with python_ctrl_c(), pytest.warns(UserWarning, match=r"interrupted: \d of 4 rows answered"):
         out = job.wait(progress=False).result()
     meta = out.attrs["pdbatch"]
     assert meta["state"] == "cancelled"

@@ -29,7 +29,7 @@ from pdbatch.backends.local import INTERRUPTED, Local  # noqa: E402
 from pdbatch.errors import BackendUnavailableError, OptionError  # noqa: E402
 from pdbatch.local_model import BatchedModel, LocalModel, ModelPool  # noqa: E402
 from pdbatch.local_model.model import default_model_path, get_pool  # noqa: E402
-from tests.backends.ctrl_c import ctrl_c_after_first  # noqa: E402
+from tests.backends.ctrl_c import ctrl_c_after_first, python_ctrl_c  # noqa: E402
 
 try:
     MODEL = default_model_path()
@@ -156,7 +156,7 @@ def test_ctrl_c_keeps_finished_rows_of_a_batch():
     be = _InterruptAfterFirst(workers=1, slots=2)  # two rows in flight at the stop
     job = df.llm.submit("{w}", system=SYSTEM, response_format=SCHEMA, backend=be, max_completion_tokens=24,
                         temperature=0)
-    with pytest.warns(UserWarning, match=r"interrupted: \d of 6 rows answered"):
+    with python_ctrl_c(), pytest.warns(UserWarning, match=r"interrupted: \d of 6 rows answered"):
         out = job.wait(progress=False).result()
     answered = out["llm_error"].isna().sum()
     assert 1 <= answered <= 3  # the rows in flight finished; the queued ones did not run
