@@ -37,6 +37,17 @@ def _lookup(hashes: Union[RowHashes, Mapping[str, str]], ids: Sequence[str]) -> 
     return [hashes.get(cid) for cid in ids]
 
 
+def _textual(table: pa.Table) -> bool:
+    """Whether a segment table's answers are texts (or none at all), not embedding vectors."""
+    t = table.schema.field("content").type
+    return pa.types.is_string(t) or pa.types.is_null(t)
+
+
+def _lean(table: pa.Table) -> pa.Table:
+    """A segment table without its texts and hashes, with each row's position in it (``pos``)."""
+    return table.drop_columns(["content", "hash"]).append_column("pos", pa.array(np.arange(table.num_rows)))
+
+
 class AnswerStore:
     """Answers by job and custom_id, and successful answers by request hash (needs ``_db``, ``_lock``, ``_tx``)."""
 
@@ -151,21 +162,17 @@ class AnswerStore:
         t0 = time.perf_counter()
         with self._lock:
             ids = [r[0] for r in self._db.execute("SELECT id FROM segments WHERE job_id = ? ORDER BY id", (job_id,))]
-        tables, vectors = [], False
+        tables = []
         for seg in ids:
             table = self._segment(seg)
-            vectors = vectors or not pa.types.is_string(table.schema.field("content").type)
-            if vectors:  # embeddings: vectors are read whole (see segments.answers_of)
+            if not _textual(table):  # embeddings: vectors are read whole (see segments.answers_of)
                 return self._answers_whole(job_id, t0)
-            lean = table.drop_columns(["content", "hash"]).append_column("pos", pa.array(np.arange(table.num_rows)))
-            tables.append(lean.take(pa.array(np.arange(lean.num_rows))))  # a copy: the segment's blob is let go
+            tables.append(_lean(table).take(pa.array(np.arange(table.num_rows))))  # a copy: the blob is let go
         alone = self._alone(job_id)
         if alone is not None:
-            if not pa.types.is_string(alone.schema.field("content").type) and not pa.types.is_null(
-                    alone.schema.field("content").type):
+            if not _textual(alone):
                 return self._answers_whole(job_id, t0)
-            tables.append(alone.drop_columns(["content", "hash"]).append_column(
-                "pos", pa.array(np.arange(alone.num_rows))))
+            tables.append(_lean(alone))
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return Answers()
@@ -239,9 +246,7 @@ class AnswerStore:
             ids = [r[0] for r in self._db.execute("SELECT id FROM segments WHERE job_id = ? ORDER BY id", (job_id,))]
         for seg in ids:
             if seg not in seen:
-                with self._lock:
-                    blob = self._db.execute("SELECT data FROM segments WHERE id = ?", (seg,)).fetchone()[0]
-                t = segments.decode(blob, seg).select(list(_STATUS))
+                t = self._segment(seg).select(list(_STATUS))
                 seen[seg] = t.take(pa.array(np.arange(t.num_rows, dtype=np.int64)))
         with self._lock:
             rows = self._db.execute("SELECT custom_id, attempt, ok FROM answers WHERE job_id = ?", (job_id,)).fetchall()

@@ -9,7 +9,8 @@ batch ids and answers live in the job store, never only here: a restarted kernel
 
 from __future__ import annotations
 
-import time, uuid
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -110,10 +111,6 @@ class Job:
     def stored_shards(self) -> List[Dict[str, Any]]:
         """The shards recorded so far (by any process), as :meth:`record_shard` stored them."""
         return self.store.shards(self.id)
-
-    def stored_answers(self) -> Answers:
-        """Every answer stored for this job (by any process), column-wise."""
-        return self.store.answers(self.id)
 
     def answered_ids(self, ok_only: bool = False) -> set:
         """custom_ids with a stored answer (with ``ok_only``, a plain success)."""
@@ -280,6 +277,8 @@ class Job:
         """
         return self.store.answers(self.id)
 
+    stored_answers = answers  #: the same, by the name backends use (the Ledger of backends/base.py)
+
     def result(self, *, overwrite: Optional[bool] = None):
         """Join the answers onto the original object and return a new one.
 
@@ -303,7 +302,8 @@ class Job:
                 f"back here; use job.answers() or run the same df.llm.map(...) again (it re-attaches)"
             )
         self.backend.collect(self)
-        self.hashes.release(), self.store.release()  # what polls and stores used: the join needs the memory
+        self.hashes.release()  # what polls and stores used: the join needs the memory
+        self.store.release()
         parts, self._parsed = self._parsed, []  # answers parsed on arrival, let go (a second result() re-parses)
         spec = self.spec
         answers = self.answers()
