@@ -122,6 +122,8 @@ class UpstreamEngine:
     """
 
     name = "upstream"
+    #: the batch worker hands it whole batches (:func:`run_batch`), not a line at a time
+    runs_batches = True
     #: ``/v1/responses`` goes to the upstream as it is (not through its chat form).
     serves_responses = True
 
@@ -136,7 +138,6 @@ class UpstreamEngine:
         self.backend = _Proxy(client, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
                                 max_attempts=max_attempts, progress=False)
         self.concurrency = int(max_concurrency)
-        self.runs_batches = True  # the worker hands it whole batches (run_batch below), not a line at a time
         self.model_map = dict(model_map or {})
         self._lock = threading.Lock()
         self._rt: Optional[tuple] = None
