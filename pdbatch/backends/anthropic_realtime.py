@@ -86,16 +86,11 @@ class AnthropicRealtime(Realtime):
     supports_embeddings = False
     check_spec = staticmethod(check_spec)
 
-    def __init__(self, client: Any = None, **options: Any):
+    def _take_client(self, client: Any) -> tuple:
+        """An ``anthropic.Anthropic`` client (default: from ``ANTHROPIC_API_KEY``) and its provider."""
         if client is None:
             client = default_anthropic_client()
         elif not is_anthropic(client) or type(client).__name__.startswith("Async"):
             raise OptionError(f"client must be a synchronous anthropic.Anthropic client, got "
                               f"{type(client).__name__}; pass client=anthropic.Anthropic(api_key=...)")
-        import openai
-
-        # Realtime checks its options on an OpenAI client; a stand-in that is never used (no network) takes
-        # its place there, then the Anthropic client replaces it.
-        super().__init__(openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1"), **options)
-        self.client = client
-        self.provider = anthropic_provider(client)
+        return client, anthropic_provider(client)

@@ -127,16 +127,24 @@ class Realtime(RowByRow, PicklesWithoutClient):
         rpm, tpm, rate_period = check("rpm", rpm), check("tpm", tpm), check("rate_period", rate_period)
         backoff, max_backoff = check("backoff", backoff), check("max_backoff", max_backoff)
         max_retry_after = check("max_retry_after", max_retry_after)
-        check_client(client)
-        self.client = client if client is not None else default_client()
-        self.provider = openai_provider(self.client)
-        async_client(self.client)  # refuse an unsupported client now, before any work
+        self.client, self.provider = self._take_client(client)
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
         self.max_retry_after = float(max_retry_after)
         self.progress = bool(progress)
         self.limiter = RateLimiter(rpm, tpm, period=rate_period)
+
+    def _take_client(self, client: Any) -> tuple:
+        """``(client, provider)``: the client to send through, checked now, before any work.
+
+        A subclass for another API (:class:`~pdbatch.backends.anthropic_realtime.AnthropicRealtime`)
+        checks its own kind of client here; the options are checked without one.
+        """
+        check_client(client)
+        client = client if client is not None else default_client()
+        async_client(client)  # refuse an unsupported client now, before any work
+        return client, openai_provider(client)
 
     # ----------------------------------------------------------------- submit
     def submit(self, job, lines) -> None:
