@@ -181,3 +181,28 @@ def test_the_server_answers_the_sdk_responses_create(make_server, make_client):
     with pytest.raises(openai.BadRequestError, match="image"):
         client.responses.create(model="gpt-4o-mini", input=[{"role": "user", "content": [
             {"type": "input_image", "image_url": "ftp://example.com/a.png"}]}])
+
+
+def test_responses_bodies_say_store_false_unless_store_is_given(make_server, make_client):
+    """The Responses API keeps every response unless told not to: pdbatch's bodies say ``store: false``."""
+    frame = pd.DataFrame({"t": ["a", "b"]})
+    lines = frame.llm.preview("say {t}", model="gpt-4o-mini", endpoint="responses", show=False)
+    assert [line["body"]["store"] for line in lines] == [False, False]
+    kept = frame.llm.preview("say {t}", model="gpt-4o-mini", endpoint="responses", store=True, show=False)
+    assert [line["body"]["store"] for line in kept] == [True, True]  # the user's choice wins
+    assert "store" not in frame.llm.preview("say {t}", model="gpt-4o-mini", show=False)[0]["body"]  # chat: off already
+    # through the server: the uploaded batch file carries it, and the server's checks accept it
+    srv = make_server()
+    client = make_client(srv)
+    out = frame.llm.map("say {t}", model="gpt-4o-mini", endpoint="responses", client=client, poll_interval=0.02,
+                        progress=False, timeout=30)
+    assert out["llm_error"].isna().all()
+    sent = client.files.content(client.batches.retrieve(out.attrs["pdbatch"]["batch_ids"][0]).input_file_id).read()
+    assert [json.loads(line)["body"]["store"] for line in sent.splitlines()] == [False, False]
+    live = frame.llm.map("say {t}", model="gpt-4o-mini", endpoint="responses", backend="realtime", client=client,
+                         progress=False, timeout=30, cache=False)
+    assert live["llm_error"].isna().all() and srv.stats.calls("POST", "/v1/responses") == 2
+    # the server does check the field: a store that is not a boolean is refused, naming it
+    bad = frame.head(1).llm.map("say {t}", model="gpt-4o-mini", endpoint="responses", backend="realtime",
+                                client=client, progress=False, timeout=30, cache=False, store="no")
+    assert "store" in bad["llm_error"].iloc[0]

@@ -3,7 +3,10 @@
 A ``map`` on ``endpoint="responses"`` sends the same rows as one on chat
 completions, in the Responses shape: the system prompt is ``instructions``,
 the user content goes in ``input`` (text as ``input_text``, images as
-``input_image`` parts) and a response format is ``text.format``.
+``input_image`` parts) and a response format is ``text.format``. Every body
+says ``store: false``: the Responses API keeps each response (for
+``previous_response_id``) unless told not to, and a ``map`` has no use for
+that copy; ``store=True`` asks for it.
 :class:`~pdbatch.core.spec.MapSpec` builds both shapes through the same line
 writer; the answers are read back by :mod:`pdbatch.core.answers`.
 """
@@ -75,8 +78,9 @@ def responses_body_maker(model: Optional[str], system: Any, fmt_body: Optional[M
     --------
     >>> make = responses_body_maker("m", None, {"type": "json_object"}, {"max_output_tokens": 5})
     >>> make(("hi",))
-    {'model': 'm', 'input': [{'role': 'user', 'content': 'hi'}], 'max_output_tokens': 5, 'text': {'format': {'type': 'json_object'}}}
+    {'model': 'm', 'input': [{'role': 'user', 'content': 'hi'}], 'store': False, 'max_output_tokens': 5, 'text': {'format': {'type': 'json_object'}}}
     """
+    base = {"store": False, **base}  # unless the user passed store=: see the module notes
     fmt = responses_format(fmt_body)
     if fmt is not None:
         base = dict(base, text={"format": fmt})
