@@ -177,8 +177,11 @@ class OfflineMethods:
         Takes the arguments of :meth:`map` (so ``map`` becomes ``estimate``
         by its name alone) and checks them the same way; renders the requests
         exactly as ``map`` would (same skipped rows, same answer-cache lookup
-        with ``cache=True``); no job is created, no client is used and
-        nothing is uploaded. See :mod:`pdbatch.pricing` for the price table,
+        with ``cache=True``); no job is created and nothing is uploaded. No
+        client is used, but an Anthropic one: for a Claude model it counts a
+        sample of the requests with Anthropic's free ``count_tokens`` (see
+        :mod:`pdbatch.pricing.claude_tokens`; without it the count is
+        tiktoken's times a documented factor, and says so). See :mod:`pdbatch.pricing` for the price table,
         its date and how to override it, and for how tokens are counted.
 
         Parameters
@@ -231,8 +234,9 @@ class OfflineMethods:
         ids = unique_ids(self._obj.index)
         rendered = spec.render(self._frame(), ids)
         store = default_store() if job.cache and os.path.exists(store_path()) else None
-        est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(ids),
-                                skipped=rendered.skipped, store=store, provider=provider_of(backend, client, spec.model))
+        counter = client if client is not None else getattr(backend, "client", None)  # Anthropic's count_tokens
+        est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(ids), skipped=rendered.skipped,
+                                store=store, provider=provider_of(backend, client, spec.model), client=counter)
         if job.max_cost is not None:
             est["max_cost"], est["max_cost_refusal"] = job.max_cost, _refusal(est, job.max_cost, backend, client,
                                                                                spec.params.get("service_tier"))

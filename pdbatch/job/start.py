@@ -53,10 +53,12 @@ def check_budget(spec: MapSpec, rendered, backend: Backend, max_cost: float, sto
 
     The estimate is :func:`~pdbatch.pricing.estimate_requests` of the rows
     ``map`` would send (rows the answer cache holds are free), priced at the
-    rate ``backend`` pays (see :mod:`pdbatch.pricing.budget`).
+    rate ``backend`` pays (see :mod:`pdbatch.pricing.budget`). An Anthropic
+    backend's client counts a sample with the free ``count_tokens``.
     """
     est = estimate_requests(spec.requests(rendered), model=spec.model, rows=len(rendered.ids),
-                            skipped=rendered.skipped, store=store, provider=backend.provider)
+                            skipped=rendered.skipped, store=store, provider=backend.provider,
+                            client=getattr(backend, "client", None))
     check_estimate(est, max_cost, backend.name, spec.params.get("service_tier"), remote=not backend.runs_exclusively)
 
 

@@ -22,6 +22,10 @@ same scripted engines serve both APIs.
   ``request_delay`` and ``validating_delay`` (before the first request) slow it.
 * Cancel: ``canceling`` until the worker stops, then ``ended`` with the
   requests not run ``canceled``. Delete: ended batches only (else 400).
+* ``POST /v1/messages/count_tokens`` answers ``{"input_tokens": N}`` with the
+  engines' own prompt count (so it equals the ``usage.input_tokens`` a Message
+  for the same params reports); it takes no ``max_tokens`` and refuses fields
+  outside :data:`COUNT_FIELDS`, as the API does.
 * Errors: ``{"type": "error", "error": {"type": ..., "message": ...}}``.
 """
 
@@ -44,12 +48,16 @@ from starlette.routing import Route
 from ..core.anthropic import error_type, from_params, to_message
 from ..core.records import CHAT_URL
 from ..errors import EngineError
+from .engines import estimate_tokens
 from .gate import json_response
 from .validate import check_images
 
-__all__ = ["anthropic_routes", "AnthropicBatches", "CUSTOM_ID"]
+__all__ = ["anthropic_routes", "AnthropicBatches", "CUSTOM_ID", "COUNT_FIELDS"]
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+#: The fields a ``POST /v1/messages/count_tokens`` body may hold.
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
+                          "cache_control", "mcp_servers"})
 MAX_REQUESTS = 100_000
 WINDOW = 24 * 3600
 
@@ -68,14 +76,21 @@ def _stamp(t: Optional[float]) -> Optional[str]:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def check_params(params: Any, where: str, batch: bool) -> None:
-    """Raise :class:`_Refused` for Messages ``params`` the API would refuse (``where`` prefixes the field)."""
+def check_params(params: Any, where: str, batch: bool, counting: bool = False) -> None:
+    """Raise :class:`_Refused` for Messages ``params`` the API would refuse (``where`` prefixes the field).
+
+    ``counting``: a ``count_tokens`` body, which takes no ``max_tokens`` and
+    only the fields of :data:`COUNT_FIELDS`.
+    """
     if not isinstance(params, dict):
         raise _Refused(400, f"{where}: Input should be an object")
     if not isinstance(params.get("model"), str) or not params["model"]:
         raise _Refused(400, f"{where}.model: Field required")
+    extra = sorted(set(params) - COUNT_FIELDS) if counting else []
+    if extra:
+        raise _Refused(400, f"{where}.{extra[0]}: Extra inputs are not permitted")
     mt = params.get("max_tokens")
-    if isinstance(mt, bool) or not isinstance(mt, int) or mt < 1:
+    if not counting and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
         raise _Refused(400, f"{where}.max_tokens: Field required (an integer >= 1)")
     msgs = params.get("messages")
     if not isinstance(msgs, list) or not msgs:
@@ -279,6 +294,12 @@ def anthropic_routes(server: Any) -> List[Route]:
             return _error(error_status(err["type"]), err["message"], err["type"])
         return json_response(result["message"])
 
+    async def count_tokens(request: Request) -> Response:
+        params = await body_of(request)
+        check_params(params, "params", batch=False, counting=True)
+        # the engines' own prompt count (what a Message's usage.input_tokens says for the same params)
+        return json_response({"input_tokens": estimate_tokens(from_params(params)["messages"])})
+
     async def create(request: Request) -> Response:
         body = await body_of(request)
         root = str(request.base_url).rstrip("/")
@@ -314,6 +335,7 @@ def anthropic_routes(server: Any) -> List[Route]:
     base = "/v1/messages/batches"
     return [
         Route("/v1/messages", handler(messages), methods=["POST"]),
+        Route("/v1/messages/count_tokens", handler(count_tokens), methods=["POST"]),
         Route(base, handler(create), methods=["POST"]),
         Route(base, handler(listing), methods=["GET"]),
         Route(base + "/{batch_id}", handler(retrieve), methods=["GET"]),
