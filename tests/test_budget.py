@@ -217,3 +217,110 @@ def test_cli_max_cost_refuses_before_upload(batch_env, tmp_path, capsys, priced)
                  "--param", "max_output_tokens=50", "--max-cost", "1", "--poll-interval", "0.02",
                  "--out", str(tmp_path / "out.parquet"), "-q"]) == 0
     assert pd.read_parquet(tmp_path / "out.parquet")["llm_output"].tolist()[:2] == ["say w0", "say w1"]
+
+
+# ------------------------------------------------------------------ max_cost with an Anthropic client
+CLAUDE = "claude-haiku-4-5"
+COUNTED = ("POST", "/v1/messages/count_tokens")
+
+
+@pytest.fixture
+def make_anthropic():
+    anthropic = pytest.importorskip("anthropic")
+    made = []
+
+    def factory(srv):
+        made.append(anthropic.Anthropic(base_url=srv.base_url[: -len("/v1")], api_key="sk-ant-test", timeout=10.0,
+                                        max_retries=0))
+        return made[-1]
+
+    yield factory
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def claude_priced():
+    """``CLAUDE`` on the local server: $1 per output token, input free (so only the output decides)."""
+    pricing.set_price(CLAUDE, input=0.0, output=1_000_000.0)
+    yield
+    pricing.reset_prices()
+
+
+def only_counted(srv) -> None:
+    """Nothing but Anthropic's free count_tokens reached the server: no message, no batch, no job."""
+    assert {(m, p) for m, p, _ in srv.stats.log} <= {COUNTED}
+    assert srv.stats.batches_created == 0 and srv.stats.realtime_calls == 0 and len(pdbatch.jobs()) == 0
+
+
+def test_anthropic_batch_max_cost_refuses_before_any_batch_and_never_pays_twice(make_server, make_anthropic,
+                                                                                claude_priced):
+    engine = ScriptedEngine(lambda text, body: text)
+    srv = make_server(engine=engine)
+    client = make_anthropic(srv)
+    frame = words(6)
+    opts = dict(model=CLAUDE, client=client, poll_interval=0.02, progress=False, timeout=30)
+    with pytest.raises(BudgetError) as info:  # at most 10 output tokens a row at $1, half price: $30
+        frame.llm.map("say {w}", max_tokens=10, max_cost=29.0, **opts)
+    text = str(info.value)
+    assert "max_cost=$29 refuses this map: its estimate is $30.00" in text and "the batch price" in text
+    assert "Nothing was sent" in text
+    only_counted(srv)  # the estimate's token count is Anthropic's (free) count_tokens; nothing else went out
+    # without max_tokens the output is still bounded, by the 1024 pdbatch sends: the cap is checked against it
+    with pytest.raises(BudgetError, match=r"its estimate is \$3,072.00"):
+        frame.llm.map("say {w}", max_cost=100.0, **opts)
+    only_counted(srv)
+    out = frame.llm.map("say {w}", max_tokens=10, max_cost=30.0, **opts)
+    assert out["llm_error"].isna().all() and srv.stats.batches_created == 1 and engine.calls == 6
+    assert out.attrs["pdbatch"]["cost"]["total"] == pytest.approx(6 * 2 * 0.5)  # two words each, batch price
+    again = frame.llm.map("say {w}", max_tokens=10, max_cost=30.0, **opts)  # the same map: answered from its job
+    assert again["llm_output"].equals(out["llm_output"])
+    assert srv.stats.batches_created == 1 and engine.calls == 6  # nothing paid twice
+
+
+def test_anthropic_realtime_stops_at_max_cost_keeps_answers_and_resumes(make_server, make_anthropic, claude_priced):
+    """Each answer costs $3 (three output words at $1); the cap of $10 stops the run after about four rows.
+
+    Without ``max_tokens`` the pre-send check prices the input only (the realtime run stops at the cap itself),
+    as for an unbounded OpenAI request; the run is AnthropicRealtime's ``messages.create`` calls.
+    """
+    srv = make_server(faults=Faults(realtime_latency=0.02))
+    client = make_anthropic(srv)
+    frame = words(12)
+    opts = dict(model=CLAUDE, backend="realtime", client=client, max_concurrency=1, progress=False, timeout=30)
+    out = frame.llm.map("a b {w}", max_cost=10.0, **opts)
+    err = out["llm_error"]
+    answered = err.isna()
+    assert 4 <= answered.sum() <= 5  # the call in flight when the cap was reached is kept
+    assert (out.loc[answered, "llm_output"] == [f"a b w{i}" for i in range(12)][:answered.sum()]).all()
+    assert err[~answered].str.startswith("budget_exhausted").all() and "max_cost=$10" in err[~answered].iloc[0]
+    assert srv.stats.calls("POST", "/v1/messages") == answered.sum()  # the rest were never sent
+    assert out.attrs["pdbatch"]["cost"]["total"] == pytest.approx(3.0 * answered.sum())
+    summary = out.attrs["pdbatch"]["realtime"]
+    assert summary["budget_exhausted"] and summary["max_cost"] == 10.0 and summary["spent"] >= 10.0
+    same = frame.llm.map("a b {w}", max_cost=10.0, **opts)  # the job's spend is already at the cap: nothing sent
+    assert srv.stats.calls("POST", "/v1/messages") == answered.sum() and same["llm_error"].equals(err)
+    more = frame.llm.map("a b {w}", max_cost=100.0, **opts)  # a higher cap sends the rest only
+    assert more["llm_error"].isna().all() and srv.stats.calls("POST", "/v1/messages") == 12
+    assert more.attrs["pdbatch"]["counts"]["sent"] == 12 - answered.sum()
+    assert srv.stats.batches_created == 0
+
+
+def test_anthropic_realtime_max_cost_with_max_tokens_refuses_before_any_call(make_server, make_anthropic,
+                                                                           claude_priced):
+    srv = make_server()
+    with pytest.raises(BudgetError, match=r"its estimate is \$120.00 \(input and at most the output cap, 12 "
+                                          r"requests on claude-haiku-4-5 at realtime prices\)"):
+        words(12).llm.map("{w}", model=CLAUDE, max_tokens=10, max_cost=50.0, backend="realtime",
+                          client=make_anthropic(srv), progress=False)
+    only_counted(srv)
+
+
+def test_anthropic_max_cost_without_a_price_is_refused(make_server, make_anthropic):
+    """The local server is not api.anthropic.com: Claude's price table does not apply there."""
+    srv = make_server()
+    for backend in ("batch", "realtime"):
+        with pytest.raises(BudgetError, match="cannot be checked"):
+            words(3).llm.map("{w}", model=CLAUDE, max_tokens=5, max_cost=1.0, backend=backend,
+                             client=make_anthropic(srv), progress=False)
+    only_counted(srv)

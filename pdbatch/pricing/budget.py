@@ -9,6 +9,13 @@ unknown (the cap could not be checked), or, on the batch backend, when the
 output is unbounded (a batch once sent cannot be stopped). While a realtime
 run sends, :class:`Spend` adds up what the answers' usage cost, and the run
 stops sending once it reaches the cap.
+
+On Anthropic a request without ``max_tokens`` still has a bound, the default
+pdbatch sends (``output_default`` in the estimate). The batch backend checks
+the cap against it (a batch cannot be stopped); the realtime backend checks
+the input only, as it does for an unbounded OpenAI request, since it stops
+sending at the cap: a default the user did not choose does not refuse a run
+that the cap itself keeps in check.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ __all__ = ["check_estimate", "Spend", "api_provider", "format_usd"]
 
 
 def api_provider(provider: str) -> Optional[str]:
-    """The provider as prices see it: an OpenAI-style server by its URL, anything else None."""
-    return provider if provider.startswith("openai ") else None
+    """The provider as prices see it: an OpenAI-style or Anthropic server by its URL, anything else None."""
+    return provider if provider.startswith(("openai ", "anthropic ")) else None
 
 
 def _usd(x: float) -> str:
@@ -63,6 +70,9 @@ def check_estimate(est: Dict[str, Any], max_cost: float, backend: str, tier: Opt
     if c is None:
         raise BudgetError(f"max_cost={cap} cannot be checked: {_unknown(est['model'], est.get('provider'))}; "
                           f"or drop max_cost=. Nothing was sent.")
+    covers = est["cost_covers"]
+    if est.get("output_default") and not remote:  # the realtime run stops at the cap (see the module notes)
+        c, covers = dict(c, total=c["total"] - c["output"]), "input only: the realtime run stops at the cap"
     if est["output_tokens"] is None and remote:
         raise BudgetError(f"max_cost={cap} needs a bound on the output on the batch backend, where a batch once "
                           f"sent cannot be stopped: set max_completion_tokens= (max_output_tokens= with "
@@ -70,7 +80,7 @@ def check_estimate(est: Dict[str, Any], max_cost: float, backend: str, tier: Opt
     if c["total"] > max_cost:
         rate = "the batch price" if remote else "the flex price" if flat else "realtime prices"
         raise BudgetError(
-            f"max_cost={cap} refuses this map: its estimate is {_usd(c['total'])} ({est['cost_covers']}, "
+            f"max_cost={cap} refuses this map: its estimate is {_usd(c['total'])} ({covers}, "
             f"{est['requests']:,} requests on {est['model']} at {rate}), over the cap. Nothing was sent: raise "
             f"max_cost=, lower the output cap, or run fewer rows (df.head(n)).")
 
