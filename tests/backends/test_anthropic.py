@@ -318,3 +318,32 @@ def test_job_load_without_a_client_uses_the_anthropic_environment(make_server, m
     monkeypatch.setenv("ANTHROPIC_BASE_URL", root(srv))
     out = pdbatch.Job.load(job.id).wait(progress=False, timeout=30).result()
     assert out["llm_error"].isna().all() and srv.stats.batches_created == 1
+
+
+def test_anthropic_realtime_checks_its_options_and_client_without_an_openai_client(make_server, make_anthropic):
+    import openai
+    import pickle
+
+    from pdbatch.backends.anthropic_realtime import AnthropicRealtime
+
+    srv = make_server()
+    client = make_anthropic(srv)
+    backend = AnthropicRealtime(client, max_concurrency=3, rpm=120)
+    assert backend.client is client and backend.provider == f"anthropic {root(srv)}"
+    assert not any(isinstance(v, openai.OpenAI) for v in vars(backend).values())  # no stand-in OpenAI client
+    with pytest.raises(OptionError, match="max_concurrency"):
+        AnthropicRealtime(client, max_concurrency=0)
+    with pytest.raises(OptionError, match="max_attempts"):
+        AnthropicRealtime(client, max_attempts="six")
+    with pytest.raises(OptionError, match="synchronous anthropic.Anthropic client, got OpenAI"):
+        AnthropicRealtime(openai.OpenAI(api_key="k", base_url=srv.base_url))
+    with pytest.raises(OptionError, match="synchronous anthropic.Anthropic client, got AsyncAnthropic"):
+        AnthropicRealtime(anthropic.AsyncAnthropic(api_key="k", base_url=root(srv)))
+    os.environ["PDBATCH_TEST_ANTHROPIC_KEY"] = "sk-ant-test"  # a key found in the environment pickles by name
+    try:
+        copy = pickle.loads(pickle.dumps(backend))
+    finally:
+        del os.environ["PDBATCH_TEST_ANTHROPIC_KEY"]
+    assert isinstance(copy.client, anthropic.Anthropic) and copy.provider == backend.provider
+    out = child.make_frame(2).llm.map(child.TEMPLATE, client=client, max_concurrency=1, **REALTIME)
+    assert out["llm_error"].isna().all() and srv.stats.calls("POST", "/v1/messages") == 2
