@@ -136,14 +136,22 @@ def count_params(body: Mapping[str, Any]) -> dict:
 
 
 def _api_counts(client: Any, bodies: List[Mapping[str, Any]]) -> List[int]:
-    """Anthropic's input token count of each body (raises what the SDK raises)."""
+    """Anthropic's input token count of each body (raises what the SDK raises).
+
+    The first call goes alone, so that an unreachable or refusing endpoint
+    costs one call's wait before the fallback, not one per body.
+    """
     counting = client.with_options(max_retries=1, timeout=COUNT_TIMEOUT)
 
     def one(body: Mapping[str, Any]) -> int:
         return int(counting.messages.count_tokens(**count_params(body)).input_tokens)
 
-    with ThreadPoolExecutor(max_workers=min(COUNT_WORKERS, len(bodies)), thread_name_prefix="pdbatch-count") as pool:
-        return list(pool.map(one, bodies))
+    first = one(bodies[0])
+    if len(bodies) == 1:
+        return [first]
+    workers = min(COUNT_WORKERS, len(bodies) - 1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pdbatch-count") as pool:
+        return [first] + list(pool.map(one, bodies[1:]))
 
 
 def _can_count(client: Any) -> bool:

@@ -93,7 +93,8 @@ def test_the_server_counts_tokens_as_its_messages_report_them(make_server, make_
     client = make_anthropic(srv)
     params = dict(model="claude-haiku-4-5", system="Be brief.", messages=[{"role": "user", "content": "one two three"}])
     counted = client.messages.count_tokens(**params)
-    assert counted.input_tokens == client.messages.create(max_tokens=20, **params).usage.input_tokens == 11  # 3 + 2 words, 3 + 3 words
+    message = client.messages.create(max_tokens=20, **params)
+    assert counted.input_tokens == message.usage.input_tokens == 11  # (3 + 2 words) + (3 + 3 words)
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
     assert client.messages.count_tokens(output_config={"format": {"type": "json_schema", "schema": schema}},
                                         **params).input_tokens == 11
@@ -163,3 +164,4 @@ def test_count_tokens_failing_falls_back_to_the_factor_and_says_why(make_server,
     assert est["token_factor"] == CLAUDE_TOKEN_FACTOR
     assert est["input_tokens"] == math.ceil(est["input_tokens_uncorrected"] * CLAUDE_TOKEN_FACTOR)
     assert "count_tokens failed (APIConnectionError" in est["tokenizer_note"]
+    assert srv.stats.log == []  # stopped: it saw nothing
