@@ -345,5 +345,6 @@ def test_anthropic_realtime_checks_its_options_and_client_without_an_openai_clie
     finally:
         del os.environ["PDBATCH_TEST_ANTHROPIC_KEY"]
     assert isinstance(copy.client, anthropic.Anthropic) and copy.provider == backend.provider
+    assert srv.stats.log == []  # building, refusing and pickling sent nothing
     out = child.make_frame(2).llm.map(child.TEMPLATE, client=client, max_concurrency=1, **REALTIME)
     assert out["llm_error"].isna().all() and srv.stats.calls("POST", "/v1/messages") == 2
