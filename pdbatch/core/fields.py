@@ -9,38 +9,18 @@ rows it finds there and parses only the rest. Each answer is parsed once.
 
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .answers import Answers
-from .columns import Column, compact, concat, content_hashes, first_present, merge, nulls, take
+from .columns import Column, compact, concat, content_hashes, first_present, gc_paused, merge, nulls, take
 from .parsing import as_is, one_by_one
 
 __all__ = ["Parsed", "preparse", "parse_usable", "expand", "gc_paused"]
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while answers are decoded.
-
-    Decoding makes a few objects per answer, none in a reference cycle, and
-    every one of them survives; with the collector on, its repeated passes over
-    the growing heap cost more than the decoding itself (about 40% of a
-    200,000-row JSON join). The previous state is restored on exit.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def expand(values: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.ndarray]:
