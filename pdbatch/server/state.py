@@ -12,10 +12,12 @@ Server choices where the public contract is silent are collected here:
   ``url_mismatch``, ``model_mismatch``, ``empty_file``, ``too_many_tasks``
   (more than ``Faults.max_lines`` requests), ``file_too_large`` (more than
   ``Faults.max_bytes``), ``invalid_method`` (``method`` is not ``POST``),
-  ``missing_required_parameter`` (no ``custom_id``, ``body`` or
-  ``body.model``), ``invalid_file`` (the input file was deleted before the
-  batch ran). At most :data:`MAX_REPORTED_ERRORS` are reported; blank lines
-  are skipped.
+  ``missing_required_parameter`` (no ``custom_id`` or no ``body`` object),
+  ``invalid_file`` (the input file was deleted before the batch ran). At most
+  :data:`MAX_REPORTED_ERRORS` are reported; blank lines are skipped. What is
+  wrong *inside* a body -- a missing or non-string ``model`` included -- is
+  that line's 400 in the error file, and the batch goes on; ``model_mismatch``
+  compares the lines that name a model.
 * ``POST /v1/batches`` answers 400 for an unknown ``input_file_id``, a file
   whose purpose is not ``batch``, an endpoint outside
   :data:`BATCH_ENDPOINTS`, a ``completion_window`` other than ``"24h"`` and
