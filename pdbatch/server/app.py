@@ -238,8 +238,8 @@ class _Api:
         if problem is not None:
             sink.dest.unlink(missing_ok=True)
             raise problem
-        obj = self.store.add_file(sink.dest, sink.filename or "upload", sink.fields["purpose"],
-                                  expires_after=expires)
+        obj = await run_in_threadpool(self.store.add_file, sink.dest, sink.filename or "upload",
+                                      sink.fields["purpose"], expires_after=expires)  # fsyncs
         self.srv.stats.bump("uploads")
         return _json(obj)
 

@@ -7,9 +7,13 @@ clean stop or a ``kill -9`` -- finds every file and batch, and its worker
 resumes the batches that had not ended. Layout of ``data_dir``:
 
 * ``state/server.sqlite3``: tables ``files`` and ``batches``, one JSON object
-  per row (WAL; ``PRAGMA user_version`` is the schema version);
+  per row (``user_version``: the schema). WAL, ``synchronous=FULL``: an answered
+  upload, batch creation or cancel survives a power cut too (``NORMAL``: only a
+  crash); commits are few (one per such call, one per running batch every
+  ``SYNC_SECONDS``), so it costs a few fsyncs a second;
   ``state/lock`` is held (``flock``) while a server uses the directory.
-* ``<file id>``: an uploaded file; ``incoming/``: uploads being received.
+* ``<file id>``: an upload, fsync'd (content, then name) before it is answered;
+  ``incoming/``: uploads being received.
 * ``batches/<batch id>/output.jsonl`` and ``error.jsonl``: a batch's answers,
   appended as they are produced and made durable per chunk by the worker;
   when the batch ends they *are* its output and error files.
@@ -37,6 +41,7 @@ from typing import Any, Callable, Iterable, Optional
 import orjson
 
 from ..errors import ServerError
+from .disk import lock_dir, sync_dir, sync_file
 from .state import new_id, page
 
 __all__ = ["Store", "parse_duration", "SCHEMA_VERSION", "TERMINAL", "WINDOW_SECONDS"]
@@ -74,22 +79,6 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _lock_dir(path: Path) -> Any:
-    """Hold an exclusive lock on ``path`` for the life of the returned handle."""
-    handle = open(path, "a+b")
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): no guard against a second server
-        return handle
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        raise ServerError(f"the data directory {path.parent.parent} is in use by another pdbatch "
-                          "server; stop it or choose another --data-dir") from exc
-    return handle
-
-
 class Store:
     """Files and batch objects, in memory and in SQLite, guarded by one lock.
 
@@ -118,7 +107,7 @@ class Store:
         self._output_ttl: dict[str, int] = {}  # output_expires_after of a batch, in seconds
         self._due = 0.0  # the earliest deadline of a sweep: sweep on the first read
         (self.root / "state").mkdir(parents=True, exist_ok=True)
-        self._lock_handle = _lock_dir(self.root / "state" / "lock")
+        self._lock_handle = lock_dir(self.root / "state" / "lock")
         shutil.rmtree(self.root / "incoming", ignore_errors=True)  # uploads cut off by a crash
         for sub in ("incoming", "batches"):
             (self.root / sub).mkdir(exist_ok=True)
@@ -140,7 +129,7 @@ class Store:
                                   f"one reads {SCHEMA_VERSION}): upgrade pdbatch or choose "
                                   "another --data-dir")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=FULL")  # every commit answered is on the disk (module doc)
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
@@ -207,8 +196,10 @@ class Store:
         """
         file_id = new_id("file-")
         path = self.root / file_id if move else Path(tmp)
-        if move:
-            shutil.move(str(tmp), str(path))
+        if move:  # its bytes, then its name, reach the disk before the upload is answered
+            sync_file(tmp)
+            os.replace(tmp, path)
+            sync_dir(self.root)
         with self.lock:
             obj = self._register(file_id, path, filename, purpose, expires_after, status)
             self._write(("INSERT INTO files VALUES (?, ?, ?)", [self._file_row(file_id)]))
