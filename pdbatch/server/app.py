@@ -44,9 +44,9 @@ class _ApiError(Exception):
     """Raised inside a handler; answered as an OpenAI-shaped error."""
 
     def __init__(self, status: int, message: str, param: Optional[str] = None,
-                 code: Optional[str] = None) -> None:
+                 code: Optional[str] = None, type: str = "invalid_request_error") -> None:
         super().__init__(message)
-        self.status, self.body = status, error_body(message, param=param, code=code)
+        self.status, self.body = status, error_body(message, param=param, code=code, type=type)
 
 
 def _duration(seconds: float) -> str:
@@ -310,17 +310,23 @@ class _Api:
             raise _ApiError(404, f"No such Batch object: {batch_id}", param="batch_id")
         return raw
 
-    def _models(self) -> list:
-        """The engine's model names (``engine.models`` or ``engine.name``; the echo engines take any name)."""
+    async def _models(self) -> list:
+        """The engine's models: ``engine.list_models()`` (the upstream's list), else model objects of
+        ``engine.models`` or ``engine.name`` (the echo engines take any name)."""
         engine = self.srv.engine
+        if callable(getattr(engine, "list_models", None)):
+            try:
+                return await run_in_threadpool(engine.list_models)
+            except EngineError as exc:
+                raise _ApiError(exc.status_code, exc.message, exc.param, exc.code, exc.type) from exc
         names = getattr(engine, "models", None) or [getattr(engine, "name", None) or "echo"]
         return [{"id": str(m), "object": "model", "created": 0, "owned_by": "pdbatch"} for m in names]
 
     async def list_models(self, request: Request) -> Response:
-        return _json({"object": "list", "data": self._models()})
+        return _json({"object": "list", "data": await self._models()})
 
     async def get_model(self, request: Request) -> Response:
-        for m in self._models():
+        for m in await self._models():
             if m["id"] == request.path_params["model"]:
                 return _json(m)
         raise _ApiError(404, f"The model {request.path_params['model']!r} does not exist on this server.",
