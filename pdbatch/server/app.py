@@ -2,8 +2,8 @@
 
 :func:`build_app` wires the routes of :class:`pdbatch.server.BatchServer`:
 Files (uploads streamed to disk with python-multipart, downloads streamed
-from disk), Batches and the realtime ``/v1/chat/completions`` (``stream: true``
-answered as server-sent events by :mod:`pdbatch.server.sse`), ``/v1/responses`` and
+from disk), Batches and the realtime ``/v1/chat/completions`` and ``/v1/responses``
+(``stream: true`` answered as server-sent events by :mod:`pdbatch.server.sse`) and
 ``/v1/embeddings``, every body checked first by
 :func:`pdbatch.server.validate.check_body`. The ASGI gate of :mod:`pdbatch.server.gate`, in front of
 every route, records and logs each call, injects ``Faults.http_errors`` and
@@ -392,5 +392,5 @@ class _Api:
             return _json(error_body(f"engine failed: {exc!r}", type="server_error",
                                     code="server_error"), 500, headers)
         if stream and isinstance(answer, dict):
-            return event_stream(answer, body, headers)
+            return event_stream(answer, body, headers, url)
         return _json(answer, 200, headers)
