@@ -17,6 +17,8 @@ resumes the batches that had not ended. Layout of ``data_dir``:
 * ``batches/<batch id>/output.jsonl`` and ``error.jsonl``: a batch's answers,
   appended as they are produced and made durable per chunk by the worker;
   when the batch ends they *are* its output and error files.
+* ``messages/<msgbatch id>/requests.jsonl`` and ``results.jsonl``: an Anthropic
+  Message Batch (its object in table ``message_batches``), run the same way.
 
 Deadlines, against :attr:`Store.now`: past a file's ``expires_at``
 (``expires_after`` of an upload, ``output_expires_after`` of a batch) the
@@ -42,7 +44,7 @@ import orjson
 
 from ..errors import ServerError
 from .disk import lock_dir, sync_dir, sync_file
-from .state import new_id, page
+from .state import new_id, page, parse_duration
 
 __all__ = ["Store", "parse_duration", "SCHEMA_VERSION", "TERMINAL", "WINDOW_SECONDS"]
 
@@ -51,32 +53,12 @@ WINDOW_SECONDS = 24 * 3600
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _ENDED_AT = {"completed": "completed_at", "failed": "failed_at", "expired": "expired_at",
              "cancelled": "cancelled_at"}
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, obj BLOB NOT NULL, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, obj BLOB NOT NULL, output_ttl INTEGER);
+CREATE TABLE IF NOT EXISTS message_batches (id TEXT PRIMARY KEY, obj BLOB NOT NULL);
 """
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: a number of seconds or a number with a unit ``s m h d w``.
-
-    Examples
-    --------
-    >>> parse_duration("7d"), parse_duration("36h"), parse_duration("90"), parse_duration("1.5m")
-    (604800.0, 129600.0, 90.0, 90.0)
-    """
-    raw = str(text).strip().lower()
-    unit = _UNITS.get(raw[-1:], None)
-    try:
-        value = float(raw[:-1] if unit else raw) * (unit or 1)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{text!r} is not a duration; write seconds (3600) or a number with a "
-                         "unit s, m, h, d or w (90m, 36h, 7d)")
-    return value
 
 
 class Store:
@@ -330,6 +312,28 @@ class Store:
             self.maybe_sweep()
             obj = (self.files if kind == "file" else self.batches).get(obj_id)
             return None if obj is None else orjson.dumps(obj)
+
+    # -- Anthropic Message Batches (pdbatch.server.anthropic_api) -----------
+    def save_message_batch(self, obj: dict) -> None:
+        """Store a Message Batch object as it is now."""
+        self._write(("INSERT INTO message_batches VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET obj = excluded.obj",
+                     [(obj["id"], orjson.dumps(obj))]))
+
+    def drop_message_batch(self, batch_id: str) -> None:
+        """Forget a Message Batch and remove its directory."""
+        self._write(("DELETE FROM message_batches WHERE id = ?", [(batch_id,)]))
+        shutil.rmtree(self.message_dir(batch_id), ignore_errors=True)
+
+    def message_batches(self) -> list:
+        """The stored Message Batch objects, oldest first."""
+        with self.lock:
+            rows = [] if self._db is None else self._db.execute(
+                "SELECT obj FROM message_batches ORDER BY rowid").fetchall()
+        return [orjson.loads(obj) for (obj,) in rows]
+
+    def message_dir(self, batch_id: str) -> Path:
+        """Where a Message Batch's requests and results are kept."""
+        return self.root / "messages" / batch_id
 
     # -- expiry and retention ------------------------------------------------
     def maybe_sweep(self) -> None:

@@ -49,7 +49,7 @@ from typing import Callable, Optional
 
 from .busy import BusyClock
 
-__all__ = ["Faults", "Stats", "error_body", "status_error", "new_id", "page",
+__all__ = ["Faults", "Stats", "error_body", "status_error", "new_id", "page", "parse_duration",
            "BATCH_ENDPOINTS", "FILE_PURPOSES", "MAX_REPORTED_ERRORS"]
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions",
@@ -70,6 +70,29 @@ _STATUS_ERRORS = {
     502: ("server_error", "bad_gateway", "Bad gateway."),
     503: ("server_error", "service_unavailable", "The server is overloaded or not ready yet."),
 }
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number of seconds or a number with a unit ``s m h d w``.
+
+    Examples
+    --------
+    >>> parse_duration("7d"), parse_duration("36h"), parse_duration("90"), parse_duration("1.5m")
+    (604800.0, 129600.0, 90.0, 90.0)
+    """
+    raw = str(text).strip().lower()
+    unit = _UNITS.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if unit else raw) * (unit or 1)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a duration; write seconds (3600) or a number with a "
+                         "unit s, m, h, d or w (90m, 36h, 7d)")
+    return value
 
 
 def new_id(prefix: str) -> str:
