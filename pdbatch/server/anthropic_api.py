@@ -117,7 +117,7 @@ class AnthropicBatches:
 
     def _start(self, bid: str) -> None:
         thread = threading.Thread(target=self._run, args=(bid,), name=f"pdbatch-msgbatch-{bid[-6:]}", daemon=True)
-        self.threads.append(thread)
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         thread.start()
 
     def join(self, timeout: float) -> None:
