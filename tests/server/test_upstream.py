@@ -174,6 +174,7 @@ def test_refused_lines_and_expiry_never_reach_the_upstream(make_server, make_cli
     client = make_client(srv)
     lines = [{"custom_id": f"r-{i}", "method": "POST", "url": URL, "body": {"model": "m", "messages": (
         "hi" if i == 1 else [{"role": "user", "content": f"line {i}"}])}} for i in range(30)]
+    del lines[2]["body"]["model"]  # that line's own 400, never sent
     up = client.files.create(file=("in.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode()),
                              purpose="batch")
     done = wait_batch(client, client.batches.create(input_file_id=up.id, endpoint=URL,
@@ -183,6 +184,8 @@ def test_refused_lines_and_expiry_never_reach_the_upstream(make_server, make_cli
                                           client.files.content(done.error_file_id).content.splitlines())}
     assert errors["r-1"]["response"]["status_code"] == 400
     assert errors["r-1"]["response"]["body"]["error"]["param"] == "messages"
+    assert errors["r-2"]["response"]["status_code"] == 400
+    assert errors["r-2"]["response"]["body"]["error"]["message"] == "Missing required parameter: 'model'."
     assert errors["r-0"]["response"]["status_code"] == 500
     out = [json.loads(x) for x in client.files.content(done.output_file_id).content.splitlines()]
     expired = [c for c, x in errors.items() if x["error"] and x["error"]["code"] == "batch_expired"]
