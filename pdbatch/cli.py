@@ -182,16 +182,17 @@ def _serve_options(args: argparse.Namespace) -> tuple[str, Optional[float]]:
             retention = parse_duration(args.retention)
         except ValueError as err:
             raise CliError(f"--retention: {err}") from err
-    if args.upstream is None and (args.rpm, args.max_concurrency, args.model_map, args.upstream_key_env) != (
-            None, None, None, None):
-        raise CliError("--rpm, --max-concurrency, --model-map and --upstream-key-env go with --upstream URL")
+    if args.upstream is None and (args.rpm, args.tpm, args.max_concurrency, args.model_map,
+                                  args.upstream_key_env) != (None,) * 5:
+        raise CliError("--rpm, --tpm, --max-concurrency, --model-map and --upstream-key-env go with --upstream URL")
     if args.upstream is not None and args.engine not in (None, "upstream"):
         raise CliError(f"--upstream answers with the upstream server: leave out --engine {args.engine}")
     if args.upstream is not None and not args.upstream.startswith(("http://", "https://")):
         raise CliError(f"--upstream: give the server's OpenAI base URL, e.g. http://127.0.0.1:8000/v1, "
                        f"not {args.upstream!r}")
-    if args.rpm is not None and not args.rpm > 0 or args.max_concurrency is not None and args.max_concurrency < 1:
-        raise CliError("--rpm must be > 0 and --max-concurrency at least 1")
+    if any(v is not None and not 0 < v < float("inf") for v in (args.rpm, args.tpm)) or \
+            args.max_concurrency is not None and args.max_concurrency < 1:
+        raise CliError("--rpm and --tpm must be > 0 and --max-concurrency at least 1")
     if args.latency is not None and (args.engine != "echo" or not args.latency >= 0):
         raise CliError("--latency: give seconds >= 0, with --engine echo (the local model's own speed is "
                        "its latency)")
@@ -215,10 +216,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise CliError(f"--model-map: {err}") from err
         engine = UpstreamEngine(args.upstream, api_key_env=args.upstream_key_env or "OPENAI_API_KEY", rpm=args.rpm,
-                                max_concurrency=args.max_concurrency or 16, model_map=model_map)
+                                tpm=args.tpm, max_concurrency=args.max_concurrency or 16, model_map=model_map)
+        limits = "".join(f", {value:g} {unit}" for value, unit in ((engine.limiter.rpm, "rpm"),
+                                                                    (engine.limiter.tpm, "tpm")) if value)
         args.engine = (f"upstream {args.upstream} (key from ${engine.api_key_env}: "
                        f"{'set' if engine.has_key else 'not set, none sent'}, max {engine.concurrency} calls at once"
-                       f"{f', {args.rpm:g} rpm' if args.rpm else ''})")
+                       f"{limits})")
     elif args.engine in (None, "local"):
         from .local_model.model import default_model_path, get_pool
 
@@ -313,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default OPENAI_API_KEY); the key is never written to the data directory or the log")
     s.add_argument("--rpm", type=float, metavar="N", help="with --upstream: requests per minute to stay under "
                    "(the upstream's x-ratelimit-* headers lower it)")
+    s.add_argument("--tpm", type=float, metavar="N", help="with --upstream: tokens per minute to stay under "
+                   "(prompt estimate plus max tokens per call; the upstream's x-ratelimit-* headers lower it)")
     s.add_argument("--max-concurrency", type=int, metavar="N", help="with --upstream: calls in flight at most "
                    "(default 16)")
     s.add_argument("--model-map", action="extend", nargs="+", metavar="SERVED=UPSTREAM", help="with --upstream: "

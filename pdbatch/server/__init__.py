@@ -28,7 +28,7 @@ happen (see :mod:`pdbatch.server.durable`): a server started again on the
 same directory -- after a clean stop or a crash -- has every file and batch,
 and resumes the batches that had not ended. Without ``data_dir`` a temporary
 directory is used and removed on :meth:`BatchServer.stop`. The Anthropic
-Message Batches live in memory only.
+Message Batches are stored there too, and resumed the same way.
 
 Examples
 --------
@@ -261,6 +261,7 @@ class BatchServer:
                 raise ServerError(f"the server did not start on {self.base_url} within "
                                   f"{timeout} s")
             time.sleep(0.005)
+        self.anthropic_batches.resume()  # Message Batches that had not ended (their threads need a running server)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -274,6 +275,7 @@ class BatchServer:
                 self._thread.join(1.0)
         if self._worker is not None:
             self._worker.stop(timeout)
+        self.anthropic_batches.join(timeout)  # a Message Batch being run writes no more (it resumes at the next start)
         self._store.close()
         if self._cleanup is not None:
             self._cleanup()

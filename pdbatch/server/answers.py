@@ -20,6 +20,7 @@ from typing import Optional
 import orjson
 
 from ..core.records import Usage
+from .disk import sync_dir
 
 __all__ = ["AnswerLog"]
 
@@ -71,8 +72,12 @@ class AnswerLog:
     def write(self, line: dict) -> None:
         """Append one answer line (buffered until :meth:`sync`)."""
         if self._fh is None:
+            fresh = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab")
+            if fresh:  # its name (and its directory's) survive the machine
+                sync_dir(self.path.parent)
+                sync_dir(self.path.parent.parent)
         self._fh.write(orjson.dumps(line) + b"\n")
         self.lines += 1
 

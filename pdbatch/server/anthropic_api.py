@@ -26,6 +26,9 @@ same scripted engines serve both APIs.
   engines' own prompt count (so it equals the ``usage.input_tokens`` a Message
   for the same params reports); it takes no ``max_tokens`` and refuses fields
   outside :data:`COUNT_FIELDS`, as the API does.
+* Durable like the OpenAI batches (:mod:`pdbatch.server.message_store`): a
+  server started again on the same data directory has every batch, and one
+  that had not ended runs its requests that have no result yet.
 * Errors: ``{"type": "error", "error": {"type": ..., "message": ...}}``.
 """
 
@@ -37,7 +40,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -50,6 +53,7 @@ from ..core.records import CHAT_URL
 from ..errors import EngineError
 from .engines import estimate_tokens
 from .gate import json_response
+from .message_store import MessageBatchDisk
 from .validate import check_images
 
 __all__ = ["anthropic_routes", "AnthropicBatches", "CUSTOM_ID", "COUNT_FIELDS"]
@@ -104,14 +108,38 @@ def check_params(params: Any, where: str, batch: bool, counting: bool = False) -
 
 
 class AnthropicBatches:
-    """Message Batches held in memory, each run by its own daemon thread."""
+    """Message Batches, stored as they change (:class:`MessageBatchDisk`), each run by its own daemon thread."""
 
     def __init__(self, server: Any) -> None:
         self.srv = server
         self.lock = threading.RLock()
-        self.batches: Dict[str, dict] = {}
-        self.requests: Dict[str, List[dict]] = {}
-        self.results: Dict[str, List[bytes]] = {}
+        self.disk = MessageBatchDisk(server._store)
+        self.batches, self.requests, self.results = self.disk.load()
+        self.threads: List[threading.Thread] = []
+
+    def resume(self) -> List[str]:
+        """Run again every batch that had not ended (call once the server runs); return their ids."""
+        root = self.srv.base_url[: -len("/v1")]  # a server started again may listen elsewhere
+        with self.lock:
+            for bid, obj in self.batches.items():
+                obj["_root"] = root
+                if obj["results_url"] is not None:
+                    obj["results_url"] = f"{root}/v1/messages/batches/{bid}/results"
+            ids = list(self.requests)
+        for bid in ids:
+            self._start(bid)
+        return ids
+
+    def _start(self, bid: str) -> None:
+        thread = threading.Thread(target=self._run, args=(bid,), name=f"pdbatch-msgbatch-{bid[-6:]}", daemon=True)
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s in all) for the batch threads of a stopping server to leave."""
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- answering one request ------------------------------------------------
     def answer(self, params: dict, custom_id: Optional[str] = None) -> dict:
@@ -161,10 +189,11 @@ class AnthropicBatches:
                "cancel_initiated_at": None, "archived_at": None, "results_url": None,
                "_root": root}
         with self.lock:
+            self.disk.create(obj, requests)
             self.batches[bid] = obj
             self.requests[bid] = requests
         self.srv.stats.bump("batches_created")
-        threading.Thread(target=self._run, args=(bid,), name=f"pdbatch-msgbatch-{bid[-6:]}", daemon=True).start()
+        self._start(bid)
         return self.public(bid)
 
     def public(self, bid: str) -> dict:
@@ -194,13 +223,17 @@ class AnthropicBatches:
         order = list(range(len(reqs)))
         if self.srv.faults.shuffle_output and len(order) > 1:
             random.Random(bid).shuffle(order)
-        counts = {"succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
-        lines: List[bytes] = []
-        self._pause(self.srv.faults.validating_delay, bid)
+        log = self.disk.results(bid)
+        answered, _ = log.recover()  # a resumed batch: those have their result
+        if not answered:
+            self._pause(self.srv.faults.validating_delay, bid)
         expire = self.srv.faults.expire_after
         for done, i in enumerate(order):
             cid = reqs[i]["custom_id"]
-            if not self.srv.running:
+            if cid in answered:
+                continue
+            if not self.srv.running:  # stopping: the batch resumes at the next start
+                log.close()
                 return
             if self._canceling(bid):
                 result = {"type": "canceled"}
@@ -209,8 +242,9 @@ class AnthropicBatches:
             else:
                 result = self.answer(reqs[i]["params"], cid)
                 self._pause(self.srv.faults.request_delay, bid)
-            counts[result["type"]] += 1
-            lines.append(orjson.dumps({"custom_id": cid, "result": result}))
+            log.write({"custom_id": cid, "result": result})
+            log.sync(False)  # to the OS at once: a killed server keeps it
+        lines, counts = self.disk.finish(log)
         with self.lock:
             obj = self.batches[bid]
             obj.update(processing_status="ended", ended_at=_stamp(time.time()),
@@ -218,12 +252,14 @@ class AnthropicBatches:
             obj["request_counts"] = dict(counts, processing=0)
             self.results[bid] = lines
             self.requests.pop(bid, None)
+            self.disk.save(obj)
 
     def cancel(self, bid: str) -> dict:
         with self.lock:
             obj = self.batches[bid]
             if obj["processing_status"] == "in_progress":
                 obj.update(processing_status="canceling", cancel_initiated_at=_stamp(time.time()))
+                self.disk.save(obj)
         return self.public(bid)
 
     def delete(self, bid: str) -> dict:
@@ -232,6 +268,7 @@ class AnthropicBatches:
                 raise _Refused(400, f"Batch {bid} cannot be deleted while it is processing; cancel it first.")
             del self.batches[bid]
             self.results.pop(bid, None)
+            self.disk.drop(bid)
         return {"id": bid, "type": "message_batch_deleted"}
 
     def page(self, limit: int, after: Optional[str], before: Optional[str]) -> dict:

@@ -2,8 +2,8 @@
 
 :func:`build_app` wires the routes of :class:`pdbatch.server.BatchServer`:
 Files (uploads streamed to disk with python-multipart, downloads streamed
-from disk), Batches and the realtime ``/v1/chat/completions`` (``stream: true``
-answered as server-sent events by :mod:`pdbatch.server.sse`), ``/v1/responses`` and
+from disk), Batches and the realtime ``/v1/chat/completions`` and ``/v1/responses``
+(``stream: true`` answered as server-sent events by :mod:`pdbatch.server.sse`) and
 ``/v1/embeddings``, every body checked first by
 :func:`pdbatch.server.validate.check_body`. The ASGI gate of :mod:`pdbatch.server.gate`, in front of
 every route, records and logs each call, injects ``Faults.http_errors`` and
@@ -44,9 +44,9 @@ class _ApiError(Exception):
     """Raised inside a handler; answered as an OpenAI-shaped error."""
 
     def __init__(self, status: int, message: str, param: Optional[str] = None,
-                 code: Optional[str] = None) -> None:
+                 code: Optional[str] = None, type: str = "invalid_request_error") -> None:
         super().__init__(message)
-        self.status, self.body = status, error_body(message, param=param, code=code)
+        self.status, self.body = status, error_body(message, param=param, code=code, type=type)
 
 
 def _duration(seconds: float) -> str:
@@ -238,8 +238,8 @@ class _Api:
         if problem is not None:
             sink.dest.unlink(missing_ok=True)
             raise problem
-        obj = self.store.add_file(sink.dest, sink.filename or "upload", sink.fields["purpose"],
-                                  expires_after=expires)
+        obj = await run_in_threadpool(self.store.add_file, sink.dest, sink.filename or "upload",
+                                      sink.fields["purpose"], expires_after=expires)  # fsyncs
         self.srv.stats.bump("uploads")
         return _json(obj)
 
@@ -310,17 +310,23 @@ class _Api:
             raise _ApiError(404, f"No such Batch object: {batch_id}", param="batch_id")
         return raw
 
-    def _models(self) -> list:
-        """The engine's model names (``engine.models`` or ``engine.name``; the echo engines take any name)."""
+    async def _models(self) -> list:
+        """The engine's models: ``engine.list_models()`` (the upstream's list), else model objects of
+        ``engine.models`` or ``engine.name`` (the echo engines take any name)."""
         engine = self.srv.engine
+        if callable(getattr(engine, "list_models", None)):
+            try:
+                return await run_in_threadpool(engine.list_models)
+            except EngineError as exc:
+                raise _ApiError(exc.status_code, exc.message, exc.param, exc.code, exc.type) from exc
         names = getattr(engine, "models", None) or [getattr(engine, "name", None) or "echo"]
         return [{"id": str(m), "object": "model", "created": 0, "owned_by": "pdbatch"} for m in names]
 
     async def list_models(self, request: Request) -> Response:
-        return _json({"object": "list", "data": self._models()})
+        return _json({"object": "list", "data": await self._models()})
 
     async def get_model(self, request: Request) -> Response:
-        for m in self._models():
+        for m in await self._models():
             if m["id"] == request.path_params["model"]:
                 return _json(m)
         raise _ApiError(404, f"The model {request.path_params['model']!r} does not exist on this server.",
@@ -386,5 +392,5 @@ class _Api:
             return _json(error_body(f"engine failed: {exc!r}", type="server_error",
                                     code="server_error"), 500, headers)
         if stream and isinstance(answer, dict):
-            return event_stream(answer, body, headers)
+            return event_stream(answer, body, headers, url)
         return _json(answer, 200, headers)

@@ -7,12 +7,18 @@ clean stop or a ``kill -9`` -- finds every file and batch, and its worker
 resumes the batches that had not ended. Layout of ``data_dir``:
 
 * ``state/server.sqlite3``: tables ``files`` and ``batches``, one JSON object
-  per row (WAL; ``PRAGMA user_version`` is the schema version);
+  per row (``user_version``: the schema). WAL, ``synchronous=FULL``: an answered
+  upload, batch creation or cancel survives a power cut too (``NORMAL``: only a
+  crash); commits are few (one per such call, one per running batch every
+  ``SYNC_SECONDS``), so it costs a few fsyncs a second;
   ``state/lock`` is held (``flock``) while a server uses the directory.
-* ``<file id>``: an uploaded file; ``incoming/``: uploads being received.
+* ``<file id>``: an upload, fsync'd (content, then name) before it is answered;
+  ``incoming/``: uploads being received.
 * ``batches/<batch id>/output.jsonl`` and ``error.jsonl``: a batch's answers,
   appended as they are produced and made durable per chunk by the worker;
   when the batch ends they *are* its output and error files.
+* ``messages/<msgbatch id>/requests.jsonl`` and ``results.jsonl``: an Anthropic
+  Message Batch (its object in table ``message_batches``), run the same way.
 
 Deadlines, against :attr:`Store.now`: past a file's ``expires_at``
 (``expires_after`` of an upload, ``output_expires_after`` of a batch) the
@@ -37,7 +43,8 @@ from typing import Any, Callable, Iterable, Optional
 import orjson
 
 from ..errors import ServerError
-from .state import new_id, page
+from .disk import lock_dir, sync_dir, sync_file
+from .state import new_id, page, parse_duration
 
 __all__ = ["Store", "parse_duration", "SCHEMA_VERSION", "TERMINAL", "WINDOW_SECONDS"]
 
@@ -46,48 +53,12 @@ WINDOW_SECONDS = 24 * 3600
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _ENDED_AT = {"completed": "completed_at", "failed": "failed_at", "expired": "expired_at",
              "cancelled": "cancelled_at"}
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, obj BLOB NOT NULL, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, obj BLOB NOT NULL, output_ttl INTEGER);
+CREATE TABLE IF NOT EXISTS message_batches (id TEXT PRIMARY KEY, obj BLOB NOT NULL);
 """
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: a number of seconds or a number with a unit ``s m h d w``.
-
-    Examples
-    --------
-    >>> parse_duration("7d"), parse_duration("36h"), parse_duration("90"), parse_duration("1.5m")
-    (604800.0, 129600.0, 90.0, 90.0)
-    """
-    raw = str(text).strip().lower()
-    unit = _UNITS.get(raw[-1:], None)
-    try:
-        value = float(raw[:-1] if unit else raw) * (unit or 1)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{text!r} is not a duration; write seconds (3600) or a number with a "
-                         "unit s, m, h, d or w (90m, 36h, 7d)")
-    return value
-
-
-def _lock_dir(path: Path) -> Any:
-    """Hold an exclusive lock on ``path`` for the life of the returned handle."""
-    handle = open(path, "a+b")
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): no guard against a second server
-        return handle
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        raise ServerError(f"the data directory {path.parent.parent} is in use by another pdbatch "
-                          "server; stop it or choose another --data-dir") from exc
-    return handle
 
 
 class Store:
@@ -118,7 +89,7 @@ class Store:
         self._output_ttl: dict[str, int] = {}  # output_expires_after of a batch, in seconds
         self._due = 0.0  # the earliest deadline of a sweep: sweep on the first read
         (self.root / "state").mkdir(parents=True, exist_ok=True)
-        self._lock_handle = _lock_dir(self.root / "state" / "lock")
+        self._lock_handle = lock_dir(self.root / "state" / "lock")
         shutil.rmtree(self.root / "incoming", ignore_errors=True)  # uploads cut off by a crash
         for sub in ("incoming", "batches"):
             (self.root / sub).mkdir(exist_ok=True)
@@ -140,7 +111,7 @@ class Store:
                                   f"one reads {SCHEMA_VERSION}): upgrade pdbatch or choose "
                                   "another --data-dir")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=FULL")  # every commit answered is on the disk (module doc)
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
@@ -207,8 +178,10 @@ class Store:
         """
         file_id = new_id("file-")
         path = self.root / file_id if move else Path(tmp)
-        if move:
-            shutil.move(str(tmp), str(path))
+        if move:  # its bytes, then its name, reach the disk before the upload is answered
+            sync_file(tmp)
+            os.replace(tmp, path)
+            sync_dir(self.root)
         with self.lock:
             obj = self._register(file_id, path, filename, purpose, expires_after, status)
             self._write(("INSERT INTO files VALUES (?, ?, ?)", [self._file_row(file_id)]))
@@ -339,6 +312,28 @@ class Store:
             self.maybe_sweep()
             obj = (self.files if kind == "file" else self.batches).get(obj_id)
             return None if obj is None else orjson.dumps(obj)
+
+    # -- Anthropic Message Batches (pdbatch.server.anthropic_api) -----------
+    def save_message_batch(self, obj: dict) -> None:
+        """Store a Message Batch object as it is now."""
+        self._write(("INSERT INTO message_batches VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET obj = excluded.obj",
+                     [(obj["id"], orjson.dumps(obj))]))
+
+    def drop_message_batch(self, batch_id: str) -> None:
+        """Forget a Message Batch and remove its directory."""
+        self._write(("DELETE FROM message_batches WHERE id = ?", [(batch_id,)]))
+        shutil.rmtree(self.message_dir(batch_id), ignore_errors=True)
+
+    def message_batches(self) -> list:
+        """The stored Message Batch objects, oldest first."""
+        with self.lock:
+            rows = [] if self._db is None else self._db.execute(
+                "SELECT obj FROM message_batches ORDER BY rowid").fetchall()
+        return [orjson.loads(obj) for (obj,) in rows]
+
+    def message_dir(self, batch_id: str) -> Path:
+        """Where a Message Batch's requests and results are kept."""
+        return self.root / "messages" / batch_id
 
     # -- expiry and retention ------------------------------------------------
     def maybe_sweep(self) -> None:

@@ -12,10 +12,12 @@ Server choices where the public contract is silent are collected here:
   ``url_mismatch``, ``model_mismatch``, ``empty_file``, ``too_many_tasks``
   (more than ``Faults.max_lines`` requests), ``file_too_large`` (more than
   ``Faults.max_bytes``), ``invalid_method`` (``method`` is not ``POST``),
-  ``missing_required_parameter`` (no ``custom_id``, ``body`` or
-  ``body.model``), ``invalid_file`` (the input file was deleted before the
-  batch ran). At most :data:`MAX_REPORTED_ERRORS` are reported; blank lines
-  are skipped.
+  ``missing_required_parameter`` (no ``custom_id`` or no ``body`` object),
+  ``invalid_file`` (the input file was deleted before the batch ran). At most
+  :data:`MAX_REPORTED_ERRORS` are reported; blank lines are skipped. What is
+  wrong *inside* a body -- a missing or non-string ``model`` included -- is
+  that line's 400 in the error file, and the batch goes on; ``model_mismatch``
+  compares the lines that name a model.
 * ``POST /v1/batches`` answers 400 for an unknown ``input_file_id``, a file
   whose purpose is not ``batch``, an endpoint outside
   :data:`BATCH_ENDPOINTS`, a ``completion_window`` other than ``"24h"`` and
@@ -47,7 +49,7 @@ from typing import Callable, Optional
 
 from .busy import BusyClock
 
-__all__ = ["Faults", "Stats", "error_body", "status_error", "new_id", "page",
+__all__ = ["Faults", "Stats", "error_body", "status_error", "new_id", "page", "parse_duration",
            "BATCH_ENDPOINTS", "FILE_PURPOSES", "MAX_REPORTED_ERRORS"]
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions",
@@ -68,6 +70,29 @@ _STATUS_ERRORS = {
     502: ("server_error", "bad_gateway", "Bad gateway."),
     503: ("server_error", "service_unavailable", "The server is overloaded or not ready yet."),
 }
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number of seconds or a number with a unit ``s m h d w``.
+
+    Examples
+    --------
+    >>> parse_duration("7d"), parse_duration("36h"), parse_duration("90"), parse_duration("1.5m")
+    (604800.0, 129600.0, 90.0, 90.0)
+    """
+    raw = str(text).strip().lower()
+    unit = _UNITS.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if unit else raw) * (unit or 1)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a duration; write seconds (3600) or a number with a "
+                         "unit s, m, h, d or w (90m, 36h, 7d)")
+    return value
 
 
 def new_id(prefix: str) -> str:

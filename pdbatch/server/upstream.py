@@ -47,7 +47,10 @@ from ..core.records import Request, Result, Usage
 from ..errors import EngineError
 from .state import error_body, new_id
 
-__all__ = ["UpstreamEngine", "run_batch", "parse_model_map"]
+__all__ = ["UpstreamEngine", "run_batch", "parse_model_map", "MODELS_URL"]
+
+#: The upstream's model list, asked for by :meth:`UpstreamEngine.list_models`.
+MODELS_URL = "/v1/models"
 
 #: Seconds the calls in flight may take to finish after a cancel or the end of the window, and after a
 #: server stop (within the 5 s the server gives its worker; a call cut short goes again at the next start).
@@ -73,10 +76,18 @@ def parse_model_map(pairs: Optional[Iterable[str]]) -> dict:
 
 
 class _ProxyRun(_Run):
-    """A realtime run that keeps the upstream's answer as it came (the JSON body, not the SDK's reading of it)."""
+    """A realtime run that keeps the upstream's answer as it came (the JSON body, not the SDK's reading of it).
+
+    A request to :data:`MODELS_URL` is a ``GET`` of the upstream's model list.
+    """
 
     async def _send(self, aclient: Any, req: Request, ticket: Any) -> Result:
-        raw = await _call(aclient, req)
+        if req.url == MODELS_URL:
+            import httpx
+
+            raw = await aclient.get("/models", cast_to=httpx.Response)
+        else:
+            raw = await _call(aclient, req)
         self.backend.limiter.observe(ticket, raw.headers)
         return Result(req.custom_id, body=orjson.loads(raw.content), status_code=raw.status_code,
                       request_id=raw.headers.get("x-request-id"))
@@ -147,10 +158,26 @@ class UpstreamEngine:
         """Whether the key's environment variable was set (the key itself is never shown)."""
         return bool(os.environ.get(self.api_key_env))
 
-    @property
-    def models(self) -> Optional[list]:
-        """The served model names (the model map's), for ``GET /v1/models``."""
-        return list(self.model_map) or None
+    def list_models(self) -> list:
+        """The model objects of ``GET /v1/models``: the upstream's own list, asked for through the
+        limiter and the retry policy, each served name of the model map first (as a copy of its target's
+        entry, when the upstream lists that target).
+
+        Raises
+        ------
+        EngineError
+            502 ``upstream_models_unavailable`` when the upstream cannot list its models.
+        """
+        status, answer = outcome(self._ask(Request("models", {}, url=MODELS_URL)))
+        data = answer.get("data") if status < 400 and isinstance(answer, dict) else None
+        if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+            why = (answer.get("error") or {}).get("message") if status >= 400 else "no 'data' list of models"
+            raise EngineError(502, "upstream_models_unavailable", f"the upstream {self.base_url} could not list "
+                              f"its models (HTTP {status}: {why}); check that it serves GET /models, or ask for a "
+                              "model by name: requests are sent upstream whatever this list says", type="server_error")
+        listed = {m["id"]: m for m in data}
+        served = [dict(listed[up], id=name) for name, up in self.model_map.items() if up in listed]
+        return served + [m for m in data if m["id"] not in self.model_map]
 
     @property
     def limiter(self) -> Any:
@@ -183,13 +210,13 @@ class UpstreamEngine:
                 self._rt = asyncio.run_coroutine_threadsafe(setup(), loop).result()
             return self._rt
 
-    def __call__(self, body: dict, url: str) -> dict:
-        """Answer one realtime call: the same limiter and retry policy as the batch lines, in one long-lived loop."""
+    def _ask(self, req: Request) -> Result:
+        """Send ``req`` upstream now: the same limiter and retry policy as the batch lines, in one long-lived loop."""
         loop, run, aclient, slots = self._realtime()
 
         async def one() -> Optional[Result]:
             async with slots:
-                return await run._one(aclient, self.request("realtime", body, url))
+                return await run._one(aclient, req)
 
         try:
             res = asyncio.run_coroutine_threadsafe(one(), loop).result()
@@ -198,7 +225,11 @@ class UpstreamEngine:
                               type="server_error") from err
         if res is None:
             raise EngineError(503, "service_unavailable", "the upstream call was stopped before it was answered")
-        status, answer = outcome(res)
+        return res
+
+    def __call__(self, body: dict, url: str) -> dict:
+        """Answer one realtime call (see :meth:`_ask`)."""
+        status, answer = outcome(self._ask(self.request("realtime", body, url)))
         if status >= 400:
             err = answer["error"]
             raise EngineError(status, err.get("code") or "upstream_error", err.get("message") or "upstream error",

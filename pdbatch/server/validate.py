@@ -245,9 +245,8 @@ def check_body(body: Any, url: str, *, realtime: bool = False) -> None:
         The endpoint. Bodies of other endpoints than chat completions,
         embeddings and responses are only checked to be objects.
     realtime : bool, default False
-        ``True`` for a realtime call: chat completions may then ask for
-        ``stream: true``; batch lines never stream, nor does ``/v1/responses``
-        on this server.
+        ``True`` for a realtime call: chat completions and responses may
+        then ask for ``stream: true``; batch lines never stream.
 
     Examples
     --------
@@ -276,9 +275,8 @@ def check_body(body: Any, url: str, *, realtime: bool = False) -> None:
             check(value, name)
     if url == EMBEDDINGS_URL:
         return
-    if body.get("stream") and not (realtime and url == CHAT_URL):
-        where = "in a batch" if not realtime else "by this server's /v1/responses"
-        raise fail("unsupported_value", f"Streaming is not supported {where}; send 'stream': false "
+    if body.get("stream") and not realtime:
+        raise fail("unsupported_value", "Streaming is not supported in a batch; send 'stream': false "
                                         "or leave it out.", "stream")
     if body.get("stream_options") is not None and not body.get("stream"):
         raise fail("invalid_value", "The 'stream_options' parameter is only allowed when 'stream' "

@@ -137,10 +137,11 @@ def _check_line(raw: bytes, lineno: int, endpoint: str, seen: set,
         out.append(_err("url_mismatch", f"The url {obj.get('url')!r} does not match the batch "
                         f"endpoint {endpoint!r}.", lineno, "url"))
     body = obj.get("body")
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
-        out.append(_err("missing_required_parameter", "Each line needs a 'body' object with a "
-                        "'model'.", lineno, "body.model"))
+    if not isinstance(body, dict):
+        out.append(_err("missing_required_parameter", "Each line needs a 'body' object.", lineno, "body"))
         return out, None
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return out, None  # that line's own 400 in the error file (check_body); the batch goes on
     if model is not None and body["model"] != model:
         out.append(_err("model_mismatch", f"The model {body['model']!r} differs from {model!r} "
                         "used by earlier lines; a batch serves one model.", lineno, "body.model"))

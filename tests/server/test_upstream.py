@@ -174,6 +174,7 @@ def test_refused_lines_and_expiry_never_reach_the_upstream(make_server, make_cli
     client = make_client(srv)
     lines = [{"custom_id": f"r-{i}", "method": "POST", "url": URL, "body": {"model": "m", "messages": (
         "hi" if i == 1 else [{"role": "user", "content": f"line {i}"}])}} for i in range(30)]
+    del lines[2]["body"]["model"]  # that line's own 400, never sent
     up = client.files.create(file=("in.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode()),
                              purpose="batch")
     done = wait_batch(client, client.batches.create(input_file_id=up.id, endpoint=URL,
@@ -183,6 +184,8 @@ def test_refused_lines_and_expiry_never_reach_the_upstream(make_server, make_cli
                                           client.files.content(done.error_file_id).content.splitlines())}
     assert errors["r-1"]["response"]["status_code"] == 400
     assert errors["r-1"]["response"]["body"]["error"]["param"] == "messages"
+    assert errors["r-2"]["response"]["status_code"] == 400
+    assert errors["r-2"]["response"]["body"]["error"]["message"] == "Missing required parameter: 'model'."
     assert errors["r-0"]["response"]["status_code"] == 500
     out = [json.loads(x) for x in client.files.content(done.output_file_id).content.splitlines()]
     expired = [c for c, x in errors.items() if x["error"] and x["error"]["code"] == "batch_expired"]
@@ -216,7 +219,7 @@ def test_realtime_calls_go_upstream_with_the_model_map(make_server, make_client)
     assert resp.output_text == "hello" and upstream.stats.calls("POST", "/v1/responses") == 1
     emb = client.embeddings.create(model="e", input=["a", "b"])
     assert len(emb.data) == 2 and upstream.stats.calls("POST", "/v1/embeddings") == 1
-    assert [m.id for m in client.models.list().data] == ["gpt-4o-mini"]
+    assert [m.id for m in client.models.list().data] == ["echo"]  # the upstream's own list; it has no "qwen"
     # a body the API refuses is refused here and never sent
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="m", messages="hi")
@@ -225,7 +228,7 @@ def test_realtime_calls_go_upstream_with_the_model_map(make_server, make_client)
 
 @pytest.mark.parametrize("argv, message", [
     (["--engine", "echo", "--rpm", "60"],
-     "--rpm, --max-concurrency, --model-map and --upstream-key-env go with --upstream"),
+     "--rpm, --tpm, --max-concurrency, --model-map and --upstream-key-env go with --upstream"),
     (["--upstream", "127.0.0.1:8000"], "--upstream: give the server's OpenAI base URL"),
     (["--upstream", "http://127.0.0.1:9/v1", "--engine", "echo"], "leave out --engine echo"),
     (["--upstream", "http://127.0.0.1:9/v1", "--max-concurrency", "0"], "--max-concurrency at least 1"),
@@ -273,6 +276,7 @@ def test_the_upstream_key_stays_out_of_the_data_dir_and_the_log(make_server, tmp
         until(lambda: client.batches.retrieve(batch.id).status == "completed", timeout=30, interval=0.05)
         answered_once(client, client.batches.retrieve(batch.id), 10)
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert [m.id for m in client.models.list()] == ["echo"]  # the upstream's list, asked with the key
     finally:
         serve.stop()
     text = log.read_bytes()

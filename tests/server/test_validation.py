@@ -39,7 +39,9 @@ BATCH_AND_REALTIME, REALTIME, BATCH = "both", "realtime", "batch"
 # (endpoint, body fields over the endpoint's good body (None removes a field), param, code, where)
 BAD = [
     (CHAT, {"messages": None}, "messages", "missing_required_parameter", BATCH_AND_REALTIME),
-    (CHAT, {"model": None}, "model", "missing_required_parameter", REALTIME),  # a batch file needs one model
+    (CHAT, {"model": None}, "model", "missing_required_parameter", BATCH_AND_REALTIME),
+    (CHAT, {"model": ["m"]}, "model", "invalid_type", BATCH_AND_REALTIME),
+    (CHAT, {"model": ""}, "model", "invalid_value", BATCH_AND_REALTIME),
     (CHAT, {"messages": "hi"}, "messages", "invalid_type", BATCH_AND_REALTIME),
     (CHAT, {"messages": []}, "messages", "empty_array", BATCH_AND_REALTIME),
     (CHAT, {"messages": ["hi"]}, "messages[0]", "invalid_type", BATCH_AND_REALTIME),
@@ -97,7 +99,7 @@ BAD = [
     (CHAT, {"stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage",
      "invalid_type", REALTIME),
     (EMB, {"input": None}, "input", "missing_required_parameter", BATCH_AND_REALTIME),
-    (EMB, {"model": 5}, "model", "invalid_type", REALTIME),
+    (EMB, {"model": 5}, "model", "invalid_type", BATCH_AND_REALTIME),
     (EMB, {"input": 5}, "input", "invalid_type", BATCH_AND_REALTIME),
     (EMB, {"input": []}, "input", "empty_array", BATCH_AND_REALTIME),
     (EMB, {"input": ""}, "input", "invalid_value", BATCH_AND_REALTIME),
@@ -107,7 +109,7 @@ BAD = [
     (EMB, {"encoding_format": "int8"}, "encoding_format", "invalid_value", BATCH_AND_REALTIME),
     (EMB, {"dimensions": 0}, "dimensions", "integer_below_min_value", BATCH_AND_REALTIME),
     (RESP, {"input": None}, "input", "missing_required_parameter", BATCH_AND_REALTIME),
-    (RESP, {"model": None}, "model", "missing_required_parameter", REALTIME),
+    (RESP, {"model": None}, "model", "missing_required_parameter", BATCH_AND_REALTIME),
     (RESP, {"input": 5}, "input", "invalid_type", BATCH_AND_REALTIME),
     (RESP, {"input": []}, "input", "empty_array", BATCH_AND_REALTIME),
     (RESP, {"input": [{"content": "hi"}]}, "input[0].role", "missing_required_parameter", BATCH_AND_REALTIME),
@@ -128,7 +130,7 @@ BAD = [
     (RESP, {"text": {"format": {"type": "json_schema", "name": "row", "strict": True, "schema": {"type": "array"}}}},
      "text.format.schema", "invalid_json_schema", BATCH_AND_REALTIME),
     (RESP, {"truncation": "sometimes"}, "truncation", "invalid_value", BATCH_AND_REALTIME),
-    (RESP, {"stream": True}, "stream", "unsupported_value", BATCH_AND_REALTIME),
+    (RESP, {"stream": True}, "stream", "unsupported_value", BATCH),
 ]
 
 
@@ -213,7 +215,45 @@ def test_bad_batch_lines_are_400s_in_the_error_file_and_the_batch_completes(coun
         assert entry["error"] is None and entry["response"]["status_code"] == 400, (fields, entry)
         error = entry["response"]["body"]["error"]
         assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error"), fields
+        named = "response_format '" if code == "invalid_json_schema" else f"'{param}'"
+        assert named in error["message"], (fields, error)
     assert len(seen) == 2  # only the good lines reached the engine
+    assert b.model == "m" and b.errors is None
+
+
+def test_a_batch_whose_lines_all_lack_a_model_completes_with_each_line_refused(counted, make_client, wait_batch):
+    srv, seen = counted
+    client = make_client(srv)
+    rows = [{"custom_id": "none", "method": "POST", "url": CHAT, "body": {"messages": HI}},
+            {"custom_id": "int", "method": "POST", "url": CHAT, "body": {"model": 7, "messages": HI}}]
+    f = client.files.create(file=("in.jsonl", io.BytesIO(b"".join(json.dumps(r).encode() + b"\n" for r in rows))),
+                            purpose="batch")
+    b = wait_batch(client, client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h").id)
+    assert (b.status, b.output_file_id, b.model, b.errors) == ("completed", None, None, None)
+    assert (b.request_counts.completed, b.request_counts.failed) == (0, 2)
+    errors = {e["custom_id"]: e["response"]["body"]["error"]
+              for e in map(json.loads, client.files.content(b.error_file_id).text.splitlines())}
+    assert errors["none"]["message"] == "Missing required parameter: 'model'."
+    assert errors["int"]["code"] == "invalid_type" and "'model'" in errors["int"]["message"]
+    assert {e["param"] for e in errors.values()} == {"model"} and seen == []
+
+
+@pytest.mark.parametrize("rows, code, param", [
+    ([{"model": "a"}, {"model": "b"}], "model_mismatch", "body.model"),  # still the whole file
+    ([{"model": "a"}, {}, {"model": "b"}], "model_mismatch", "body.model"),  # a line without one is not a model
+    ([{"model": "a"}, None], "missing_required_parameter", "body"),  # no body object: the line's shape
+])
+def test_what_fails_the_whole_file_still_does(counted, make_client, wait_batch, rows, code, param):
+    srv, seen = counted
+    client = make_client(srv)
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": CHAT,
+              **({} if body is None else {"body": {**body, "messages": HI}})} for i, body in enumerate(rows)]
+    f = client.files.create(file=("in.jsonl", io.BytesIO(b"".join(json.dumps(x).encode() + b"\n" for x in lines))),
+                            purpose="batch")
+    b = wait_batch(client, client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h").id)
+    assert b.status == "failed" and b.output_file_id is None and b.error_file_id is None
+    assert [(e.code, e.param, e.line) for e in b.errors.data] == [(code, param, len(rows))]
+    assert seen == []
 
 
 def test_good_bodies_with_every_checked_field_pass(counted, make_client):
