@@ -17,9 +17,9 @@ def sdk(srv, **kw):
     return anthropic.Anthropic(base_url=srv.base_url[: -len("/v1")], api_key="test", timeout=10.0, **kw)
 
 
-def ended(client, bid, timeout=5.0):
+def ended(client, bid, timeout=20.0):
     deadline = time.monotonic() + timeout
-    for _ in range(2000):
+    for _ in range(4000):
         b = client.messages.batches.retrieve(bid)
         if b.processing_status == "ended":
             return b
