@@ -139,6 +139,8 @@ def join_results(
     parsed : Parsed, optional
         Answers parsed earlier (:func:`preparse`); used where a row's
         custom_id and content match, so that no answer is parsed twice.
+        Handed over: its columns are emptied once used, so that a million
+        rows' parsed values are not held beside their copies in the result.
     raw_column : str, optional
         Also add this column: the text of every row's answer as it came back,
         failed or not (an answer that is not valid JSON, a truncated one...);
@@ -217,8 +219,10 @@ def join_results(
         rows = where[usable]
         with gc_paused():
             got, errs = parse_usable(a, usable, parse_text, parsed, expand_objects=expand, columns=columns)
+            if parsed is not None:
+                parsed.columns.clear()  # handed over by the caller: let go of each copy once the next is made
             if expand:  # one column per key, over the usable lines: spread onto the rows (skipped ones blank)
-                fields = {key: spread(col, rows, n, skipped_pos) for key, col in got.items()}
+                fields = {key: spread(got.pop(key), rows, n, skipped_pos) for key in list(got)}
             else:
                 out_values[rows] = np.fromiter(got, dtype=object, count=len(rows))
         errors[rows] = np.fromiter(errs, dtype=object, count=len(rows))
@@ -258,7 +262,7 @@ def join_results(
     clash = [c for c in new_names if c in existing]
     if clash and not overwrite:
         raise ColumnCollisionError(clash, hint=hint)
-    new = pd.DataFrame({name: _series(vals, index, name) for name, vals in values.items()}, index=index)
+    new = pd.DataFrame({name: _series(values.pop(name), index, name) for name in list(values)}, index=index)
     if error_column:
         new[error_column] = pd.Series(errors, index=index, dtype=object)
     if isinstance(host, pd.Series):

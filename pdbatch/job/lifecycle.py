@@ -35,7 +35,6 @@ from .store import JobRecord, Store, default_store, pdbatch_home
 __all__ = ["Job", "pdbatch_home", "new_job_id", "jobs"]
 
 
-
 def new_job_id() -> str:
     """A new job id: sortable by creation time, unique across processes."""
     return "job_" + time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "_" + uuid.uuid4().hex[:10]
@@ -304,7 +303,8 @@ class Job:
         self.backend.collect(self)
         self.hashes.release()  # what polls and stores used: the join needs the memory
         self.store.release()
-        parts, self._parsed = self._parsed, []  # answers parsed on arrival, let go (a second result() re-parses)
+        parsed = Parsed.concat(self._parsed)  # answers parsed on arrival, handed to the join (which empties it)
+        self._parsed = []  # a second result() parses again
         spec = self.spec
         answers = self.answers()
         out, stats, errors = spec.join(
@@ -315,7 +315,7 @@ class Job:
             unanswered=lambda pos: self.backend.unanswered(self, pos),
             overwrite=self.overwrite if overwrite is None else overwrite,
             hint=f"The answers are kept: call pdbatch.Job.load({self.id!r}).result(overwrite=True).",
-            parsed=Parsed.concat(parts),
+            parsed=parsed,
         )
         summary = {
             "job_id": self.id,

@@ -26,6 +26,7 @@ from .fingerprint import FINGERPRINT_PREFIX, earlier_fingerprints, fingerprint
 from .host import HostCopy
 from .lifecycle import Job, new_job_id
 from .locks import job_lock
+from .memory import give_back
 from .store import JobRecord, Store, default_store, pdbatch_home
 
 __all__ = ["start_job", "default_name", "check_budget", "NAME_WORDS"]
@@ -121,6 +122,7 @@ def start_job(
                 backend.submit(job, to_send(job, rendered, cache))
             finally:
                 failed = copy.finish()
+                give_back()  # the lines, upload buffers and pickled frame just freed
             if failed is not None:
                 warnings.warn(f"pdbatch: job {rec.id}: the frame could not be stored ({failed}), so "
                               f"pdbatch.Job.load({rec.id!r}).result() will not be able to join the answers back; "
