@@ -104,10 +104,10 @@ def run_plain(path, bodies, schema, threads=None):
     return time.perf_counter() - t0, out, None
 
 
-def run_pool(path, bodies, schema, workers, threads, slots):
+def run_pool(path, bodies, schema, workers, threads, slots, f16=True):
     from pdbatch.local_model import ModelPool
 
-    pool = ModelPool(path, workers=workers, threads_per_worker=threads, slots=slots)
+    pool = ModelPool(path, workers=workers, threads_per_worker=threads, slots=slots, f16=f16)
     out = [None] * len(bodies)
     nxt = iter(range(len(bodies)))
     lock = threading.Lock()
@@ -151,20 +151,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--only", choices=["plain", "pool", "batched"], action="append")
+    ap.add_argument("--only", choices=["plain", "pool", "batched", "batched-q4_1"], action="append")
     ap.add_argument("--workers", type=int, default=None, help="instances of the pools (default: one per core)")
     ap.add_argument("--threads", type=int, default=None, help="threads per instance of the pools (default 1)")
     ap.add_argument("--slots", type=int, default=None, help="rows per forward pass of the batched engine")
     ap.add_argument("--plain-threads", type=int, default=None,
                     help="threads of the plain Llama (default: every core; on a busy machine two spinning "
                          "threads can be many times slower than one)")
+    ap.add_argument("--model", default=None, help="a GGUF file (default: the shipped SmolLM2-135M Q4_1)")
     args = ap.parse_args()
 
     from pdbatch.local_model import default_model_path
 
-    path = default_model_path()
+    path = args.model or default_model_path()
     bodies, schema = bodies_and_schema(args.rows, args.max_tokens)
-    engines = args.only or ["plain", "pool", "batched"]
+    engines = args.only or ["plain", "pool", "batched-q4_1", "batched"]
     print(f"{len(bodies)} films of data/movies.csv, the main job's prompt and schema, temperature 0, "
           f"max_tokens {args.max_tokens}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     results = {}
@@ -175,7 +176,8 @@ def main() -> int:
         elif name == "pool":
             wall, out, stats = run_pool(path, bodies, schema, args.workers, args.threads, 1)
         else:
-            wall, out, stats = run_pool(path, bodies, schema, args.workers, args.threads, args.slots)
+            wall, out, stats = run_pool(path, bodies, schema, args.workers, args.threads, args.slots,
+                                        f16=name == "batched")
         cpu = time.process_time() - cpu0  # loading included; less noisy than wall on a shared machine
         tokens = sum(a["usage"]["completion_tokens"] for a in out)
         valid = valid_share(out, schema)
