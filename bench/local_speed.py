@@ -6,7 +6,7 @@ Run (from the repository root)::
     python bench/local_speed.py --rows 48 --max-tokens 256
     python bench/local_speed.py --only batched --slots 8 --workers 2
 
-Three engines answer the same request bodies (the main job's prompt file
+Four engines answer the same request bodies (the main job's prompt file
 ``data/prompts/movies.toml``: its system text, template and schema, as
 ``response_format`` json_schema) at temperature 0, with the same grammar and
 sampling defaults (:func:`pdbatch.local_model.translate_body`), on films evenly
@@ -16,10 +16,13 @@ spaced over ``data/movies.csv``:
   row after row (what one writes without pdbatch);
 * **pool**: the one-prompt-at-a-time pool of earlier releases
   (``ModelPool(slots=1)``: one-thread instances, one per core, one Python thread each);
-* **batched**: the default pool (``ModelPool()``: batched instances, each
-  decoding ``--slots`` rows per forward pass with the shared prefix computed
-  once), fed by as many threads as it takes (``pool.concurrency``), as the
-  local backend does.
+* **batched-q4_1**: the batched pool on the shipped Q4_1 file as it is
+  (``ModelPool(f16=False)``: batched instances, each decoding ``--slots`` rows
+  per forward pass with the shared prefix computed once), fed by as many
+  threads as it takes (``pool.concurrency``), as the local backend does;
+* **batched**: the default pool (``ModelPool()``): the same on the file's F16
+  copy (:mod:`pdbatch.local_model.weights`), which llama.cpp multiplies many
+  rows at a time.
 
 For each it prints the wall time (model loading excluded), rows/s, completion
 tokens/s, the CPU seconds of the process (a steadier figure than wall time on a
@@ -30,23 +33,29 @@ and answer) against seconds choosing tokens (penalties and grammar). Goal of
 issue 14: batched ≥ 3× plain on 2 cores with the same or a better share of
 valid answers.
 
-Measured on 2026-12-02 on a 2-core machine shared with other jobs (load
-average 2.6), ``--rows 24 --max-tokens 128``:
+Measured on 2026-12-02 on a 2-core machine shared with other jobs, ``--rows 24
+--max-tokens 128`` (load average 1.7 at the start, 2.6 at the end):
 
-=========  ==========  ==========  ===========  =======
-engine     wall        rows/s      ratio        CPU
-=========  ==========  ==========  ===========  =======
-plain      70.6 s      0.34        1            96.1 s
-pool       31.2 s      0.77        2.26x        46.2 s
-batched    24.9 s      0.96        2.83x        32.4 s
-=========  ==========  ==========  ===========  =======
+============  ========  ======  ======  =======
+engine        wall      rows/s  ratio   CPU
+============  ========  ======  ======  =======
+plain         69.5 s    0.35    1       93.8 s
+pool          31.5 s    0.76    2.21x   46.5 s
+batched-q4_1  23.5 s    1.02    2.95x   27.2 s
+batched       10.8 s    2.23    6.46x   16.4 s
+============  ========  ======  ======  =======
 
-24/24 valid for each. ``llama_decode`` took nearly all the batched engine's
-time (~54 tokens/s per pass, prompt tokens included); choosing tokens ~1.8 ms
-a token. Under heavier load (average 5-7) the two-thread plain run slows down
-many times (two spinning threads on busy cores), and the batched pool was
-1.9-2.4x the one-at-a-time pool; on a quieter moment 1.25x. Re-run on a
-quiet machine for figures to quote.
+24/24 valid for each. A second run of the two batched engines (load 2.5, the
+F16 one first): 14.4 s / 16.1 CPU s against 25.4 s / 27.2 CPU s (1.76x wall,
+1.69x CPU). Why F16 is faster: llama.cpp's CPU backend multiplies a Q4_1
+matrix by a batch one row at a time, and F16 matrices with a tiled kernel
+(``llama_decode`` CPU time a token, one thread, 16 rows 250 tokens deep: Q4_1
+14.2 ms, as much as one row alone, 12.9 ms; F16 12.2 ms, and prompt passes
+gain much more). Choosing tokens is 5-7 % of the time (about 1 ms a token:
+the grammar call on the best candidates and ``argpartition`` of the top 64);
+``llama_decode`` is the rest. The plain way suffers most from other jobs (two
+spinning threads on busy cores): the README's quiet figure for it is
+0.80 rows/s, so quote ratios from quiet runs only.
 """
 
 from __future__ import annotations
