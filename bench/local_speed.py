@@ -45,9 +45,9 @@ batched-q4_1  23.5 s    1.02    2.95x   27.2 s
 batched       10.8 s    2.23    6.46x   16.4 s
 ============  ========  ======  ======  =======
 
-24/24 valid for each. A second run of the two batched engines (load 2.5, the
-F16 one first): 14.4 s / 16.1 CPU s against 25.4 s / 27.2 CPU s (1.76x wall,
-1.69x CPU). Why F16 is faster: llama.cpp's CPU backend multiplies a Q4_1
+24/24 valid for each. Five runs that day of the two batched engines one after
+the other (load 1.7-4.5): F16 1.13-2.18x the Q4_1 rows/s and 1.18-1.69x less
+CPU. Why F16 is faster: llama.cpp's CPU backend multiplies a Q4_1
 matrix by a batch one row at a time, and F16 matrices with a tiled kernel
 (``llama_decode`` CPU time a token, one thread, 16 rows 250 tokens deep: Q4_1
 14.2 ms, as much as one row alone, 12.9 ms; F16 12.2 ms, and prompt passes
