@@ -9,8 +9,12 @@ same job store (``PDBATCH_HOME``), as the README says a cluster must.
 
 from __future__ import annotations
 
+import importlib
+import json
+import math
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +32,7 @@ import cloudpickle  # noqa: E402  (a dependency of distributed)
 
 import pdbatch  # noqa: E402
 from pdbatch.backends.pickling import ClientRecipe  # noqa: E402
-from pdbatch.errors import BackendUnavailableError, ColumnCollisionError, DuplicateIdError, JobError, MissingColumnError, OptionError  # noqa: E402
+from pdbatch.errors import BackendUnavailableError, BudgetError, ColumnCollisionError, DuplicateIdError, JobError, MissingColumnError, OptionError  # noqa: E402
 from pdbatch.scale.partition import BackendRef  # noqa: E402
 from pdbatch.server import BatchServer  # noqa: E402
 from pdbatch.server.engines import echo_engine  # noqa: E402
@@ -60,9 +64,19 @@ def srv():
 
 
 @pytest.fixture(scope="module")
-def cluster(shared_home):
+def prices(shared_home):
+    """A PDBATCH_PRICES file (the way every process of a cluster gets the same prices): $1 a token on "toy"."""
+    path = os.path.join(shared_home, "prices.json")
+    with open(path, "w") as fh:
+        json.dump({"toy": {"input": 1_000_000.0, "output": 1_000_000.0}}, fh)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster(shared_home, prices):
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-                                  dashboard_address=None, env={"PDBATCH_HOME": shared_home, KEY_ENV: KEY}) as lc:
+                                  dashboard_address=None,
+                                  env={"PDBATCH_HOME": shared_home, KEY_ENV: KEY, "PDBATCH_PRICES": prices}) as lc:
         with distributed.Client(lc) as client:
             yield client
 
@@ -191,6 +205,64 @@ def test_a_backend_object_travels_without_its_key_and_a_literal_key_is_refused(s
     assert dask.base.tokenize(ref) == dask.base.tokenize(ref)
 
 
+def test_max_cost_caps_the_whole_collection_and_shares_the_cap_across_partitions(srv, cluster, prices, monkeypatch):
+    monkeypatch.setenv("PDBATCH_PRICES", prices)
+    pdf = pd.DataFrame({"text": [" ".join(["word"] * (1 + 5 * (i // 4))) for i in range(12)]},
+                       index=[f"c{i:03d}" for i in range(12)])
+    ddf = dd.from_pandas(pdf, npartitions=3)  # 4 rows each, the later ones longer
+    kw = dict(model="toy", max_completion_tokens=20, client=api_client(srv), poll_interval=0.05, name="capped")
+    total = ddf.llm.estimate("{text}", show=False, **kw)["cost_batch"]["total"]
+    parts = [pdf.iloc[k:k + 4].llm.estimate("{text}", show=False, **kw)["cost_batch"]["total"] for k in (0, 4, 8)]
+    assert parts[0] < parts[1] < parts[2] and math.fsum(parts) == pytest.approx(total)
+
+    before = calls(srv)
+    with pytest.raises(BudgetError, match=r"max_cost=\$.* refuses this map: its estimate is .* Nothing was sent"):
+        ddf.llm.map("{text}", max_cost=total * 0.9, **kw)
+    out = ddf.llm.map("{text}", max_cost=total * 1.5, **kw)
+    assert calls(srv) == before  # estimated at the call on the workers; nothing sent, still lazy
+    got = out.compute()
+    assert got["llm_output"].tolist() == pdf["text"].tolist()
+    listed = pdbatch.jobs(limit=20)
+    caps = {name: pdbatch.Job.load(job_id, client=kw["client"]).max_cost for job_id, name in zip(listed["job_id"], listed["name"])
+            if name.startswith("capped [partition")}
+    shares = [caps[f"capped [partition {k}]"] for k in range(3)]
+    assert math.fsum(shares) <= total * 1.5  # the partitions' caps add up to at most the collection's
+    for share, cost in zip(shares, parts):  # each gets its estimate's proportion of the cap
+        assert share >= cost and share == pytest.approx(cost * 1.5)
+
+
+def test_workers_count_tokens_as_this_process_does_without_trying_a_download(srv, shared_home, tmp_path):
+    from pdbatch.pricing.tokens import LOAD_TIMEOUT, token_counter
+
+    here = token_counter("gpt-4o-mini")
+    if here.exact:
+        pytest.skip("tiktoken's encoding loads in this process: nothing to fall back from")
+    # Workers whose network hangs: every HTTPS request goes to a proxy that accepts and never answers.
+    stall = socket.socket()
+    stall.bind(("127.0.0.1", 0))
+    stall.listen(8)
+    proxy = f"http://127.0.0.1:{stall.getsockname()[1]}"
+    env = {"PDBATCH_HOME": shared_home, "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy,
+           "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty-cache")}
+    ddf = dd.from_pandas(frame(6, "t"), npartitions=2)
+    try:
+        with distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1, host="127.0.0.1",
+                                      dashboard_address=":0", env=env) as lc, \
+                distributed.Client(lc, set_as_default=False) as client, dask.config.set(scheduler=client):
+            client.submit(importlib.import_module, "pdbatch.scale.partition", pure=False).result(timeout=60)
+            t0 = time.monotonic()  # the worker has imported pdbatch: what is left is the estimate itself
+            est = ddf.llm.estimate("{text}", model="gpt-4o-mini", max_completion_tokens=3, show=False)
+            took = time.monotonic() - t0
+        stall.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            stall.accept()  # no worker tried to fetch the encoding
+    finally:
+        stall.close()
+    assert took < LOAD_TIMEOUT / 2
+    assert (est["tokenizer"], est["tokenizer_note"]) == ("heuristic", here.note)  # the documented fallback
+    assert est["input_tokens"] == frame(6, "t").llm.estimate("{text}", model="gpt-4o-mini", show=False)["input_tokens"]
+
+
 # ------------------------------------------------------------------ in this process
 
 def test_bad_options_raise_at_the_call_and_nothing_is_sent(srv):
@@ -198,7 +270,7 @@ def test_bad_options_raise_at_the_call_and_nothing_is_sent(srv):
     before = calls(srv)
     cases = [
         (dict(wait=False), OptionError, "ddf.llm.map is lazy already"),
-        (dict(max_cost=1.0), OptionError, "runs one job per partition; check the whole cost first"),
+        (dict(max_cost=1.0), BudgetError, r"max_cost=\$1 cannot be checked: .*Nothing was sent"),
         (dict(response_format="json"), OptionError, "pass meta="),
         (dict(poll_intervl=1), OptionError, "Did you mean poll_interval="),
         (dict(poll_interval=-1), OptionError, "poll_interval must be a number of seconds > 0"),

@@ -5,7 +5,8 @@ instances; :mod:`~pdbatch.local_model.llama` is one llama.cpp instance and
 the translation of OpenAI chat bodies it needs;
 :mod:`~pdbatch.local_model.batched` is one llama.cpp context answering several
 prompts per forward pass (:mod:`~pdbatch.local_model.sampler` picks each
-answer's tokens); :mod:`~pdbatch.local_model.embed` is llama.cpp's
+answer's tokens, :mod:`~pdbatch.local_model.weights` gives it weights it
+multiplies fast in batches); :mod:`~pdbatch.local_model.embed` is llama.cpp's
 embedding mode.
 """
 

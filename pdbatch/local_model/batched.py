@@ -27,6 +27,7 @@ same ``llama_decode`` call, through llama-cpp-python's low-level API
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ import numpy as np
 from ..errors import BackendUnavailableError
 from .llama import common_prefix, translate_body
 from .sampler import SeqSampler, grammar_sampler
+from .weights import batch_weights
 
 __all__ = ["DEFAULT_SLOTS", "BatchedModel"]
 
@@ -100,6 +102,9 @@ class BatchedModel:
         1.5x faster passes with 4 answers in progress;
         :class:`~pdbatch.local_model.llama.LocalModel` runs without it, and
         ``slots=1, flash_attn=False`` gives its answers exactly).
+    f16 : bool
+        Run a Q4_1 file's F16 copy (:func:`~pdbatch.local_model.weights.batch_weights`:
+        the same weights, multiplied many rows at a time; default False, the file as it is).
 
     Examples
     --------
@@ -109,7 +114,7 @@ class BatchedModel:
     """
 
     def __init__(self, path: str, n_threads: int = 1, n_ctx: int = 2048, seed: int = 0,
-                 slots: int = DEFAULT_SLOTS, kv_size: Optional[int] = None, flash_attn: bool = True):
+                 slots: int = DEFAULT_SLOTS, kv_size: Optional[int] = None, flash_attn: bool = True, f16: bool = False):
         try:
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -118,6 +123,12 @@ class BatchedModel:
         self._lib = llama_cpp
         self.path = path
         self.name = os.path.splitext(os.path.basename(path))[0]
+        if f16:
+            try:
+                path = batch_weights(path)
+            except OSError as err:  # no room for the copy: the file as it is, slower in batches
+                logging.getLogger("pdbatch").warning("pdbatch: running %s as it is: %s", self.name, err)
+        self.weights = path
         self.n_threads, self.n_ctx, self.seed, self.slots = int(n_threads), int(n_ctx), int(seed), int(slots)
         self.kv_size = int(kv_size or self.n_ctx + 256 * self.slots)
         # the Llama object loads the weights and gives the tokenizer; its own context stays tiny and idle

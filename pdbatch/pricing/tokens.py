@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import orjson
 
 __all__ = ["TokenCounter", "token_counter", "encoding_name", "body_tokens", "CHARS_PER_TOKEN", "IMAGE_TOKENS",
-           "IMAGE_TOKENS_LOW", "MESSAGE_OVERHEAD", "REQUEST_OVERHEAD"]
+           "IMAGE_TOKENS_LOW", "MESSAGE_OVERHEAD", "REQUEST_OVERHEAD", "unavailable_encodings", "assume_unavailable"]
 
 #: Characters per token of the fallback counter (a rule of thumb for English text).
 CHARS_PER_TOKEN = 4
@@ -80,6 +80,26 @@ def _load_encoding(name: str) -> Tuple[Any, Optional[str]]:
             _ENCODINGS[name] = (None, f"tiktoken could not load {name} ({why}: it downloads the encoding on "
                                       f"first use; a copy in TIKTOKEN_CACHE_DIR gives exact counts offline)")
         return _ENCODINGS[name]
+
+
+def unavailable_encodings() -> Dict[str, str]:
+    """The encodings this process tried and could not load, with why: to hand to other processes.
+
+    A process given them (:func:`assume_unavailable`), e.g. a Dask worker,
+    counts as this one does at once instead of trying to download them.
+    """
+    with _ENC_LOCK:
+        return {name: why for name, (enc, why) in _ENCODINGS.items() if enc is None and why}
+
+
+def assume_unavailable(found: Mapping[str, str]) -> None:
+    """Take another process's :func:`unavailable_encodings`: those are not tried here (no download attempt).
+
+    Encodings this process has loaded or given up on already keep their state.
+    """
+    with _ENC_LOCK:
+        for name, why in found.items():
+            _ENCODINGS.setdefault(name, (None, why))
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,21 @@ import inspect
 import os
 import pickle
 import sys
-from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
 from ..accessor import LLMAccessor
 from ..backends.base import Backend
-from ..core.records import EMBEDDINGS_URL, Usage
+from ..core.records import EMBEDDINGS_URL
 from ..errors import BackendUnavailableError, BudgetError, OptionError
 from ..job.store import pdbatch_home
 from ..options import RunOptions, check
+from ..pricing.tokens import unavailable_encodings
 from .ids import unique_ids_check
 from .meta import empty_host, result_meta
-from .partition import BackendRef, ClientRef, estimate_partition, run_partition, write_partition
+from .budget import frame_caps, merge, partition_estimates
+from .partition import BackendRef, ClientRef, run_partition, write_partition
 
 __all__ = ["DaskAccessor"]
 
@@ -117,9 +118,9 @@ class DaskAccessor:
         if args.get("wait") is not True:
             raise OptionError(f"wait={args.get('wait')!r}: ddf.llm.{method} is lazy already and waits for each "
                               f"partition's job when the result is computed; drop wait=")
-        if args.get("max_cost") is not None:
-            raise OptionError(f"max_cost= caps one job, and ddf.llm.{method} runs one job per partition; check the "
-                              f"whole cost first with ddf.llm.estimate(...) (same arguments), then drop max_cost=")
+        if method == "embed" and args.get("max_cost") is not None:
+            raise OptionError("max_cost= is offered on ddf.llm.map, not on ddf.llm.embed (each partition runs as a job "
+                              "of its own, and embeddings have no whole-collection cap yet); drop max_cost=")
         RunOptions(args["wait"], args["progress"], args["timeout"])
         if not progress_given:  # bars drawn by every worker at once help nobody; Dask's dashboard shows progress
             args["progress"] = False
@@ -145,7 +146,7 @@ class DaskAccessor:
         return backend, ref
 
     def _lazy(self, method: str, template: str, args: Dict[str, Any], host: Any, spec: Any, be: Backend,
-              meta: Any, token: str):
+              meta: Any, token: str, ids: Any = None, caps: Optional[List[float]] = None):
         backend, ref = self._for_workers(args, be)
         if meta is not None:
             from dask.dataframe.utils import make_meta
@@ -157,8 +158,9 @@ class DaskAccessor:
             result, new = result_meta(host, spec), spec.new_columns()
         options = dict(_flat(args, drop=("client",)), backend=backend)
         return self._obj.map_partitions(
-            run_partition, unique_ids_check(self._obj), method=method, template=template, options=options,
-            client=ref, result=result, new=list(new), home=os.path.abspath(pdbatch_home()), meta=result, token=token)
+            run_partition, unique_ids_check(self._obj) if ids is None else ids, method=method, template=template,
+            options=options, client=ref, result=result, new=list(new), home=os.path.abspath(pdbatch_home()),
+            caps=caps, offline=unavailable_encodings(), meta=result, token=token)
 
     # -------------------------------------------------------------------- API
     def map(self, template: str, *, meta: Any = None, **options: Any):
@@ -176,8 +178,12 @@ class DaskAccessor:
             only; otherwise derived from the arguments (see :mod:`pdbatch.scale.meta`).
         **options
             As for the pandas ``map``; but ``wait=False`` (the result is lazy)
-            and ``max_cost=`` (it would cap each partition; use
-            :meth:`estimate`) are refused, and ``progress`` defaults to False.
+            is refused, and ``progress`` defaults to False. ``max_cost=`` caps
+            the whole collection: the call estimates every partition at once
+            (reading and rendering the data, sending nothing), refuses with
+            :class:`~pdbatch.errors.BudgetError` when the estimate is over it,
+            and gives each partition a share of it; see
+            :mod:`pdbatch.scale.budget` for what is guaranteed.
 
         Returns
         -------
@@ -189,13 +195,17 @@ class DaskAccessor:
         spec_args["params"] = args["params"]
         host, spec, be = self._plan(template, args, spec_args, {k: args[k] for k in _JOB},
                                     {k: args[k] for k in _SHORTCUTS})
-        return self._lazy("map", template, args, host, spec, be, meta, "pdbatch-map")
+        ids, caps = unique_ids_check(self._obj), None
+        if args["max_cost"] is not None:
+            work = dict(_flat(args), backend=self._for_workers(args, be)[0])
+            caps = frame_caps(self._obj, ids, template, work, args["max_cost"], be, spec.params.get("service_tier"))
+        return self._lazy("map", template, args, host, spec, be, meta, "pdbatch-map", ids=ids, caps=caps)
 
     def embed(self, template: str, *, meta: Any = None, **options: Any):
         """Lazily embed every row's text: :meth:`pdbatch.accessor.LLMAccessor.embed` per partition.
 
-        Takes the arguments of the pandas ``embed``, checked here (``wait``,
-        ``max_cost`` and ``progress`` as for :meth:`map`).
+        Takes the arguments of the pandas ``embed``, checked here (``wait``
+        and ``progress`` as for :meth:`map`; ``max_cost`` is refused).
 
         Returns
         -------
@@ -255,49 +265,19 @@ class DaskAccessor:
         dict
             As the pandas ``estimate``, plus ``partitions``.
         """
-        import dask
-
         args = _bind(LLMAccessor.estimate, template, **options)
         show = check("show", args.pop("show"))
         flat = _flat(args)
         LLMAccessor(self._host()).estimate(template, show=False, **flat)  # every check, on no rows
-        parts = self._obj.to_delayed()
-        ids = unique_ids_check(self._obj)
         given = args["backend"]
         work = dict(flat, backend=given if given is None or isinstance(given, str) else BackendRef(given))
-        client = work.pop("client")
-        ref = ClientRef(client) if client is not None else None
-        ests = dask.compute(*[dask.delayed(estimate_partition)(p, ids, template, work, ref) for p in parts])
-        est = _merge(list(ests), len(parts))
+        ests = partition_estimates(self._obj, unique_ids_check(self._obj), template, work)
+        est = merge(ests, len(ests))
         if args["max_cost"] is not None:
             est["max_cost"], est["max_cost_refusal"] = args["max_cost"], _refusal(est, args)
         if show:  # the summary is what show=True asks for, as the pandas estimate writes it
             sys.stdout.write(est["summary"] + "\n")
         return est
-
-
-def _merge(ests: List[dict], partitions: int) -> dict:
-    """One estimate of several partitions' (their counts added, the cost priced on the total)."""
-    from ..pricing import cost
-    from ..pricing.estimate import _summary
-
-    first = dict(ests[0])
-    for key in ("rows", "requests", "cached", "skipped", "input_tokens", "images", "image_tokens"):
-        first[key] = sum(e[key] for e in ests)
-    reasons: Counter = Counter()
-    for e in ests:
-        reasons.update(e["skip_reasons"])
-    first["skip_reasons"] = dict(reasons.most_common())
-    outs = [e["output_tokens"] for e in ests if e["requests"]]
-    first["output_tokens"] = None if any(o is None for o in outs) else sum(outs)
-    caps = [e["max_output_per_request"] for e in ests if e["max_output_per_request"] is not None]
-    first["max_output_per_request"] = max(caps) if caps and first["output_tokens"] is not None else None
-    usage = Usage(first["input_tokens"], first["output_tokens"] or 0)
-    for key, batch in (("cost_batch", True), ("cost_realtime", False)):
-        first[key] = cost(usage, first["model"], batch=batch, provider=first["provider"])
-    first["partitions"] = partitions
-    first["summary"] = _summary(first)
-    return first
 
 
 def _refusal(est: dict, args: Dict[str, Any]) -> Optional[str]:

@@ -20,6 +20,7 @@ from ..backends.pickling import ClientRecipe
 from ..errors import JobError
 from ..job.start import default_name
 from ..job.store import pdbatch_home
+from ..pricing.tokens import assume_unavailable
 from .meta import conform
 
 __all__ = ["ClientRef", "BackendRef", "check_home", "run_partition", "write_partition", "estimate_partition"]
@@ -98,11 +99,20 @@ def _client(ref: Optional[ClientRef]) -> Any:
 
 def run_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, *, method: str, template: str,
                   options: Dict[str, Any], client: Optional[ClientRef], result: Any, new: List[str], home: str,
+                  caps: Optional[List[float]] = None, offline: Optional[Dict[str, str]] = None,
                   partition_info: Optional[dict] = None):
-    """``part.llm.<method>(template, **options)`` (``map`` or ``embed``), made to agree with the Dask result's meta."""
+    """``part.llm.<method>(template, **options)`` (``map`` or ``embed``), made to agree with the Dask result's meta.
+
+    ``caps``: each partition's ``max_cost`` (:mod:`pdbatch.scale.budget`), by
+    partition number. ``offline``: the encodings the graph's builder could not
+    load (not tried here either).
+    """
     check_home(home)
     if not len(part):
         return result
+    assume_unavailable(offline or {})
+    if caps is not None:
+        options = dict(options, max_cost=caps[(partition_info or {})["number"]])
     run = getattr(LLMAccessor(part), method)
     out = run(template, client=_client(client), **_named(_backend(options), template, partition_info))
     return conform(out, result, new)
@@ -120,6 +130,13 @@ def write_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, *, 
 
 
 def estimate_partition(part: Union[pd.DataFrame, pd.Series], _ids_checked: Any, template: str,
-                       options: Dict[str, Any], client: Optional[ClientRef]) -> dict:
-    """``part.llm.estimate(template, show=False, **options)``."""
-    return LLMAccessor(part).estimate(template, show=False, client=_client(client), **_backend(options))
+                       options: Dict[str, Any], client: Optional[ClientRef],
+                       offline: Optional[Dict[str, str]] = None) -> dict:
+    """``part.llm.estimate(template, show=False, **options)``, counting tokens as the caller's process does.
+
+    ``offline``: the tiktoken encodings the caller could not load, and why
+    (:func:`~pdbatch.pricing.tokens.unavailable_encodings`); this process
+    takes the same fallback at once instead of trying to download them.
+    """
+    assume_unavailable(offline or {})
+    return LLMAccessor(part).estimate(template, **dict(_backend(options), show=False, client=_client(client)))

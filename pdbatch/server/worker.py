@@ -1,11 +1,10 @@
 """The batch lifecycle of the local server: validation, execution, output files.
 
-One :class:`BatchWorker` thread per server takes batches in creation order:
-
-``validating`` (``Faults.validating_delay``) → file-level validation
-(:func:`validate_input`) → ``failed`` with ``errors`` and no output file, or
-``in_progress`` → one engine call per line, ``request_counts`` updated live →
-``finalizing`` → ``completed``. An engine that ``runs_batches`` (the upstream) gets whole batches.
+One :class:`BatchWorker` thread per server takes batches in creation order: ``validating``
+(``Faults.validating_delay``) → file-level validation (:func:`validate_input`) → ``failed`` with
+``errors`` and no output file, or ``in_progress`` → one engine call per line, ``request_counts``
+updated live → ``finalizing`` → ``completed``. An engine that ``runs_batches`` (the upstream) gets whole
+batches; one with a ``concurrency`` (the local model) that many lines at once (:mod:`pdbatch.server.lines`).
 
 * ``Faults.expire_after`` ends the batch ``expired``: finished answers stay in
   the output file and every line that never ran gets an error line
@@ -50,6 +49,7 @@ from .state import MAX_REPORTED_ERRORS, Faults, Stats, error_body, new_id
 from .responses import answer as answer_with
 from .validate import check_body
 from .upstream import run_batch
+from .lines import lines_at_once, run_lines
 
 __all__ = ["BatchWorker", "validate_input", "SYNC_LINES", "SYNC_SECONDS", "FSYNC_SECONDS"]
 
@@ -282,8 +282,10 @@ class BatchWorker(threading.Thread):
         order, endpoint = self._order(batch_id, len(offsets)), batch["endpoint"]
         expire_after = self.faults.expire_after
         try:
-            if getattr(self.host.engine, "runs_batches", False):  # many lines at once: upstream.py
-                ended = run_batch(self, batch_id, batch, offsets, order, done, out, err, usage)
+            width = lines_at_once(self.host.engine)  # many lines at once: upstream.py, lines.py
+            if width > 1 or getattr(self.host.engine, "runs_batches", False):
+                ended = run_lines(self, batch_id, batch, offsets, order, done, out, err, usage, width) if width > 1 \
+                    else run_batch(self, batch_id, batch, offsets, order, done, out, err, usage)
                 return None if ended is None else self._finish(batch_id, ended[0], out, err, ended[1])
             with open(self.store.path(batch["input_file_id"]) or "", "rb") as fh:
                 for pos, index in enumerate(order):

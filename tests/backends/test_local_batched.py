@@ -16,6 +16,7 @@ max_tokens; Ctrl-C keeps the rows that finished.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 
@@ -145,6 +146,30 @@ def test_pool_concurrency_and_bad_slots():
         ModelPool(MODEL, slots=0)
     with pytest.raises(OptionError, match="slots must be a positive integer"):
         Local(slots=0)
+
+
+def test_f16_weights_are_made_once_and_answer_as_valid_json(tmp_path, monkeypatch):
+    import llama_cpp
+
+    from pdbatch.local_model.weights import CACHE_ENV, batch_weights, file_type
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "models"))
+    assert file_type(MODEL) == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1
+    copy = batch_weights(MODEL)
+    assert copy.startswith(str(tmp_path / "models")) and file_type(copy) == llama_cpp.LLAMA_FTYPE_MOSTLY_F16
+    made = os.stat(copy).st_mtime_ns
+    assert batch_weights(MODEL) == copy and os.stat(copy).st_mtime_ns == made  # made once, then found
+    assert batch_weights(copy) == copy  # not a Q4_1 file: used as it is
+    assert os.listdir(tmp_path / "models") == [os.path.basename(copy)]  # no temporary file left behind
+    model = BatchedModel(MODEL, slots=3, f16=True)
+    assert model.weights == copy and model.name == "SmolLM2-135M-Instruct.Q4_1"  # named after the file given
+    answers = model.complete_many([body(s) for s in SENTENCES[:3]])
+    model.close()
+    for a in answers:
+        obj = json.loads(text_of(a))
+        assert obj["mood"] in SCHEMA["properties"]["mood"]["enum"] and isinstance(obj["words"], int)
+    pool = ModelPool(MODEL, workers=1, slots=2)  # the pool runs its batched instances on the copy by default
+    assert "slots=2" in repr(pool) and json.loads(text_of(pool.complete(body(SENTENCES[0]))))["mood"]
 
 
 _InterruptAfterFirst = ctrl_c_after_first(Local)
