@@ -324,10 +324,12 @@ class OperatorMethods:
         lines = _first_lines_of(self._frame(), unique_ids(self._obj.index), spec, rows)
         if show:  # this method's output, as estimate(show=True) writes its summary
             count = token_counter(spec.model).count
+            factor = est.get("token_factor") or 1.0  # a Claude model: the estimate's correction, per line too
             text = []
             for line in lines:
-                text.append(f"--- custom_id {line['custom_id']!r}: ~{body_tokens(line['body'], count)[0]:,} "
-                            f"input tokens")
+                n = body_tokens(line["body"], count)[0]
+                why = f" ({n:,} counted x {factor:.2f} for Claude's tokenizer)" if factor != 1.0 else ""
+                text.append(f"--- custom_id {line['custom_id']!r}: ~{round(n * factor):,} input tokens{why}")
                 for msg in _messages(line["body"]):
                     content = msg["content"]
                     if not isinstance(content, str):

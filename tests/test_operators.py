@@ -223,6 +223,17 @@ def test_preview_lines_are_what_map_uploads_and_nothing_is_sent(make_server, mak
     assert lines == sent_lines(client)[:2] and len(pdbatch.jobs()) == 1
 
 
+def test_preview_of_a_claude_model_counts_each_line_as_the_estimate_does(reviews, capsys):
+    lines = reviews.llm.preview("Review: {review}", model="claude-haiku-4-5", max_tokens=50, rows=1)
+    shown = capsys.readouterr().out
+    est = reviews.llm.estimate("Review: {review}", model="claude-haiku-4-5", max_tokens=50, show=False)
+    factor = est["token_factor"]
+    assert factor > 1 and len(lines) == 1
+    n = int(shown.split("counted x", 1)[0].rsplit("(", 1)[1].replace(",", ""))
+    assert f"~{round(n * factor):,} input tokens ({n:,} counted x {factor:.2f} for Claude's tokenizer)" in shown
+    assert "Nothing was sent." in shown
+
+
 def test_preview_show_false_writes_nothing_and_rows_caps(reviews, capsys):
     lines = reviews.llm.preview("{review}", model="m", rows=10, show=False)
     assert [x["body"]["messages"][0]["content"] for x in lines] == reviews["review"].tolist()
