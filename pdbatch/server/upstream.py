@@ -82,10 +82,8 @@ class _ProxyRun(_Run):
     """
 
     async def _send(self, aclient: Any, req: Request, ticket: Any) -> Result:
-        if req.url == MODELS_URL:
-            import httpx
-
-            raw = await aclient.get("/models", cast_to=httpx.Response)
+        if req.url == MODELS_URL:  # the SDK's own raw response, as _call gives (no HTTP library named here)
+            raw = await aclient.models.with_raw_response.list()
         else:
             raw = await _call(aclient, req)
         self.backend.limiter.observe(ticket, raw.headers)
