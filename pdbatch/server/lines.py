@@ -34,12 +34,28 @@ import orjson
 
 from ..core.records import Usage
 
-__all__ = ["lines_at_once", "run_lines", "DRAIN_SECONDS", "STOP_DRAIN_SECONDS"]
+__all__ = ["batch_ending", "lines_at_once", "run_lines", "DRAIN_SECONDS", "STOP_DRAIN_SECONDS"]
 
 #: Seconds the lines in flight may take to finish after a cancel or the end of the window, and after a server stop
 #: (within the 5 s the server gives its worker).
 DRAIN_SECONDS, STOP_DRAIN_SECONDS = 60.0, 4.0
 _TICK = 0.05
+
+
+def batch_ending(worker: Any, batch_id: str, batch: dict, ran: int) -> Optional[str]:
+    """What ends a running batch now: ``"stop"`` (the server stops), ``"cancelled"``, ``"expired"``, or None.
+
+    ``ran`` is the lines run so far, as the caller counts them, against
+    ``Faults.expire_after``; past the batch's ``expires_at`` it is expired
+    too. The one rule of the worker's serial loop, :func:`run_lines` and
+    :func:`pdbatch.server.upstream.run_batch`.
+    """
+    if worker._stop_event.is_set():
+        return "stop"
+    if worker._cancelling(batch_id):
+        return "cancelled"
+    cap = worker.faults.expire_after
+    return "expired" if (cap is not None and ran >= cap) or worker.store.now() >= batch["expires_at"] else None
 
 
 def lines_at_once(engine: Any) -> int:
@@ -86,7 +102,7 @@ def run_lines(worker: Any, batch_id: str, batch: dict, offsets: list, order: lis
         ``outcome`` is ``"completed"``, ``"cancelled"`` or ``"expired"``;
         None when the server stops (the batch resumes at its next start).
     """
-    endpoint, expire_after = batch["endpoint"], worker.faults.expire_after
+    endpoint = batch["endpoint"]
     inbox: "queue.Queue" = queue.Queue()
     answers: "queue.Queue" = queue.Queue()
     threads = [threading.Thread(target=_answer, args=(worker, batch_id, endpoint, inbox, answers),
@@ -100,14 +116,9 @@ def run_lines(worker: Any, batch_id: str, batch: dict, offsets: list, order: lis
         with open(worker.store.path(batch["input_file_id"]) or "", "rb") as fh:
             while pos < len(order) or in_flight:
                 if stop_by is None:
-                    if worker._stop_event.is_set():
-                        result = None
-                    elif worker._cancelling(batch_id):
-                        result = "cancelled"
-                    elif (expire_after is not None and ran >= expire_after) or \
-                            worker.store.now() >= batch["expires_at"]:
-                        result = "expired"
-                    if result != "completed":  # nothing new starts; the lines in flight may finish
+                    ending = batch_ending(worker, batch_id, batch, ran)  # ran: lines started
+                    if ending is not None:  # nothing new starts; the lines in flight may finish
+                        result = None if ending == "stop" else ending
                         pos = len(order)
                         stop_by = time.monotonic() + (DRAIN_SECONDS if result else STOP_DRAIN_SECONDS)
                 elif time.monotonic() > stop_by:

@@ -45,6 +45,7 @@ from ..backends.realtime import Realtime
 from ..backends.realtime_run import _Run, _call
 from ..core.records import Request, Result, Usage
 from ..errors import EngineError
+from .lines import batch_ending
 from .state import error_body, new_id
 
 __all__ = ["UpstreamEngine", "run_batch", "parse_model_map", "MODELS_URL"]
@@ -294,18 +295,13 @@ def run_batch(worker: Any, batch_id: str, batch: dict, offsets: list, order: lis
             worker.store.count(batch_id, failed=1)
     result, ran = "completed", len(done)
     run, synced = engine.run(requests), time.monotonic()
-    expire_after = worker.faults.expire_after
     stop_by: Optional[float] = None
     try:
         while not run.finished():
             if stop_by is None:
-                if worker._stop_event.is_set():
-                    result = None
-                elif worker._cancelling(batch_id):
-                    result = "cancelled"
-                elif (expire_after is not None and ran >= expire_after) or worker.store.now() >= batch["expires_at"]:
-                    result = "expired"
-                if result != "completed":
+                ending = batch_ending(worker, batch_id, batch, ran)  # ran: lines answered
+                if ending is not None:
+                    result = None if ending == "stop" else ending
                     run.stop()  # nothing new leaves; the calls in flight finish and are kept
                     stop_by = time.monotonic() + (DRAIN_SECONDS if result else STOP_DRAIN_SECONDS)
             elif time.monotonic() > stop_by:

@@ -49,7 +49,7 @@ from .state import MAX_REPORTED_ERRORS, Faults, Stats, error_body, new_id
 from .responses import answer as answer_with
 from .validate import check_body
 from .upstream import run_batch
-from .lines import lines_at_once, run_lines
+from .lines import batch_ending, lines_at_once, run_lines
 
 __all__ = ["BatchWorker", "validate_input", "SYNC_LINES", "SYNC_SECONDS", "FSYNC_SECONDS"]
 
@@ -280,7 +280,6 @@ class BatchWorker(threading.Thread):
         outcome, ran, pending, synced = "completed", len(done), 0, time.monotonic()
         self._fsynced = synced
         order, endpoint = self._order(batch_id, len(offsets)), batch["endpoint"]
-        expire_after = self.faults.expire_after
         try:
             width = lines_at_once(self.host.engine)  # many lines at once: upstream.py, lines.py
             if width > 1 or getattr(self.host.engine, "runs_batches", False):
@@ -289,16 +288,14 @@ class BatchWorker(threading.Thread):
                 return None if ended is None else self._finish(batch_id, ended[0], out, err, ended[1])
             with open(self.store.path(batch["input_file_id"]) or "", "rb") as fh:
                 for pos, index in enumerate(order):
-                    if self._stop_event.is_set():
+                    ending = batch_ending(self, batch_id, batch, ran)
+                    if ending == "stop":
                         self._sync(batch_id, out, err)
                         return
-                    if self._cancelling(batch_id):
-                        outcome = "cancelled"
-                        break
-                    if (expire_after is not None and ran >= expire_after) or \
-                            self.store.now() >= batch["expires_at"]:
-                        outcome = "expired"
-                        self._expire_rest(batch_id, fh, offsets, order[pos:], done, err)
+                    if ending is not None:
+                        outcome = ending
+                        if ending == "expired":
+                            self._expire_rest(batch_id, fh, offsets, order[pos:], done, err)
                         break
                     fh.seek(offsets[index][0])
                     line = orjson.loads(fh.read(offsets[index][1]))
