@@ -38,6 +38,7 @@ import openai
 from ..errors import PdbatchError
 from ..options import check
 from ..pricing.budget import Spend, api_provider, format_usd
+from ..pricing.prices import batch_priced
 from .ratelimit import RateLimiter
 from ..core.records import EMBEDDINGS_URL, Request, Result  # noqa: F401  (EMBEDDINGS_URL: for the examples)
 from .progress import progress_bar
@@ -265,8 +266,8 @@ class Realtime(RowByRow, PicklesWithoutClient):
         cap = job.max_cost
         if cap is None:
             return None
-        flex = job.spec.params.get("service_tier") == "flex"  # billed at the Batch API's price
-        return Spend(cap, job.spec.model, batch=flex, provider=api_provider(self.provider), usage=job.paid_usage())
+        flex_rate = batch_priced(False, job.spec.params.get("service_tier"))  # flex pays the Batch API's price
+        return Spend(cap, job.spec.model, batch=flex_rate, provider=api_provider(self.provider), usage=job.paid_usage())
 
     def unanswered(self, job, pos: int) -> str:
         if job.state.status == "budget_exhausted":

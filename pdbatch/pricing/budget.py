@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 
 from ..core.records import Usage
 from ..errors import BudgetError
-from .prices import _unknown, cost, format_cost
+from .prices import _unknown, batch_priced, cost, format_cost
 
 __all__ = ["check_estimate", "Spend", "api_provider", "format_usd"]
 
@@ -64,7 +64,7 @@ def check_estimate(est: Dict[str, Any], max_cost: float, backend: str, tier: Opt
     if backend == "local":
         return  # the local model costs nothing
     remote = backend == "batch" if remote is None else remote
-    flat = remote or tier == "flex"
+    flat = batch_priced(remote, tier)
     c = est["cost_batch" if flat else "cost_realtime"]
     cap = format_usd(max_cost)
     if c is None:

@@ -47,7 +47,7 @@ from .tokens import (CHARS_PER_TOKEN, IMAGE_TOKENS, IMAGE_TOKENS_LOW, MESSAGE_OV
 
 __all__ = [
     "Price", "DEFAULT_PRICES", "PRICES_AS_OF", "PRICES_ENV", "set_price", "reset_prices", "price", "base_model",
-    "cost", "job_cost", "format_cost", "paid_usage", "priced_by_default", "OPENAI_API", "TokenCounter", "token_counter", "CHARS_PER_TOKEN", "IMAGE_TOKENS",
+    "cost", "batch_priced", "job_cost", "format_cost", "paid_usage", "priced_by_default", "OPENAI_API", "TokenCounter", "token_counter", "CHARS_PER_TOKEN", "IMAGE_TOKENS",
     "IMAGE_TOKENS_LOW",
 ]
 
@@ -233,6 +233,15 @@ def price(model: Optional[str]) -> Optional[Price]:
     return _lookup(model)[0]
 
 
+def batch_priced(remote: bool, tier: Optional[str] = None) -> bool:
+    """Whether requests pay the Batch API's price: sent as a batch (``remote``), or realtime on the flex tier.
+
+    >>> batch_priced(True), batch_priced(False, "flex"), batch_priced(False, "default")
+    (True, True, False)
+    """
+    return bool(remote) or tier == "flex"
+
+
 def cost(usage: Usage, model: Optional[str], *, batch: bool, local: bool = False,
          provider: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """The cost in USD of ``usage`` on ``model``.
@@ -345,7 +354,7 @@ def job_cost(usage: Usage, model: Optional[str], backend: str, *, cached_rows: i
     "no price known for model 'gpt-4o-mini' on http://localhost:8000/v1: pdbatch's price table is OpenAI's, ..."
     """
     try:
-        c = cost(usage, model, batch=backend == "batch" or tier == "flex", local=backend == "local",
+        c = cost(usage, model, batch=batch_priced(backend == "batch", tier), local=backend == "local",
                  provider=provider)
     except PdbatchError as err:
         return {"cost": None, "cost_note": str(err)}

@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional
 
 from ..core.records import Usage
 from ..pricing import cost
+from ..pricing.prices import batch_priced
 from ..pricing.budget import check_estimate
 from ..pricing.tokens import token_counter, unavailable_encodings
 from .partition import ClientRef, estimate_partition
@@ -154,7 +155,7 @@ def frame_caps(obj: Any, ids: Any, template: str, options: Dict[str, Any], max_c
     whole = merge(ests, len(ests))
     remote = not backend.runs_exclusively
     check_estimate(whole, max_cost, backend.name, tier, remote=remote)
-    flat = remote or tier == "flex"
+    flat = batch_priced(remote, tier)
     costs = []
     for e in ests:  # priced here, as the whole was (prices set with set_price live in this process only)
         c = cost(Usage(e["input_tokens"], e["output_tokens"] or 0), whole["model"], batch=flat,
