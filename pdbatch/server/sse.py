@@ -92,10 +92,9 @@ def _part_events(event: Any, part: Mapping[str, Any], ids: dict) -> Iterator[dic
     else:
         extra = {"logprobs": []} if kind == "output_text" else {}
         yield event("response.content_part.added", **ids, part={**part, key: ""})
-        name = "output_text" if kind == "output_text" else "refusal"
         for piece in _pieces(part.get(key) or ""):
-            yield event(f"response.{name}.delta", **ids, delta=piece, **extra)
-        yield event(f"response.{name}.done", **ids, **{key: part.get(key) or ""}, **extra)
+            yield event(f"response.{kind}.delta", **ids, delta=piece, **extra)
+        yield event(f"response.{kind}.done", **ids, **{key: part.get(key) or ""}, **extra)
     yield event("response.content_part.done", **ids, part=dict(part))
 
 
