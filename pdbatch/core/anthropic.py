@@ -36,8 +36,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import OptionError
 
-__all__ = ["DEFAULT_MAX_TOKENS", "JSON_INSTRUCTION", "RETRYABLE_TYPES", "to_params", "to_chat", "result_line",
-           "from_params", "to_message", "error_status"]
+__all__ = ["DEFAULT_MAX_TOKENS", "JSON_INSTRUCTION", "RETRYABLE_TYPES", "COUNT_FIELDS", "to_params", "to_chat",
+           "result_line", "from_params", "to_message", "error_status"]
 
 #: ``max_tokens`` of a request that sets neither ``max_completion_tokens`` nor ``max_tokens``.
 DEFAULT_MAX_TOKENS = 1024
@@ -45,6 +45,9 @@ DEFAULT_MAX_TOKENS = 1024
 JSON_INSTRUCTION = "Answer with one JSON object only: no prose, no code fences."
 #: Error types of an errored result worth sending again.
 RETRYABLE_TYPES = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
+#: The fields a ``POST /v1/messages/count_tokens`` body may hold (no ``max_tokens``, no sampling parameters).
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
+                          "cache_control", "mcp_servers"})
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal", "tool_calls": "tool_use"}
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "refusal": "content_filter",

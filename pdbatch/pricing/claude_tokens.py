@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Tuple
 
-from ..core.anthropic import to_params
+from ..core.anthropic import COUNT_FIELDS, to_params
 
 __all__ = ["COUNT_SAMPLE", "CLAUDE_TOKEN_FACTOR", "NEWER_TOKENIZER", "NEWER_TOKENIZER_FACTOR", "COUNT_FIELDS",
            "is_claude", "claude_factor", "Sample", "Correction", "count_params", "claude_correction"]
@@ -55,8 +55,6 @@ CLAUDE_TOKEN_FACTOR = 1.3
 #: Claude models with the newer tokenizer (up to 1.35x the tokens of earlier Claude models), and their factor.
 NEWER_TOKENIZER = ("claude-opus-4-7", "claude-opus-4-8")
 NEWER_TOKENIZER_FACTOR = 1.75
-#: The Messages fields a ``count_tokens`` body takes (no ``max_tokens``, no sampling parameters).
-COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "output_config")
 
 
 def is_claude(model: Optional[str], provider: str = "") -> bool:

@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..core.anthropic import error_type, from_params, to_message
+from ..core.anthropic import COUNT_FIELDS, error_type, from_params, to_message
 from ..core.records import CHAT_URL
 from ..errors import EngineError
 from .engines import estimate_tokens
@@ -59,9 +59,6 @@ from .validate import check_images
 __all__ = ["anthropic_routes", "AnthropicBatches", "CUSTOM_ID", "COUNT_FIELDS"]
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-#: The fields a ``POST /v1/messages/count_tokens`` body may hold.
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
-                          "cache_control", "mcp_servers"})
 MAX_REQUESTS = 100_000
 WINDOW = 24 * 3600
 
