@@ -233,6 +233,11 @@ def test_realtime_calls_go_upstream_with_the_model_map(make_server, make_client)
     (["--upstream", "http://127.0.0.1:9/v1", "--engine", "echo"], "leave out --engine echo"),
     (["--upstream", "http://127.0.0.1:9/v1", "--max-concurrency", "0"], "--max-concurrency at least 1"),
     (["--upstream", "http://127.0.0.1:9/v1", "--model-map", "gpt-4o"], "--model-map: 'gpt-4o' is not SERVED=UPSTREAM"),
+    (["--engine", "echo", "--tpm", "1000"],
+     "--rpm, --tpm, --max-concurrency, --model-map and --upstream-key-env go with --upstream"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--tpm", "0"], "--rpm and --tpm must be > 0"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--tpm", "-5"], "--rpm and --tpm must be > 0"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--tpm", "inf"], "--rpm and --tpm must be > 0"),
 ])
 def test_serve_upstream_bad_options(argv, message, capsys, tmp_path):
     assert main(["serve", "--port", "0", "--data-dir", str(tmp_path / "d"), *argv]) == 2
