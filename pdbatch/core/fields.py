@@ -10,7 +10,7 @@ rows it finds there and parses only the rest. Each answer is parsed once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -89,15 +89,16 @@ def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
     return getattr(parse_text, "many", None) or (lambda texts: one_by_one(parse_text, texts))
 
 
-def preparse(answers: Answers, parse_text: Callable[[str], tuple],
-             columns: Optional[List[str]] = None, origin: Optional[int] = None) -> Optional[Parsed]:
+def preparse(answers: Answers, parse_text: Callable[[str], tuple], columns: Optional[List[str]] = None,
+             origin: Union[int, Callable[[], Optional[int]], None] = None) -> Optional[Parsed]:
     """Parse and spread the plain successes of ``answers`` now (one shard's, while later shards still run).
 
     Returns None when there is nothing to parse (text and embedding answers
     are used as they are). The result goes to the join as ``parsed=``; only
     compact columns are kept, not the decoded objects nor the texts.
-    ``origin`` is the job store's segment that holds ``answers``, if any:
-    the join then knows its rows by it and no text is hashed.
+    ``origin`` is the job store's segment that holds ``answers``, if any
+    (or a function giving it, asked once the answers are parsed, while they
+    are being stored): the join then knows its rows by it and no text is hashed.
     """
     if parse_text is as_is or not len(answers):
         return None
@@ -114,6 +115,8 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple],
         values, errors = _many(parse_text)(texts)
         cols = {k: compact(v) for k, v in expand(np.fromiter(values, dtype=object, count=len(ok)), columns).items()}
     cid = cid.cast(pa.string())
+    if callable(origin):
+        origin = origin()
     if origin is not None and pc.count_distinct(cid).as_py() == len(ok):  # else a row may join another line
         where, hashes = np.full(len(ok), origin, dtype=np.int64), np.zeros(len(ok), dtype=np.uint64)
     else:

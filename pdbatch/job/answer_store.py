@@ -109,6 +109,12 @@ class AnswerStore:
                 "INSERT INTO segments (job_id, attempt, source, rows, v, data, created_at, indexed) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
                 (job_id, attempt, source, table.num_rows, segments.SEGMENT_VERSION, blob, time.time()))
+        if _textual(table):  # kept as read back (seq: the segment's id), for this job's polls and join
+            kept = self.__dict__.setdefault("_written", {})
+            if any(job != job_id for job, _ in kept):
+                kept.clear()  # one job at a time: another job's are read from the store when asked
+            kept[job_id, seg.lastrowid] = _lean(table.set_column(
+                table.schema.get_field_index("seq"), "seq", pa.array(np.full(table.num_rows, seg.lastrowid))))
         self._count("write", t0, table.num_rows)
         return table.num_rows, seg.lastrowid
 
@@ -164,7 +170,12 @@ class AnswerStore:
         with self._lock:
             ids = [r[0] for r in self._db.execute("SELECT id FROM segments WHERE job_id = ? ORDER BY id", (job_id,))]
         tables = []
+        kept = self.__dict__.get("_written", {})
         for seg in ids:
+            lean = kept.pop((job_id, seg), None)  # written by this process: not read back (and let go once used)
+            if lean is not None:
+                tables.append(lean)
+                continue
             table = self._segment(seg)
             if not _textual(table):  # embeddings: vectors are read whole (see segments.answers_of)
                 return self._answers_whole(job_id, t0)
@@ -245,10 +256,15 @@ class AnswerStore:
         seen = memo[2] if memo is not None and memo[0][0] == job_id else {}
         with self._lock:
             ids = [r[0] for r in self._db.execute("SELECT id FROM segments WHERE job_id = ? ORDER BY id", (job_id,))]
+        kept = self.__dict__.get("_written", {})
         for seg in ids:
-            if seg not in seen:
-                t = self._segment(seg).select(list(_STATUS))
-                seen[seg] = t.take(pa.array(np.arange(t.num_rows, dtype=np.int64)))
+            if seg in seen:
+                continue
+            if (job_id, seg) in kept:
+                seen[seg] = kept[job_id, seg].select(list(_STATUS))
+                continue
+            t = self._segment(seg).select(list(_STATUS))
+            seen[seg] = t.take(pa.array(np.arange(t.num_rows, dtype=np.int64)))
         with self._lock:
             rows = self._db.execute("SELECT custom_id, attempt, ok FROM answers WHERE job_id = ?", (job_id,)).fetchall()
         tables = [seen[seg] for seg in ids]

@@ -45,10 +45,14 @@ class HostCopy:
         self._thread = threading.Thread(target=self._run, name="pdbatch-host-copy", daemon=True)
 
     def start(self) -> "HostCopy":
-        self._thread.start()
+        """Start writing (a second call does nothing)."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
         return self
 
     def finish(self) -> Optional[str]:
+        """Wait for the copy (started now if it was not yet); the reason it failed, or None."""
+        self.start()
         self._thread.join()
         return self.error
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
@@ -20,13 +20,13 @@ from ..backends.base import Backend, JobState, Progress
 from ..core.ids import custom_ids, positions
 from ..errors import JobError
 from ..core.answers import Answers
-from ..core.fields import Parsed, preparse
+from ..core.fields import Parsed
 from ..core.records import Usage
 from ..core.spec import MapSpec
 from ..pricing.prices import job_cost, paid_usage
-from .answer_store import SEGMENT_MIN
 from .cache import to_send
 from .hashes import RowHashes
+from .ingest import store_and_parse
 from .host import load_host
 from .locks import answers_bar, job_lock
 from .status import jobs
@@ -71,8 +71,10 @@ class Job:
     #: the backend's typed in-process state of this job (shards, the local queue...)
     state: JobState = field(default_factory=JobState)
     _last: Optional[Progress] = None
-    #: answers parsed as they arrived (see :meth:`keep_answers`), for the join
+    #: answers parsed as they arrived (see :meth:`record_answers`), for the join
     _parsed: List[Parsed] = field(default_factory=list, repr=False)
+    #: called once, when the first requests are out (start_job starts the frame's copy then)
+    on_sent: Optional[Callable[[], Any]] = field(default=None, repr=False)
     #: requests this process sent (as the backend reported them): ``counts["sent"]`` of the result
     requests_sent: int = 0
     #: how this call found a job it picked up (see :meth:`note_attached`): rows answered, rows cached, rows in flight
@@ -80,22 +82,18 @@ class Job:
 
     # ------------------------------------------------- what backends report (the Ledger of backends/base.py)
     def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
-        """Store answers a backend produced, and parse them now (the join then parses none of them).
-
-        Parsing here, as each shard's answers arrive, overlaps with the
-        shards still running; :meth:`result` uses what was parsed.
-        """
-        if len(answers) < SEGMENT_MIN:  # a few (one at a time): stored as rows, parsed by the join
-            self.store.put_answers(self.id, answers, self.hashes, attempt=attempt)
-        else:
-            _, segment = self.store.put_segment(self.id, answers, self.hashes, attempt=attempt)
-            early = preparse(answers, self.spec.fmt.text_parser(), list(self.spec.fmt.columns or ()), segment)
-            if early is not None:
-                self._parsed.append(early)
+        """Store answers a backend produced and parse them now, while later shards run (see :mod:`.ingest`)."""
+        early = store_and_parse(self.store, self.id, answers, self.hashes, self.spec.fmt.text_parser(),
+                                list(self.spec.fmt.columns or ()), attempt=attempt)
+        if early is not None:
+            self._parsed.append(early)
 
     def record_sent(self, count: int) -> None:
         """``count`` requests went out from this process (a row sent again by a retry round is not counted)."""
         self.requests_sent += count
+        if self.on_sent is not None:
+            self.on_sent, hook = None, self.on_sent
+            hook()
 
     def record_shard(self, shard: Any) -> None:
         """Persist one piece of the backend's state that must outlive the process (a batch shard)."""

@@ -117,10 +117,13 @@ def start_job(
         rec = store.job(rec.id) or rec  # the state another process may have reached meanwhile
         job.record = rec
         if rec.state == "created":  # new, or its submitter died before its requests were on disk
-            copy = HostCopy(host, ids, rec.workdir).start()  # written while the first shards go out
+            # Written once the first requests are out (the provider then has work): not while they are made.
+            copy = HostCopy(host, ids, rec.workdir)
+            job.on_sent = copy.start
             try:
                 backend.submit(job, to_send(job, rendered, cache))
             finally:
+                job.on_sent = None
                 failed = copy.finish()
                 give_back()  # the lines, upload buffers and pickled frame just freed
             if failed is not None:

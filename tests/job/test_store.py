@@ -131,10 +131,15 @@ def test_a_jobs_answers_read_their_texts_only_where_asked_a_segment_at_a_time(tm
     store.put_answers("j", Answers.from_results([chat(str(i), f"a{i}") for i in range(200)]), hashes)
     store.put_answers("j", Answers.from_results([chat(str(i), f"b{i}") for i in range(100, 300)]), hashes, attempt=1)
     store.put_answers("j", Answers.from_results([chat("5", "alone"), chat("299", "late")]), hashes, attempt=2)
+    writer, store = store, Store(str(tmp_path / "s.sqlite3"))  # read as another process (a restarted kernel) does
     reads = lambda: (store.cost["segments_read"], store.cost["texts_read"])  # noqa: E731
     before = reads()
     a = store.answers("j")
     assert len(a) == 300 and reads() == (before[0] + 2, before[1])  # each segment read once, no text kept
+    mine = writer.answers("j")  # the writer knows its segments' other columns: it reads only texts asked for
+    assert writer.cost["segments_read"] == 0
+    assert mine.to_frame().equals(a.to_frame()) and writer.cost["segments_read"] == 2
+    assert writer.answers("j").custom_id == a.custom_id and writer.cost["segments_read"] == 4  # handed over once
     ids = a.custom_id
     want = {"0": "a0", "5": "alone", "150": "b150", "299": "late", "99": "a99"}
     rows = np.array([ids.index(k) for k in want])
