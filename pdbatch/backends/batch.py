@@ -38,6 +38,7 @@ from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, iter_shards, read_answers
 from ..errors import BatchFailedError, JobError, OptionError, PdbatchError
 from ..options import check
 from ..core.answers import NO_ANSWER
+from ..core.columns import gc_paused, paused_steps
 from .progress import progress_bar
 from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, create_once
 from .base import TERMINAL, Progress, check_client, default_client, openai_provider
@@ -124,8 +125,8 @@ class Batch(PicklesWithoutClient):
         too_large: Dict[str, str] = {}
         fresh = lines if not sent else ((cid, line) for cid, line in lines if cid not in sent)
         start = max((st.index for st in done), default=-1) + 1
-        for sh, ids in iter_shards(fresh, job.workdir, start=start, max_requests=self.shard_size,
-                                   max_bytes=self.shard_bytes, too_large=too_large):
+        for sh, ids in paused_steps(iter_shards(fresh, job.workdir, start=start, max_requests=self.shard_size,
+                                                max_bytes=self.shard_bytes, too_large=too_large)):
             st = ShardState(sh.index, sh.path, sh.count, sh.bytes, ids=ids)
             job.state.shards.append(st)
             self._save(job, st)  # recorded before its upload: a re-run finds it and never sends its rows twice
@@ -332,8 +333,9 @@ class Batch(PicklesWithoutClient):
         """Download and store the answers of every finished shard not yet stored."""
         for st in self._shards(job):
             if st.done and not st.ingested:
-                answers = read_answers(self._files(job, st), job.spec.answer_kind)
-                job.record_answers(answers, attempt=st.attempt)
+                paths = self._files(job, st)
+                with gc_paused():  # a shard's answers make no cycles; the collector's passes would cost more
+                    job.record_answers(read_answers(paths, job.spec.answer_kind), attempt=st.attempt)
                 st.ingested = 1
                 self._save(job, st)
 

@@ -28,6 +28,7 @@ import pyarrow.json as pajson
 from ..errors import InputError
 from .answers import Answers, usable_arrow
 from .arrow_responses import PARSE as RESPONSES_PARSE, columns as responses_columns
+from .columns import paused_steps
 from .records import NO_RESPONSE, Request, Result
 
 __all__ = ["Shard", "write_shards", "write_lines", "iter_shards", "read_results", "read_answers", "MAX_REQUESTS",
@@ -80,7 +81,7 @@ def write_lines(lines: Iterable[Tuple[str, bytes]], directory: str, **options) -
     list of Shard
         Empty when there was nothing to write.
     """
-    return [shard for shard, _ids in iter_shards(lines, directory, **options)]
+    return [shard for shard, _ids in paused_steps(iter_shards(lines, directory, **options))]
 
 
 def iter_shards(

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 __all__ = ["Column", "compact", "concat", "take", "merge", "nulls", "objects", "spread", "first_present", "to_series",
-           "content_hashes", "gc_paused"]
+           "content_hashes", "gc_paused", "paused_steps"]
 
 #: One key's values over some rows.
 Column = Union[pa.ChunkedArray, np.ndarray]
@@ -118,6 +118,22 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def paused_steps(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, each made with the cyclic collector paused; it may run while the caller holds an item.
+
+    For loops that make a few objects per row that reference counting frees
+    (request lines, their tuples): on a large heap (a notebook's) the
+    collector's passes cost more than the loop itself.
+    """
+    while True:
+        with gc_paused():
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
 
 
 def spread(col: Column, rows: np.ndarray, n: int, blank: np.ndarray) -> Column:

@@ -20,6 +20,7 @@ from ..backends.base import Backend, JobState, Progress
 from ..core.ids import custom_ids, positions
 from ..errors import JobError
 from ..core.answers import Answers
+from ..core.columns import gc_paused
 from ..core.fields import Parsed
 from ..core.records import Usage
 from ..core.spec import MapSpec
@@ -304,17 +305,18 @@ class Job:
         parsed = Parsed.concat(self._parsed)  # answers parsed on arrival, handed to the join (which empties it)
         self._parsed = []  # a second result() parses again
         spec = self.spec
-        answers = self.answers()
-        out, stats, errors = spec.join(
-            self.host,
-            self.ids,
-            answers,
-            skipped=self.skipped,
-            unanswered=lambda pos: self.backend.unanswered(self, pos),
-            overwrite=self.overwrite if overwrite is None else overwrite,
-            hint=f"The answers are kept: call pdbatch.Job.load({self.id!r}).result(overwrite=True).",
-            parsed=parsed,
-        )
+        with gc_paused():  # the join makes no cycles: a collector pass over a large heap would only cost time
+            answers = self.answers()
+            out, stats, errors = spec.join(
+                self.host,
+                self.ids,
+                answers,
+                skipped=self.skipped,
+                unanswered=lambda pos: self.backend.unanswered(self, pos),
+                overwrite=self.overwrite if overwrite is None else overwrite,
+                hint=f"The answers are kept: call pdbatch.Job.load({self.id!r}).result(overwrite=True).",
+                parsed=parsed,
+            )
         summary = {
             "job_id": self.id,
             "name": self.name,

@@ -1,11 +1,13 @@
 """Compact answer columns give the pandas columns the object path gives, with shared list items."""
 
+import gc
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pdbatch.core.columns import compact, concat, merge, objects, spread, to_series
+from pdbatch.core.columns import compact, concat, merge, objects, paused_steps, spread, to_series
 from pdbatch.core.join import _series
 
 CASES = {
@@ -63,3 +65,31 @@ def test_concat_merge_and_spread_keep_arrow_only_when_the_types_agree():
     s = spread(m, np.array([3, 2, 1, 0]), 5, np.array([1]))
     assert s.to_pylist() == ["q", None, "p", "x", None]
     assert objects(s).tolist() == ["q", None, "p", "x", None]
+
+
+def test_paused_steps_pause_the_collector_only_while_an_item_is_made():
+    seen = []
+
+    def items():
+        for k in range(3):
+            seen.append(gc.isenabled())
+            yield k
+
+    assert gc.isenabled()
+    held = [(k, gc.isenabled()) for k in paused_steps(items())]
+    assert held == [(0, True), (1, True), (2, True)] and seen == [False, False, False] and gc.isenabled()
+
+    def broken():
+        yield 1
+        raise ValueError("bad row")
+
+    steps = paused_steps(broken())
+    assert next(steps) == 1
+    with pytest.raises(ValueError, match="bad row"):
+        next(steps)
+    assert gc.isenabled()  # restored after an error while making an item
+    gc.disable()
+    try:
+        assert list(paused_steps(items())) == [0, 1, 2] and not gc.isenabled()  # a caller's own setting is kept
+    finally:
+        gc.enable()
