@@ -95,6 +95,8 @@ def take(col: Column, rows: np.ndarray) -> Column:
 
 def merge(n: int, hit: np.ndarray, hits: Column, misses: Column) -> Column:
     """A column of ``n`` rows: ``hits`` where ``hit`` is True, ``misses`` elsewhere, each in order."""
+    if len(hits) == n:  # every row a hit
+        return hits
     src = np.empty(n, dtype=np.int64)
     nh = int(hit.sum())
     src[hit] = np.arange(nh)

@@ -143,7 +143,11 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     at = np.zeros(0, dtype=np.int64)
     if parsed is not None and n and len(parsed):
         # Over every answer in stored order (no gathered copy of a million texts), then picked at ``usable``.
-        pos = pc.index_in(a.arrow("custom_id").cast(pa.string()), value_set=parsed.custom_id)
+        cid = a.arrow("custom_id").cast(pa.string())
+        if len(cid) == len(parsed) and cid.equals(parsed.custom_id):  # every answer parsed, in stored order
+            pos = pa.array(np.arange(len(cid), dtype=np.int32))
+        else:
+            pos = pc.index_in(cid, value_set=parsed.custom_id)
         found = pc.fill_null(pos, 0).to_numpy(zero_copy_only=False)[usable]
         known = parsed.origin[found]
         hit = pos.is_valid().to_numpy(zero_copy_only=False)[usable]
