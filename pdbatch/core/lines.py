@@ -55,7 +55,8 @@ class LineTemplate:
     Use :meth:`build`, which returns None when the body cannot be spliced
     (then serialize each :class:`~pdbatch.core.records.Request` whole).
     ``t.line(custom_id, values)`` gives the JSONL line (with its newline) of
-    one request; ``t.hash(values)`` its cache key.
+    one request; ``t.hash(values)`` its cache key; ``t.encode(custom_id,
+    values)`` both at once.
 
     Examples
     --------
@@ -65,9 +66,11 @@ class LineTemplate:
     >>> req = Request("7", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     >>> t.line("7", ("hi",)) == req.to_line(), t.hash(("hi",)) == request_hash(req)
     (True, True)
+    >>> t.encode("7", ("hi",)) == (req.to_line(), request_hash(req))
+    True
     """
 
-    __slots__ = ("line", "hash")
+    __slots__ = ("line", "hash", "encode")
     slot = staticmethod(slot)
 
     def __init__(self, line_format: bytes, hash_pieces: List[bytes], slots: int) -> None:
@@ -89,6 +92,16 @@ class LineTemplate:
                 return h.hexdigest()
 
             self.hash = hash_one
+
+            def encode_one(custom_id, values) -> Tuple[bytes, str]:
+                value = values[0]
+                text = dumps(value)  # a string's JSON is its canonical form too: serialized once for both
+                h = start.copy()
+                h.update(text if type(value) is str else canonical(value))
+                h.update(suffix)
+                return line_format % (dumps(custom_id), text), h.hexdigest()
+
+            self.encode = encode_one
         else:
             self.line = lambda custom_id, values: line_format % (dumps(custom_id), *map(dumps, values))
             rest = _format([b""] + hash_pieces[1:])  # every value, with what follows each
@@ -99,6 +112,7 @@ class LineTemplate:
                 return h.hexdigest()
 
             self.hash = hash_many
+            self.encode = lambda custom_id, values: (self.line(custom_id, values), hash_many(values))
 
     @classmethod
     def build(cls, url: str, body: Mapping[str, Any], slots: int, provider: str = "") -> Optional["LineTemplate"]:

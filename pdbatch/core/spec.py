@@ -320,9 +320,10 @@ class MapSpec:
             for pos, cid, values in self._slots(rendered):
                 yield (pos, cid, *encode_one(cid, body(values), url, provider))
             return
-        line, key = template.line, template.hash
+        encode = template.encode
         for pos, cid, values in self._slots(rendered):
-            yield pos, cid, line(cid, values), key(values)
+            line, key = encode(cid, values)
+            yield pos, cid, line, key
 
     def lines(self, rendered: Rendered) -> Iterator[tuple]:
         """Yield ``(custom_id, JSONL line)`` per row that can be sent (see :meth:`encode`), without hashing."""
