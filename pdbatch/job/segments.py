@@ -66,10 +66,13 @@ def encode(table: pa.Table) -> memoryview:
     segment of a million rows is not copied into a ``bytes`` first.
     """
     table = table.replace_schema_metadata({_META: str(SEGMENT_VERSION).encode()})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    counter = pa.MockOutputStream()  # the size first, then one buffer of that size: no copies as a stream grows
+    with pa.ipc.new_stream(counter, table.schema) as writer:
         writer.write_table(table)
-    return memoryview(sink.getvalue())
+    buf = pa.allocate_buffer(counter.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buf), table.schema) as writer:
+        writer.write_table(table)
+    return memoryview(buf)
 
 
 def decode(blob: bytes, seq: int) -> pa.Table:
