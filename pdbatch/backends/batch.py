@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -37,10 +36,11 @@ import openai
 from ..core.batchfile import MAX_BYTES, MAX_REQUESTS, iter_shards, read_answers
 from ..errors import BatchFailedError, JobError, OptionError, PdbatchError
 from ..options import check
-from ..core.answers import NO_ANSWER
+from ..core.answers import NO_ANSWER, Answers
 from ..core.columns import gc_paused, paused_steps
 from .progress import progress_bar
 from .retry import RETRYABLE_CODES, RetryPolicy, TRANSIENT_ERRORS, call, create_once
+from .download import Download
 from .base import TERMINAL, Progress, check_client, default_client, openai_provider
 from .batch_state import ORDER as _ORDER, BatchState, ShardState, retry_shard, rows_to_retry
 from .pickling import PicklesWithoutClient
@@ -310,13 +310,12 @@ class Batch(PicklesWithoutClient):
                 f"call job.wait() (or run the same map) again later, it resumes") from err
 
     def _download(self, job, st: ShardState, file_id: str, path: str) -> str:
-        def fetch() -> None:
-            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part"  # two processes may fetch the same file
-            with self._create_client.files.with_streaming_response.content(file_id) as resp:
-                resp.stream_to_file(tmp)
-            os.replace(tmp, path)
-
+        """Fetch a file to ``path``, parsed by Arrow as it arrives (kept for :meth:`collect` in ``_early``)."""
+        fetch = Download(self._create_client.files.with_streaming_response.content, file_id, path,
+                         job.spec.answer_kind)
         self._api(job, st, f"downloading file {file_id}", fetch)
+        if fetch.answers is not None:
+            self.__dict__.setdefault("_early", {})[path] = fetch.answers
         return path
 
     def _files(self, job, st: ShardState) -> List[str]:
@@ -333,9 +332,11 @@ class Batch(PicklesWithoutClient):
         """Download and store the answers of every finished shard not yet stored."""
         for st in self._shards(job):
             if st.done and not st.ingested:
-                paths = self._files(job, st)
+                paths, early, answers = self._files(job, st), self.__dict__.get("_early", {}), Answers()
                 with gc_paused():  # a shard's answers make no cycles; the collector's passes would cost more
-                    job.record_answers(read_answers(paths, job.spec.answer_kind), attempt=st.attempt)
+                    for path in paths:  # parsed while downloaded, else read from disk
+                        answers.extend(early.pop(path, None) or read_answers(path, job.spec.answer_kind))
+                    job.record_answers(answers, attempt=st.attempt)
                 st.ingested = 1
                 self._save(job, st)
 

@@ -1,0 +1,40 @@
+"""Tests for pdbatch/backends/download.py: a file parsed while it downloads gives what the file on disk gives."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+
+from pdbatch.backends.download import Download
+from pdbatch.core.batchfile import read_answers
+
+
+def _line(i: int, content: str) -> bytes:
+    body = {"choices": [{"message": {"content": content, "refusal": None}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    return orjson.dumps({"custom_id": str(i), "response": {"status_code": 200, "body": body}, "error": None}) + b"\n"
+
+
+def _upload(client, data: bytes) -> str:
+    return client.files.create(file=("out.jsonl", io.BytesIO(data)), purpose="batch").id
+
+
+def test_a_streamed_parse_equals_the_file_read_from_disk(client, tmp_path):
+    data = b"".join(_line(i, f'{{"n": {i}, "s": "r\\u00e9sum\\u00e9 {i}"}}') for i in range(30_000))  # several MB
+    path = str(tmp_path / "output-0000.jsonl")
+    fetch = Download(client.files.with_streaming_response.content, _upload(client, data), path, "chat")
+    fetch()
+    assert open(path, "rb").read() == data and not list(tmp_path.glob("*.part"))
+    assert fetch.answers is not None
+    assert fetch.answers.to_frame().equals(read_answers(path).to_frame())
+
+
+def test_a_file_arrow_cannot_take_is_left_to_the_disk_reader(client, tmp_path):
+    data = _line(1, "fine") + b'{"custom_id": "2", "response": {"status_code": "two hundred"}}\n' + _line(3, "ok")
+    path = str(tmp_path / "output-0001.jsonl")
+    fetch = Download(client.files.with_streaming_response.content, _upload(client, data), path, "chat")
+    fetch()
+    assert fetch.answers is None and open(path, "rb").read() == data  # the whole file, for the line-by-line reader
+    got = read_answers(path)
+    assert sorted(got.custom_id) == ["1", "2", "3"]
