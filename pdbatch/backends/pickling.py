@@ -115,6 +115,7 @@ class PicklesWithoutClient:
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
+        state.pop("_early", None)  # answers parsed while downloading (backends/batch.py): this process's only
         state["client"] = ClientRecipe.of(self.client, argument=f"{type(self).__name__}(client=...)")
         state["_create_client"] = "_create_client" in state
         return state

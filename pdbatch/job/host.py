@@ -43,11 +43,13 @@ class HostCopy:
         self.host, self.ids, self.workdir = host, ids, workdir
         self.error: Optional[str] = None
         self._thread = threading.Thread(target=self._run, name="pdbatch-host-copy", daemon=True)
+        self._starting = threading.Lock()
 
     def start(self) -> "HostCopy":
-        """Start writing (a second call does nothing)."""
-        if not self._thread.is_alive() and self._thread.ident is None:
-            self._thread.start()
+        """Start writing (a later call, from any thread, does nothing)."""
+        with self._starting:
+            if self._thread.ident is None:
+                self._thread.start()
         return self
 
     def finish(self) -> Optional[str]:

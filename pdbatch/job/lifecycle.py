@@ -92,8 +92,8 @@ class Job:
     def record_sent(self, count: int) -> None:
         """``count`` requests went out from this process (a row sent again by a retry round is not counted)."""
         self.requests_sent += count
-        if self.on_sent is not None:
-            self.on_sent, hook = None, self.on_sent
+        hook, self.on_sent = self.on_sent, None  # backends may report from several threads: hooks are idempotent
+        if hook is not None:
             hook()
 
     def record_shard(self, shard: Any) -> None:
