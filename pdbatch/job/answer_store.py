@@ -197,7 +197,9 @@ class AnswerStore:
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return Answers()
-        table = segments.latest(pa.concat_tables(tables, promote_options="permissive"))
+        table = pa.concat_tables(tables, promote_options="permissive")
+        if self.__dict__.get("_distinct") != (job_id, self._generation(job_id)):  # else a poll found no id twice
+            table = segments.latest(table)
         seq, pos = table.column("seq").to_numpy(), table.column("pos").to_numpy()
         alone_text = alone.column("content").cast(pa.string()) if alone is not None else None
         cols = {name: table.column(name) for name in ("custom_id",) + _ANSWER_COLS if name != "content"}
@@ -282,8 +284,9 @@ class AnswerStore:
             tables.append(pa.table({"custom_id": pa.array(cid, pa.string()), "attempt": pa.array(attempt, pa.int64()),
                                     "seq": pa.array(np.full(len(rows), _ALONE, dtype=np.int64)),
                                     "ok": pa.array([bool(v) for v in ok], pa.bool_())}))
-        table = segments.latest(pa.concat_tables(tables)) if tables else pa.table(
-            {k: pa.array([], t) for k, t in _STATUS.items()})
+        both = pa.concat_tables(tables) if tables else pa.table({k: pa.array([], t) for k, t in _STATUS.items()})
+        table = segments.latest(both)
+        self._distinct = key if table.num_rows == both.num_rows else None  # each answered row once: answers() knows
         self._status_memo = (key, table, {seg: seen[seg] for seg in ids})
         return table
 

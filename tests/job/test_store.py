@@ -153,3 +153,18 @@ def test_a_jobs_answers_read_their_texts_only_where_asked_a_segment_at_a_time(tm
     assert whole == {str(i): "alone" if i == 5 else "late" if i == 299 else f"a{i}" if i < 100 else f"b{i}"
                      for i in range(300)}
     assert a.origin[ids.index("5")] == -1 and a.origin[ids.index("0")] != a.origin[ids.index("150")] >= 0
+
+
+def test_answers_stored_after_a_poll_are_still_one_per_custom_id(tmp_path):
+    """A poll that found every id once lets the join skip that check only while nothing new is stored."""
+    store = Store(str(tmp_path / "s.sqlite3"))
+    hashes = {str(i): h(i) for i in range(200)}
+    store.put_answers("j", Answers.from_results([chat(str(i), f"a{i}") for i in range(100)]), hashes)
+    assert store.count_answers("j") == 100  # a poll: every id once so far
+    store.put_answers("j", Answers.from_results([chat(str(i), f"b{i}") for i in range(50, 150)]), hashes, attempt=1)
+    store.put_answers("j", Answers.from_results([chat("7", "alone")]), hashes, attempt=2)
+    a = store.answers("j")
+    got = dict(zip(a.custom_id, a.arrow("content").to_pylist()))
+    assert len(a) == 150 == len(got)
+    assert got["7"] == "alone" and got["10"] == "a10" and got["60"] == "b60" and got["149"] == "b149"
+    assert store.count_answers("j") == 150 and len(store.answers("j")) == 150  # after a poll that saw them all
