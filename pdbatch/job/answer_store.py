@@ -19,7 +19,7 @@ from . import segments
 from .hashes import RowHashes
 from .memory import give_back
 
-__all__ = ["AnswerStore", "segment_hashes"]
+__all__ = ["AnswerStore", "segment_table"]
 
 #: Answer columns of the per-row table, after (job_id, custom_id, hash, attempt).
 _ANSWER_COLS = Answers.COLUMNS
@@ -38,12 +38,12 @@ def _lookup(hashes: Union[RowHashes, Mapping[str, str]], ids: Sequence[str]) -> 
     return [hashes.get(cid) for cid in ids]
 
 
-def segment_hashes(answers: Answers, hashes: Union[RowHashes, Mapping[str, str], pa.Array]) -> pa.Array:
-    """The request hash of each answer (null for an id the job did not send), as :meth:`AnswerStore.put_segment` takes them."""
-    if isinstance(hashes, pa.Array):  # looked up already
-        return hashes
+def segment_table(answers: Answers, hashes: Union[RowHashes, Mapping[str, str]], attempt: int = 0) -> pa.Table:
+    """``answers`` as one segment's table, each with its request hash (answers for ids the job did not send left out)."""
     ids = answers.arrow("custom_id").to_pylist() if answers.is_arrow("custom_id") else answers.custom_id
-    return hashes.get_arrow(ids) if isinstance(hashes, RowHashes) else pa.array(_lookup(hashes, ids), pa.string())
+    row_hashes = hashes.get_arrow(ids) if isinstance(hashes, RowHashes) else pa.array(_lookup(hashes, ids), pa.string())
+    table = segments.table_of(answers, row_hashes, attempt)
+    return table.filter(pc.is_valid(table.column("hash"))) if row_hashes.null_count else table
 
 
 def _textual(table: pa.Table) -> bool:
@@ -96,20 +96,18 @@ class AnswerStore:
         self._count("write", t0, len(rows))
         return len(rows)
 
-    def put_segment(self, job_id: str, answers: Answers, hashes: Union[RowHashes, Mapping[str, str], pa.Array], *,
-                    attempt: int = 0, source: str = "api") -> Tuple[int, Optional[int]]:
+    def put_segment(self, job_id: str, answers: Union[Answers, pa.Table], hashes: Union[RowHashes, Mapping[str, str], None],
+                    *, attempt: int = 0, source: str = "api") -> Tuple[int, Optional[int]]:
         """Store many answers as one segment (one blob); its successes are indexed for the cache on first lookup.
 
-        ``hashes`` gives each answer's request hash by custom_id, or is an
-        Arrow array of them, one per answer (see :func:`segment_hashes`).
+        ``hashes`` gives each answer's request hash by custom_id; ``answers``
+        may instead be the table :func:`segment_table` made of them (``hashes``
+        then unused).
 
         Returns how many answers were stored and the segment's id (None when none was).
         """
         t0 = time.perf_counter()
-        row_hashes = segment_hashes(answers, hashes)
-        table = segments.table_of(answers, row_hashes, attempt)
-        if row_hashes.null_count:  # answers for ids this job did not send are ignored
-            table = table.filter(pc.is_valid(table.column("hash")))
+        table = answers if isinstance(answers, pa.Table) else segment_table(answers, hashes, attempt)
         if not table.num_rows:
             return 0, None
         blob = segments.encode(table)

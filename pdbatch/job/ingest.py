@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 from ..core.answers import Answers
 from ..core.fields import Parsed, preparse
 from ..core.parsing import as_is
-from .answer_store import SEGMENT_MIN, segment_hashes
+from .answer_store import SEGMENT_MIN, segment_table
 
 __all__ = ["store_and_parse"]
 
@@ -35,9 +35,10 @@ def store_and_parse(store: Any, job_id: str, answers: Answers, hashes: Any, pars
     if parse_text is as_is:  # text and embedding answers are used as they are
         store.put_segment(job_id, answers, hashes, attempt=attempt)
         return None
-    row_hashes = segment_hashes(answers, hashes)  # here: the thread below then needs the GIL little
+    # Made here: the thread below then needs the GIL little (each Arrow call would wait for it behind the parser).
+    table = segment_table(answers, hashes, attempt)
     with ThreadPoolExecutor(1, thread_name_prefix="pdbatch-store") as pool:  # waited for on the way out
-        stored = pool.submit(store.put_segment, job_id, answers, row_hashes, attempt=attempt)
+        stored = pool.submit(store.put_segment, job_id, table, None, attempt=attempt)
         parsed = preparse(answers, parse_text, columns, lambda: stored.result()[1])
         stored.result()  # stored, or its error raised here
     return parsed
