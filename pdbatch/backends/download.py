@@ -1,11 +1,14 @@
 """A finished batch's output file, downloaded to disk and parsed by Arrow while it arrives.
 
 The bytes go to a ``.part`` file (renamed into place once complete, as
-before) and, through a queue that never makes the download wait, to
-:func:`~pdbatch.core.arrow_answers.arrow_answers` in a thread: the last
-shard's answers are parsed while the provider is still sending them, not after. The parse is only a head start: the caller uses it
-when the download completed in one go and Arrow took every line; otherwise
-(a retried download, a file Arrow cannot take) it reads the file on disk, as
+before) and, through a queue, to :func:`~pdbatch.core.arrow_answers.arrow_answers`
+in a thread: the last shard's answers are parsed while the provider is still
+sending them, not after. The queue holds up to :data:`AHEAD` bytes, so the
+download waits only when the parser is that far behind.
+
+The parse is only a head start: the caller uses it when the download completed
+in one go and Arrow took every line; otherwise (a retried download, a file
+Arrow cannot take) it reads the file on disk, as
 :func:`~pdbatch.core.batchfile.read_answers` always did.
 """
 
@@ -26,6 +29,8 @@ __all__ = ["Download"]
 
 #: Bytes handed on at a time.
 CHUNK = 1 << 20
+#: Bytes the download may be ahead of the parser (in chunks of :data:`CHUNK`).
+AHEAD = 64 << 20
 
 
 class Download:
@@ -45,34 +50,43 @@ class Download:
         self.answers = None
         tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.part"  # two processes may fetch the same file
         got: dict = {}
-        chunks: "queue.SimpleQueue[Optional[bytes]]" = queue.SimpleQueue()  # never full: the download never waits
+        chunks: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=AHEAD // CHUNK)
         reader = threading.Thread(target=self._parse, args=(chunks, got), name="pdbatch-parse", daemon=True)
         reader.start()
         try:
             with self.open_stream(self.file_id) as resp, open(tmp, "wb") as out:
                 for chunk in resp.iter_bytes(CHUNK):
                     out.write(chunk)
-                    if reader.is_alive():  # else the parser stopped early (a line Arrow cannot take)
-                        chunks.put(chunk)
+                    _hand_on(chunks, chunk, reader)
             os.replace(tmp, self.path)
         finally:
-            chunks.put(None)
+            _hand_on(chunks, None, reader)
             reader.join()
             if os.path.exists(tmp):
                 os.remove(tmp)
         self.answers = got.get("answers")
 
-    def _parse(self, chunks: "queue.SimpleQueue[Optional[bytes]]", got: dict) -> None:
+    def _parse(self, chunks: "queue.Queue[Optional[bytes]]", got: dict) -> None:
         try:
             got["answers"] = arrow_answers(pa.PythonFile(_Chunks(chunks), mode="r"), self.kind)
         except Exception:  # noqa: BLE001 - a head start only: the file on disk is read instead
             got["answers"] = None
 
 
+def _hand_on(chunks: "queue.Queue[Optional[bytes]]", chunk: Optional[bytes], reader: threading.Thread) -> None:
+    """Queue ``chunk`` for the parser, waiting while the queue is full; dropped once the parser has stopped."""
+    while reader.is_alive():  # a parser that stopped early (a line Arrow cannot take) reads no more
+        try:
+            chunks.put(chunk, timeout=0.05)
+            return
+        except queue.Full:
+            continue
+
+
 class _Chunks(io.RawIOBase):
     """A readable stream over the chunks put in a queue (None ends it)."""
 
-    def __init__(self, chunks: "queue.SimpleQueue[Optional[bytes]]") -> None:
+    def __init__(self, chunks: "queue.Queue[Optional[bytes]]") -> None:
         super().__init__()
         self._chunks, self._left, self._done = chunks, memoryview(b""), False
 

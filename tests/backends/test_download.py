@@ -6,6 +6,7 @@ import io
 
 import orjson
 
+import pdbatch.backends.download as download
 from pdbatch.backends.download import Download
 from pdbatch.core.batchfile import read_answers
 
@@ -38,3 +39,17 @@ def test_a_file_arrow_cannot_take_is_left_to_the_disk_reader(client, tmp_path):
     assert fetch.answers is None and open(path, "rb").read() == data  # the whole file, for the line-by-line reader
     got = read_answers(path)
     assert sorted(got.custom_id) == ["1", "2", "3"]
+
+
+def test_a_parser_far_behind_holds_the_download_back_without_a_deadlock(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "CHUNK", 1 << 16)
+    monkeypatch.setattr(download, "AHEAD", 2 << 16)  # a queue of two chunks: the download must wait for the parser
+    data = b"".join(_line(i, f"answer {i}") for i in range(20_000))
+    path = str(tmp_path / "output-0002.jsonl")
+    fetch = Download(client.files.with_streaming_response.content, _upload(client, data), path, "chat")
+    fetch()
+    assert open(path, "rb").read() == data and fetch.answers is not None and len(fetch.answers) == 20_000
+    bad = b'{"custom_id": "1", "response": {"status_code": "x"}}\n' + data  # the parser stops at once
+    fetch = Download(client.files.with_streaming_response.content, _upload(client, bad), path, "chat")
+    fetch()
+    assert fetch.answers is None and open(path, "rb").read() == bad
