@@ -79,10 +79,16 @@ class Parsed:
         if len(parts) == 1:
             return parts[0]
         keys = dict.fromkeys(k for p in parts for k in p.columns)
-        columns = {k: concat([p.columns[k] if k in p.columns else nulls(len(p)) for p in parts]) for k in keys}
+        # One chunk per column: the join's take would otherwise join the chunks into a third copy at its peak.
+        columns = {k: _one_chunk(concat([p.columns[k] if k in p.columns else nulls(len(p)) for p in parts]))
+                   for k in keys}
         return cls(pa.chunked_array([c for p in parts for c in p.custom_id.chunks], type=pa.string()),
                    np.concatenate([p.content_hash for p in parts]), columns,
                    np.concatenate([p.errors for p in parts]), np.concatenate([p.origin for p in parts]))
+
+
+def _one_chunk(col: Column) -> Column:
+    return pa.chunked_array([col.combine_chunks()], type=col.type) if isinstance(col, pa.ChunkedArray) else col
 
 
 def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
@@ -133,7 +139,8 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     ``usable``; see :mod:`pdbatch.core.columns`), taken from ``parsed`` where
     it holds a row's answer and parsed now for the rest: ``columns`` first,
     then the other keys in the order of the first line of ``usable`` that has
-    each. Without, a list of parsed values.
+    each. Without, a list of parsed values. ``parsed`` is handed over: its
+    columns are emptied as they are used.
     """
     many = _many(parse_text)
     if not expand_objects:
@@ -164,8 +171,9 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     keys.update(dict.fromkeys(parsed.columns if parsed is not None and len(at) else ()))
     keys.update(dict.fromkeys(fresh))
     out = {}
-    for key in keys:
-        hits = take(parsed.columns[key], at) if len(at) and key in parsed.columns else nulls(len(at))
+    for key in keys:  # each of parsed's columns is let go once taken: a million rows are not held twice
+        col = parsed.columns.pop(key, None) if parsed is not None else None
+        hits = take(col, at) if len(at) and col is not None else nulls(len(at))
         out[key] = merge(n, hit, hits, fresh[key] if key in fresh else nulls(len(miss)))
     declared = set(columns or ())
     free = [k for k in out if k not in declared]

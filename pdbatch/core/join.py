@@ -19,8 +19,9 @@ import pyarrow.compute as pc
 
 from ..errors import ColumnCollisionError
 from .answers import NO_ANSWER, Answers, answer_reason
-from .columns import spread, to_series
+from .columns import Column, spread, to_series
 from .fields import Parsed, gc_paused, parse_usable
+from .memory import give_back
 from .parsing import as_is
 from .records import Usage
 
@@ -168,17 +169,42 @@ def join_results(
 
     The result keeps ``host.attrs`` (a deep copy, as pandas copies them).
     """
-    n = len(ids)
     skipped = dict(skipped or {})
-    stats = JoinStats(rows=n, skipped=len(skipped), usage=answers.usage)
     expand = kind in ("json", "schema")
-    a = answers
-    m = len(a)
-    # Row position of every line by a hash join in Arrow; -1 where a custom_id matches no row.
-    cid = a.arrow("custom_id")
+    values, raw, errors, stats = _values(ids, answers, parse_text, expand=expand, output=output,
+                                         columns=columns, skipped=skipped, unanswered=unanswered,
+                                         parsed=parsed, raw_column=raw_column)
+    give_back()  # what matching and parsing freed: the pandas columns below are the join's peak
+    return _frame(host, values, raw, errors, stats, expand=expand, output=output, error_column=error_column,
+                  columns=columns, overwrite=overwrite, hint=hint, raw_column=raw_column)
+
+
+def _row_of(cid: Column, ids: List[str]) -> np.ndarray:
+    """Row position of each answer line by its custom_id (-1 where it names no row).
+
+    Lines stored in row order, one per row (a job answered in one go, in
+    order), are recognised by one comparison; otherwise a hash join in Arrow.
+    """
+    cid = cid if isinstance(cid, pa.ChunkedArray) else pa.chunked_array([cid])
     if cid.type != pa.string():
         cid = cid.cast(pa.string())
-    where = pc.fill_null(pc.index_in(cid, value_set=pa.array(ids, type=pa.string())), -1).to_numpy().astype(np.int64)
+    value_set = pa.array(ids, type=pa.string())
+    if len(cid) == len(ids) and cid.equals(pa.chunked_array([value_set])):
+        return np.arange(len(ids), dtype=np.int64)
+    return pc.fill_null(pc.index_in(cid, value_set=value_set), -1).to_numpy().astype(np.int64)
+
+
+def _values(ids: List[str], answers: Answers, parse_text: Callable[[str], tuple], *, expand: bool,
+            output: str, columns: Optional[List[str]], skipped: Dict[int, str],
+            unanswered: Optional[Callable[[int], str]], parsed: Optional[Parsed],
+            raw_column: Optional[str]) -> tuple:
+    """``(new columns by name, raw text column or None, error of each row, JoinStats)``: the join before pandas."""
+    n = len(ids)
+    stats = JoinStats(rows=n, skipped=len(skipped), usage=answers.usage)
+    a = answers
+    m = len(a)
+    where = _row_of(a.arrow("custom_id"), ids)
+    give_back()  # the hash join's tables (tens of MB for a million rows), kept by Arrow's allocator once freed
     ok = a.arrow("ok").to_numpy().astype(bool) if m else np.zeros(0, dtype=bool)
     lines = np.flatnonzero(where >= 0)
     stats.unknown_ids = int(m - len(lines))
@@ -205,9 +231,8 @@ def join_results(
         src[where[lines]] = lines
         src[skipped_pos] = -1
         raw = a.arrow("content").take(pa.array(src, mask=src < 0))
-    text_column = None
-    out_values = np.full(n, None, dtype=object)
-    fields: Dict[str, Any] = {key: np.full(n, None, dtype=object) for key in columns or ()}
+    text_column = out_values = None
+    fields: Dict[str, Any] = {}
     if parse_text is as_is and a.is_arrow("content"):
         # Nothing to parse and the text is in Arrow: one gather builds the column, no Python strings.
         src = np.full(n, -1, dtype=np.int64)
@@ -224,10 +249,14 @@ def join_results(
             if expand:  # one column per key, over the usable lines: spread onto the rows (skipped ones blank)
                 fields = {key: spread(got.pop(key), rows, n, skipped_pos) for key in list(got)}
             else:
+                out_values = np.full(n, None, dtype=object)
                 out_values[rows] = np.fromiter(got, dtype=object, count=len(rows))
         errors[rows] = np.fromiter(errs, dtype=object, count=len(rows))
+    if expand and not fields:
+        fields = {key: np.full(n, None, dtype=object) for key in columns or ()}
     errors[skipped_pos] = np.fromiter(skipped.values(), dtype=object, count=len(skipped))
-    out_values[skipped_pos] = None
+    if out_values is not None:
+        out_values[skipped_pos] = None
     for col in fields.values():
         if isinstance(col, np.ndarray):
             col[skipped_pos] = None
@@ -246,7 +275,13 @@ def join_results(
         values = fields
     else:
         values[output] = out_values if text_column is None else text_column
-    errors = errors.tolist()
+    return values, raw, errors.tolist(), stats
+
+
+def _frame(host, values: Dict[str, Any], raw: Any, errors: list, stats: JoinStats, *, expand: bool, output: str,
+           error_column: Optional[str], columns: Optional[List[str]], overwrite: bool, hint: str,
+           raw_column: Optional[str]) -> tuple:
+    """``(result, stats, errors)``: the new columns as pandas columns beside the host's (see :func:`join_results`)."""
     index = host.index
     existing = [str(c) for c in host.columns] if isinstance(host, pd.DataFrame) else []
     if expand:

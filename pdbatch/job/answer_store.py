@@ -17,7 +17,7 @@ from ..core.answers import Answers, Deferred
 from ..core.records import Usage
 from . import segments
 from .hashes import RowHashes
-from .memory import give_back
+from ..core.memory import give_back
 
 __all__ = ["AnswerStore", "segment_table"]
 
@@ -291,7 +291,7 @@ class AnswerStore:
     def release(self) -> None:
         """Let go of the answered-rows table kept for progress polls (read again when next asked).
 
-        Freed memory then goes back to the system (:func:`~pdbatch.job.memory.give_back`): a job calls
+        Freed memory then goes back to the system (:func:`~pdbatch.core.memory.give_back`): a job calls
         this before its join, which would otherwise peak on top of what the polls left behind.
         """
         self._status_memo = None

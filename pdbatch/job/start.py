@@ -26,7 +26,7 @@ from .fingerprint import FINGERPRINT_PREFIX, earlier_fingerprints, fingerprint
 from .host import HostCopy
 from .lifecycle import Job, new_job_id
 from .locks import job_lock
-from .memory import give_back
+from ..core.memory import give_back
 from .store import JobRecord, Store, default_store, pdbatch_home
 
 __all__ = ["start_job", "default_name", "check_budget", "NAME_WORDS"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pdbatch.core.columns import compact, concat, merge, objects, paused_steps, spread, to_series
+from pdbatch.core.columns import compact, concat, merge, objects, paused_steps, spread, take, to_series
 from pdbatch.core.join import _series
 
 CASES = {
@@ -65,6 +65,16 @@ def test_concat_merge_and_spread_keep_arrow_only_when_the_types_agree():
     s = spread(m, np.array([3, 2, 1, 0]), 5, np.array([1]))
     assert s.to_pylist() == ["q", None, "p", "x", None]
     assert objects(s).tolist() == ["q", None, "p", "x", None]
+
+
+@pytest.mark.parametrize("values", [["a", "b", "c"], [{"a": 1}, None, {"b": 2}]], ids=["arrow", "objects"])
+def test_take_of_every_row_in_order_is_the_column_itself_and_anything_else_a_copy(values):
+    col = compact(obj(values))
+    assert take(col, np.arange(3)) is col  # a million rows' join takes no copy
+    for rows in ([2, 0, 1], [0, -1, 2], [0, 2, 2], [0, 1], [0, 0, 1, 2]):
+        got = take(col, np.array(rows))
+        assert got is not col
+        assert objects(got).tolist() == [values[r] if r >= 0 else None for r in rows]
 
 
 def test_paused_steps_pause_the_collector_only_while_an_item_is_made():

@@ -493,6 +493,23 @@ def test_preparsed_answers_join_the_same_and_a_stale_entry_is_parsed_again(df):
     assert fast_errors[1] is not None and fast_errors[2] is not None
 
 
+def test_answers_in_row_order_join_as_shuffled_ones_do_and_the_parsed_columns_are_handed_over(df):
+    from pdbatch.core.fields import preparse
+
+    parse = response_format(SCHEMA).text_parser()
+    lines = [ok("fr", '{"v": 1}'), ok("pe", '{"v": 2}'), ok("no", '{"v": 3}'), ok("it", '{"v": 4}')]
+    kw = dict(kind="schema", output="llm_output", error_column="llm_error", columns=["v"])
+    got = {}
+    for name, order in {"in order": lines, "shuffled": lines[::-1], "one unknown": lines + [ok("xx", '{"v": 9}')]}.items():
+        early = preparse(answers(*order), parse)
+        got[name], stats, _ = join_results(df, custom_ids(df.index), answers(*order), parse, parsed=early, **kw)
+        assert early.columns == {}  # handed over: a million rows' values are not held twice
+        assert stats.unknown_ids == (name == "one unknown")
+    for name in ("shuffled", "one unknown"):
+        pd.testing.assert_frame_equal(got["in order"], got[name])
+    assert got["in order"]["v"].tolist() == [1, 2, 3, 4]
+
+
 def test_preparse_of_text_answers_is_nothing(df):
     from pdbatch.core.fields import preparse
 
