@@ -62,6 +62,7 @@ class Download:
         finally:
             _hand_on(chunks, None, reader)
             reader.join()
+            _end(chunks)
             if os.path.exists(tmp):
                 os.remove(tmp)
         self.answers = got.get("answers")
@@ -81,6 +82,22 @@ def _hand_on(chunks: "queue.Queue[Optional[bytes]]", chunk: Optional[bytes], rea
             return
         except queue.Full:
             continue
+
+
+def _end(chunks: "queue.Queue[Optional[bytes]]") -> None:
+    """Queue the end of the input once the parser has stopped, whatever is left in the queue.
+
+    A parser that stopped early (a line Arrow cannot take) may leave one of
+    Arrow's read-ahead reads waiting on the queue in Arrow's own thread pool:
+    without an end to read, that thread never finishes, and the process
+    hangs at exit waiting for it.
+    """
+    while True:
+        try:
+            chunks.get_nowait()
+        except queue.Empty:
+            break
+    chunks.put_nowait(None)
 
 
 class _Chunks(io.RawIOBase):

@@ -53,3 +53,32 @@ def test_a_parser_far_behind_holds_the_download_back_without_a_deadlock(client, 
     fetch = Download(client.files.with_streaming_response.content, _upload(client, bad), path, "chat")
     fetch()
     assert fetch.answers is None and open(path, "rb").read() == bad
+
+
+_EXITS = """
+import io, sys
+import pdbatch.backends.download as download
+from pdbatch.server import BatchServer
+
+download.CHUNK, download.AHEAD = 1 << 16, 2 << 16
+bad = b'{"custom_id": "1", "response": {"status_code": "x"}}\\n' + b"".join(
+    b'{"custom_id": "%d", "response": {"status_code": 200, "body": {}}, "error": null}\\n' % i for i in range(50_000))
+with BatchServer() as srv:
+    client = srv.client(api_key="sk-test", max_retries=0, timeout=10.0)
+    file_id = client.files.create(file=("out.jsonl", io.BytesIO(bad)), purpose="batch").id
+    fetch = download.Download(client.files.with_streaming_response.content, file_id, sys.argv[1], "chat")
+    fetch()
+    assert fetch.answers is None
+print("fetched")
+"""
+
+
+def test_a_process_whose_parser_stopped_early_still_exits(tmp_path):
+    # The parser gives up at the first line while Arrow may have a read pending in its own thread pool:
+    # that read must get the end of the input, or the process waits for it at exit for ever.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _EXITS, str(tmp_path / "output.jsonl")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "fetched", proc.stderr[-2000:]
