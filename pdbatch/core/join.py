@@ -69,6 +69,9 @@ def _series(values: Any, index: pd.Index, name: Any) -> pd.Series:
     return s
 
 
+#: Joins of this many rows give freed memory back between their steps (a few ms; smaller ones free little).
+GIVE_BACK_ROWS = 65536
+
 #: Suffix of a column holding an answer key that names a column already there (``_llm``, then ``_llm2``...).
 SUFFIX = "_llm"
 
@@ -174,7 +177,8 @@ def join_results(
     values, raw, errors, stats = _values(ids, answers, parse_text, expand=expand, output=output,
                                          columns=columns, skipped=skipped, unanswered=unanswered,
                                          parsed=parsed, raw_column=raw_column)
-    give_back()  # what matching and parsing freed: the pandas columns below are the join's peak
+    if len(ids) >= GIVE_BACK_ROWS:
+        give_back()  # what matching and parsing freed: the pandas columns below are the join's peak
     return _frame(host, values, raw, errors, stats, expand=expand, output=output, error_column=error_column,
                   columns=columns, overwrite=overwrite, hint=hint, raw_column=raw_column)
 
@@ -204,7 +208,8 @@ def _values(ids: List[str], answers: Answers, parse_text: Callable[[str], tuple]
     a = answers
     m = len(a)
     where = _row_of(a.arrow("custom_id"), ids)
-    give_back()  # the hash join's tables (tens of MB for a million rows), kept by Arrow's allocator once freed
+    if n >= GIVE_BACK_ROWS:
+        give_back()  # the hash join's tables (tens of MB for a million rows), kept by Arrow's allocator once freed
     ok = a.arrow("ok").to_numpy().astype(bool) if m else np.zeros(0, dtype=bool)
     lines = np.flatnonzero(where >= 0)
     stats.unknown_ids = int(m - len(lines))

@@ -1,4 +1,4 @@
-"""Giving freed memory back to the system between the phases of a job.
+"""Giving freed memory back to the system between the phases of a job, and between the steps of a large join.
 
 Arrow's allocator and the C library's keep what a phase freed for reuse;
 on a million-row job, the submission phase (request lines, the upload
