@@ -178,7 +178,7 @@ def join_results(
                                          columns=columns, skipped=skipped, unanswered=unanswered,
                                          parsed=parsed, raw_column=raw_column)
     if len(ids) >= GIVE_BACK_ROWS:
-        give_back()  # what matching and parsing freed: the pandas columns below are the join's peak
+        give_back()  # what matching and parsing freed, before the pandas columns are built on top
     return _frame(host, values, raw, errors, stats, expand=expand, output=output, error_column=error_column,
                   columns=columns, overwrite=overwrite, hint=hint, raw_column=raw_column)
 
