@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,8 @@ _SCALARS = (pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.null())
 _ITEMS = (pa.string(), pa.int64(), pa.bool_())
 #: Texts hashed at a time by :func:`content_hashes` (bounds the Python strings made at once).
 _STEP = 65536
+#: Rows per run (on average) from which :func:`take` slices the column instead of gathering a copy.
+RUN_ROWS = 1024
 
 
 def _simple(t: pa.DataType) -> bool:
@@ -87,8 +89,31 @@ def _identity(rows: np.ndarray, n: int) -> bool:
     return len(rows) == n and (n == 0 or (rows[0] == 0 and rows[-1] == n - 1 and bool((rows[1:] > rows[:-1]).all())))
 
 
+def _runs(rows: np.ndarray) -> Optional[List[Tuple[int, int]]]:
+    """``rows`` as ``(first position, length)`` runs of consecutive positions (first -1: a run of missing rows).
+
+    None when the runs are short (fewer than :data:`RUN_ROWS` rows each on
+    average): a gather is then cheaper than that many slices.
+    """
+    n = len(rows)
+    if n < RUN_ROWS:
+        return None
+    missing = rows < 0
+    same_run = ((np.diff(rows) == 1) & ~missing[:-1]) | (missing[1:] & missing[:-1])
+    starts = np.r_[0, np.flatnonzero(~same_run) + 1]
+    if len(starts) * RUN_ROWS > n:
+        return None
+    lengths = np.diff(np.r_[starts, n])
+    return [(-1 if missing[s] else int(rows[s]), int(k)) for s, k in zip(starts.tolist(), lengths.tolist())]
+
+
 def take(col: Column, rows: np.ndarray) -> Column:
-    """The values at positions ``rows`` (-1: missing); ``col`` itself when that is every row in order."""
+    """The values at positions ``rows`` (-1: missing); ``col`` itself when that is every row in order.
+
+    Rows made of long runs of consecutive positions (the shards of a job,
+    stored out of order) give slices of ``col``, no copy; anything else is
+    gathered into a new column.
+    """
     if _identity(rows, len(col)):  # a million rows' copy saved (the join's usual case)
         return col
     if not _arrow(col):
@@ -96,6 +121,11 @@ def take(col: Column, rows: np.ndarray) -> Column:
         have = rows >= 0
         out[have] = col[rows[have]]
         return out
+    runs = _runs(rows)
+    if runs is not None:
+        return pa.chunked_array([piece for first, k in runs
+                                 for piece in (col.slice(first, k).chunks if first >= 0 else [pa.nulls(k, col.type)])],
+                                type=col.type)
     idx = pa.array(rows, type=pa.int64(), mask=rows < 0)
     return col.take(idx)
 
@@ -194,9 +224,14 @@ def to_series(col: pa.ChunkedArray, index: pd.Index, name: Any) -> pd.Series:
     rows of three labels hold three strings, not three million.
     """
     t = col.type
-    if pa.types.is_list(t):
-        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        return pd.Series(_lists(arr), index=index, name=name, dtype=object)
+    if pa.types.is_list(t):  # a chunk at a time: the chunks are not joined into one copy first
+        lists = _lists(col.chunk(0)) if col.num_chunks == 1 else np.empty(len(col), dtype=object)
+        if col.num_chunks != 1:
+            start = 0
+            for chunk in col.chunks:
+                lists[start:start + len(chunk)] = _lists(chunk)
+                start += len(chunk)
+        return pd.Series(lists, index=index, name=name, dtype=object)
     if t == pa.null():
         return pd.Series(np.full(len(col), None, dtype=object), index=index, name=name, dtype=object)
     if col.null_count and t in (pa.int64(), pa.bool_()):

@@ -79,16 +79,11 @@ class Parsed:
         if len(parts) == 1:
             return parts[0]
         keys = dict.fromkeys(k for p in parts for k in p.columns)
-        # One chunk per column: the join's take would otherwise join the chunks into a third copy at its peak.
-        columns = {k: _one_chunk(concat([p.columns[k] if k in p.columns else nulls(len(p)) for p in parts]))
-                   for k in keys}
+        # The parts' chunks, not a copy: the join takes them in row order as slices (see columns.take).
+        columns = {k: concat([p.columns[k] if k in p.columns else nulls(len(p)) for p in parts]) for k in keys}
         return cls(pa.chunked_array([c for p in parts for c in p.custom_id.chunks], type=pa.string()),
                    np.concatenate([p.content_hash for p in parts]), columns,
                    np.concatenate([p.errors for p in parts]), np.concatenate([p.origin for p in parts]))
-
-
-def _one_chunk(col: Column) -> Column:
-    return pa.chunked_array([col.combine_chunks()], type=col.type) if isinstance(col, pa.ChunkedArray) else col
 
 
 def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:

@@ -39,11 +39,29 @@ def _lookup(hashes: Union[RowHashes, Mapping[str, str]], ids: Sequence[str]) -> 
 
 
 def segment_table(answers: Answers, hashes: Union[RowHashes, Mapping[str, str]], attempt: int = 0) -> pa.Table:
-    """``answers`` as one segment's table, each with its request hash (answers for ids the job did not send left out)."""
+    """``answers`` as one segment's table, each with its request hash (answers for ids the job did not send left out).
+
+    With :class:`RowHashes`, the answers are put in the order of the job's
+    rows (an output file may list them in any order): a job's segments are
+    then runs of rows that its join matches and takes as slices, without a
+    hash table or a copy of every answer.
+    """
     ids = answers.arrow("custom_id").to_pylist() if answers.is_arrow("custom_id") else answers.custom_id
-    row_hashes = hashes.get_arrow(ids) if isinstance(hashes, RowHashes) else pa.array(_lookup(hashes, ids), pa.string())
+    order = None
+    if isinstance(hashes, RowHashes):
+        pos = hashes.positions(ids)
+        row_hashes = hashes.arrow_at(pos)
+        if len(pos) > 1 and bool((pos[1:] < pos[:-1]).any()):
+            order = pa.array(np.argsort(pos, kind="stable"))
+    else:
+        row_hashes = pa.array(_lookup(hashes, ids), pa.string())
     table = segments.table_of(answers, row_hashes, attempt)
-    return table.filter(pc.is_valid(table.column("hash"))) if row_hashes.null_count else table
+    if row_hashes.null_count:
+        table = table.filter(pc.is_valid(table.column("hash"))) if order is None else \
+            table.take(order.filter(pc.is_valid(row_hashes.take(order))))
+    elif order is not None:
+        table = table.take(order)
+    return table
 
 
 def _textual(table: pa.Table) -> bool:
@@ -55,6 +73,18 @@ def _textual(table: pa.Table) -> bool:
 def _lean(table: pa.Table) -> pa.Table:
     """A segment table without its texts and hashes, with each row's position in it (``pos``)."""
     return table.drop_columns(["content", "hash"]).append_column("pos", pa.array(np.arange(table.num_rows)))
+
+
+def _adds_no_row_twice(known: pa.ChunkedArray, added: List[pa.Table]) -> bool:
+    """Whether the ``custom_id`` of ``added`` tables name each row once and none of ``known`` (distinct ids).
+
+    The hash table is made of the added ids only (a shard's), not of every
+    answered row: a poll after each shard of a million rows stays small.
+    """
+    new = pa.chunked_array([c for t in added for c in t.column("custom_id").chunks], type=pa.string()).combine_chunks()
+    if pc.count_distinct(new).as_py() != len(new):
+        return False
+    return not len(known) or not len(new) or not pc.any(pc.is_in(known, value_set=new)).as_py()
 
 
 class AnswerStore:
@@ -257,6 +287,9 @@ class AnswerStore:
         A segment never changes once stored, so each is read once and only
         its four small columns are kept (a copy: the blob is let go); the
         result is kept until the job's answers change, for one job at a time.
+        When the last result had each row once and only segments were added,
+        the new ones are checked against it (:func:`_adds_no_row_twice`)
+        instead of ranking every answer again.
         """
         key = (job_id, self._generation(job_id))
         memo = getattr(self, "_status_memo", None)
@@ -266,6 +299,7 @@ class AnswerStore:
         with self._lock:
             ids = [r[0] for r in self._db.execute("SELECT id FROM segments WHERE job_id = ? ORDER BY id", (job_id,))]
         kept = self.__dict__.get("_written", {})
+        before = dict(seen)
         for seg in ids:
             if seg in seen:
                 continue
@@ -283,7 +317,12 @@ class AnswerStore:
                                     "seq": pa.array(np.full(len(rows), _ALONE, dtype=np.int64)),
                                     "ok": pa.array([bool(v) for v in ok], pa.bool_())}))
         both = pa.concat_tables(tables) if tables else pa.table({k: pa.array([], t) for k, t in _STATUS.items()})
-        table = segments.latest(both)
+        distinct_before = memo is not None and memo[0][0] == job_id and self.__dict__.get("_distinct") == memo[0]
+        if (not rows and distinct_before and set(before) <= set(ids)
+                and _adds_no_row_twice(memo[1].column("custom_id"), [seen[seg] for seg in ids if seg not in before])):
+            table = both
+        else:
+            table = segments.latest(both)
         self._distinct = key if table.num_rows == both.num_rows else None  # each answered row once: answers() knows
         self._status_memo = (key, table, {seg: seen[seg] for seg in ids})
         return table

@@ -94,7 +94,8 @@ class RowHashes:
     def __contains__(self, cid: object) -> bool:
         return self.get(cid) is not None  # type: ignore[arg-type]
 
-    def _positions(self, ids: Iterable[str]) -> np.ndarray:
+    def positions(self, ids: Iterable[str]) -> np.ndarray:
+        """The position of each of ``ids`` in the order rows were added (-1 for an id not here)."""
         ids = list(ids)
         if self._index is None:
             self._recent = {}
@@ -114,7 +115,10 @@ class RowHashes:
 
     def get_arrow(self, ids: Iterable[str]) -> pa.Array:
         """The hash of each of ``ids`` as an Arrow string array (null for an id not here), no Python strings."""
-        pos = self._positions(ids)
+        return self.arrow_at(self.positions(ids))
+
+    def arrow_at(self, pos: np.ndarray) -> pa.Array:
+        """The hashes at positions ``pos`` (of :meth:`positions`; -1 gives null) as an Arrow string array."""
         n = len(pos)
         found = pos >= 0
         data = self._all()[np.maximum(pos, 0)] if n else np.zeros(0, dtype=f"S{WIDTH}")
@@ -127,7 +131,7 @@ class RowHashes:
 
     def get_many(self, ids: Iterable[str]) -> List[Optional[str]]:
         """The hash of each of ``ids`` (None for an id not here)."""
-        pos = self._positions(ids)
+        pos = self.positions(ids)
         if not len(pos):
             return []
         found = self._all()[np.maximum(pos, 0)].astype(str).tolist()

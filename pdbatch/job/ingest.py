@@ -15,10 +15,14 @@ from typing import Any, List, Optional
 
 from ..core.answers import Answers
 from ..core.fields import Parsed, preparse
+from ..core.memory import give_back
 from ..core.parsing import as_is
 from .answer_store import SEGMENT_MIN, segment_table
 
 __all__ = ["store_and_parse"]
+
+#: From this many answers on, what storing and parsing them freed goes back to the system (a few ms).
+GIVE_BACK_ANSWERS = 10_000
 
 
 def store_and_parse(store: Any, job_id: str, answers: Answers, hashes: Any, parse_text: Any,
@@ -36,9 +40,12 @@ def store_and_parse(store: Any, job_id: str, answers: Answers, hashes: Any, pars
         store.put_segment(job_id, answers, hashes, attempt=attempt)
         return None
     # Made here: the thread below then needs the GIL little (each Arrow call would wait for it behind the parser).
-    table = segment_table(answers, hashes, attempt)
+    table = segment_table(answers, hashes, attempt)  # in row order: parsed in the order stored
+    answers = Answers(**{name: table.column(name) for name in ("custom_id",) + Answers.COLUMNS})
     with ThreadPoolExecutor(1, thread_name_prefix="pdbatch-store") as pool:  # waited for on the way out
         stored = pool.submit(store.put_segment, job_id, table, None, attempt=attempt)
         parsed = preparse(answers, parse_text, columns, lambda: stored.result()[1])
         stored.result()  # stored, or its error raised here
+    if len(answers) >= GIVE_BACK_ANSWERS:
+        give_back()  # the output file's parse and the shard's texts: else each shard adds what the allocators keep
     return parsed

@@ -77,6 +77,25 @@ def test_take_of_every_row_in_order_is_the_column_itself_and_anything_else_a_cop
         assert objects(got).tolist() == [values[r] if r >= 0 else None for r in rows]
 
 
+def test_take_of_long_runs_is_slices_of_the_column_and_short_runs_a_gather():
+    from pdbatch.core.columns import RUN_ROWS
+
+    n = 3 * RUN_ROWS
+    col = compact(obj([f"s{i}" for i in range(n)]))
+    data = col.chunk(0).buffers()[2].address
+    # The shards of a job stored out of order, with a run of rows that have no value.
+    rows = np.r_[np.arange(2 * RUN_ROWS, n), np.full(RUN_ROWS, -1), np.arange(0, RUN_ROWS)]
+    got = take(col, rows)
+    assert got.to_pylist() == [f"s{r}" if r >= 0 else None for r in rows]
+    assert {c.buffers()[2].address for c in got.chunks if c.null_count < len(c)} == {data}  # no copy of the texts
+    shuffled = np.random.default_rng(3).permutation(n)
+    got = take(col, shuffled)
+    assert got.to_pylist() == [f"s{r}" for r in shuffled] and got.num_chunks == 1  # gathered
+    lists = compact(obj([[f"t{i % 3}", "u"] for i in range(n)]))
+    series = to_series(take(lists, rows), pd.RangeIndex(n), "tags")  # a list column of several chunks
+    assert series.tolist() == [[f"t{r % 3}", "u"] if r >= 0 else None for r in rows]
+
+
 def test_paused_steps_pause_the_collector_only_while_an_item_is_made():
     seen = []
 

@@ -8,6 +8,7 @@ import tempfile
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -508,6 +509,45 @@ def test_answers_in_row_order_join_as_shuffled_ones_do_and_the_parsed_columns_ar
     for name in ("shuffled", "one unknown"):
         pd.testing.assert_frame_equal(got["in order"], got[name])
     assert got["in order"]["v"].tolist() == [1, 2, 3, 4]
+
+
+TAGGED = {"type": "object", "properties": {"v": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+          "required": ["v", "tags"], "additionalProperties": False}
+
+
+def _arrow_answers(parts):
+    """Answers whose Arrow columns hold one chunk per part, as the job store gives a job's shards."""
+    shards = [answers(*p) for p in parts]
+    return Answers(**{name: pa.chunked_array([c for a in shards for c in a.arrow(name).chunks])
+                      for name in ("custom_id",) + Answers.COLUMNS})
+
+
+@pytest.mark.parametrize("case", ["shards out of order", "one line moved to another shard", "a gap in a shard"])
+def test_shards_stored_out_of_order_join_as_answers_in_row_order_do(case):
+    from pdbatch.core.columns import RUN_ROWS
+    from pdbatch.core.fields import Parsed, preparse
+
+    n = 3 * RUN_ROWS
+    host = pd.DataFrame({"x": range(n)})
+    ids = custom_ids(host.index)
+    lines = [ok(cid, f'{{"v": {i}, "tags": ["t{i % 3}", "u"]}}') for i, cid in enumerate(ids)]
+    shards = [lines[k:k + RUN_ROWS] for k in range(0, n, RUN_ROWS)]
+    parts = [shards[2], shards[0], shards[1]]
+    if case == "one line moved to another shard":
+        parts = [shards[2] + shards[0][:1], shards[0][1:], shards[1]]
+    gap = case == "a gap in a shard"
+    if gap:
+        parts = [shards[2], shards[0][:10] + shards[0][11:], shards[1]]
+    parse = response_format(TAGGED).text_parser()
+    kw = dict(kind="schema", output="llm_output", error_column="llm_error", columns=["v", "tags"])
+    want, _, _ = join_results(host, ids, answers(*lines), parse, **kw)
+    parsed = Parsed.concat([preparse(answers(*p), parse) for p in parts])
+    got, stats, _ = join_results(host, ids, _arrow_answers(parts), parse, parsed=parsed, **kw)
+    if gap:  # the row with no answer says so, the others are as if answered in order
+        assert got.loc[10, "llm_error"] == NO_ANSWER and stats.unanswered == 1
+        got, want = got.drop(index=10), want.astype({"v": "Int64"}).drop(index=10)  # a gap makes v nullable
+    pd.testing.assert_frame_equal(got, want)
+    assert got["tags"].iloc[4] == ["t1", "u"] and got["v"].iloc[-1] == n - 1
 
 
 def test_preparse_of_text_answers_is_nothing(df):

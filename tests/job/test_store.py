@@ -168,3 +168,46 @@ def test_answers_stored_after_a_poll_are_still_one_per_custom_id(tmp_path):
     assert len(a) == 150 == len(got)
     assert got["7"] == "alone" and got["10"] == "a10" and got["60"] == "b60" and got["149"] == "b149"
     assert store.count_answers("j") == 150 and len(store.answers("j")) == 150  # after a poll that saw them all
+
+
+def test_polls_after_each_segment_count_each_row_once(tmp_path):
+    """A poll after each shard checks only the new shard's ids against the rows already answered."""
+    store = Store(str(tmp_path / "s.sqlite3"))
+    hashes = {str(i): h(i) for i in range(400)}
+
+    def put(job, ids, text="x", attempt=0, finish="stop"):
+        store.put_answers(job, Answers.from_results([chat(str(i), text, finish) for i in ids]), hashes, attempt=attempt)
+
+    def polled(job):
+        return store.count_answers(job), store.count_answers(job, ok_only=True), len(store.answers(job))
+
+    put("j", range(100))
+    assert polled("j") == (100, 100, 100)
+    put("j", range(100, 200))  # disjoint: no row twice
+    assert polled("j") == (200, 200, 200)
+    put("j", range(50, 120), "cut", attempt=1, finish="length")  # a later attempt of 70 answered rows replaces them
+    assert polled("j") == (200, 130, 200)
+    put("j", range(370, 440))  # ids the job never sent are not stored
+    assert polled("j") == (230, 160, 230)
+    put("k", range(100))
+    assert polled("k") == (100, 100, 100)
+    put("k", [*range(300, 370), 305])  # a row twice within one new segment
+    assert polled("k") == (170, 170, 170)
+
+
+@pytest.mark.parametrize("unknown", [False, True])
+def test_a_shard_answered_out_of_order_is_stored_in_row_order(unknown):
+    """Output files list answers in any order; a segment keeps them in the job's row order (the join slices runs)."""
+    from pdbatch.job.answer_store import segment_table
+    from pdbatch.job.hashes import RowHashes
+
+    rows = RowHashes()
+    rows.add([str(i) for i in range(200)], [h(i) for i in range(200)])
+    order = [*range(150, 100, -1), 7, *range(0, 7), *range(8, 100)]
+    if unknown:
+        order.insert(30, 999)  # an id the job never sent
+    table = segment_table(Answers.from_results([chat(str(i), f"a{i}") for i in order]), rows)
+    want = sorted(i for i in order if i < 200)
+    assert table.column("custom_id").to_pylist() == [str(i) for i in want]
+    assert table.column("content").to_pylist() == [f"a{i}" for i in want]
+    assert table.column("hash").to_pylist() == [h(i) for i in want]
