@@ -46,8 +46,13 @@ class ShardState:
     errors: List[dict] = field(default_factory=list)
     ingested: int = 0
     submits: int = 0
-    #: custom_ids of the shard's lines, in file order (known in the process that wrote it; else read back)
-    ids: Optional[List[str]] = field(default=None, repr=False, compare=False)
+    #: custom_ids of the shard's lines, in file order (known in the process that wrote it; else read back),
+    #: kept as one Arrow array: a million rows' ids as Python strings would be some 60 MiB until the join
+    ids: Optional[pa.Array] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.ids is not None and not isinstance(self.ids, pa.Array):
+            self.ids = pa.array(self.ids, type=pa.string())
 
     def update(self, batch: Any) -> None:
         """Copy the fields pdbatch tracks from an SDK ``Batch`` object."""
@@ -85,10 +90,10 @@ class ShardState:
         return st
 
     def line_ids(self) -> List[str]:
-        """The custom_ids of the shard's lines in file order (read from the file once if not known)."""
+        """The custom_ids of the shard's lines in file order (read from the file once if not known), a new list."""
         if self.ids is None:
-            self.ids = [orjson.loads(raw)["custom_id"] for raw in raw_lines(self.path)]
-        return self.ids
+            self.ids = pa.array([orjson.loads(raw)["custom_id"] for raw in raw_lines(self.path)], type=pa.string())
+        return self.ids.to_pylist()
 
 
 @dataclass

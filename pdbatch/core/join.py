@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ from ..errors import ColumnCollisionError
 from .answers import NO_ANSWER, Answers, answer_reason
 from .columns import RUN_ROWS, Column, spread, to_series
 from .fields import Parsed, gc_paused, parse_usable
+from .ids import RangeIds, row_positions
 from .memory import give_back
 from .parsing import as_is
 from .records import Usage
@@ -183,7 +184,7 @@ def join_results(
                   columns=columns, overwrite=overwrite, hint=hint, raw_column=raw_column)
 
 
-def _row_of(cid: Column, ids: List[str]) -> np.ndarray:
+def _row_of(cid: Column, ids: Sequence[str]) -> np.ndarray:
     """Row position of each answer line by its custom_id (-1 where it names no row).
 
     Lines stored in row order, one per row (a job answered in one go, in
@@ -191,30 +192,40 @@ def _row_of(cid: Column, ids: List[str]) -> np.ndarray:
     rows in order (a job's shards, stored in the order they finished) by one
     search and one comparison per chunk; anything else by a hash join in
     Arrow, whose hash table of every custom_id costs tens of MB for a
-    million rows.
+    million rows. The ids of a ``RangeIndex`` (:class:`RangeIds`) are never
+    all made: a line's row is the number its id names.
     """
     cid = cid if isinstance(cid, pa.ChunkedArray) else pa.chunked_array([cid])
     if cid.type != pa.string():
         cid = cid.cast(pa.string())
+    if isinstance(ids, RangeIds):
+        runs = _runs_of(cid, len(ids), lambda first: int(ids.positions(pa.array([first]))[0]),
+                        lambda start, k: RangeIds(ids.start + start * ids.step, ids.step, k).arrow())
+        return runs if runs is not None else ids.positions(cid)
     value_set = pa.array(ids, type=pa.string())
     if len(cid) == len(ids) and cid.equals(pa.chunked_array([value_set])):
         return np.arange(len(ids), dtype=np.int64)
-    runs = _runs_of(cid, value_set)
+    runs = _runs_of(cid, len(ids), lambda first: pc.index(value_set, first).as_py(), value_set.slice)
     if runs is not None:
         return runs
-    return pc.fill_null(pc.index_in(cid, value_set=value_set), -1).to_numpy().astype(np.int64)
+    return row_positions(ids, cid)
 
 
-def _runs_of(cid: pa.ChunkedArray, value_set: pa.Array) -> Optional[np.ndarray]:
-    """The row of each line when every chunk of ``cid`` is ``value_set[start:start + len(chunk)]`` for some start, else None."""
+def _runs_of(cid: pa.ChunkedArray, n: int, row_of: Callable[[str], int],
+             ids_at: Callable[[int, int], pa.Array]) -> Optional[np.ndarray]:
+    """The row of each line when every chunk of ``cid`` is the ids of a run of rows in order, else None.
+
+    ``row_of(custom_id)`` is the row of one id (-1: none); ``ids_at(start, k)``
+    the ids of rows ``start`` to ``start + k - 1``.
+    """
     chunks = [c for c in cid.chunks if len(c)]
     if not chunks or len(chunks) * RUN_ROWS > len(cid):
         return None
     where = []
     for chunk in chunks:
-        first = chunk[0]
-        start = pc.index(value_set, first).as_py() if first.is_valid else -1
-        if start < 0 or not value_set.slice(start, len(chunk)).equals(chunk):
+        first = chunk[0].as_py()
+        start = row_of(first) if first is not None else -1
+        if start < 0 or start + len(chunk) > n or not ids_at(start, len(chunk)).equals(chunk):
             return None
         where.append(np.arange(start, start + len(chunk), dtype=np.int64))
     return np.concatenate(where)
@@ -278,7 +289,7 @@ def _values(ids: List[str], answers: Answers, parse_text: Callable[[str], tuple]
             else:
                 out_values = np.full(n, None, dtype=object)
                 out_values[rows] = np.fromiter(got, dtype=object, count=len(rows))
-        errors[rows] = np.fromiter(errs, dtype=object, count=len(rows))
+        errors[rows] = errs if isinstance(errs, np.ndarray) else np.fromiter(errs, dtype=object, count=len(rows))
     if expand and not fields:
         fields = {key: np.full(n, None, dtype=object) for key in columns or ()}
     errors[skipped_pos] = np.fromiter(skipped.values(), dtype=object, count=len(skipped))

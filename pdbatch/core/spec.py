@@ -252,6 +252,7 @@ class MapSpec:
         ids = rendered.ids
         for chunk in rendered.chunks():
             user_texts, sys_texts, images = chunk.user, chunk.system, chunk.images
+            chunk_ids = ids[chunk.start:chunk.start + len(user_texts)]  # a list: a RangeIds makes them here
             for k, content in enumerate(user_texts):
                 pos = chunk.start + k
                 if pos in skipped:
@@ -265,7 +266,7 @@ class MapSpec:
                         content = [{"type": "input_text", "text": content}] + [responses_image(p) for p in parts]
                     else:
                         content = [{"type": "text", "text": content}] + parts
-                yield pos, ids[pos], ((sys_texts[k], content) if per_row_system else (content,))
+                yield pos, chunk_ids[k], ((sys_texts[k], content) if per_row_system else (content,))
 
     def _per_row_system(self, rendered: Rendered) -> bool:
         """Whether each row has its own system text (a chat body whose system prompt is a template)."""

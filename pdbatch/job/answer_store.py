@@ -46,7 +46,7 @@ def segment_table(answers: Answers, hashes: Union[RowHashes, Mapping[str, str]],
     then runs of rows that its join matches and takes as slices, without a
     hash table or a copy of every answer.
     """
-    ids = answers.arrow("custom_id").to_pylist() if answers.is_arrow("custom_id") else answers.custom_id
+    ids = answers.arrow("custom_id") if answers.is_arrow("custom_id") else answers.custom_id
     order = None
     if isinstance(hashes, RowHashes):
         pos = hashes.positions(ids)
@@ -54,7 +54,7 @@ def segment_table(answers: Answers, hashes: Union[RowHashes, Mapping[str, str]],
         if len(pos) > 1 and bool((pos[1:] < pos[:-1]).any()):
             order = pa.array(np.argsort(pos, kind="stable"))
     else:
-        row_hashes = pa.array(_lookup(hashes, ids), pa.string())
+        row_hashes = pa.array(_lookup(hashes, ids.to_pylist() if isinstance(ids, pa.ChunkedArray) else ids), pa.string())
     table = segments.table_of(answers, row_hashes, attempt)
     if row_hashes.null_count:
         table = table.filter(pc.is_valid(table.column("hash"))) if order is None else \

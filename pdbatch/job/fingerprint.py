@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ..core.ids import ids_arrow
 from ..core.spec import MapSpec, Rendered
 
 __all__ = ["FINGERPRINT_PREFIX", "fingerprint", "v2_fingerprint", "legacy_fingerprint", "earlier_fingerprints"]
@@ -47,7 +48,7 @@ def fingerprint(spec: MapSpec, rendered: Rendered, backend: str) -> str:
     h.update(spec.key())
     h.update(backend.encode() + b"\x00")
     h.update(rendered.digest)
-    ids = pa.array(rendered.ids, type=pa.large_string())
+    ids = ids_arrow(rendered.ids).cast(pa.large_string())
     offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64, count=len(ids) + 1)
     h.update(offsets.tobytes())
     if ids.buffers()[2] is not None:

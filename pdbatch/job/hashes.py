@@ -4,16 +4,21 @@ Every answer is stored under its request hash (the cache key), so a job keeps
 custom_id -> hash for each row it sent or found in the cache. A dict of a
 million hex strings is some 90 MB; :class:`RowHashes` keeps the hashes as one
 fixed-width byte array beside the custom_ids and looks ids up through a
-pandas index built when first needed.
+pandas index built when first needed. The ids of a job over a ``RangeIndex``
+(``"0"``, ``"1"``, ... in order) are kept as a
+:class:`~pdbatch.core.ids.RangeIds`, three numbers, and looked up by the
+number they name: no string is kept per row and no index is built.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from ..core.ids import RangeIds, ids_arrow
 
 __all__ = ["RowHashes"]
 
@@ -39,7 +44,7 @@ class RowHashes:
     """
 
     def __init__(self) -> None:
-        self._ids: List[str] = []
+        self._ids: Union[List[str], RangeIds] = RangeIds(0, 1, 0)  # a list once the ids stop counting up
         self._parts: List[np.ndarray] = []
         self._hashes = np.zeros(0, dtype=f"S{WIDTH}")
         self._index: Optional[pd.Index] = None
@@ -51,7 +56,7 @@ class RowHashes:
     def from_arrow(cls, ids: pa.ChunkedArray, hashes: pa.ChunkedArray) -> "RowHashes":
         """From the two string columns the job store keeps."""
         out = cls()
-        out._ids = ids.to_pylist()
+        out._ids = _as_range(ids) or ids.to_pylist()
         out._hashes = np.array(hashes.to_pylist(), dtype=f"S{WIDTH}")
         return out
 
@@ -63,9 +68,15 @@ class RowHashes:
         in a small dict, folded into a new index once it holds a quarter of
         the rows.
         """
+        self._parts.append(np.array(hashes, dtype=f"S{WIDTH}"))
+        if isinstance(self._ids, RangeIds):
+            counted = _counted(self._ids, ids)
+            if counted is not None:
+                self._ids = counted
+                return
+            self._ids = list(self._ids)  # the ids stop counting up: kept one by one from here
         start = len(self._ids)
         self._ids.extend(ids)
-        self._parts.append(np.array(hashes, dtype=f"S{WIDTH}"))
         if self._index is not None:
             for k, cid in enumerate(ids):
                 self._recent.setdefault(cid, start + k)
@@ -94,9 +105,12 @@ class RowHashes:
     def __contains__(self, cid: object) -> bool:
         return self.get(cid) is not None  # type: ignore[arg-type]
 
-    def positions(self, ids: Iterable[str]) -> np.ndarray:
+    def positions(self, ids: Union[Iterable[str], pa.Array, pa.ChunkedArray]) -> np.ndarray:
         """The position of each of ``ids`` in the order rows were added (-1 for an id not here)."""
-        ids = list(ids)
+        if isinstance(self._ids, RangeIds):
+            return self._ids.positions(ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else
+                                       pa.array(list(ids), type=pa.string()))
+        ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
         if self._index is None:
             self._recent = {}
             self._index = pd.Index(np.array(self._ids, dtype=object), dtype=object)
@@ -152,4 +166,28 @@ class RowHashes:
         n = len(hashes)
         offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * WIDTH).tobytes())
         column = pa.StringArray.from_buffers(n, offsets, pa.py_buffer(np.ascontiguousarray(hashes)))
-        return pa.table({"custom_id": pa.array(self._ids, pa.string()), "hash": column})
+        return pa.table({"custom_id": ids_arrow(self._ids), "hash": column})
+
+
+def _counted(have: RangeIds, ids: Sequence[str]) -> Optional[RangeIds]:
+    """``have`` then ``ids`` as one :class:`RangeIds` when ``ids`` count on from it by one (else None)."""
+    if not len(ids):
+        return have
+    try:
+        first = have.start + have.n if have.n else int(ids[0])
+    except (TypeError, ValueError):
+        return None
+    if list(ids) != [str(i) for i in range(first, first + len(ids))]:  # "007", "+7", " 7" do not count
+        return None
+    return RangeIds(first if not have.n else have.start, 1, have.n + len(ids))
+
+
+def _as_range(ids: pa.ChunkedArray) -> Optional[RangeIds]:
+    """The stored ids as a :class:`RangeIds` when they count up by one from their first (else None)."""
+    if not len(ids):
+        return RangeIds(0, 1, 0)
+    try:
+        counted = RangeIds(int(ids[0].as_py()), 1, len(ids))
+    except (TypeError, ValueError):
+        return None
+    return counted if counted.arrow().equals(ids.combine_chunks().cast(pa.string())) else None

@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import pickle
 import threading
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import orjson
 import pandas as pd
 import pyarrow as pa
+
+from ..core.ids import custom_ids, ids_arrow
 
 __all__ = ["HostCopy", "load_host"]
 
@@ -80,7 +82,7 @@ def save_host(host: Union[pd.DataFrame, pd.Series], ids: List[str], workdir: str
     os.replace(tmp, os.path.join(workdir, _FRAME))
     with pa.OSFile(os.path.join(workdir, _IDS), "wb") as sink:
         with pa.ipc.new_file(sink, pa.schema([("custom_id", pa.string())])) as out:
-            out.write_table(pa.table({"custom_id": pa.array(ids, pa.string())}))
+            out.write_table(pa.table({"custom_id": ids_arrow(ids)}))
     with open(os.path.join(workdir, _META), "wb") as fh:
         fh.write(orjson.dumps({"series": isinstance(host, pd.Series), "v": 4}))
 
@@ -94,7 +96,7 @@ def _joined(parts: list) -> Union[pd.DataFrame, pd.Series]:
     return whole
 
 
-def load_host(workdir: str) -> Tuple[Union[pd.DataFrame, pd.Series, None], Optional[List[str]]]:
+def load_host(workdir: str) -> Tuple[Union[pd.DataFrame, pd.Series, None], Optional[Sequence[str]]]:
     """``(frame, custom_ids)`` of a job's copy; ``(None, None)`` without one, ids None for an older copy."""
     meta_path = os.path.join(workdir, _META)
     if not os.path.exists(meta_path):
@@ -118,5 +120,8 @@ def load_host(workdir: str) -> Tuple[Union[pd.DataFrame, pd.Series, None], Optio
     ids_path = os.path.join(workdir, _IDS)
     if os.path.exists(ids_path):
         with pa.memory_map(ids_path) as src:
-            ids = pa.ipc.open_file(src).read_all().column("custom_id").to_pylist()
+            stored = pa.ipc.open_file(src).read_all().column("custom_id")
+        ranged = custom_ids(host.index) if isinstance(host.index, pd.RangeIndex) else None
+        # The ids of a RangeIndex, as sent: kept as three numbers, not a million strings.
+        ids = ranged if ranged is not None and ids_arrow(ranged).equals(stored.combine_chunks()) else stored.to_pylist()
     return host, ids

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 import pandas as pd
 
 from ..backends.base import Backend, JobState, Progress
-from ..core.ids import custom_ids, positions
+from ..core.ids import custom_ids, row_positions
 from ..errors import JobError
 from ..core.answers import Answers
 from ..core.columns import gc_paused
@@ -102,9 +102,9 @@ class Job:
 
     def record_skipped(self, reasons: Mapping[str, str]) -> None:
         """Rows the backend could not send (custom_id -> reason): they get the reason as their error cell."""
-        pos_of = positions(self.ids)
-        for cid, reason in reasons.items():
-            self.skipped[pos_of[cid]] = reason
+        named = list(reasons)
+        rows = row_positions(self.ids, named).tolist()
+        self.skipped.update({pos: reasons[cid] for cid, pos in zip(named, rows) if pos >= 0})
 
     def stored_shards(self) -> List[Dict[str, Any]]:
         """The shards recorded so far (by any process), as :meth:`record_shard` stored them."""

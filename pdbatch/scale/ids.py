@@ -69,7 +69,7 @@ def divisions_unique(divisions: Sequence[Any]) -> bool:
 
 def id_hashes(index: pd.Index) -> pd.DataFrame:
     """Two 64-bit hashes of each row's custom_id (one row per label; runs on a partition's index)."""
-    ids = np.array(custom_ids(index), dtype=object)
+    ids = np.array(list(custom_ids(index)), dtype=object)
     return pd.DataFrame({"a": pd.util.hash_array(ids, categorize=False, hash_key=_KEYS[0]),
                          "b": pd.util.hash_array(ids, categorize=False, hash_key=_KEYS[1])})
 

@@ -140,3 +140,24 @@ def test_lone_surrogate_in_a_label_is_refused_naming_the_row(index, label, row):
 
 def test_non_ascii_labels_are_fine():
     assert custom_ids(pd.Index(["é", "日本", "\U0001f600"])) == ["é", "日本", "\U0001f600"]
+
+
+def test_the_ids_of_a_range_index_are_a_count_that_equals_the_list_and_finds_rows_by_number():
+    import pyarrow as pa
+
+    from pdbatch.core.ids import RangeIds, ids_arrow, row_positions
+
+    for index in (pd.RangeIndex(5), pd.RangeIndex(10, 20, 3), pd.RangeIndex(8, -4, -4), pd.RangeIndex(0)):
+        ids = custom_ids(index)
+        want = [str(v) for v in index]
+        assert isinstance(ids, RangeIds) and ids == want and list(ids) == want and len(ids) == len(want)
+        assert ids[1:3] == want[1:3] and ids_arrow(ids).to_pylist() == want
+        if want:
+            assert ids[0] == want[0] and ids[-1] == want[-1]
+    ids = custom_ids(pd.RangeIndex(10, 20, 3))  # 10, 13, 16, 19
+    probe = ["19", "10", "11", "22", "7", "013", "-0", "1e1", "", None, "13"]
+    assert row_positions(ids, pa.array(probe)).tolist() == [3, 0, -1, -1, -1, -1, -1, -1, -1, -1, 1]
+    assert row_positions(["a", "b"], ["b", "c"]).tolist() == [1, -1]  # any other ids: by value
+    assert "16" in ids and "17" not in ids and "016" not in ids
+    with pytest.raises(IndexError):
+        ids[4]

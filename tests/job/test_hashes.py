@@ -2,6 +2,9 @@
 
 import random
 
+import pyarrow as pa
+import pytest
+
 from pdbatch.job.hashes import RowHashes
 
 
@@ -38,3 +41,31 @@ def test_lookups_between_adds_fold_recent_ids_into_a_new_index(monkeypatch):
         assert h.get(cid) == seen[cid] and h.get(f"r{k // 2}") == seen[f"r{k // 2}"]
     assert h.get_many([f"r{k}" for k in range(250)]) == [seen[f"r{k}"] for k in range(250)]
     assert len(h._recent) <= max(10, len(h) // 4)
+
+
+def _hex(i):
+    return f"{i * 7919:032x}"
+
+
+@pytest.mark.parametrize("breaker", [None, "x", "007", "+9", " 9", "3"])
+def test_ids_that_count_up_answer_like_any_others(breaker):
+    """A RangeIndex job's ids ("0", "1", ...) are kept as a count; an id that breaks it keeps every lookup right."""
+    ids = [str(i) for i in range(5, 305)]
+    if breaker is not None:
+        ids.insert(150, breaker)  # "3": an id before the count, "007": the number 7 written another way
+    hashes = [_hex(i) for i in range(len(ids))]
+    want = {}
+    for cid, h in zip(ids, hashes):
+        want.setdefault(cid, h)
+    got = RowHashes()
+    for start in range(0, len(ids), 50):
+        got.add(ids[start:start + 50], hashes[start:start + 50])
+    probe = ["5", "304", "305", "4", "-1", "0", "1e2", "", "150", *ids[140:160]]
+    assert got.get_many(probe) == [want.get(c) for c in probe]
+    assert got.get_arrow(pa.array(probe)).to_pylist() == [want.get(c) for c in probe]
+    assert got.positions(pa.array(["5", "304", "nope"])).tolist() == [0, ids.index("304"), -1]
+    assert list(got) == ids and len(got) == len(ids)
+    table = got.arrow()
+    assert table.column("custom_id").to_pylist() == ids and table.column("hash").to_pylist() == hashes
+    back = RowHashes.from_arrow(table.column("custom_id"), table.column("hash"))
+    assert back.get_many(probe) == [want.get(c) for c in probe] and list(back) == ids
