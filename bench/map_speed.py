@@ -340,6 +340,7 @@ def _floor(path: str, conn) -> None:
                         "llm_error": np.full(len(df), None, dtype=object)}, index=df.index)
     out = pd.concat([df, new], axis=1)
     gc.collect()
+    pa.default_memory_pool().release_unused()  # what building the summaries freed, kept by Arrow's allocator
     conn.send((imported, read, rss_kb("VmRSS"), int(df.memory_usage(deep=True).sum()), len(out.columns)))
 
 

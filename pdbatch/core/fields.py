@@ -10,7 +10,7 @@ rows it finds there and parses only the rest. Each answer is parsed once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -127,7 +127,7 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple], columns: Opti
 
 
 def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tuple], parsed: Optional[Parsed], *,
-                 expand_objects: bool, columns: Optional[List[str]] = None) -> Tuple[Any, list]:
+                 expand_objects: bool, columns: Optional[List[str]] = None) -> Tuple[Any, Sequence]:
     """``(values, errors)`` of the answers at positions ``usable`` of ``a``.
 
     With ``expand_objects`` the values are a dict of one column per key (over
@@ -135,7 +135,8 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     it holds a row's answer and parsed now for the rest: ``columns`` first,
     then the other keys in the order of the first line of ``usable`` that has
     each. Without, a list of parsed values. ``parsed`` is handed over: its
-    columns are emptied as they are used.
+    columns are emptied as they are used. The errors are a list, or with
+    ``expand_objects`` an object array (None: no error).
     """
     many = _many(parse_text)
     if not expand_objects:
@@ -179,4 +180,4 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     if len(at):
         errors[hit] = parsed.errors[at]
     errors[miss] = np.fromiter(errs, dtype=object, count=len(miss))
-    return out, errors.tolist()
+    return out, errors
