@@ -98,7 +98,7 @@ def _move_unexpected(values: Dict[str, Any], known: List[str], taken: set) -> Di
 
 def join_results(
     host: Union[pd.DataFrame, pd.Series],
-    ids: List[str],
+    ids: Sequence[str],
     answers: Answers,
     parse_text: Callable[[str], tuple],
     *,
@@ -119,8 +119,8 @@ def join_results(
     ----------
     host : DataFrame or Series
         The caller's object; never modified.
-    ids : list of str
-        custom_id of every row, in row order.
+    ids : list of str or RangeIds
+        custom_id of every row, in row order (see :func:`pdbatch.core.ids.custom_ids`).
     answers : Answers
         Column-wise results in any order; a custom_id that matches no row is
         counted and ignored. When a custom_id appears more than once, a success
@@ -231,7 +231,7 @@ def _runs_of(cid: pa.ChunkedArray, n: int, row_of: Callable[[str], int],
     return np.concatenate(where)
 
 
-def _values(ids: List[str], answers: Answers, parse_text: Callable[[str], tuple], *, expand: bool,
+def _values(ids: Sequence[str], answers: Answers, parse_text: Callable[[str], tuple], *, expand: bool,
             output: str, columns: Optional[List[str]], skipped: Dict[int, str],
             unanswered: Optional[Callable[[int], str]], parsed: Optional[Parsed],
             raw_column: Optional[str]) -> tuple:

@@ -51,7 +51,7 @@ class Rendered:
     while the requests are made (an unreadable image is found then).
     """
 
-    ids: List[str]
+    ids: Sequence[str]
     skipped: Dict[int, str]
     #: blake2b of the spec's input columns (values, dtypes, null masks): what the rows' prompts are made of.
     digest: bytes
@@ -176,7 +176,7 @@ def _update_digest(h: "hashlib._Hash", col: pd.Series, strings: Optional[list]) 
     h.update(pd.util.hash_array(np.array(strings, dtype=object), categorize=False).tobytes())
 
 
-def render(frame: pd.DataFrame, ids: List[str], user: Template, system: Optional[Template] = None,
+def render(frame: pd.DataFrame, ids: Sequence[str], user: Template, system: Optional[Template] = None,
            images: Optional[Template] = None, *, chunk_rows: int = CHUNK) -> Rendered:
     """Check every row of ``frame`` for sending and hash its inputs; keep no texts (see :class:`Rendered`).
 

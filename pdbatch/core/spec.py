@@ -202,7 +202,7 @@ class MapSpec:
     def embeddings(self) -> bool:
         return self.url == EMBEDDINGS_URL
 
-    def join(self, host, ids: List[str], answers, **options: Any):
+    def join(self, host, ids: Sequence[str], answers, **options: Any):
         """Join ``answers`` onto ``host`` the way this spec asks (parser, kind, column names).
 
         ``options`` are :func:`pdbatch.join.join_results`'s ``skipped``,
@@ -233,7 +233,7 @@ class MapSpec:
             raise ColumnCollisionError(clash)
 
     # ---------------------------------------------------------------- rendering
-    def render(self, frame: pd.DataFrame, ids: List[str], *, chunk_rows: int = CHUNK) -> Rendered:
+    def render(self, frame: pd.DataFrame, ids: Sequence[str], *, chunk_rows: int = CHUNK) -> Rendered:
         """Check every row for sending (rows with missing values are marked skipped); see :func:`~pdbatch.core.render.render`."""
         return render(frame, ids, self.template, self.system, self.images, chunk_rows=chunk_rows)
 

@@ -56,7 +56,8 @@ class RowHashes:
     def from_arrow(cls, ids: pa.ChunkedArray, hashes: pa.ChunkedArray) -> "RowHashes":
         """From the two string columns the job store keeps."""
         out = cls()
-        out._ids = _as_range(ids) or ids.to_pylist()
+        counted = _as_range(ids)  # an empty RangeIds is falsy: compared with None
+        out._ids = counted if counted is not None else ids.to_pylist()
         out._hashes = np.array(hashes.to_pylist(), dtype=f"S{WIDTH}")
         return out
 

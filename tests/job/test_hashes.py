@@ -8,13 +8,19 @@ import pytest
 from pdbatch.job.hashes import RowHashes
 
 
+def first_hashes(ids, hashes):
+    """What a dict that keeps an id's first hash holds: what RowHashes must answer."""
+    want = {}
+    for cid, h in zip(ids, hashes):
+        want.setdefault(cid, h)
+    return want
+
+
 def test_row_hashes_answer_like_a_dict_that_keeps_the_first_hash():
     rng = random.Random(3)
     ids = [f"id {rng.randrange(500)}" for _ in range(800)]  # repeats, as a re-sent row would be
     hashes = [f"{rng.getrandbits(128):032x}" for _ in ids]
-    want = {}
-    for cid, h in zip(ids, hashes):
-        want.setdefault(cid, h)
+    want = first_hashes(ids, hashes)
     got = RowHashes()
     for start in range(0, len(ids), 64):
         got.add(ids[start:start + 64], hashes[start:start + 64])
@@ -54,9 +60,7 @@ def test_ids_that_count_up_answer_like_any_others(breaker):
     if breaker is not None:
         ids.insert(150, breaker)  # "3": an id before the count, "007": the number 7 written another way
     hashes = [_hex(i) for i in range(len(ids))]
-    want = {}
-    for cid, h in zip(ids, hashes):
-        want.setdefault(cid, h)
+    want = first_hashes(ids, hashes)
     got = RowHashes()
     for start in range(0, len(ids), 50):
         got.add(ids[start:start + 50], hashes[start:start + 50])
