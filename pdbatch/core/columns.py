@@ -122,7 +122,7 @@ def take(col: Column, rows: np.ndarray) -> Column:
         out[have] = col[rows[have]]
         return out
     runs = _runs(rows)
-    if runs is not None:
+    if runs is not None and all(first + k <= len(col) for first, k in runs):  # else the gather says which row is out
         return pa.chunked_array([piece for first, k in runs
                                  for piece in (col.slice(first, k).chunks if first >= 0 else [pa.nulls(k, col.type)])],
                                 type=col.type)

@@ -88,6 +88,8 @@ def test_take_of_long_runs_is_slices_of_the_column_and_short_runs_a_gather():
     got = take(col, rows)
     assert got.to_pylist() == [f"s{r}" if r >= 0 else None for r in rows]
     assert {c.buffers()[2].address for c in got.chunks if c.null_count < len(c)} == {data}  # no copy of the texts
+    with pytest.raises(pa.ArrowIndexError):  # a run past the end is an error, not a short slice
+        take(col, np.arange(RUN_ROWS, n + RUN_ROWS))
     shuffled = np.random.default_rng(3).permutation(n)
     got = take(col, shuffled)
     assert got.to_pylist() == [f"s{r}" for r in shuffled] and got.num_chunks == 1  # gathered
