@@ -225,9 +225,10 @@ def to_series(col: pa.ChunkedArray, index: pd.Index, name: Any) -> pd.Series:
     """
     t = col.type
     if pa.types.is_list(t):  # a chunk at a time: the chunks are not joined into one copy first
-        lists = _lists(col.chunk(0)) if col.num_chunks == 1 else np.empty(len(col), dtype=object)
-        if col.num_chunks != 1:
-            start = 0
+        if col.num_chunks == 1:
+            lists = _lists(col.chunk(0))
+        else:
+            lists, start = np.empty(len(col), dtype=object), 0
             for chunk in col.chunks:
                 lists[start:start + len(chunk)] = _lists(chunk)
                 start += len(chunk)

@@ -87,8 +87,8 @@ class RangeIds(Sequence):
 
     def positions(self, cid: Union[pa.Array, pa.ChunkedArray]) -> np.ndarray:
         """The row of each of ``cid`` (Arrow strings), -1 for one that is not an id of these rows."""
-        if isinstance(cid, pa.ChunkedArray):
-            cid = cid.combine_chunks() if cid.num_chunks != 1 else cid.chunk(0)
+        if isinstance(cid, pa.ChunkedArray):  # a chunk at a time: no combined copy of a million ids
+            return np.concatenate([np.zeros(0, dtype=np.int64)] + [self.positions(c) for c in cid.chunks])
         if cid.type != pa.string():
             cid = cid.cast(pa.string())
         number = pc.fill_null(pc.match_substring_regex(cid, _NUMBER), False)
@@ -99,7 +99,9 @@ class RangeIds(Sequence):
 
 
 def ids_arrow(ids: Sequence) -> pa.Array:
-    """``ids`` (a list of custom_ids or :class:`RangeIds`) as an Arrow string array."""
+    """``ids`` (a list of custom_ids, a :class:`RangeIds` or already Arrow strings) as an Arrow string array."""
+    if isinstance(ids, pa.Array):
+        return ids
     return ids.arrow() if isinstance(ids, RangeIds) else pa.array(ids, type=pa.string())
 
 
@@ -113,8 +115,6 @@ def row_positions(ids: Sequence, cid: Union[pa.Array, pa.ChunkedArray, List[str]
 
 
 def _level_strings(index: pd.Index) -> List[str]:
-    if isinstance(index, pd.RangeIndex):
-        return [str(i) for i in range(index.start, index.stop, index.step)]
     if isinstance(index, pd.DatetimeIndex):
         # Timestamps render as their ISO text; midnight-only indexes as plain dates.
         out = index.astype(str).tolist()
@@ -164,7 +164,7 @@ def custom_ids(index: pd.Index) -> Union[List[str], RangeIds]:
         ids = [SEP.join(parts) for parts in zip(*levels)]
     else:
         ids = _level_strings(index)
-    if not isinstance(index, pd.RangeIndex) and index.dtype.kind not in "biufcmM":
+    if index.dtype.kind not in "biufcmM":
         check_ids(ids, index)
     return ids
 

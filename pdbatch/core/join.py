@@ -199,16 +199,15 @@ def _row_of(cid: Column, ids: Sequence[str]) -> np.ndarray:
     if cid.type != pa.string():
         cid = cid.cast(pa.string())
     if isinstance(ids, RangeIds):
+        known = ids
         runs = _runs_of(cid, len(ids), lambda first: int(ids.positions(pa.array([first]))[0]),
                         lambda start, k: RangeIds(ids.start + start * ids.step, ids.step, k).arrow())
-        return runs if runs is not None else ids.positions(cid)
-    value_set = pa.array(ids, type=pa.string())
-    if len(cid) == len(ids) and cid.equals(pa.chunked_array([value_set])):
-        return np.arange(len(ids), dtype=np.int64)
-    runs = _runs_of(cid, len(ids), lambda first: pc.index(value_set, first).as_py(), value_set.slice)
-    if runs is not None:
-        return runs
-    return row_positions(ids, cid)
+    else:
+        known = pa.array(ids, type=pa.string())  # made once: the hash join below uses it too
+        if len(cid) == len(ids) and cid.equals(pa.chunked_array([known])):
+            return np.arange(len(ids), dtype=np.int64)
+        runs = _runs_of(cid, len(ids), lambda first: pc.index(known, first).as_py(), known.slice)
+    return runs if runs is not None else row_positions(known, cid)
 
 
 def _runs_of(cid: pa.ChunkedArray, n: int, row_of: Callable[[str], int],

@@ -47,21 +47,19 @@ def segment_table(answers: Answers, hashes: Union[RowHashes, Mapping[str, str]],
     hash table or a copy of every answer.
     """
     ids = answers.arrow("custom_id") if answers.is_arrow("custom_id") else answers.custom_id
-    order = None
+    keep = None  # rows of the table to keep, in row order (None: all, as they are)
     if isinstance(hashes, RowHashes):
         pos = hashes.positions(ids)
         row_hashes = hashes.arrow_at(pos)
-        if len(pos) > 1 and bool((pos[1:] < pos[:-1]).any()):
-            order = pa.array(np.argsort(pos, kind="stable"))
+        if len(pos) and (bool((pos < 0).any()) or bool((pos[1:] < pos[:-1]).any())):
+            order = np.argsort(pos, kind="stable")
+            keep = pa.array(order[pos[order] >= 0])  # an id the job did not send has no hash: left out
     else:
         row_hashes = pa.array(_lookup(hashes, ids.to_pylist() if isinstance(ids, pa.ChunkedArray) else ids), pa.string())
     table = segments.table_of(answers, row_hashes, attempt)
-    if row_hashes.null_count:
-        table = table.filter(pc.is_valid(table.column("hash"))) if order is None else \
-            table.take(order.filter(pc.is_valid(row_hashes.take(order))))
-    elif order is not None:
-        table = table.take(order)
-    return table
+    if keep is not None:
+        return table.take(keep)
+    return table.filter(pc.is_valid(table.column("hash"))) if row_hashes.null_count else table
 
 
 def _textual(table: pa.Table) -> bool:
