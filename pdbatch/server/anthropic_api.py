@@ -257,7 +257,7 @@ class AnthropicBatches:
             if obj["processing_status"] == "in_progress":
                 obj.update(processing_status="canceling", cancel_initiated_at=_stamp(time.time()))
                 self.disk.save(obj)
-        return self.public(bid)
+            return self.public(bid)  # under the lock: the answer says "canceling" even if the run ends next
 
     def delete(self, bid: str) -> dict:
         with self.lock:
