@@ -190,8 +190,9 @@ class AnthropicBatches:
             self.batches[bid] = obj
             self.requests[bid] = requests
         self.srv.stats.bump("batches_created")
+        view = self.public(bid)  # before the run starts: the answer says "in_progress", as the API's does
         self._start(bid)
-        return self.public(bid)
+        return view
 
     def public(self, bid: str) -> dict:
         with self.lock:
