@@ -13,6 +13,7 @@ outputs what its committed version shows.
 from __future__ import annotations
 
 import importlib.util
+import re
 import time
 from pathlib import Path
 
@@ -147,6 +148,8 @@ def test_captions_notebook(run_notebook):
     assert "engine calls: 35" in text
     assert "stainless steel kettle pictured on a plain background" in text
     assert "'succeeded': 35" in text
+    written = re.search(r"'([^']*pdbatch-captions-[^']*)captions\.jsonl'", text)
+    assert written and not Path(written.group(1)).exists()  # the last cell removes its working folder
     # the pictures are shown beside their captions: one <img> per product, in the captions table
     html = next(out.data["text/html"] for c in _code_cells(nb) for out in c.outputs
                 if "<img src=\"data:image/png;base64," in out.get("data", {}).get("text/html", ""))
