@@ -10,7 +10,6 @@ batch ids and answers live in the job store, never only here: a restarted kernel
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
@@ -21,6 +20,7 @@ from ..core.ids import custom_ids, row_positions
 from ..errors import JobError
 from ..core.answers import Answers
 from ..core.columns import gc_paused
+from ..core.memory import in_system_pool
 from ..core.fields import Parsed
 from ..core.records import Usage
 from ..core.spec import MapSpec
@@ -33,12 +33,7 @@ from .locks import answers_bar, job_lock
 from .status import jobs
 from .store import JobRecord, Store, default_store, pdbatch_home
 
-__all__ = ["Job", "pdbatch_home", "new_job_id", "jobs"]
-
-
-def new_job_id() -> str:
-    """A new job id: sortable by creation time, unique across processes."""
-    return "job_" + time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "_" + uuid.uuid4().hex[:10]
+__all__ = ["Job", "pdbatch_home", "jobs"]
 
 
 @dataclass
@@ -223,6 +218,7 @@ class Job:
             "batch_ids": self.batch_ids,
         }
 
+    @in_system_pool
     def wait(self, progress: bool = True, timeout: Optional[float] = None) -> "Job":
         """Block until every request is answered, failed or given up.
 
@@ -277,6 +273,7 @@ class Job:
 
     stored_answers = answers  #: the same, by the name backends use (the Ledger of backends/base.py)
 
+    @in_system_pool
     def result(self, *, overwrite: Optional[bool] = None):
         """Join the answers onto the original object and return a new one.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 import warnings
 from typing import Optional, Union
 
@@ -24,9 +25,9 @@ from ..pricing.estimate import estimate_requests
 from .cache import to_send
 from .fingerprint import FINGERPRINT_PREFIX, earlier_fingerprints, fingerprint
 from .host import HostCopy
-from .lifecycle import Job, new_job_id
+from .lifecycle import Job
 from .locks import job_lock
-from ..core.memory import give_back
+from ..core.memory import give_back, in_system_pool
 from .store import JobRecord, Store, default_store, pdbatch_home
 
 __all__ = ["start_job", "default_name", "check_budget", "NAME_WORDS"]
@@ -63,6 +64,12 @@ def check_budget(spec: MapSpec, rendered, backend: Backend, max_cost: float, sto
     check_estimate(est, max_cost, backend.name, spec.params.get("service_tier"), remote=not backend.runs_exclusively)
 
 
+def new_job_id() -> str:
+    """A new job id: sortable by creation time, unique across processes."""
+    return "job_" + time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "_" + uuid.uuid4().hex[:10]
+
+
+@in_system_pool
 def start_job(
     host: Union[pd.DataFrame, pd.Series],
     spec: MapSpec,
