@@ -71,6 +71,14 @@ class Parsed:
     def __len__(self) -> int:
         return len(self.errors)
 
+    def clear(self) -> None:
+        """Let go of every column and array (the join does, once it has taken its rows): the record is then empty."""
+        self.columns.clear()
+        self.custom_id = pa.chunked_array([], type=pa.string())
+        self.content_hash = np.zeros(0, dtype=np.uint64)
+        self.errors = np.zeros(0, dtype=object)
+        self.origin = np.zeros(0, dtype=np.int64)
+
     @classmethod
     def concat(cls, parts: List["Parsed"]) -> Optional["Parsed"]:
         """One record of several (None for none); a key one part lacks is missing in its rows."""

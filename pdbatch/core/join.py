@@ -99,7 +99,7 @@ def _move_unexpected(values: Dict[str, Any], known: List[str], taken: set) -> Di
 def join_results(
     host: Union[pd.DataFrame, pd.Series],
     ids: Sequence[str],
-    answers: Answers,
+    answers: Union[Answers, Callable[[], Answers]],
     parse_text: Callable[[str], tuple],
     *,
     kind: str,
@@ -121,10 +121,12 @@ def join_results(
         The caller's object; never modified.
     ids : list of str or RangeIds
         custom_id of every row, in row order (see :func:`pdbatch.core.ids.custom_ids`).
-    answers : Answers
+    answers : Answers, or a function that returns them
         Column-wise results in any order; a custom_id that matches no row is
         counted and ignored. When a custom_id appears more than once, a success
-        wins over a failure.
+        wins over a failure. A function is called once, by the matching step,
+        and what it returned is let go before the pandas columns are built
+        (a million answers' columns are not held beside the result).
     parse_text : callable
         ``str -> (value, error)`` for a usable answer's text
         (see :meth:`ResponseFormat.parse_text`).
@@ -144,8 +146,8 @@ def join_results(
     parsed : Parsed, optional
         Answers parsed earlier (:func:`preparse`); used where a row's
         custom_id and content match, so that no answer is parsed twice.
-        Handed over: its columns are emptied once used, so that a million
-        rows' parsed values are not held beside their copies in the result.
+        Handed over: it is emptied (:meth:`Parsed.clear`) once used, so that a
+        million rows' parsed values are not held beside their copies in the result.
     raw_column : str, optional
         Also add this column: the text of every row's answer as it came back,
         failed or not (an answer that is not valid JSON, a truncated one...);
@@ -230,14 +232,14 @@ def _runs_of(cid: pa.ChunkedArray, n: int, row_of: Callable[[str], int],
     return np.concatenate(where)
 
 
-def _values(ids: Sequence[str], answers: Answers, parse_text: Callable[[str], tuple], *, expand: bool,
+def _values(ids: Sequence[str], answers: Union[Answers, Callable[[], Answers]], parse_text: Callable[[str], tuple], *, expand: bool,
             output: str, columns: Optional[List[str]], skipped: Dict[int, str],
             unanswered: Optional[Callable[[int], str]], parsed: Optional[Parsed],
             raw_column: Optional[str]) -> tuple:
     """``(new columns by name, raw text column or None, error of each row, JoinStats)``: the join before pandas."""
     n = len(ids)
-    stats = JoinStats(rows=n, skipped=len(skipped), usage=answers.usage)
-    a = answers
+    a = answers() if callable(answers) else answers
+    stats = JoinStats(rows=n, skipped=len(skipped), usage=a.usage)
     m = len(a)
     where = _row_of(a.arrow("custom_id"), ids)
     if n >= GIVE_BACK_ROWS:
@@ -282,7 +284,7 @@ def _values(ids: Sequence[str], answers: Answers, parse_text: Callable[[str], tu
         with gc_paused():
             got, errs = parse_usable(a, usable, parse_text, parsed, expand_objects=expand, columns=columns)
             if parsed is not None:
-                parsed.columns.clear()  # handed over by the caller: let go of each copy once the next is made
+                parsed.clear()  # handed over by the caller: let go of it before the pandas columns are built
             if expand:  # one column per key, over the usable lines: spread onto the rows (skipped ones blank)
                 fields = {key: spread(got.pop(key), rows, n, skipped_pos) for key in list(got)}
             else:

@@ -303,11 +303,10 @@ class Job:
         self._parsed = []  # a second result() parses again
         spec = self.spec
         with gc_paused():  # the join makes no cycles: a collector pass over a large heap would only cost time
-            answers = self.answers()
             out, stats, errors = spec.join(
                 self.host,
                 self.ids,
-                answers,
+                self.answers,  # read by the join, which lets go of them before it builds the columns
                 skipped=self.skipped,
                 unanswered=lambda pos: self.backend.unanswered(self, pos),
                 overwrite=self.overwrite if overwrite is None else overwrite,

@@ -504,7 +504,7 @@ def test_answers_in_row_order_join_as_shuffled_ones_do_and_the_parsed_columns_ar
     for name, order in {"in order": lines, "shuffled": lines[::-1], "one unknown": lines + [ok("xx", '{"v": 9}')]}.items():
         early = preparse(answers(*order), parse)
         got[name], stats, _ = join_results(df, custom_ids(df.index), answers(*order), parse, parsed=early, **kw)
-        assert early.columns == {}  # handed over: a million rows' values are not held twice
+        assert early.columns == {} and len(early) == 0  # handed over and emptied: a million rows' values are not held twice
         assert stats.unknown_ids == (name == "one unknown")
     for name in ("shuffled", "one unknown"):
         pd.testing.assert_frame_equal(got["in order"], got[name])
@@ -703,3 +703,20 @@ def test_preparsed_answers_known_by_their_segment_read_no_text_and_a_newer_segme
     plain, _, plain_errors = join_results(df, custom_ids(df.index), now, parse, **kw)
     pd.testing.assert_frame_equal(plain, out)
     assert plain_errors == errors
+
+
+def test_answers_given_as_a_function_are_read_once_and_join_as_the_answers_do(df):
+    parse = response_format(SCHEMA).text_parser()
+    lines = [ok("fr", '{"v": 1}'), fail("pe"), ok("it", '{"v": "x"}'), ok("zz", '{"v": 9}')]
+    kw = dict(kind="schema", output="llm_output", error_column="llm_error", columns=["v"])
+    calls = []
+
+    def read():
+        calls.append(1)
+        return answers(*lines)
+
+    want, want_stats, want_errors = join_results(df, custom_ids(df.index), answers(*lines), parse, **kw)
+    got, stats, errors = join_results(df, custom_ids(df.index), read, parse, **kw)
+    assert calls == [1]
+    pd.testing.assert_frame_equal(want, got)
+    assert errors == want_errors and stats == want_stats and stats.unknown_ids == 1 and stats.failed == 2
