@@ -24,7 +24,8 @@ __all__ = ["AnswerStore", "segment_table"]
 #: Answer columns of the per-row table, after (job_id, custom_id, hash, attempt).
 _ANSWER_COLS = Answers.COLUMNS
 #: The columns of a segment that say which rows are answered (see ``AnswerStore._status``).
-_STATUS = {"custom_id": pa.string(), "attempt": pa.int64(), "seq": pa.int64(), "ok": pa.bool_()}
+_STATUS = {"custom_id": pa.string(), "attempt": pa.int32(), "seq": pa.int64(), "ok": pa.bool_()}
+_STATUS_SCHEMA = pa.schema(list(_STATUS.items()))
 #: Below this many answers a put goes to the per-row table, from it on to one segment.
 SEGMENT_MIN = 64
 #: The ``seq`` of answers stored one at a time: after every segment in precedence.
@@ -68,9 +69,25 @@ def _textual(table: pa.Table) -> bool:
     return pa.types.is_string(t) or pa.types.is_null(t)
 
 
+#: Integer columns a job keeps in memory as 32 bits (read back as Python ints: only Arrow sees the width).
+_NARROW = ("attempt", "status_code", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+
+
 def _lean(table: pa.Table) -> pa.Table:
-    """A segment table without its texts and hashes, with each row's position in it (``pos``)."""
-    return table.drop_columns(["content", "hash"]).append_column("pos", pa.array(np.arange(table.num_rows)))
+    """A segment table without its texts and hashes, with each row's position in it (``pos``).
+
+    Kept for a job's polls and join, so its small integers are narrowed to
+    32 bits where every value fits (a count of a million answers' tokens
+    in 64 bits is 32 MB); a column with a larger value stays as it is.
+    """
+    lean = table.drop_columns(["content", "hash"])
+    for name in _NARROW:
+        i = lean.schema.get_field_index(name)
+        try:
+            lean = lean.set_column(i, name, lean.column(i).cast(pa.int32()))  # a safe cast: raises on overflow
+        except pa.ArrowInvalid:
+            pass
+    return lean.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int32)))
 
 
 def _adds_no_row_twice(known: pa.ChunkedArray, added: List[pa.Table]) -> bool:
@@ -302,16 +319,16 @@ class AnswerStore:
             if seg in seen:
                 continue
             if (job_id, seg) in kept:
-                seen[seg] = kept[job_id, seg].select(list(_STATUS))
+                seen[seg] = kept[job_id, seg].select(list(_STATUS)).cast(_STATUS_SCHEMA)  # no copy: already narrow
                 continue
-            t = self._segment(seg).select(list(_STATUS))
+            t = self._segment(seg).select(list(_STATUS)).cast(_STATUS_SCHEMA)
             seen[seg] = t.take(pa.array(np.arange(t.num_rows, dtype=np.int64)))
         with self._lock:
             rows = self._db.execute("SELECT custom_id, attempt, ok FROM answers WHERE job_id = ?", (job_id,)).fetchall()
         tables = [seen[seg] for seg in ids]
         if rows:
             cid, attempt, ok = zip(*rows)
-            tables.append(pa.table({"custom_id": pa.array(cid, pa.string()), "attempt": pa.array(attempt, pa.int64()),
+            tables.append(pa.table({"custom_id": pa.array(cid, pa.string()), "attempt": pa.array(attempt, pa.int32()),
                                     "seq": pa.array(np.full(len(rows), _ALONE, dtype=np.int64)),
                                     "ok": pa.array([bool(v) for v in ok], pa.bool_())}))
         both = pa.concat_tables(tables) if tables else pa.table({k: pa.array([], t) for k, t in _STATUS.items()})

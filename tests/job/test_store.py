@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import pdbatch
@@ -211,3 +212,24 @@ def test_a_shard_answered_out_of_order_is_stored_in_row_order(unknown):
     assert table.column("custom_id").to_pylist() == [str(i) for i in want]
     assert table.column("content").to_pylist() == [f"a{i}" for i in want]
     assert table.column("hash").to_pylist() == [h(i) for i in want]
+
+
+def test_answers_kept_for_a_job_hold_small_integers_in_32_bits_and_large_ones_whole(tmp_path):
+    """The columns a job keeps for its polls and join are narrow where they fit; the values read back are the same."""
+    store = Store(str(tmp_path / "s.sqlite3"))
+    hashes = {str(i): h(i) for i in range(300)}
+    small = [chat(str(i), f"t{i}") for i in range(100)]
+    big = [Result(str(i), {"choices": [{"message": {"content": "b"}, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 2**40 + i, "completion_tokens": 1}}, status_code=200)
+           for i in range(100, 200)]
+    store.put_answers("j", Answers.from_results(small), hashes)
+    a = store.answers("j")  # the segment this process wrote: the table it kept
+    assert a.arrow("prompt_tokens").type == pa.int32() and a.arrow("status_code").type == pa.int32()
+    assert a.prompt_tokens == [3] * 100 and a.status_code == [200] * 100 and a.usage.prompt_tokens == 300
+    store.put_answers("j", Answers.from_results(big), hashes)
+    assert store.count_answers("j") == 200  # a poll over a narrow and a wide segment
+    a = store.answers("j")
+    assert a.arrow("prompt_tokens").type == pa.int64()  # one segment's did not fit 32 bits: promoted, not cut
+    assert a.usage.prompt_tokens == 300 + sum(2**40 + i for i in range(100, 200))
+    again = Store(str(tmp_path / "s.sqlite3")).answers("j")  # read back from the file by another connection
+    assert again.usage == a.usage and sorted(again.custom_id, key=int) == [str(i) for i in range(200)]
