@@ -4,7 +4,8 @@ Every answer is stored under its request hash (the cache key), so a job keeps
 custom_id -> hash for each row it sent or found in the cache. A dict of a
 million hex strings is some 90 MB; :class:`RowHashes` keeps the hashes as one
 fixed-width byte array beside the custom_ids and looks ids up through a
-pandas index built when first needed. The ids of a job over a ``RangeIndex``
+pandas index built when first needed; each hash is held as its 16 raw bytes
+(hex is made when a hash is asked for). The ids of a job over a ``RangeIndex``
 (``"0"``, ``"1"``, ... in order) are kept as a
 :class:`~pdbatch.core.ids.RangeIds`, three numbers, and looked up by the
 number they name: no string is kept per row and no index is built.
@@ -24,6 +25,37 @@ __all__ = ["RowHashes"]
 
 #: Hex digits in a request hash (blake2b, 16 bytes).
 WIDTH = 32
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_NIBBLE = np.full(256, 255, dtype=np.uint8)
+_NIBBLE[_HEX] = np.arange(16, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _raw(hex_bytes: np.ndarray) -> np.ndarray:
+    """``(n, 16)`` raw bytes of ``n`` hashes given as their hex digits (``(n, 32)`` ASCII codes)."""
+    nibbles = _NIBBLE[hex_bytes]
+    if (nibbles == 255).any():
+        bad = int(np.flatnonzero((nibbles == 255).any(axis=1))[0])
+        raise ValueError(f"request hash {hex_bytes[bad].tobytes()!r} is not {WIDTH} hex digits")
+    return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+
+
+def _from_hex(hashes: Sequence[str]) -> np.ndarray:
+    """``(n, 16)`` raw bytes of hex strings."""
+    if not len(hashes):
+        return np.zeros((0, WIDTH // 2), dtype=np.uint8)
+    for x in hashes:
+        if not isinstance(x, str) or len(x) != WIDTH or not x.isascii():
+            raise ValueError(f"request hash {x!r} is not {WIDTH} hex digits")
+    return _raw(np.frombuffer("".join(hashes).encode("ascii"), dtype=np.uint8).reshape(-1, WIDTH))
+
+
+def _to_hex(raw: np.ndarray) -> np.ndarray:
+    """``(n, 32)`` hex digits (ASCII codes) of ``(n, 16)`` raw bytes."""
+    out = np.empty((len(raw), WIDTH), dtype=np.uint8)
+    out[:, 0::2] = _HEX[raw >> 4]
+    out[:, 1::2] = _HEX[raw & 15]
+    return out
 #: Ids added after the index was built that are looked up in a dict before a new index is built.
 _FOLD = 65536
 
@@ -46,7 +78,7 @@ class RowHashes:
     def __init__(self) -> None:
         self._ids: Union[List[str], RangeIds] = RangeIds(0, 1, 0)  # a list once the ids stop counting up
         self._parts: List[np.ndarray] = []
-        self._hashes = np.zeros(0, dtype=f"S{WIDTH}")
+        self._hashes = np.zeros((0, WIDTH // 2), dtype=np.uint8)  # one row of raw bytes per hash
         self._index: Optional[pd.Index] = None
         self._first: Optional[np.ndarray] = None
         #: positions of ids added since the index was built (looked up after it; folded in when it grows)
@@ -58,7 +90,7 @@ class RowHashes:
         out = cls()
         counted = _as_range(ids)  # an empty RangeIds is falsy: compared with None
         out._ids = counted if counted is not None else ids.to_pylist()
-        out._hashes = np.array(hashes.to_pylist(), dtype=f"S{WIDTH}")
+        out._hashes = _stored(hashes)
         return out
 
     def add(self, ids: Sequence[str], hashes: Sequence[str]) -> None:
@@ -69,7 +101,7 @@ class RowHashes:
         in a small dict, folded into a new index once it holds a quarter of
         the rows.
         """
-        self._parts.append(np.array(hashes, dtype=f"S{WIDTH}"))
+        self._parts.append(_from_hex(list(hashes)))
         if isinstance(self._ids, RangeIds):
             counted = _counted(self._ids, ids)
             if counted is not None:
@@ -136,7 +168,7 @@ class RowHashes:
         """The hashes at positions ``pos`` (of :meth:`positions`; -1 gives null) as an Arrow string array."""
         n = len(pos)
         found = pos >= 0
-        data = self._all()[np.maximum(pos, 0)] if n else np.zeros(0, dtype=f"S{WIDTH}")
+        data = _to_hex(self._all()[np.maximum(pos, 0)]) if n else np.zeros((0, WIDTH), dtype=np.uint8)
         lengths = np.where(found, WIDTH, 0).astype(np.int32)
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
@@ -149,7 +181,7 @@ class RowHashes:
         pos = self.positions(ids)
         if not len(pos):
             return []
-        found = self._all()[np.maximum(pos, 0)].astype(str).tolist()
+        found = _to_hex(self._all()[np.maximum(pos, 0)]).view(f"S{WIDTH}").ravel().astype(str).tolist()
         return [h if p >= 0 else None for h, p in zip(found, pos.tolist())]
 
     def get(self, cid: str, default: Optional[str] = None) -> Optional[str]:
@@ -159,14 +191,14 @@ class RowHashes:
 
     def values(self) -> List[str]:
         """Every hash, in the order the rows were added."""
-        return self._all().astype(str).tolist()
+        return _to_hex(self._all()).view(f"S{WIDTH}").ravel().astype(str).tolist()
 
     def arrow(self) -> pa.Table:
         """``custom_id`` and ``hash`` as two string columns (made from the byte array, no Python string per hash)."""
-        hashes = self._all()
+        hashes = _to_hex(self._all())
         n = len(hashes)
         offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * WIDTH).tobytes())
-        column = pa.StringArray.from_buffers(n, offsets, pa.py_buffer(np.ascontiguousarray(hashes)))
+        column = pa.StringArray.from_buffers(n, offsets, pa.py_buffer(hashes))
         return pa.table({"custom_id": ids_arrow(self._ids), "hash": column})
 
 
@@ -192,3 +224,17 @@ def _as_range(ids: pa.ChunkedArray) -> Optional[RangeIds]:
     except (TypeError, ValueError):
         return None
     return counted if counted.arrow().equals(ids.combine_chunks().cast(pa.string())) else None
+
+
+def _stored(hashes: pa.ChunkedArray) -> np.ndarray:
+    """The store's hex column as ``(n, 16)`` raw bytes, from Arrow's buffers where every hash is 32 digits."""
+    parts = []
+    for chunk in hashes.chunks:
+        chunk = chunk.cast(pa.string())
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        if chunk.null_count or not len(chunk) or (np.diff(offsets) != WIDTH).any():
+            parts.append(_from_hex(chunk.to_pylist()))  # an empty chunk, or a malformed one: the error names it
+            continue
+        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+        parts.append(_raw(data.reshape(-1, WIDTH)))
+    return np.concatenate(parts) if parts else np.zeros((0, WIDTH // 2), dtype=np.uint8)

@@ -73,3 +73,22 @@ def test_ids_that_count_up_answer_like_any_others(breaker):
     assert table.column("custom_id").to_pylist() == ids and table.column("hash").to_pylist() == hashes
     back = RowHashes.from_arrow(table.column("custom_id"), table.column("hash"))
     assert back.get_many(probe) == [want.get(c) for c in probe] and list(back) == ids
+
+
+@pytest.mark.parametrize("bad", ["xyz", "g" * 32, "0" * 31, "é" * 32, None])
+def test_a_hash_that_is_not_32_hex_digits_is_refused_and_nothing_is_added(bad):
+    h = RowHashes()
+    h.add(["a"], ["0" * 32])
+    with pytest.raises(ValueError, match="is not 32 hex digits"):
+        h.add(["b"], [bad])
+    assert len(h) == 1 and h.get("a") == "0" * 32 and h.get("b") is None
+
+
+def test_hashes_in_either_case_come_back_in_lower_case_and_survive_the_store_table():
+    h = RowHashes()
+    h.add(["a", "b"], ["0123456789ABCDEF" * 2, "fedcba9876543210" * 2])
+    assert h.values() == ["0123456789abcdef" * 2, "fedcba9876543210" * 2]
+    table = h.arrow()  # read back from chunks that are slices (an offset into Arrow's buffers)
+    full = RowHashes.from_arrow(table.column("custom_id"), pa.chunked_array([table.column("hash").slice(0, 1),
+                                                                              table.column("hash").slice(1)]))
+    assert full.get_many(["b", "a"]) == ["fedcba9876543210" * 2, "0123456789abcdef" * 2]
