@@ -63,33 +63,6 @@ def segment_table(answers: Answers, hashes: Union[RowHashes, Mapping[str, str]],
     return table.filter(pc.is_valid(table.column("hash"))) if row_hashes.null_count else table
 
 
-def _textual(table: pa.Table) -> bool:
-    """Whether a segment table's answers are texts (or none at all), not embedding vectors."""
-    t = table.schema.field("content").type
-    return pa.types.is_string(t) or pa.types.is_null(t)
-
-
-#: Integer columns a job keeps in memory as 32 bits (read back as Python ints: only Arrow sees the width).
-_NARROW = ("attempt", "status_code", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
-
-
-def _lean(table: pa.Table) -> pa.Table:
-    """A segment table without its texts and hashes, with each row's position in it (``pos``).
-
-    Kept for a job's polls and join, so its small integers are narrowed to
-    32 bits where every value fits (a count of a million answers' tokens
-    in 64 bits is 32 MB); a column with a larger value stays as it is.
-    """
-    lean = table.drop_columns(["content", "hash"])
-    for name in _NARROW:
-        i = lean.schema.get_field_index(name)
-        try:
-            lean = lean.set_column(i, name, lean.column(i).cast(pa.int32()))  # a safe cast: raises on overflow
-        except pa.ArrowInvalid:
-            pass
-    return lean.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int32)))
-
-
 def _adds_no_row_twice(known: pa.ChunkedArray, added: List[pa.Table]) -> bool:
     """Whether the ``custom_id`` of ``added`` tables name each row once and none of ``known`` (distinct ids).
 
@@ -161,11 +134,11 @@ class AnswerStore:
                 "INSERT INTO segments (job_id, attempt, source, rows, v, data, created_at, indexed) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
                 (job_id, attempt, source, table.num_rows, segments.SEGMENT_VERSION, blob, time.time()))
-        if _textual(table):  # kept as read back (seq: the segment's id), for this job's polls and join
+        if segments.textual(table):  # kept as read back (seq: the segment's id), for this job's polls and join
             kept = self.__dict__.setdefault("_written", {})
             if any(job != job_id for job, _ in kept):
                 kept.clear()  # one job at a time: another job's are read from the store when asked
-            kept[job_id, seg.lastrowid] = _lean(table.set_column(
+            kept[job_id, seg.lastrowid] = segments.lean(table.set_column(
                 table.schema.get_field_index("seq"), "seq", pa.array(np.full(table.num_rows, seg.lastrowid))))
         self._count("write", t0, table.num_rows)
         return table.num_rows, seg.lastrowid
@@ -229,14 +202,14 @@ class AnswerStore:
                 tables.append(lean)
                 continue
             table = self._segment(seg)
-            if not _textual(table):  # embeddings: vectors are read whole (see segments.answers_of)
+            if not segments.textual(table):  # embeddings: vectors are read whole (see segments.answers_of)
                 return self._answers_whole(job_id, t0)
-            tables.append(_lean(table).take(pa.array(np.arange(table.num_rows))))  # a copy: the blob is let go
+            tables.append(segments.lean(table).take(pa.array(np.arange(table.num_rows))))  # a copy: the blob is let go
         alone = self._alone(job_id)
         if alone is not None:
-            if not _textual(alone):
+            if not segments.textual(alone):
                 return self._answers_whole(job_id, t0)
-            tables.append(_lean(alone))
+            tables.append(segments.lean(alone))
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return Answers()

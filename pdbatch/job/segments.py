@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from ..core.answers import Answers
 from ..errors import JobError
 
-__all__ = ["SEGMENT_VERSION", "encode", "decode", "table_of", "answers_of", "latest", "hash_key"]
+__all__ = ["SEGMENT_VERSION", "encode", "decode", "table_of", "answers_of", "latest", "hash_key", "textual", "lean"]
 
 SEGMENT_VERSION = 1
 _META = b"pdbatch_segment"
@@ -121,3 +121,30 @@ def answers_of(tables: List[pa.Table]) -> Answers:
     if pa.types.is_list(content.type) or pa.types.is_large_list(content.type):
         cols["content"] = _vectors(content)  # embeddings: one float32 vector per row
     return Answers(**cols)
+
+
+def textual(table: pa.Table) -> bool:
+    """Whether a segment table's answers are texts (or none at all), not embedding vectors."""
+    t = table.schema.field("content").type
+    return pa.types.is_string(t) or pa.types.is_null(t)
+
+
+#: Integer columns a job keeps in memory as 32 bits (read back as Python ints: only Arrow sees the width).
+_NARROW = ("attempt", "status_code", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+
+
+def lean(table: pa.Table) -> pa.Table:
+    """A segment table without its texts and hashes, with each row's position in it (``pos``).
+
+    Kept for a job's polls and join, so its small integers are narrowed to
+    32 bits where every value fits (a count of a million answers' tokens
+    in 64 bits is 32 MB); a column with a larger value stays as it is.
+    """
+    out = table.drop_columns(["content", "hash"])
+    for name in _NARROW:
+        i = out.schema.get_field_index(name)
+        try:
+            out = out.set_column(i, name, out.column(i).cast(pa.int32()))  # a safe cast: raises on overflow
+        except pa.ArrowInvalid:
+            pass
+    return out.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int32)))
