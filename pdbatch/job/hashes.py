@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..core.ids import RangeIds, ids_arrow
+from ..errors import JobError
 
 __all__ = ["RowHashes"]
 
@@ -31,12 +32,18 @@ _NIBBLE[_HEX] = np.arange(16, dtype=np.uint8)
 _NIBBLE[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
 
 
+def _not_hex(value: object) -> JobError:
+    return JobError(f"request hash {value!r} is not {WIDTH} hex digits: a job's hashes come from pdbatch's request "
+                    "hasher or its job store, so the store (under PDBATCH_HOME) may be damaged; run the map with "
+                    "cache=False to start the job afresh")
+
+
 def _raw(hex_bytes: np.ndarray) -> np.ndarray:
     """``(n, 16)`` raw bytes of ``n`` hashes given as their hex digits (``(n, 32)`` ASCII codes)."""
     nibbles = _NIBBLE[hex_bytes]
     if (nibbles == 255).any():
         bad = int(np.flatnonzero((nibbles == 255).any(axis=1))[0])
-        raise ValueError(f"request hash {hex_bytes[bad].tobytes()!r} is not {WIDTH} hex digits")
+        raise _not_hex(hex_bytes[bad].tobytes().decode("latin-1"))
     return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
 
 
@@ -46,7 +53,7 @@ def _from_hex(hashes: Sequence[str]) -> np.ndarray:
         return np.zeros((0, WIDTH // 2), dtype=np.uint8)
     for x in hashes:
         if not isinstance(x, str) or len(x) != WIDTH or not x.isascii():
-            raise ValueError(f"request hash {x!r} is not {WIDTH} hex digits")
+            raise _not_hex(x)
     return _raw(np.frombuffer("".join(hashes).encode("ascii"), dtype=np.uint8).reshape(-1, WIDTH))
 
 
@@ -56,6 +63,8 @@ def _to_hex(raw: np.ndarray) -> np.ndarray:
     out[:, 0::2] = _HEX[raw >> 4]
     out[:, 1::2] = _HEX[raw & 15]
     return out
+
+
 #: Ids added after the index was built that are looked up in a dict before a new index is built.
 _FOLD = 65536
 

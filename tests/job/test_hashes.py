@@ -5,6 +5,7 @@ import random
 import pyarrow as pa
 import pytest
 
+from pdbatch.errors import JobError
 from pdbatch.job.hashes import RowHashes
 
 
@@ -79,7 +80,7 @@ def test_ids_that_count_up_answer_like_any_others(breaker):
 def test_a_hash_that_is_not_32_hex_digits_is_refused_and_nothing_is_added(bad):
     h = RowHashes()
     h.add(["a"], ["0" * 32])
-    with pytest.raises(ValueError, match="is not 32 hex digits"):
+    with pytest.raises(JobError, match="is not 32 hex digits.*PDBATCH_HOME"):
         h.add(["b"], [bad])
     assert len(h) == 1 and h.get("a") == "0" * 32 and h.get("b") is None
 
