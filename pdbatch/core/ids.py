@@ -10,7 +10,7 @@ Every custom_id must be non-empty and encodable as UTF-8 (no lone surrogates);
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Dict, Iterable, Iterator, List, Union
+from typing import Iterator, List, Union
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from ..errors import DuplicateIdError, EmptyIdError, TemplateError
 
-__all__ = ["SEP", "RangeIds", "custom_ids", "check_unique", "unique_ids", "positions", "ids_arrow", "row_positions"]
+__all__ = ["SEP", "RangeIds", "custom_ids", "check_unique", "unique_ids", "ids_arrow", "row_positions"]
 
 #: Separator between the parts of a MultiIndex label in a custom_id.
 SEP = "|"
@@ -249,8 +249,3 @@ def unique_ids(index: pd.Index) -> Union[List[str], RangeIds]:
     if not isinstance(index, pd.RangeIndex):
         check_unique(ids)
     return ids
-
-
-def positions(ids: Iterable[str]) -> Dict[str, int]:
-    """Map each custom_id to its row position (the join key of every result)."""
-    return {cid: i for i, cid in enumerate(ids)}

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pdbatch.errors import DuplicateIdError, EmptyIdError, InputError, TemplateError
-from pdbatch.core.ids import SEP, check_unique, custom_ids, positions, unique_ids
+from pdbatch.core.ids import SEP, check_unique, custom_ids, row_positions, unique_ids
 
 
 @pytest.mark.parametrize(
@@ -75,8 +75,8 @@ def test_each_duplicate_reported_once_with_total():
     assert "and 2 more" in str(info.value)
 
 
-def test_positions_maps_id_to_row():
-    assert positions(["b", "a", "c"]) == {"b": 0, "a": 1, "c": 2}
+def test_row_positions_maps_id_to_row():
+    assert row_positions(["b", "a", "c"], ["b", "a", "c", "x"]).tolist() == [0, 1, 2, -1]
 
 
 @pytest.mark.parametrize("index", [pd.Index(["a", None]), pd.Index([1, None], dtype="Int64"),
