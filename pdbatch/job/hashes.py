@@ -65,6 +65,11 @@ def _to_hex(raw: np.ndarray) -> np.ndarray:
     return out
 
 
+def _hex_strings(raw: np.ndarray) -> List[str]:
+    """Hex strings of ``(n, 16)`` raw bytes."""
+    return _to_hex(raw).view(f"S{WIDTH}").ravel().astype(str).tolist()
+
+
 #: Ids added after the index was built that are looked up in a dict before a new index is built.
 _FOLD = 65536
 
@@ -190,7 +195,7 @@ class RowHashes:
         pos = self.positions(ids)
         if not len(pos):
             return []
-        found = _to_hex(self._all()[np.maximum(pos, 0)]).view(f"S{WIDTH}").ravel().astype(str).tolist()
+        found = _hex_strings(self._all()[np.maximum(pos, 0)])
         return [h if p >= 0 else None for h, p in zip(found, pos.tolist())]
 
     def get(self, cid: str, default: Optional[str] = None) -> Optional[str]:
@@ -200,7 +205,7 @@ class RowHashes:
 
     def values(self) -> List[str]:
         """Every hash, in the order the rows were added."""
-        return _to_hex(self._all()).view(f"S{WIDTH}").ravel().astype(str).tolist()
+        return _hex_strings(self._all())
 
     def arrow(self) -> pa.Table:
         """``custom_id`` and ``hash`` as two string columns (made from the byte array, no Python string per hash)."""
