@@ -130,18 +130,17 @@ class AnswerStore:
             return 0, None
         blob = segments.encode(table)
         with self._tx() as db:
-            seg = db.execute(
-                "INSERT INTO segments (job_id, attempt, source, rows, v, data, created_at, indexed) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                (job_id, attempt, source, table.num_rows, segments.SEGMENT_VERSION, blob, time.time()))
+            seg = segments.insert_blob(db, "INSERT", "segments", {
+                "job_id": job_id, "attempt": attempt, "source": source, "rows": table.num_rows,
+                "v": segments.SEGMENT_VERSION, "created_at": time.time(), "indexed": 0}, blob)
         if segments.textual(table):  # kept as read back (seq: the segment's id), for this job's polls and join
             kept = self.__dict__.setdefault("_written", {})
             if any(job != job_id for job, _ in kept):
                 kept.clear()  # one job at a time: another job's are read from the store when asked
-            kept[job_id, seg.lastrowid] = segments.lean(table.set_column(
-                table.schema.get_field_index("seq"), "seq", pa.array(np.full(table.num_rows, seg.lastrowid))))
+            kept[job_id, seg] = segments.lean(table.set_column(
+                table.schema.get_field_index("seq"), "seq", pa.array(np.full(table.num_rows, seg))))
         self._count("write", t0, table.num_rows)
-        return table.num_rows, seg.lastrowid
+        return table.num_rows, seg
 
     def _index_segments(self) -> None:
         """Index the successful answers of segments not indexed yet by request hash (done once per segment).

@@ -249,8 +249,7 @@ class Store(AnswerStore):
         table = hashes.arrow()
         blob = segments.encode(table.append_column("seq", pa.array(np.zeros(len(table), dtype=np.int64))))
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO row_sets (job_id, v, data) VALUES (?, ?, ?)",
-                       (job_id, _ROWS_VERSION, blob))
+            segments.insert_blob(db, "INSERT OR REPLACE", "row_sets", {"job_id": job_id, "v": _ROWS_VERSION}, blob)
         self.cost["write_seconds"] += time.perf_counter() - t0
 
     def row_hashes(self, job_id: str) -> RowHashes:

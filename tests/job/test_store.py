@@ -17,6 +17,8 @@ from pdbatch.core.answers import Answers
 from pdbatch.core.records import Result
 from pdbatch.errors import JobError
 from pdbatch.job.migrations import SCHEMA_VERSION
+from pdbatch.job import segments
+from pdbatch.job.hashes import RowHashes
 from pdbatch.job.store import JobRecord, Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v1.sql"
@@ -233,3 +235,42 @@ def test_answers_kept_for_a_job_hold_small_integers_in_32_bits_and_large_ones_wh
     assert a.usage.prompt_tokens == 300 + sum(2**40 + i for i in range(100, 200))
     again = Store(str(tmp_path / "s.sqlite3")).answers("j")  # read back from the file by another connection
     assert again.usage == a.usage and sorted(again.custom_id, key=int) == [str(i) for i in range(200)]
+
+
+class _NoBlobOpen:
+    """A connection as Python 3.10 has it: no ``blobopen``."""
+
+    def __init__(self, db):
+        self.execute = db.execute
+
+
+@pytest.mark.parametrize("wrap", [lambda db: db, _NoBlobOpen], ids=["blobopen", "bound"])
+def test_a_blob_is_written_whole_and_replaced_whole(tmp_path, wrap):
+    """Segments and row sets are written into their row in place (or bound on 3.10); another connection reads the same bytes."""
+    path = str(tmp_path / "b.sqlite3")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE row_sets(job_id TEXT PRIMARY KEY, v INTEGER NOT NULL, data BLOB NOT NULL)")
+    big = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    conn = wrap(db)
+    first = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "a", "v": 1}, memoryview(big))
+    empty = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "e", "v": 1}, memoryview(b""))
+    again = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "a", "v": 2}, memoryview(big[:10]))
+    other = sqlite3.connect(path)
+    rows = dict(other.execute("SELECT job_id, data FROM row_sets").fetchall())
+    assert rows == {"a": big[:10], "e": b""}
+    assert other.execute("SELECT rowid, v FROM row_sets WHERE job_id = 'a'").fetchone() == (again, 2)
+    assert other.execute("SELECT rowid FROM row_sets WHERE job_id = 'e'").fetchone() == (empty,) and first != empty
+
+
+def test_segments_and_row_hashes_read_back_by_another_connection(tmp_path):
+    """What a job stores as blobs (a segment, its rows' hashes) is what a fresh connection reads."""
+    path = str(tmp_path / "s.sqlite3")
+    store = Store(path)
+    hashes = RowHashes()
+    hashes.add([str(i) for i in range(300)], [h(i) for i in range(300)])
+    assert store.put_answers("j", Answers.from_results([chat(str(i), f"t{i}") for i in range(300)]), hashes) == 300
+    store.put_rows("j", hashes)
+    again = Store(path)
+    assert again.answers("j").content == [f"t{i}" for i in range(300)]
+    back = again.row_hashes("j")
+    assert back.get_many(["0", "299"]) == [h(0), h(299)] and len(back) == 300
