@@ -281,16 +281,21 @@ def _values(ids: Sequence[str], answers: Union[Answers, Callable[[], Answers]], 
     else:
         usable = usable[np.argsort(where[usable], kind="stable")]  # in row order: keys are met in row order
         rows = where[usable]
+        del where, lines, good, bad, ok  # the matching is done: a million rows' index arrays are let go
         with gc_paused():
             got, errs = parse_usable(a, usable, parse_text, parsed, expand_objects=expand, columns=columns)
+            a = answers = None  # the answers' columns are not needed any more (their usage is in ``stats``)
             if parsed is not None:
                 parsed.clear()  # handed over by the caller: let go of it before the pandas columns are built
+            if n >= GIVE_BACK_ROWS:
+                give_back()
             if expand:  # one column per key, over the usable lines: spread onto the rows (skipped ones blank)
                 fields = {key: spread(got.pop(key), rows, n, skipped_pos) for key in list(got)}
             else:
                 out_values = np.full(n, None, dtype=object)
                 out_values[rows] = np.fromiter(got, dtype=object, count=len(rows))
         errors[rows] = errs if isinstance(errs, np.ndarray) else np.fromiter(errs, dtype=object, count=len(rows))
+        errs = usable = rows = None
     if expand and not fields:
         fields = {key: np.full(n, None, dtype=object) for key in columns or ()}
     errors[skipped_pos] = np.fromiter(skipped.values(), dtype=object, count=len(skipped))
