@@ -115,6 +115,8 @@ def usable_arrow(code, message, status_code, content_valid, refusal, finish_reas
     return pc.fill_null(ok, False)
 
 
+#: Answer columns holding text (a column of them may be held as bare nulls).
+_TEXTS = ("custom_id", "content", "finish_reason", "refusal", "error_code", "error_message")
 _ANSWER_FIELDS = ("custom_id", "status_code", "content", "finish_reason", "refusal", "has_choice", "error_code",
                   "error_message", "ok", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 
@@ -215,7 +217,8 @@ class Answers:
         """Column ``name`` as an Arrow array (no Python objects when it was read by Arrow)."""
         col = self._cols[name]
         if isinstance(col, pa.ChunkedArray):
-            return col
+            # A text column kept as bare nulls (see pdbatch.job.segments.lean) is text to its readers.
+            return col.cast(pa.string()) if col.type == pa.null() and name in _TEXTS else col
         if isinstance(col, Deferred):
             return pa.chunked_array([col.take(np.arange(len(col)))])
         if isinstance(col, pa.Array):

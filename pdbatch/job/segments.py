@@ -155,12 +155,19 @@ def textual(table: pa.Table) -> bool:
 _NARROW = ("attempt", "status_code", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 
 
+#: Text columns a job keeps as a column of nulls (no buffer) when a segment has no value in them.
+_SPARSE = ("refusal", "error_code", "error_message", "finish_reason")
+
+
 def lean(table: pa.Table) -> pa.Table:
     """A segment table without its texts and hashes, with each row's position in it (``pos``).
 
     Kept for a job's polls and join, so its small integers are narrowed to
     32 bits where every value fits (a count of a million answers' tokens
-    in 64 bits is 32 MB); a column with a larger value stays as it is.
+    in 64 bits is 32 MB); a column with a larger value stays as it is. A
+    text column with no value in the segment (no refusal, no error: the
+    usual) is kept as nulls, which hold no offsets. Read back, the values
+    are the same Python values.
     """
     out = table.drop_columns(["content", "hash"])
     for name in _NARROW:
@@ -169,4 +176,8 @@ def lean(table: pa.Table) -> pa.Table:
             out = out.set_column(i, name, out.column(i).cast(pa.int32()))  # a safe cast: raises on overflow
         except pa.ArrowInvalid:
             pass
+    for name in _SPARSE:
+        i = out.schema.get_field_index(name)
+        if out.column(i).null_count == out.num_rows:
+            out = out.set_column(i, name, pa.nulls(out.num_rows))
     return out.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int32)))

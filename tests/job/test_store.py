@@ -274,3 +274,24 @@ def test_segments_and_row_hashes_read_back_by_another_connection(tmp_path):
     assert again.answers("j").content == [f"t{i}" for i in range(300)]
     back = again.row_hashes("j")
     assert back.get_many(["0", "299"]) == [h(0), h(299)] and len(back) == 300
+
+
+def test_kept_text_columns_without_a_value_hold_no_offsets_and_read_back_as_text(tmp_path):
+    """A segment with no refusal and no error keeps those columns as bare nulls; readers still see text columns."""
+    plain = Answers.from_results([chat(str(i), f"t{i}") for i in range(100)])
+    table = segments.table_of(plain, [h(i) for i in range(100)], 0)
+    kept = segments.lean(table)
+    assert {kept.schema.field(c).type for c in ("refusal", "error_code", "error_message")} == {pa.null()}
+    assert kept.schema.field("finish_reason").type == pa.string()  # it has values: kept as text
+    failed = Answers.from_results([Result("x", None, error={"code": "server_error", "message": "boom"})])
+    kept_failed = segments.lean(segments.table_of(failed, [h("x")], 0))
+    assert kept_failed.schema.field("error_code").type == pa.string()
+    store = Store(str(tmp_path / "s.sqlite3"))
+    hashes = {str(i): h(i) for i in range(100)} | {"x": h("x")}
+    store.put_answers("j", plain, hashes)
+    store.put_answers("j", Answers.from_results([Result("x", None, error={"code": "server_error", "message": "boom"})]
+                                                * 64), hashes)
+    a = store.answers("j")  # one kept segment with bare nulls, one with an error: read as one
+    assert a.arrow("refusal").type == pa.string() and a.arrow("error_code").type == pa.string()
+    assert sorted(v for v in a.error_code if v) == ["server_error"] and a.refusal == [None] * 101
+    assert a.to_frame().equals(Store(str(tmp_path / "s.sqlite3")).answers("j").to_frame())
