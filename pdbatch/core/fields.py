@@ -50,6 +50,25 @@ def expand(values: np.ndarray, columns: Optional[List[str]]) -> Dict[str, np.nda
     return out
 
 
+def _same(n: int, value: Any, dtype: Any) -> np.ndarray:
+    """``n`` times ``value`` as a read-only array that holds one value (no memory per row)."""
+    return np.broadcast_to(np.array(value, dtype=dtype), (n,))
+
+
+def _uniform(arr: np.ndarray) -> bool:
+    """Whether ``arr`` was made by :func:`_same` (every element the one stored value)."""
+    return arr.ndim == 1 and arr.strides == (0,)
+
+
+def _cat(arrays: List[np.ndarray]) -> np.ndarray:
+    """The arrays end to end; still one stored value when they all hold the same one (see :func:`_same`)."""
+    if arrays and all(_uniform(a) for a in arrays) and len({a.dtype for a in arrays}) == 1:
+        values = {a[0] if a.dtype == object else a[0].item() for a in arrays if a.size}
+        if len(values) <= 1:
+            return _same(sum(a.size for a in arrays), values.pop() if values else 0, arrays[0].dtype)
+    return np.concatenate(arrays)
+
+
 @dataclass
 class Parsed:
     """Answers parsed ahead of the join (see :func:`preparse`), already spread into one column per key.
@@ -90,8 +109,8 @@ class Parsed:
         # The parts' chunks, not a copy: the join takes them in row order as slices (see columns.take).
         columns = {k: concat([p.columns[k] if k in p.columns else nulls(len(p)) for p in parts]) for k in keys}
         return cls(pa.chunked_array([c for p in parts for c in p.custom_id.chunks], type=pa.string()),
-                   np.concatenate([p.content_hash for p in parts]), columns,
-                   np.concatenate([p.errors for p in parts]), np.concatenate([p.origin for p in parts]))
+                   _cat([p.content_hash for p in parts]), columns,
+                   _cat([p.errors for p in parts]), _cat([p.origin for p in parts]))
 
 
 def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
@@ -126,12 +145,15 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple], columns: Opti
     cid = cid.cast(pa.string())
     if callable(origin):
         origin = origin()
+    # A shard's rows share their origin, and most parse without an error: one stored value each, not one per row.
     if origin is not None and pc.count_distinct(cid).as_py() == len(ok):  # else a row may join another line
-        where, hashes = np.full(len(ok), origin, dtype=np.int64), np.zeros(len(ok), dtype=np.uint64)
+        where, hashes = _same(len(ok), origin, np.int64), _same(len(ok), 0, np.uint64)
     else:
-        where, hashes = np.full(len(ok), -1, dtype=np.int64), content_hashes(texts)
-    return Parsed(cid if isinstance(cid, pa.ChunkedArray) else pa.chunked_array([cid]), hashes, cols,
-                  np.fromiter(errors, dtype=object, count=len(ok)), where)
+        where, hashes = _same(len(ok), -1, np.int64), content_hashes(texts)
+    errors = np.fromiter(errors, dtype=object, count=len(ok))
+    if not np.not_equal(errors, None).any():
+        errors = _same(len(ok), None, object)
+    return Parsed(cid if isinstance(cid, pa.ChunkedArray) else pa.chunked_array([cid]), hashes, cols, errors, where)
 
 
 def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tuple], parsed: Optional[Parsed], *,

@@ -720,3 +720,31 @@ def test_answers_given_as_a_function_are_read_once_and_join_as_the_answers_do(df
     assert calls == [1]
     pd.testing.assert_frame_equal(want, got)
     assert errors == want_errors and stats == want_stats and stats.unknown_ids == 1 and stats.failed == 2
+
+
+def test_a_clean_shards_origin_and_errors_hold_one_value_not_one_per_row_and_join_the_same(df):
+    """A shard parsed without an error keeps one origin and one (absent) error, not a million; the join is unchanged."""
+    import numpy as np
+
+    from pdbatch.core.fields import Parsed, preparse
+
+    parse = response_format(SCHEMA).text_parser()
+    clean, dirty = answers(ok("fr", '{"v": 1}'), ok("pe", '{"v": 2}')), answers(ok("no", '{"v": "x"}'), ok("it", '{"v": 4}'))
+    a, b = preparse(clean, parse, origin=7), preparse(dirty, parse, origin=8)
+    assert a.origin.strides == (0,) and a.errors.strides == (0,) and a.content_hash.strides == (0,)
+    assert a.origin.tolist() == [7, 7] and a.errors.tolist() == [None, None]
+    assert b.errors.strides != (0,) and b.errors[0] is not None and b.errors[1] is None  # a parse error: one per row
+    same = Parsed.concat([a, preparse(clean, parse, origin=7)])
+    assert same.origin.strides == (0,) and same.origin.tolist() == [7] * 4  # one value still
+    both = Parsed.concat([a, b])
+    assert both.origin.tolist() == [7, 7, 8, 8] and [e is None for e in both.errors] == [True, True, False, True]
+    stored = Answers(**{name: pa.chunked_array([c for x in (clean, dirty) for c in x.arrow(name).chunks])
+                        for name in ("custom_id",) + Answers.COLUMNS})
+    stored.origin = np.array([7, 7, 8, 8])
+    kw = dict(kind="schema", output="llm_output", error_column="llm_error", columns=["v"])
+    want, _, want_errors = join_results(df, custom_ids(df.index), answers(*[ok("fr", '{"v": 1}'), ok("pe", '{"v": 2}'),
+                                                                             ok("no", '{"v": "x"}'), ok("it", '{"v": 4}')]),
+                                        parse, **kw)
+    got, _, errors = join_results(df, custom_ids(df.index), stored, parse, parsed=both, **kw)
+    pd.testing.assert_frame_equal(got, want)
+    assert errors == want_errors and errors[2] is not None
