@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 from ..core.answers import Answers
 from ..errors import JobError
 
-__all__ = ["SEGMENT_VERSION", "encode", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key", "textual", "lean"]
+__all__ = ["SEGMENT_VERSION", "encode", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key",
+           "textual", "lean"]
 
 SEGMENT_VERSION = 1
 _META = b"pdbatch_segment"
