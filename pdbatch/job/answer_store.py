@@ -203,7 +203,7 @@ class AnswerStore:
             table = self._segment(seg)
             if not segments.textual(table):  # embeddings: vectors are read whole (see segments.answers_of)
                 return self._answers_whole(job_id, t0)
-            tables.append(segments.lean(table).take(pa.array(np.arange(table.num_rows))))  # a copy: the blob is let go
+            tables.append(segments.lean(table))  # a copy (see lean): the blob is let go
         alone = self._alone(job_id)
         if alone is not None:
             if not segments.textual(alone):

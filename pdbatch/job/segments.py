@@ -168,7 +168,7 @@ def lean(table: pa.Table) -> pa.Table:
     in 64 bits is 32 MB); a column with a larger value stays as it is. A
     text column with no value in the segment (no refusal, no error: the
     usual) is kept as nulls, which hold no offsets. Read back, the values
-    are the same Python values.
+    are the same Python values. The result shares no buffer with ``table``.
     """
     out = table.drop_columns(["content", "hash"])
     for name in _NARROW:
@@ -181,4 +181,7 @@ def lean(table: pa.Table) -> pa.Table:
         i = out.schema.get_field_index(name)
         if out.column(i).null_count == out.num_rows:
             out = out.set_column(i, name, pa.nulls(out.num_rows))
-    return out.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int32)))
+    out = out.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int32)))
+    # Copied into buffers of their own (one gather) by the thread that stores the segment: held for the whole
+    # job, the columns made with the shard's other buffers would keep the C heap's pages around those resident.
+    return out.take(pa.array(np.arange(out.num_rows)))

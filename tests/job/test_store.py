@@ -295,3 +295,14 @@ def test_kept_text_columns_without_a_value_hold_no_offsets_and_read_back_as_text
     assert a.arrow("refusal").type == pa.string() and a.arrow("error_code").type == pa.string()
     assert sorted(v for v in a.error_code if v) == ["server_error"] and a.refusal == [None] * 101
     assert a.to_frame().equals(Store(str(tmp_path / "s.sqlite3")).answers("j").to_frame())
+
+
+def test_a_kept_table_shares_no_buffer_with_the_segment_it_was_made_of():
+    """What a job keeps of a segment is copied: the segment's buffers (its texts above all) can all be freed."""
+    plain = Answers.from_results([chat(str(i), f"t{i}") for i in range(100)])
+    table = segments.table_of(plain, [h(i) for i in range(100)], 0)
+    kept = segments.lean(table)
+    addresses = {b.address for col in table.columns for chunk in col.chunks for b in chunk.buffers() if b is not None}
+    assert not any(b is not None and b.address in addresses
+                   for col in kept.columns for chunk in col.chunks for b in chunk.buffers())
+    assert kept.column("custom_id").to_pylist() == table.column("custom_id").to_pylist()
