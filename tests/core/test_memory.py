@@ -90,3 +90,70 @@ def test_map_leaves_the_default_pool_as_it_found_it(tmp_path, monkeypatch):
                                                        progress=False)
     assert out["llm_error"].isna().all() and len(out) == 3
     assert _name() == before
+
+
+
+#: Run in a fresh interpreter (a small heap: its free chunks cannot serve the blocks asked for): how many
+#: of 64 blocks of each size glibc gave pages of their own, outside a block, inside one, and after it.
+_PLACEMENT = r"""
+import ctypes, json
+from pdbatch.core.memory import system_pool
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype = MallInfo2, ctypes.c_void_p
+
+def mapped(size):
+    blocks = []
+    for _ in range(64):
+        before = libc.mallinfo2().hblkhd
+        blocks.append(libc.malloc(size))
+        blocks[-1] = (blocks[-1], libc.mallinfo2().hblkhd > before)
+    for block, _ in blocks:
+        libc.free(ctypes.c_void_p(block))
+    return sum(m for _, m in blocks)
+
+libc.free(ctypes.c_void_p(libc.malloc(8 << 20)))  # glibc raises its threshold to 8 MiB on freeing this
+out = {"outside": mapped(512 << 10)}
+with system_pool():
+    out["inside"] = mapped(512 << 10)
+out["after"] = mapped(192 << 10)
+print(json.dumps(out))
+"""
+
+
+def _placement(**env) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _PLACEMENT], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")} | env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout)
+
+
+mallinfo2 = pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"),
+                               reason="needs glibc 2.33 or later (mallinfo2) to see where a block was placed")
+
+
+@glibc
+@mallinfo2
+def test_inside_the_block_large_allocations_get_pages_of_their_own_and_the_threshold_comes_back():
+    got = _placement()
+    assert got["outside"] <= 8  # glibc had raised its threshold: 512 KiB blocks come from its heap
+    assert got["inside"] >= 56  # from 256 KiB on, each block is mapped on its own, given back when freed
+    assert got["after"] >= 56  # the last block left: glibc's starting threshold (128 KiB), not the raised one
+
+
+@glibc
+@mallinfo2
+@pytest.mark.parametrize("env", [{"MALLOC_MMAP_THRESHOLD_": "1048576"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}], ids=["env", "tunables"])
+def test_a_threshold_the_user_set_is_left_alone(env):
+    got = _placement(**env)
+    assert got["inside"] <= 8 and got["after"] <= 8  # the user's 1 MiB holds inside the block and after it
