@@ -241,21 +241,22 @@ def _values(ids: Sequence[str], answers: Union[Answers, Callable[[], Answers]], 
     a = answers() if callable(answers) else answers
     stats = JoinStats(rows=n, skipped=len(skipped), usage=a.usage)
     m = len(a)
-    where = _row_of(a.arrow("custom_id"), ids)
+    index = np.int32 if max(n, m) < 2**31 else np.int64  # the join's row and line numbers: half the memory
+    where = _row_of(a.arrow("custom_id"), ids).astype(index, copy=False)
     if n >= GIVE_BACK_ROWS:
         give_back()  # the hash join's tables (tens of MB for a million rows), kept by Arrow's allocator once freed
     ok = a.arrow("ok").to_numpy().astype(bool) if m else np.zeros(0, dtype=bool)
-    lines = np.flatnonzero(where >= 0)
+    lines = np.flatnonzero(where >= 0).astype(index, copy=False)
     stats.unknown_ids = int(m - len(lines))
-    if m and np.bincount(where[lines], minlength=n).max(initial=0) > 1:
+    answered = np.zeros(n, dtype=bool)
+    answered[where[lines]] = True
+    if int(answered.sum()) < len(lines):
         # A custom_id on several lines: keep its last success, else its last line.
         order = np.lexsort((lines, ok[lines], where[lines]))
         ranked = lines[order]
         last = np.r_[where[ranked][1:] != where[ranked][:-1], True]
         lines = ranked[last]
     errors = np.full(n, None, dtype=object)
-    answered = np.zeros(n, dtype=bool)
-    answered[where[lines]] = True
     good, bad = lines[ok[lines]], lines[~ok[lines]]
     # Lines that are not plain successes: say why, or find them usable after all.
     cols = [a.take(name, bad) for name in ("status_code", "content", "finish_reason", "refusal", "has_choice",
@@ -279,7 +280,10 @@ def _values(ids: Sequence[str], answers: Union[Answers, Callable[[], Answers]], 
         src[skipped_pos] = -1
         text_column = a.arrow("content").take(pa.array(src, mask=src < 0))
     else:
-        usable = usable[np.argsort(where[usable], kind="stable")]  # in row order: keys are met in row order
+        line_of = np.full(n, -1, dtype=index)  # each row's line (one line a row by now): usable lines in row order
+        line_of[where[usable]] = usable
+        usable = line_of[line_of >= 0]  # in row order: keys are met in row order
+        del line_of
         rows = where[usable]
         del where, lines, good, bad, ok  # the matching is done: a million rows' index arrays are let go
         with gc_paused():
