@@ -30,8 +30,9 @@ _ENTERED: List[Any] = [0, None, False]
 _M_MMAP_THRESHOLD = -3
 #: While a job runs, C allocations from this size on get pages of their own, given back the moment they are freed.
 MMAP_THRESHOLD = 256 << 10
-#: glibc's threshold in a process that has not raised it yet: what a job leaves behind.
-_GLIBC_THRESHOLD = 128 << 10
+#: The most glibc raises its threshold to by itself (64-bit), where a process working with large arrays has it:
+#: what a job leaves behind, so that the large buffers of the user's later work are reused, not mapped anew.
+_GLIBC_THRESHOLD = 32 << 20
 
 
 def _libc() -> tuple:
@@ -96,8 +97,8 @@ def system_pool() -> Iterator[None]:
       otherwise raises its threshold as large blocks are freed (up to 32 MiB)
       and serves a shard's buffers from its heaps, where the ones a job keeps
       hold the pages around them resident: 51 MiB at a million rows. On leaving,
-      the threshold is set to glibc's starting value (128 KiB); glibc no longer
-      raises it by itself after that.
+      the threshold is set to 32 MiB, the most glibc raises it to by itself
+      (it no longer moves it after a ``mallopt``).
 
     Blocks nest and may run on several threads; the settings are restored when
     the last block leaves.

@@ -94,7 +94,7 @@ def test_map_leaves_the_default_pool_as_it_found_it(tmp_path, monkeypatch):
 
 
 #: Run in a fresh interpreter (a small heap: its free chunks cannot serve the blocks asked for): how many
-#: of 64 blocks of each size glibc gave pages of their own, outside a block, inside one, and after it.
+#: of 64 blocks of 512 KiB glibc gave pages of their own, outside a block, inside one, and after it (and of 2 MiB).
 _PLACEMENT = r"""
 import ctypes, json
 from pdbatch.core.memory import system_pool
@@ -120,7 +120,8 @@ libc.free(ctypes.c_void_p(libc.malloc(8 << 20)))  # glibc raises its threshold t
 out = {"outside": mapped(512 << 10)}
 with system_pool():
     out["inside"] = mapped(512 << 10)
-out["after"] = mapped(192 << 10)
+out["after"] = mapped(512 << 10)
+out["after_2m"] = mapped(2 << 20)
 print(json.dumps(out))
 """
 
@@ -143,11 +144,11 @@ mallinfo2 = pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mal
 
 @glibc
 @mallinfo2
-def test_inside_the_block_large_allocations_get_pages_of_their_own_and_the_threshold_comes_back():
+def test_inside_the_block_large_allocations_get_pages_of_their_own_and_after_it_are_reused():
     got = _placement()
     assert got["outside"] <= 8  # glibc had raised its threshold: 512 KiB blocks come from its heap
     assert got["inside"] >= 56  # from 256 KiB on, each block is mapped on its own, given back when freed
-    assert got["after"] >= 56  # the last block left: glibc's starting threshold (128 KiB), not the raised one
+    assert got["after"] <= 8 and got["after_2m"] <= 8  # the last block left: glibc's most (32 MiB), buffers reused
 
 
 @glibc
@@ -157,3 +158,4 @@ def test_inside_the_block_large_allocations_get_pages_of_their_own_and_the_thres
 def test_a_threshold_the_user_set_is_left_alone(env):
     got = _placement(**env)
     assert got["inside"] <= 8 and got["after"] <= 8  # the user's 1 MiB holds inside the block and after it
+    assert got["after_2m"] >= 56
