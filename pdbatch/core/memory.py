@@ -100,8 +100,8 @@ def system_pool() -> Iterator[None]:
       the threshold is set to 32 MiB, the most glibc raises it to by itself
       (it no longer moves it after a ``mallopt``).
 
-    Blocks nest and may run on several threads; the settings are restored when
-    the last block leaves.
+    Blocks nest and may run on several threads; when the last block leaves,
+    the pool it replaced comes back and the threshold is set as said.
     """
     trim, mallopt = _libc()
     switch = trim is not None and not os.environ.get("ARROW_DEFAULT_MEMORY_POOL")
