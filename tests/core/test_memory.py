@@ -92,7 +92,6 @@ def test_map_leaves_the_default_pool_as_it_found_it(tmp_path, monkeypatch):
     assert _name() == before
 
 
-
 #: Run in a fresh interpreter (a small heap: its free chunks cannot serve the blocks asked for): how many
 #: of 64 blocks of 512 KiB glibc gave pages of their own, outside a block, inside one, and after it (and of 2 MiB).
 _PLACEMENT = r"""
