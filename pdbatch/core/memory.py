@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List
 
 import pyarrow as pa
 
@@ -50,11 +50,6 @@ def _libc() -> tuple:
     return _LIBC[0]
 
 
-def _malloc_trim() -> Optional[Callable[[int], int]]:
-    """glibc's ``malloc_trim``, or None where the C library has none."""
-    return _libc()[0]
-
-
 def _threshold_is_the_users() -> bool:
     """Whether the user set glibc's mmap threshold (``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES``)."""
     return "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
@@ -71,7 +66,7 @@ def give_back() -> None:
     saved = _ENTERED[1]  # inside system_pool(): what the pool it replaced holds free too
     if saved is not None:
         saved.release_unused()
-    trim = _malloc_trim()
+    trim = _libc()[0]
     if trim is not None:
         trim(0)
         _log.debug("gave freed memory back to the system")
