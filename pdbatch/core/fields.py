@@ -117,6 +117,34 @@ def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
     return getattr(parse_text, "many", None) or (lambda texts: one_by_one(parse_text, texts))
 
 
+#: Answers :func:`preparse` decodes at a time: a shard's decoded objects (several per answer) are not all alive
+#: at once, only a piece's, beside what the job holds.
+PARSE_ROWS = 8_192
+
+
+def _parse_pieces(content: pa.ChunkedArray, parse_text: Callable[[str], tuple],
+                  columns: Optional[List[str]]) -> Tuple[Dict[str, Column], list]:
+    """``(columns, errors)`` of the answers' texts, decoded :data:`PARSE_ROWS` at a time (see :func:`preparse`).
+
+    Each column is then made one buffer (held for the whole job: made of
+    pieces, it would keep the heap's pages around the pieces' freed objects).
+    """
+    many = _many(parse_text)
+    parts: List[Tuple[int, Dict[str, Column]]] = []
+    errors: list = []
+    for start in range(0, len(content), PARSE_ROWS):
+        texts = content.slice(start, PARSE_ROWS).to_pylist()
+        values, errs = many(texts)
+        spread_out = expand(np.fromiter(values, dtype=object, count=len(texts)), columns)
+        parts.append((len(texts), {k: compact(v) for k, v in spread_out.items()}))
+        errors += errs
+        texts = values = spread_out = None
+    keys = dict.fromkeys(k for _n, part in parts for k in part)
+    cols = {k: concat([part[k] if k in part else nulls(n) for n, part in parts]) for k in keys}
+    return {k: pa.chunked_array([c.combine_chunks()]) if isinstance(c, pa.ChunkedArray) else c
+            for k, c in cols.items()}, errors
+
+
 def preparse(answers: Answers, parse_text: Callable[[str], tuple], columns: Optional[List[str]] = None,
              origin: Union[int, Callable[[], Optional[int]], None] = None) -> Optional[Parsed]:
     """Parse and spread the plain successes of ``answers`` now (one shard's, while later shards still run).
@@ -138,10 +166,8 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple], columns: Opti
     if len(ok) < len(ok_mask):
         rows = pa.array(ok, type=pa.int64())
         cid, content = cid.take(rows), content.take(rows)
-    texts = content.to_pylist()
     with gc_paused():
-        values, errors = _many(parse_text)(texts)
-        cols = {k: compact(v) for k, v in expand(np.fromiter(values, dtype=object, count=len(ok)), columns).items()}
+        cols, errors = _parse_pieces(content, parse_text, columns)
     cid = cid.cast(pa.string())
     if callable(origin):
         origin = origin()
@@ -149,7 +175,7 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple], columns: Opti
     if origin is not None and pc.count_distinct(cid).as_py() == len(ok):  # else a row may join another line
         where, hashes = _same(len(ok), origin, np.int64), _same(len(ok), 0, np.uint64)
     else:
-        where, hashes = _same(len(ok), -1, np.int64), content_hashes(texts)
+        where, hashes = _same(len(ok), -1, np.int64), content_hashes(content.to_pylist())
     errors = np.fromiter(errors, dtype=object, count=len(ok))
     if not np.not_equal(errors, None).any():
         errors = _same(len(ok), None, object)

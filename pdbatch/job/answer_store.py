@@ -63,6 +63,14 @@ def segment_table(answers: Answers, hashes: Union[RowHashes, Mapping[str, str]],
     return table.filter(pc.is_valid(table.column("hash"))) if row_hashes.null_count else table
 
 
+def _origins(seq: pa.ChunkedArray) -> np.ndarray:
+    """The segment of each answer from its ``seq`` (-1: stored one at a time), 32 bits wide where ids fit."""
+    seq = seq.to_numpy()
+    alone = seq == _ALONE
+    top = int(seq[~alone].max()) if (~alone).any() else 0
+    return np.where(alone, -1, seq).astype(np.int32 if top < 2**31 else np.int64)
+
+
 def _adds_no_row_twice(known: pa.ChunkedArray, added: List[pa.Table]) -> bool:
     """Whether the ``custom_id`` of ``added`` tables name each row once and none of ``known`` (distinct ids).
 
@@ -215,12 +223,13 @@ class AnswerStore:
         table = pa.concat_tables(tables, promote_options="permissive")
         if self.__dict__.get("_distinct") != (job_id, self._generation(job_id)):  # else a poll found no id twice
             table = segments.latest(table)
-        seq, pos = table.column("seq").to_numpy(), table.column("pos").to_numpy()
+        origin = _origins(table.column("seq"))
+        pos = table.column("pos").to_numpy()
         alone_text = alone.column("content").cast(pa.string()) if alone is not None else None
         cols = {name: table.column(name) for name in ("custom_id",) + _ANSWER_COLS if name != "content"}
-        out = Answers(content=Deferred(table.num_rows, lambda rows: self._texts(seq[rows], pos[rows], alone_text)),
+        out = Answers(content=Deferred(table.num_rows, lambda rows: self._texts(origin[rows], pos[rows], alone_text)),
                       **cols)
-        out.origin = np.where(seq == _ALONE, -1, seq)
+        out.origin = origin
         self._count("read", t0, len(out))
         return out
 
@@ -242,20 +251,23 @@ class AnswerStore:
         table = segments.table_of(one, [r[1] for r in rows], 0, seq=_ALONE)
         return table.set_column(2, "attempt", pa.array([r[2] for r in rows], pa.int64()))
 
-    def _texts(self, seq: np.ndarray, pos: np.ndarray, alone: Optional[pa.ChunkedArray]) -> pa.Array:
-        """The texts at (segment, position) pairs, in the order given; one segment read at a time."""
-        if not len(seq):
+    def _texts(self, origin: np.ndarray, pos: np.ndarray, alone: Optional[pa.ChunkedArray]) -> pa.Array:
+        """The texts at (segment, position) pairs (segment -1: the answers stored one at a time), in the order given.
+
+        One segment is read at a time.
+        """
+        if not len(origin):
             return pa.array([], pa.string())
-        self.cost["texts_read"] += len(seq)
-        order = np.argsort(seq, kind="stable")
-        cuts = np.flatnonzero(np.diff(seq[order])) + 1
+        self.cost["texts_read"] += len(origin)
+        order = np.argsort(origin, kind="stable")
+        cuts = np.flatnonzero(np.diff(origin[order])) + 1
         parts = []
         for group in np.split(order, cuts):
-            seg = int(seq[group[0]])
-            col = alone if seg == _ALONE else self._segment(seg).column("content")
+            seg = int(origin[group[0]])
+            col = alone if seg < 0 else self._segment(seg).column("content")
             parts.append(col.take(pa.array(pos[group])).cast(pa.string()).combine_chunks())
-        back = np.empty(len(seq), dtype=np.int64)
-        back[order] = np.arange(len(seq))
+        back = np.empty(len(origin), dtype=np.int64)
+        back[order] = np.arange(len(origin))
         return pa.concat_arrays(parts).take(pa.array(back))
 
     def _answers_whole(self, job_id: str, t0: float) -> Answers:

@@ -551,6 +551,29 @@ def test_shards_stored_out_of_order_join_as_answers_in_row_order_do(case, labels
     assert got["tags"].iloc[4] == ["t1", "u"] and got["v"].iloc[-1] == n - 1
 
 
+def test_answers_parsed_in_pieces_join_as_answers_parsed_at_once():
+    from pdbatch.core.fields import PARSE_ROWS, preparse
+
+    n = PARSE_ROWS + 300  # two pieces; a key only the second has, and failures in both
+    host = pd.DataFrame({"x": range(n)})
+    ids = custom_ids(host.index)
+    texts = [f'{{"v": {i}}}' for i in range(n)]
+    texts[5] = "not json"
+    texts[PARSE_ROWS + 7] = '{"v": 1, "late": [1, 2]}'
+    texts[PARSE_ROWS + 9] = "[1]"
+    lines = [ok(cid, t) for cid, t in zip(ids, texts)]
+    parse = response_format("json").text_parser()
+    kw = dict(kind="json", output="llm_output", error_column="llm_error")
+    want, _, want_errors = join_results(host, ids, answers(*lines), parse, **kw)
+    early = preparse(answers(*lines), parse)
+    assert [len(c.chunks) for c in early.columns.values() if isinstance(c, pa.ChunkedArray)] == [1, 1]  # one buffer each
+    got, _, errors = join_results(host, ids, answers(*lines), parse, parsed=early, **kw)
+    pd.testing.assert_frame_equal(got, want)
+    assert errors == want_errors and errors[5].startswith("invalid JSON") and errors[PARSE_ROWS + 9] is not None
+    assert list(got.columns) == ["x", "v", "late", "llm_error"] and got["late"].iloc[PARSE_ROWS + 7] == [1, 2]
+    assert got["late"].isna().sum() == n - 1
+
+
 def test_preparse_of_text_answers_is_nothing(df):
     from pdbatch.core.fields import preparse
 
