@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from ..core.answers import Answers
 from ..errors import JobError
 
-__all__ = ["SEGMENT_VERSION", "encode", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key",
+__all__ = ["SEGMENT_VERSION", "Encoded", "encode", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key",
            "textual", "lean"]
 
 SEGMENT_VERSION = 1
@@ -61,40 +61,80 @@ def table_of(answers: Answers, hashes: Sequence[Optional[str]], attempt: int, se
     return pa.table({k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in cols.items()})
 
 
-def encode(table: pa.Table) -> memoryview:
-    """The IPC bytes of a segment table (see :func:`table_of`), versioned.
+#: Rows per record batch of a stored table's IPC stream: the stream goes into its blob a batch at a time.
+BATCH_ROWS = 8192
 
-    A view of Arrow's buffer, which SQLite stores as a blob as it is: a
-    segment of a million rows is not copied into a ``bytes`` first.
+
+class Encoded:
+    """A table's versioned IPC stream (see :func:`encode`), made as it is written: ``len()`` bytes.
+
+    :func:`insert_blob` writes it into its row a record batch at a time, so
+    the whole stream (a shard's answers: tens of MB) is never in memory
+    beside the table it is made of.
     """
-    table = table.replace_schema_metadata({_META: str(SEGMENT_VERSION).encode()})
-    counter = pa.MockOutputStream()  # the size first, then one buffer of that size: no copies as a stream grows
-    with pa.ipc.new_stream(counter, table.schema) as writer:
-        writer.write_table(table)
-    buf = pa.allocate_buffer(counter.size())
-    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buf), table.schema) as writer:
-        writer.write_table(table)
-    return memoryview(buf)
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table.replace_schema_metadata({_META: str(SEGMENT_VERSION).encode()})
+        counter = pa.MockOutputStream()  # the size first: the row's blob is made that size, then filled
+        self.write_into(counter)
+        self._size = counter.size()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def write_into(self, sink: Any) -> None:
+        """Write the stream to ``sink`` (an Arrow output stream, or an object with ``write``)."""
+        with pa.ipc.new_stream(sink, self.table.schema) as writer:
+            writer.write_table(self.table, max_chunksize=BATCH_ROWS)
+
+    def to_buffer(self) -> pa.Buffer:
+        """The whole stream in one buffer."""
+        buf = pa.allocate_buffer(self._size)
+        self.write_into(pa.FixedSizeBufferWriter(buf))
+        return buf
 
 
-def insert_blob(db: sqlite3.Connection, verb: str, table: str, fields: Mapping[str, Any], blob: memoryview) -> int:
+class _BlobSink:
+    """``sqlite3.Blob`` as the file object Arrow writes to (it asks for ``closed`` and ``flush``)."""
+
+    closed = False
+
+    def __init__(self, blob: Any) -> None:
+        self._blob = blob
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._blob.write(view)  # past the blob's end raises: the stream cannot silently be cut
+        return view.nbytes
+
+    def flush(self) -> None:
+        pass
+
+
+def encode(table: pa.Table) -> Encoded:
+    """A segment table (see :func:`table_of`) or row set to store, versioned (see :class:`Encoded`)."""
+    return Encoded(table)
+
+
+def insert_blob(db: sqlite3.Connection, verb: str, table: str, fields: Mapping[str, Any], blob: Encoded) -> int:
     """``verb`` (``INSERT``, ``INSERT OR REPLACE``) a row of ``fields`` whose ``data`` column is ``blob``; its rowid.
 
     The blob is written into the new row in place (``Connection.blobopen``),
-    not bound as a parameter: SQLite would copy a bound blob, and Python's
-    statement cache keeps that copy alive until the statement next runs (the
-    row hashes of a million-row job: 50 MB held for the whole job). Python
-    3.10, which has no ``blobopen``, binds it.
+    a record batch at a time, not bound as a parameter: SQLite would copy a
+    bound blob, and Python's statement cache keeps that copy alive until the
+    statement next runs (the row hashes of a million-row job: 50 MB held for
+    the whole job). Python 3.10, which has no ``blobopen``, binds it.
     """
     names = ", ".join([*fields, "data"])
     marks = ", ".join("?" for _ in fields)
     if not hasattr(db, "blobopen"):
-        return db.execute(f"{verb} INTO {table} ({names}) VALUES ({marks}, ?)", (*fields.values(), blob)).lastrowid
+        return db.execute(f"{verb} INTO {table} ({names}) VALUES ({marks}, ?)",
+                          (*fields.values(), memoryview(blob.to_buffer()))).lastrowid
     rowid = db.execute(f"{verb} INTO {table} ({names}) VALUES ({marks}, zeroblob(?))",
                        (*fields.values(), len(blob))).lastrowid
     if len(blob):
         with db.blobopen(table, "data", rowid) as out:
-            out.write(blob)
+            blob.write_into(_BlobSink(out))
     return rowid
 
 

@@ -250,16 +250,34 @@ def test_a_blob_is_written_whole_and_replaced_whole(tmp_path, wrap):
     path = str(tmp_path / "b.sqlite3")
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("CREATE TABLE row_sets(job_id TEXT PRIMARY KEY, v INTEGER NOT NULL, data BLOB NOT NULL)")
-    big = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    big = pa.table({"x": np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8)})  # many record batches
+    tables = {"big": big, "empty": big.slice(0, 0), "small": big.slice(5, 10)}
+    blobs = {name: segments.encode(t) for name, t in tables.items()}
     conn = wrap(db)
-    first = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "a", "v": 1}, memoryview(big))
-    empty = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "e", "v": 1}, memoryview(b""))
-    again = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "a", "v": 2}, memoryview(big[:10]))
+    first = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "a", "v": 1}, blobs["big"])
+    assert sqlite3.connect(path).execute("SELECT length(data) FROM row_sets").fetchone() == (len(blobs["big"]),)
+    empty = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "e", "v": 1}, blobs["empty"])
+    again = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "a", "v": 2}, blobs["small"])
     other = sqlite3.connect(path)
     rows = dict(other.execute("SELECT job_id, data FROM row_sets").fetchall())
-    assert rows == {"a": big[:10], "e": b""}
+    assert rows == {"a": blobs["small"].to_buffer().to_pybytes(), "e": blobs["empty"].to_buffer().to_pybytes()}
     assert other.execute("SELECT rowid, v FROM row_sets WHERE job_id = 'a'").fetchone() == (again, 2)
     assert other.execute("SELECT rowid FROM row_sets WHERE job_id = 'e'").fetchone() == (empty,) and first != empty
+    for name in ("big", "small"):  # each read back whole, as the table written
+        conn.execute("INSERT OR REPLACE INTO row_sets (job_id, v, data) VALUES ('a', 3, x'')")
+        segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "a", "v": 4}, blobs[name])
+        data = other.execute("SELECT data FROM row_sets WHERE job_id = 'a'").fetchone()[0]
+        assert pa.ipc.open_stream(pa.py_buffer(data)).read_all().equals(tables[name])
+
+
+def test_a_blob_of_the_wrong_size_fails_loudly(tmp_path):
+    """The stream is written into a blob made its size: one that would run past the end raises, nothing is cut."""
+    db = sqlite3.connect(str(tmp_path / "b.sqlite3"), isolation_level=None)
+    db.execute("CREATE TABLE row_sets(job_id TEXT PRIMARY KEY, v INTEGER NOT NULL, data BLOB NOT NULL)")
+    blob = segments.encode(pa.table({"x": np.arange(100_000)}))
+    blob.table = pa.table({"x": np.arange(200_000)})  # now longer than the size the row was made
+    with pytest.raises(ValueError):
+        segments.insert_blob(db, "INSERT", "row_sets", {"job_id": "a", "v": 1}, blob)
 
 
 def test_segments_and_row_hashes_read_back_by_another_connection(tmp_path):
