@@ -217,7 +217,10 @@ class Answers:
         """Column ``name`` as an Arrow array (no Python objects when it was read by Arrow)."""
         col = self._cols[name]
         if isinstance(col, pa.ChunkedArray):
-            # A text column kept as bare nulls (see pdbatch.job.segments.lean) is text to its readers.
+            # A text column kept as bare nulls, or a column kept as its one value (see pdbatch.job.segments.lean),
+            # is a plain column to its readers.
+            if pa.types.is_dictionary(col.type):
+                return col.cast(col.type.value_type)
             return col.cast(pa.string()) if col.type == pa.null() and name in _TEXTS else col
         if isinstance(col, Deferred):
             return pa.chunked_array([col.take(np.arange(len(col)))])
@@ -241,7 +244,9 @@ class Answers:
         """Token usage summed over every row."""
         def total(name: str) -> int:
             col = self._cols[name]
-            return sum(col) if isinstance(col, list) else int(pc.sum(col).as_py() or 0)
+            if isinstance(col, list):
+                return sum(col)
+            return int(pc.sum(self.arrow(name)).as_py() or 0)
         return Usage(total("prompt_tokens"), total("completion_tokens"), total("cached_tokens"),
                      total("reasoning_tokens"))
 

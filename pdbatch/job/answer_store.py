@@ -220,7 +220,7 @@ class AnswerStore:
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return Answers()
-        table = pa.concat_tables(tables, promote_options="permissive")
+        table = segments.concat_kept(tables)
         if self.__dict__.get("_distinct") != (job_id, self._generation(job_id)):  # else a poll found no id twice
             table = segments.latest(table)
         origin = _origins(table.column("seq"))

@@ -26,7 +26,7 @@ from ..core.answers import Answers
 from ..errors import JobError
 
 __all__ = ["SEGMENT_VERSION", "Encoded", "encode", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key",
-           "textual", "lean"]
+           "textual", "lean", "plain", "concat_kept"]
 
 SEGMENT_VERSION = 1
 _META = b"pdbatch_segment"
@@ -200,15 +200,31 @@ _NARROW = ("attempt", "status_code", "prompt_tokens", "completion_tokens", "cach
 _SPARSE = ("refusal", "error_code", "error_message", "finish_reason")
 
 
-def lean(table: pa.Table) -> pa.Table:
-    """A segment table without its texts and hashes, with each row's position in it (``pos``).
+#: Columns a job keeps as one value when every row of a segment has it (the usual: status 200, ``"stop"``,
+#: no cached or reasoning tokens). Not those the progress polls read (see ``AnswerStore._status``).
+_ONE_VALUE = ("status_code", "finish_reason", "has_choice", "prompt_tokens", "completion_tokens", "cached_tokens",
+              "reasoning_tokens")
 
-    Kept for a job's polls and join, so its small integers are narrowed to
-    32 bits where every value fits (a count of a million answers' tokens
-    in 64 bits is 32 MB); a column with a larger value stays as it is. A
-    text column with no value in the segment (no refusal, no error: the
-    usual) is kept as nulls, which hold no offsets. Read back, the values
-    are the same Python values. The result shares no buffer with ``table``.
+
+def _one_value(col: pa.ChunkedArray, zeros: pa.Array) -> Optional[pa.Array]:
+    """``col`` as a dictionary of its one value when every row has that value (indices: ``zeros``), else None."""
+    if col.null_count or pc.count_distinct(col).as_py() != 1:
+        return None
+    return pa.DictionaryArray.from_arrays(zeros, pa.array([col[0].as_py()], type=col.type))
+
+
+def lean(table: pa.Table) -> pa.Table:
+    """A segment table without its texts and hashes, as a job keeps it for its polls and join.
+
+    Its small integers are narrowed to 32 bits where every value fits (a
+    count of a million answers' tokens in 64 bits is 32 MB); a column with a
+    larger value stays as it is. A text column with no value in the segment
+    (no refusal, no error: the usual) is kept as nulls, which hold no
+    offsets, and a column of :data:`_ONE_VALUE` that has one value in every
+    row as a dictionary of that value whose indices (one byte a row) the
+    columns share. Readers see the plain columns (:meth:`Answers.arrow`,
+    :func:`plain`). The result shares no buffer with ``table``; a row's
+    position in it is its position in ``table``.
     """
     out = table.drop_columns(["content", "hash"])
     for name in _NARROW:
@@ -221,7 +237,40 @@ def lean(table: pa.Table) -> pa.Table:
         i = out.schema.get_field_index(name)
         if out.column(i).null_count == out.num_rows:
             out = out.set_column(i, name, pa.nulls(out.num_rows))
-    out = out.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int32)))
     # Copied into buffers of their own (one gather) by the thread that stores the segment: held for the whole
     # job, the columns made with the shard's other buffers would keep the C heap's pages around those resident.
-    return out.take(pa.array(np.arange(out.num_rows)))
+    out = out.take(pa.array(np.arange(out.num_rows)))
+    zeros = pa.array(np.zeros(out.num_rows, dtype=np.int8))
+    for name in _ONE_VALUE:
+        i = out.schema.get_field_index(name)
+        if out.num_rows and not pa.types.is_null(out.schema.field(i).type):
+            one = _one_value(out.column(i), zeros)
+            if one is not None:
+                out = out.set_column(i, name, one)
+    return out
+
+
+def plain(table: pa.Table, names: Optional[set] = None) -> pa.Table:
+    """``table`` with its dictionary columns (see :func:`lean`; those in ``names`` only, if given) made plain."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type) and (names is None or f.name in names):
+            table = table.set_column(i, f.name, table.column(i).cast(f.type.value_type))
+    return table
+
+
+def concat_kept(tables: List[pa.Table]) -> pa.Table:
+    """Kept tables (see :func:`lean`) end to end, each row with its position in its own table (``pos``, int32).
+
+    A column kept as one value in some tables and not in others is made
+    plain in those (a segment with a failure beside clean ones).
+    """
+    tables = [t.append_column("pos", pa.array(np.arange(t.num_rows, dtype=np.int32))) for t in tables]
+    types: dict = {}
+    for t in tables:
+        for f in t.schema:
+            if not pa.types.is_null(f.type):  # a column of bare nulls takes any type
+                types.setdefault(f.name, set()).add(f.type)
+    mixed = {name for name, kinds in types.items() if len(kinds) > 1}
+    if mixed:
+        tables = [plain(t, mixed) for t in tables]
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]

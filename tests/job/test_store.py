@@ -43,9 +43,9 @@ def h(i) -> str:
     return hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest()
 
 
-def chat(cid, text, finish="stop"):
+def chat(cid, text, finish="stop", usage=None):
     return Result(cid, {"choices": [{"message": {"content": text}, "finish_reason": finish}],
-                        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}, status_code=200)
+                        "usage": usage or {"prompt_tokens": 3, "completion_tokens": 1}}, status_code=200)
 
 
 def test_a_v1_store_is_migrated_and_its_job_reattaches(tmp_path, monkeypatch):
@@ -300,7 +300,7 @@ def test_kept_text_columns_without_a_value_hold_no_offsets_and_read_back_as_text
     table = segments.table_of(plain, [h(i) for i in range(100)], 0)
     kept = segments.lean(table)
     assert {kept.schema.field(c).type for c in ("refusal", "error_code", "error_message")} == {pa.null()}
-    assert kept.schema.field("finish_reason").type == pa.string()  # it has values: kept as text
+    assert kept.schema.field("finish_reason").type == pa.dictionary(pa.int8(), pa.string())  # "stop" in every row
     failed = Answers.from_results([Result("x", None, error={"code": "server_error", "message": "boom"})])
     kept_failed = segments.lean(segments.table_of(failed, [h("x")], 0))
     assert kept_failed.schema.field("error_code").type == pa.string()
@@ -313,6 +313,34 @@ def test_kept_text_columns_without_a_value_hold_no_offsets_and_read_back_as_text
     assert a.arrow("refusal").type == pa.string() and a.arrow("error_code").type == pa.string()
     assert sorted(v for v in a.error_code if v) == ["server_error"] and a.refusal == [None] * 101
     assert a.to_frame().equals(Store(str(tmp_path / "s.sqlite3")).answers("j").to_frame())
+
+
+def test_columns_of_one_value_are_kept_as_that_value_and_read_back_plain(tmp_path):
+    """A clean segment keeps status, finish reason and token counts that every row shares as one value (one
+    byte a row, shared); a segment where they differ keeps them plain; read together they are plain columns."""
+    same = Answers.from_results([chat(str(i), f"t{i}") for i in range(100)])
+    kept = segments.lean(segments.table_of(same, [h(i) for i in range(100)], 0))
+    one = ("status_code", "finish_reason", "has_choice", "prompt_tokens", "completion_tokens", "cached_tokens")
+    assert all(pa.types.is_dictionary(kept.schema.field(c).type) for c in one)
+    indices = {kept.column(c).chunk(0).indices.buffers()[1].address for c in one}
+    assert len(indices) == 1  # the columns share one buffer of indices
+    assert {kept.schema.field(c).type for c in ("custom_id", "attempt", "seq", "ok")} == {
+        pa.string(), pa.int32(), pa.int64(), pa.bool_()}  # what the polls read stays plain
+    mixed = Answers.from_results([chat(str(i), f"t{i}", finish="length" if i == 103 else "stop",
+                                       usage={"prompt_tokens": i, "completion_tokens": 2}) for i in range(100, 200)])
+    kept_mixed = segments.lean(segments.table_of(mixed, [h(i) for i in range(100, 200)], 0))
+    assert kept_mixed.schema.field("finish_reason").type == pa.string()
+    assert kept_mixed.schema.field("prompt_tokens").type == pa.int32()
+    assert pa.types.is_dictionary(kept_mixed.schema.field("completion_tokens").type)
+    store = Store(str(tmp_path / "s.sqlite3"))
+    hashes = {str(i): h(i) for i in range(200)}
+    store.put_answers("j", same, hashes)
+    store.put_answers("j", mixed, hashes)
+    a = store.answers("j")  # kept tables, one of them with these columns plain
+    assert a.arrow("finish_reason").type == pa.string() and a.arrow("status_code").type == pa.int32()
+    assert a.finish_reason.count("length") == 1 and a.status_code == [200] * 200
+    fresh = Store(str(tmp_path / "s.sqlite3")).answers("j")  # read from the file: the same answers and usage
+    assert a.to_frame().equals(fresh.to_frame()) and a.usage == fresh.usage == same.usage + mixed.usage
 
 
 def test_a_kept_table_shares_no_buffer_with_the_segment_it_was_made_of():
