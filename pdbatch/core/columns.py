@@ -46,7 +46,11 @@ def compact(values: np.ndarray) -> Column:
         arr = pa.array(values, from_pandas=False)
     except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError):
         return values
-    return pa.chunked_array([arr]) if _simple(arr.type) else values
+    if not _simple(arr.type):
+        return values
+    if arr.type == pa.string():  # as pandas keeps text: the column becomes a pandas one as it is, not converted
+        arr = arr.cast(pa.large_string())
+    return pa.chunked_array([arr])
 
 
 def _arrow(col: Column) -> bool:

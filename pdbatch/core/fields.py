@@ -173,9 +173,9 @@ def preparse(answers: Answers, parse_text: Callable[[str], tuple], columns: Opti
         origin = origin()
     # A shard's rows share their origin, and most parse without an error: one stored value each, not one per row.
     if origin is not None and pc.count_distinct(cid).as_py() == len(ok):  # else a row may join another line
-        where, hashes = _same(len(ok), origin, np.int64), _same(len(ok), 0, np.uint64)
+        where, hashes = _same(len(ok), origin, np.int32 if origin < 2**31 else np.int64), _same(len(ok), 0, np.uint64)
     else:
-        where, hashes = _same(len(ok), -1, np.int64), content_hashes(content.to_pylist())
+        where, hashes = _same(len(ok), -1, np.int32), content_hashes(content.to_pylist())
     errors = np.fromiter(errors, dtype=object, count=len(ok))
     if not np.not_equal(errors, None).any():
         errors = _same(len(ok), None, object)
@@ -192,7 +192,8 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     then the other keys in the order of the first line of ``usable`` that has
     each. Without, a list of parsed values. ``parsed`` is handed over: its
     columns are emptied as they are used. The errors are a list, or with
-    ``expand_objects`` an object array (None: no error).
+    ``expand_objects`` an object array (None: no error), or None when no row
+    has an error.
     """
     many = _many(parse_text)
     if not expand_objects:
@@ -232,6 +233,8 @@ def parse_usable(a: Answers, usable: np.ndarray, parse_text: Callable[[str], tup
     if len(free) > 1:  # free keys in the order of the first line (of ``usable``) that has each
         first = {k: first_present(out[k]) for k in free}
         out = {k: out[k] for k in [*(columns or ()), *sorted(free, key=first.__getitem__)]}
+    if not len(miss) and (not len(at) or (_uniform(parsed.errors) and parsed.errors[0] is None)):
+        return out, None  # no row has an error (the usual): no array of a million Nones
     errors = np.full(n, None, dtype=object)
     if len(at):
         errors[hit] = parsed.errors[at]

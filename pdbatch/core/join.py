@@ -156,7 +156,9 @@ def join_results(
 
     Returns
     -------
-    (DataFrame or Series, JoinStats, list of error reasons)
+    (DataFrame or Series, JoinStats, object array of error reasons)
+        The reasons: one per row, None where there is none (the array backs the
+        error column: read it, do not change it).
         A Series host gives a Series of the text answers named ``output``,
         or a frame of the new columns when there are several (JSON keys, or
         ``raw_column``).
@@ -298,7 +300,8 @@ def _values(ids: Sequence[str], answers: Union[Answers, Callable[[], Answers]], 
             else:
                 out_values = np.full(n, None, dtype=object)
                 out_values[rows] = np.fromiter(got, dtype=object, count=len(rows))
-        errors[rows] = errs if isinstance(errs, np.ndarray) else np.fromiter(errs, dtype=object, count=len(rows))
+        if errs is not None:
+            errors[rows] = errs if isinstance(errs, np.ndarray) else np.fromiter(errs, dtype=object, count=len(rows))
         errs = usable = rows = None
     if expand and not fields:
         fields = {key: np.full(n, None, dtype=object) for key in columns or ()}
@@ -323,10 +326,10 @@ def _values(ids: Sequence[str], answers: Union[Answers, Callable[[], Answers]], 
         values = fields
     else:
         values[output] = out_values if text_column is None else text_column
-    return values, raw, errors.tolist(), stats
+    return values, raw, errors, stats
 
 
-def _frame(host, values: Dict[str, Any], raw: Any, errors: list, stats: JoinStats, *, expand: bool, output: str,
+def _frame(host, values: Dict[str, Any], raw: Any, errors: np.ndarray, stats: JoinStats, *, expand: bool, output: str,
            error_column: Optional[str], columns: Optional[List[str]], overwrite: bool, hint: str,
            raw_column: Optional[str]) -> tuple:
     """``(result, stats, errors)``: the new columns as pandas columns beside the host's (see :func:`join_results`)."""
@@ -345,9 +348,10 @@ def _frame(host, values: Dict[str, Any], raw: Any, errors: list, stats: JoinStat
     clash = [c for c in new_names if c in existing]
     if clash and not overwrite:
         raise ColumnCollisionError(clash, hint=hint)
-    new = pd.DataFrame({name: _series(values.pop(name), index, name) for name in list(values)}, index=index)
+    # Not copied: a million rows of lists are not held twice while the frame is made.
+    new = pd.DataFrame({name: _series(values.pop(name), index, name) for name in list(values)}, index=index, copy=False)
     if error_column:
-        new[error_column] = pd.Series(errors, index=index, dtype=object)
+        new[error_column] = pd.Series(errors, index=index, dtype=object, copy=False)
     if isinstance(host, pd.Series):
         new.attrs = copy.deepcopy(host.attrs)
         return new, stats, errors

@@ -55,6 +55,16 @@ def test_list_items_of_text_are_shared_objects():
     assert len({id(x) for cell in s for x in cell}) == 2
 
 
+def test_a_text_column_becomes_a_pandas_column_without_a_copy():
+    """Text is kept as pandas keeps it (64-bit offsets): the pandas column is made of the same buffers."""
+    col = concat([compact(obj([f"summary {i}" for i in range(k, k + 100)])) for k in (0, 100)])
+    s = to_series(col, pd.RangeIndex(200), "summary")
+    assert s.dtype == "str" and s.tolist() == [f"summary {i}" for i in range(200)]
+    held = {b.address for chunk in col.chunks for b in chunk.buffers() if b is not None}
+    given = pa.array(s.array)  # pandas' own Arrow data (its __arrow_array__)
+    assert {b.address for chunk in given.chunks for b in chunk.buffers() if b is not None} <= held
+
+
 def test_concat_merge_and_spread_keep_arrow_only_when_the_types_agree():
     a, b, c = compact(obj(["x", "y"])), compact(obj([None, None])), compact(obj([1, 2]))
     assert isinstance(concat([a, b]), pa.ChunkedArray) and concat([a, b]).to_pylist() == ["x", "y", None, None]

@@ -46,7 +46,8 @@ def join(host, results, parse=TEXT, kind="text", **kw):
     kw.setdefault("output", "llm_output")
     kw.setdefault("error_column", "llm_error")
     ids = kw.pop("ids", None) or custom_ids(host.index)
-    return join_results(host, ids, answers(*results), parse, kind=kind, **kw)
+    out, stats, errors = join_results(host, ids, answers(*results), parse, kind=kind, **kw)
+    return out, stats, errors.tolist()
 
 
 @pytest.fixture
@@ -446,6 +447,7 @@ def test_property_ids_round_trip_through_files_onto_the_right_rows(index, data):
     out2, stats2, errors2 = join_results(host, ids, listed, lambda t: (t, None), kind="text", output="llm_output",
                                          error_column="llm_error", skipped=skipped)
     pd.testing.assert_frame_equal(out, out2)
+    errors, errors2 = errors.tolist(), errors2.tolist()
     assert errors2 == errors and stats2.to_dict() == stats.to_dict()
     assert out.index.equals(host.index)
     assert out["v"].tolist() == host["v"].tolist()
@@ -489,7 +491,7 @@ def test_preparsed_answers_join_the_same_and_a_stale_entry_is_parsed_again(df):
     plain, _, plain_errors = join_results(df, custom_ids(df.index), now, parse, **kw)
     fast, _, fast_errors = join_results(df, custom_ids(df.index), now, parse, parsed=early, **kw)
     pd.testing.assert_frame_equal(plain, fast)
-    assert fast_errors == plain_errors
+    assert fast_errors.tolist() == plain_errors.tolist()
     assert fast["v"].tolist()[0] == 1 and fast["v"].tolist()[3] == 40  # not the stale 4
     assert fast_errors[1] is not None and fast_errors[2] is not None
 
@@ -569,7 +571,7 @@ def test_answers_parsed_in_pieces_join_as_answers_parsed_at_once():
     assert [len(c.chunks) for c in early.columns.values() if isinstance(c, pa.ChunkedArray)] == [1, 1]  # one buffer each
     got, _, errors = join_results(host, ids, answers(*lines), parse, parsed=early, **kw)
     pd.testing.assert_frame_equal(got, want)
-    assert errors == want_errors and errors[5].startswith("invalid JSON") and errors[PARSE_ROWS + 9] is not None
+    assert errors.tolist() == want_errors.tolist() and errors[5].startswith("invalid JSON") and errors[PARSE_ROWS + 9] is not None
     assert list(got.columns) == ["x", "v", "late", "llm_error"] and got["late"].iloc[PARSE_ROWS + 7] == [1, 2]
     assert got["late"].isna().sum() == n - 1
 
@@ -725,7 +727,7 @@ def test_preparsed_answers_known_by_their_segment_read_no_text_and_a_newer_segme
     assert sorted(asked) == [2, 3]  # the failed line (for its reason) and the re-answered one; never fr, pe
     plain, _, plain_errors = join_results(df, custom_ids(df.index), now, parse, **kw)
     pd.testing.assert_frame_equal(plain, out)
-    assert plain_errors == errors
+    assert plain_errors.tolist() == errors.tolist()
 
 
 def test_answers_given_as_a_function_are_read_once_and_join_as_the_answers_do(df):
@@ -742,7 +744,7 @@ def test_answers_given_as_a_function_are_read_once_and_join_as_the_answers_do(df
     got, stats, errors = join_results(df, custom_ids(df.index), read, parse, **kw)
     assert calls == [1]
     pd.testing.assert_frame_equal(want, got)
-    assert errors == want_errors and stats == want_stats and stats.unknown_ids == 1 and stats.failed == 2
+    assert errors.tolist() == want_errors.tolist() and stats == want_stats and stats.unknown_ids == 1 and stats.failed == 2
 
 
 def test_a_clean_shards_origin_and_errors_hold_one_value_not_one_per_row_and_join_the_same(df):
@@ -770,4 +772,4 @@ def test_a_clean_shards_origin_and_errors_hold_one_value_not_one_per_row_and_joi
                                         parse, **kw)
     got, _, errors = join_results(df, custom_ids(df.index), stored, parse, parsed=both, **kw)
     pd.testing.assert_frame_equal(got, want)
-    assert errors == want_errors and errors[2] is not None
+    assert errors.tolist() == want_errors.tolist() and errors[2] is not None
