@@ -219,26 +219,33 @@ def _lists(arr: pa.Array) -> np.ndarray:
     return out
 
 
-def to_series(col: pa.ChunkedArray, index: pd.Index, name: Any) -> pd.Series:
+def to_series(col: Union[pa.ChunkedArray, List[pa.Array]], index: pd.Index, name: Any) -> pd.Series:
     """A pandas column from an Arrow one, with the dtype the object path gives the same values.
 
     Text takes pandas' default string dtype; integers and booleans beside
     gaps ``Int64`` / ``boolean``; lists become Python lists (an object
     column, as pandas keeps lists) — their text items shared, so a million
     rows of three labels hold three strings, not three million.
+
+    ``col`` may be a list of its chunks, which is then emptied as they are
+    used: each chunk of lists is let go once its rows are Python lists (a
+    million rows' Arrow lists are not all held until the last list is made).
     """
-    t = col.type
+    chunks = col if isinstance(col, list) else col.chunks
+    t = chunks[0].type if chunks else col.type
     if pa.types.is_list(t):  # a chunk at a time: the chunks are not joined into one copy first
-        if col.num_chunks == 1:
-            lists = _lists(col.chunk(0))
-        else:
-            lists, start = np.empty(len(col), dtype=object), 0
-            for chunk in col.chunks:
-                lists[start:start + len(chunk)] = _lists(chunk)
-                start += len(chunk)
-        return pd.Series(lists, index=index, name=name, dtype=object)
+        lists, start = np.empty(sum(len(c) for c in chunks), dtype=object), 0
+        col = None  # the caller's list (if given) holds the chunks: each goes below once made into lists
+        while chunks:
+            chunk = chunks.pop(0)
+            lists[start:start + len(chunk)] = _lists(chunk)
+            start += len(chunk)
+            chunk = None
+        return pd.Series(lists, index=index, name=name, dtype=object, copy=False)  # pandas 3 copies arrays unless told
+    if isinstance(col, list):
+        col = pa.chunked_array(col, type=t)
     if t == pa.null():
-        return pd.Series(np.full(len(col), None, dtype=object), index=index, name=name, dtype=object)
+        return pd.Series(np.full(len(col), None, dtype=object), index=index, name=name, dtype=object, copy=False)
     if col.null_count and t in (pa.int64(), pa.bool_()):
         dtype = "Int64" if t == pa.int64() else "boolean"
         return pd.Series(pd.array(col, dtype=pd.ArrowDtype(t)).astype(dtype), index=index, name=name)

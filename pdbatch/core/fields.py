@@ -119,7 +119,7 @@ def _many(parse_text: Callable[[str], tuple]) -> Callable[[list], tuple]:
 
 #: Answers :func:`preparse` decodes at a time: a shard's decoded objects (several per answer) are not all alive
 #: at once, only a piece's, beside what the job holds.
-PARSE_ROWS = 8_192
+PARSE_ROWS = 4_096
 
 
 def _parse_pieces(content: pa.ChunkedArray, parse_text: Callable[[str], tuple],

@@ -53,18 +53,20 @@ class JoinStats:
 
 
 def _series(values: Any, index: pd.Index, name: Any) -> pd.Series:
-    """A column from an object array (or an Arrow array of strings).
+    """A column from an object array, or an Arrow array or a list of its chunks (see :func:`to_series`).
 
     Integers beside gaps stay integers (``Int64``), booleans beside gaps
     ``boolean``; strings take pandas' default string dtype.
     """
+    if isinstance(values, list):
+        return to_series(values, index, name)
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return to_series(values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values]), index, name)
     kind = pd.api.types.infer_dtype(values, skipna=True)
     gaps = kind in ("integer", "boolean") and np.equal(values, None).any()
     if gaps:
         return pd.Series(pd.array(values, dtype="Int64" if kind == "integer" else "boolean"), index=index, name=name)
-    s = pd.Series(values, index=index, name=name)
+    s = pd.Series(values, index=index, name=name, copy=False)  # the array is ours: pandas 3 would copy it
     if s.dtype == object and kind not in ("mixed", "empty", "string"):
         s = s.infer_objects()
     return s
@@ -329,6 +331,11 @@ def _values(ids: Sequence[str], answers: Union[Answers, Callable[[], Answers]], 
     return values, raw, errors, stats
 
 
+def _chunks(col: Any) -> Any:
+    """An Arrow column as a list of its chunks, which :func:`to_series` lets go of one by one; else as it is."""
+    return col.chunks if isinstance(col, pa.ChunkedArray) and col.num_chunks else col
+
+
 def _frame(host, values: Dict[str, Any], raw: Any, errors: np.ndarray, stats: JoinStats, *, expand: bool, output: str,
            error_column: Optional[str], columns: Optional[List[str]], overwrite: bool, hint: str,
            raw_column: Optional[str]) -> tuple:
@@ -349,7 +356,8 @@ def _frame(host, values: Dict[str, Any], raw: Any, errors: np.ndarray, stats: Jo
     if clash and not overwrite:
         raise ColumnCollisionError(clash, hint=hint)
     # Not copied: a million rows of lists are not held twice while the frame is made.
-    new = pd.DataFrame({name: _series(values.pop(name), index, name) for name in list(values)}, index=index, copy=False)
+    new = pd.DataFrame({name: _series(_chunks(values.pop(name)), index, name) for name in list(values)}, index=index,
+                       copy=False)
     if error_column:
         new[error_column] = pd.Series(errors, index=index, dtype=object, copy=False)
     if isinstance(host, pd.Series):

@@ -223,8 +223,8 @@ def lean(table: pa.Table) -> pa.Table:
     offsets, and a column of :data:`_ONE_VALUE` that has one value in every
     row as a dictionary of that value whose indices (one byte a row) the
     columns share. Readers see the plain columns (:meth:`Answers.arrow`,
-    :func:`plain`). The result shares no buffer with ``table``; a row's
-    position in it is its position in ``table``.
+    :func:`plain`). The result shares no buffer with ``table`` but those of
+    its ``custom_id`` column; a row's position in it is its position in ``table``.
     """
     out = table.drop_columns(["content", "hash"])
     for name in _NARROW:
@@ -239,7 +239,10 @@ def lean(table: pa.Table) -> pa.Table:
             out = out.set_column(i, name, pa.nulls(out.num_rows))
     # Copied into buffers of their own (one gather) by the thread that stores the segment: held for the whole
     # job, the columns made with the shard's other buffers would keep the C heap's pages around those resident.
-    out = out.take(pa.array(np.arange(out.num_rows)))
+    # The ids are not: the answers parsed on arrival hold the same ones (one buffer each, a column of its own).
+    ids = out.column("custom_id")
+    out = out.drop_columns(["custom_id"]).take(pa.array(np.arange(out.num_rows)))
+    out = out.add_column(0, "custom_id", ids if ids.num_chunks == 1 else pa.chunked_array([ids.combine_chunks()]))
     zeros = pa.array(np.zeros(out.num_rows, dtype=np.int8))
     for name in _ONE_VALUE:
         i = out.schema.get_field_index(name)

@@ -65,6 +65,17 @@ def test_a_text_column_becomes_a_pandas_column_without_a_copy():
     assert {b.address for chunk in given.chunks for b in chunk.buffers() if b is not None} <= held
 
 
+@pytest.mark.parametrize("values", [[["a", "b"], None, ["c"]], ["x", None, "y"]], ids=["lists", "text"])
+def test_a_column_given_as_its_chunks_is_let_go_as_it_is_made(values):
+    """Chunks handed over as a list are used up (a chunk of lists freed once its rows are made): same column."""
+    col = concat([compact(obj(values)), compact(obj(values[::-1]))])
+    want = to_series(col, pd.RangeIndex(6), "c")
+    chunks = col.chunks
+    got = to_series(chunks, pd.RangeIndex(6), "c")
+    pd.testing.assert_series_equal(got, want)
+    assert chunks == [] if isinstance(values[0], list) else len(chunks) == 2
+
+
 def test_concat_merge_and_spread_keep_arrow_only_when_the_types_agree():
     a, b, c = compact(obj(["x", "y"])), compact(obj([None, None])), compact(obj([1, 2]))
     assert isinstance(concat([a, b]), pa.ChunkedArray) and concat([a, b]).to_pylist() == ["x", "y", None, None]
