@@ -24,7 +24,7 @@ __all__ = ["AnswerStore", "segment_table"]
 #: Answer columns of the per-row table, after (job_id, custom_id, hash, attempt).
 _ANSWER_COLS = Answers.COLUMNS
 #: The columns of a segment that say which rows are answered (see ``AnswerStore._status``).
-_STATUS = {"custom_id": pa.string(), "attempt": pa.int32(), "seq": pa.int64(), "ok": pa.bool_()}
+_STATUS = {"custom_id": pa.string(), "attempt": pa.int32(), "seq": segments.SEQ, "ok": pa.bool_()}
 _STATUS_SCHEMA = pa.schema(list(_STATUS.items()))
 #: Below this many answers a put goes to the per-row table, from it on to one segment.
 SEGMENT_MIN = 64
@@ -64,11 +64,17 @@ def segment_table(answers: Answers, hashes: Union[RowHashes, Mapping[str, str]],
 
 
 def _origins(seq: pa.ChunkedArray) -> np.ndarray:
-    """The segment of each answer from its ``seq`` (-1: stored one at a time), 32 bits wide where ids fit."""
-    seq = seq.to_numpy()
-    alone = seq == _ALONE
-    top = int(seq[~alone].max()) if (~alone).any() else 0
-    return np.where(alone, -1, seq).astype(np.int32 if top < 2**31 else np.int64)
+    """The segment of each answer from its ``seq`` (-1: stored one at a time), 32 bits wide where ids fit.
+
+    Made a chunk at a time: ``seq`` is kept as one value per segment (see
+    :func:`~pdbatch.job.segments.lean`), not as 64 bits a row.
+    """
+    parts = []
+    for chunk in seq.chunks:
+        values = chunk.to_numpy(zero_copy_only=False)
+        parts.append(np.where(values == _ALONE, -1, values))
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return out.astype(np.int32) if not len(out) or int(out.max()) < 2**31 else out
 
 
 def _adds_no_row_twice(known: pa.ChunkedArray, added: List[pa.Table]) -> bool:
@@ -305,7 +311,8 @@ class AnswerStore:
             if (job_id, seg) in kept:
                 seen[seg] = kept[job_id, seg].select(list(_STATUS)).cast(_STATUS_SCHEMA)  # no copy: already narrow
                 continue
-            t = self._segment(seg).select(list(_STATUS)).cast(_STATUS_SCHEMA)
+            t = self._segment(seg).select(list(_STATUS))
+            t = t.set_column(2, "seq", segments.one_value(t.num_rows, seg, pa.int64())).cast(_STATUS_SCHEMA)
             seen[seg] = t.take(pa.array(np.arange(t.num_rows, dtype=np.int64)))
         with self._lock:
             rows = self._db.execute("SELECT custom_id, attempt, ok FROM answers WHERE job_id = ?", (job_id,)).fetchall()
@@ -313,7 +320,7 @@ class AnswerStore:
         if rows:
             cid, attempt, ok = zip(*rows)
             tables.append(pa.table({"custom_id": pa.array(cid, pa.string()), "attempt": pa.array(attempt, pa.int32()),
-                                    "seq": pa.array(np.full(len(rows), _ALONE, dtype=np.int64)),
+                                    "seq": segments.one_value(len(rows), _ALONE, pa.int64()),
                                     "ok": pa.array([bool(v) for v in ok], pa.bool_())}))
         both = pa.concat_tables(tables) if tables else pa.table({k: pa.array([], t) for k, t in _STATUS.items()})
         distinct_before = memo is not None and memo[0][0] == job_id and self.__dict__.get("_distinct") == memo[0]

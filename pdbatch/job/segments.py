@@ -26,7 +26,7 @@ from ..core.answers import Answers
 from ..errors import JobError
 
 __all__ = ["SEGMENT_VERSION", "Encoded", "encode", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key",
-           "textual", "lean", "plain", "concat_kept"]
+           "textual", "lean", "plain", "concat_kept", "one_value", "SEQ"]
 
 SEGMENT_VERSION = 1
 _META = b"pdbatch_segment"
@@ -201,16 +201,25 @@ _SPARSE = ("refusal", "error_code", "error_message", "finish_reason")
 
 
 #: Columns a job keeps as one value when every row of a segment has it (the usual: status 200, ``"stop"``,
-#: no cached or reasoning tokens). Not those the progress polls read (see ``AnswerStore._status``).
-_ONE_VALUE = ("status_code", "finish_reason", "has_choice", "prompt_tokens", "completion_tokens", "cached_tokens",
-              "reasoning_tokens")
+#: no cached or reasoning tokens; ``seq``, the segment's id, always).
+_ONE_VALUE = ("seq", "status_code", "finish_reason", "has_choice", "prompt_tokens", "completion_tokens",
+              "cached_tokens", "reasoning_tokens")
+
+#: The type of ``seq`` as a job keeps it, and as the progress polls read it (see ``AnswerStore._status``).
+SEQ = pa.dictionary(pa.int8(), pa.int64())
+
+
+def one_value(n: int, value: Any, type: pa.DataType, zeros: Optional[pa.Array] = None) -> pa.DictionaryArray:
+    """``n`` rows of ``value`` as a dictionary of that one value (indices: ``zeros``, made if not given)."""
+    zeros = zeros if zeros is not None else pa.array(np.zeros(n, dtype=np.int8))
+    return pa.DictionaryArray.from_arrays(zeros, pa.array([value], type=type))
 
 
 def _one_value(col: pa.ChunkedArray, zeros: pa.Array) -> Optional[pa.Array]:
     """``col`` as a dictionary of its one value when every row has that value (indices: ``zeros``), else None."""
     if col.null_count or pc.count_distinct(col).as_py() != 1:
         return None
-    return pa.DictionaryArray.from_arrays(zeros, pa.array([col[0].as_py()], type=col.type))
+    return one_value(len(col), col[0].as_py(), col.type, zeros)
 
 
 def lean(table: pa.Table) -> pa.Table:
