@@ -1,10 +1,9 @@
 """``Job``: one ``map`` call in flight — submit, wait, collect, cancel, resume.
 
-:func:`start_job` is the single path every entry point (``map``, ``submit``,
-the CLI) goes through: validate, render, fingerprint, then either attach to the
-job already made from the same requests (in flight or finished) or create one,
-serve what the answer cache holds, and hand the rest to the backend. Jobs, shards,
-batch ids and answers live in the job store, never only here: a restarted kernel finds them.
+:func:`start_job` is the single path every entry point (``map``, ``submit``, the CLI) goes through: validate,
+render, fingerprint, then either attach to the job already made from the same requests (in flight or finished)
+or create one, serve what the answer cache holds, and hand the rest to the backend. Jobs, shards, batch ids and
+answers live in the job store, never only here: a restarted kernel finds them.
 """
 
 from __future__ import annotations
@@ -62,8 +61,8 @@ class Job:
     overwrite: bool = False
     max_retries: int = 2
     retry_invalid: int = 0
-    #: custom_id -> request hash of every sent or cached row
-    hashes: RowHashes = field(default_factory=RowHashes)
+    #: custom_id -> request hash of every sent or cached row; None once :meth:`result` let go of them (in the store)
+    hashes: Optional[RowHashes] = field(default_factory=RowHashes)
     #: the backend's typed in-process state of this job (shards, the local queue...)
     state: JobState = field(default_factory=JobState)
     _last: Optional[Progress] = None
@@ -79,10 +78,15 @@ class Job:
     # ------------------------------------------------- what backends report (the Ledger of backends/base.py)
     def record_answers(self, answers: Answers, *, attempt: int = 0) -> None:
         """Store answers a backend produced and parse them now, while later shards run (see :mod:`.ingest`)."""
-        early = store_and_parse(self.store, self.id, answers, self.hashes, self.spec.fmt.text_parser(),
+        early = store_and_parse(self.store, self.id, answers, self._row_hashes(), self.spec.fmt.text_parser(),
                                 list(self.spec.fmt.columns or ()), attempt=attempt)
         if early is not None:
             self._parsed.append(early)
+
+    def _row_hashes(self) -> RowHashes:
+        """:attr:`hashes`, read back from the store if :meth:`result` let go of them."""
+        self.hashes = self.hashes if self.hashes is not None else self.store.row_hashes(self.id)
+        return self.hashes
 
     def record_sent(self, count: int) -> None:
         """``count`` requests went out from this process (a row sent again by a retry round is not counted)."""
@@ -120,7 +124,7 @@ class Job:
 
     def record_written(self) -> None:
         """Record that every request is on disk: rows, hashes, counts, the cached rows' tokens."""
-        self.store.put_rows(self.id, self.hashes)
+        self.store.put_rows(self.id, self._row_hashes())
         self.record.sent = len(self.ids) - len(self.skipped) - self.record.cached
         self.record.state = "written"
         self.store.update_job(self.id, state="written", sent=self.record.sent, cached=self.record.cached,
@@ -297,7 +301,7 @@ class Job:
                 f"back here; use job.answers() or run the same df.llm.map(...) again (it re-attaches)"
             )
         self.backend.collect(self)
-        self.hashes.release()  # what polls and stores used: the join needs the memory
+        self.hashes = None  # in the store since start_job (read back if asked): the join needs the memory
         self.store.release()
         parsed = Parsed.concat(self._parsed)  # answers parsed on arrival, handed to the join (which empties it)
         self._parsed = []  # a second result() parses again

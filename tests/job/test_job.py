@@ -345,6 +345,10 @@ def test_result_twice_gives_the_same_frame_after_the_early_parses_are_let_go(mak
                         backend=pdbatch.Batch(make_client(srv), poll_interval=0.02,
                                               max_poll_interval=0.05))
     first = job.wait(progress=False, timeout=60).result()
+    assert job.hashes is None  # the rows' request hashes are in the store: the join did not hold them
     second = job.result()
     pd.testing.assert_frame_equal(first, second)
     assert first["n"].tolist() == [len(t) for t in df["t"]] and first["llm_error"].isna().all()
+    job.record_written()  # what needs them again reads them back from the store, the same
+    loaded = pdbatch.Job.load(job.id, client=make_client(srv))
+    assert len(job.hashes) == 150 and loaded.hashes.values() == job.hashes.values()
