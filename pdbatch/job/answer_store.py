@@ -312,7 +312,8 @@ class AnswerStore:
                 seen[seg] = kept[job_id, seg].select(list(_STATUS)).cast(_STATUS_SCHEMA)  # no copy: already narrow
                 continue
             t = self._segment(seg).select(list(_STATUS))
-            t = t.set_column(2, "seq", segments.one_value(t.num_rows, seg, pa.int64())).cast(_STATUS_SCHEMA)
+            t = t.set_column(t.schema.get_field_index("seq"), "seq",
+                             segments.one_value(t.num_rows, seg, pa.int64())).cast(_STATUS_SCHEMA)
             seen[seg] = t.take(pa.array(np.arange(t.num_rows, dtype=np.int64)))
         with self._lock:
             rows = self._db.execute("SELECT custom_id, attempt, ok FROM answers WHERE job_id = ?", (job_id,)).fetchall()
