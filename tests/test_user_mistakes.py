@@ -111,6 +111,16 @@ def test_unknown_options_suggest_pdbatch_names_too(make_server, make_client, fra
     nothing_sent(srv)
 
 
+def test_an_option_of_another_call_is_named_as_such_not_suggested_as_itself(make_server, make_client, frame):
+    srv = make_server()
+    with pytest.raises(OptionError) as info:
+        frame.llm.submit("{t}", model="m", client=make_client(srv), progress=False)  # progress= belongs to map
+    msg = str(info.value)
+    assert "unknown option 'progress'" in msg and "progress= is an option of other pdbatch calls" in msg
+    assert "Did you mean" not in msg
+    nothing_sent(srv)
+
+
 @pytest.mark.parametrize("method", ["map", "submit", "estimate", "embed"])
 def test_every_keyword_of_the_accessor_is_a_suggestion(method):
     params = inspect.signature(getattr(pdbatch.LLMAccessor, method)).parameters

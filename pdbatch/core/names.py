@@ -89,8 +89,11 @@ def check_params(params: Mapping[str, Any], known: Sequence[str] = (), allowed=C
     """
     for key in params:
         if key not in allowed:
-            close = suggest(key, [*ARGUMENT_NAMES, *known, *sorted(allowed)])
-            hint = f" Did you mean {close}=?" if close else ""
+            if key in ARGUMENT_NAMES:  # an option of another call (``progress=`` given to ``submit``): not a typo
+                hint = f" {key}= is an option of other pdbatch calls, not of this one (help() lists its options)."
+            else:
+                close = suggest(key, [*ARGUMENT_NAMES, *known, *sorted(allowed)])
+                hint = f" Did you mean {close}=?" if close else ""
             raise OptionError(
                 f"unknown option {key!r}.{hint} Request body parameters pdbatch passes through are: "
                 f"{', '.join(sorted(allowed))}; put anything else in extra_body={{...}}."
