@@ -142,7 +142,7 @@ class AnswerStore:
         table = answers if isinstance(answers, pa.Table) else segment_table(answers, hashes, attempt)
         if not table.num_rows:
             return 0, None
-        blob = segments.encode(table)
+        blob = segments.Encoded(table)
         with self._tx() as db:
             seg = segments.insert_blob(db, "INSERT", "segments", {
                 "job_id": job_id, "attempt": attempt, "source": source, "rows": table.num_rows,

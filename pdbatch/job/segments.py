@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from ..core.answers import Answers
 from ..errors import JobError
 
-__all__ = ["SEGMENT_VERSION", "Encoded", "encode", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key",
+__all__ = ["SEGMENT_VERSION", "Encoded", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key",
            "textual", "lean", "plain", "concat_kept", "one_value", "SEQ"]
 
 SEGMENT_VERSION = 1
@@ -66,7 +66,9 @@ BATCH_ROWS = 8192
 
 
 class Encoded:
-    """A table's versioned IPC stream (see :func:`encode`), made as it is written: ``len()`` bytes.
+    """A segment table (see :func:`table_of`) or row set to store: its versioned IPC stream, ``len()`` bytes.
+
+    The stream is made as it is written.
 
     :func:`insert_blob` writes it into its row a record batch at a time, so
     the whole stream (a shard's answers: tens of MB) is never in memory
@@ -109,11 +111,6 @@ class _BlobSink:
 
     def flush(self) -> None:
         pass
-
-
-def encode(table: pa.Table) -> Encoded:
-    """A segment table (see :func:`table_of`) or row set to store, versioned (see :class:`Encoded`)."""
-    return Encoded(table)
 
 
 def insert_blob(db: sqlite3.Connection, verb: str, table: str, fields: Mapping[str, Any], blob: Encoded) -> int:
@@ -246,20 +243,17 @@ def lean(table: pa.Table) -> pa.Table:
         i = out.schema.get_field_index(name)
         if out.column(i).null_count == out.num_rows:
             out = out.set_column(i, name, pa.nulls(out.num_rows))
-    # Copied into buffers of their own (one gather) by the thread that stores the segment: held for the whole
-    # job, the columns made with the shard's other buffers would keep the C heap's pages around those resident.
+    zeros = pa.array(np.zeros(out.num_rows, dtype=np.int8))
+    ones = {name: _one_value(out.column(name), zeros) for name in _ONE_VALUE
+            if out.num_rows and not pa.types.is_null(out.schema.field(name).type)}
+    kept = {name: col for name, col in ones.items() if col is not None}
+    # The rest is copied into buffers of its own (one gather) by the thread that stores the segment: held for the
+    # whole job, columns made with the shard's other buffers would keep the C heap's pages around those resident.
     # The ids are not: the answers parsed on arrival hold the same ones (one buffer each, a column of its own).
     ids = out.column("custom_id")
-    out = out.drop_columns(["custom_id"]).take(pa.array(np.arange(out.num_rows)))
-    out = out.add_column(0, "custom_id", ids if ids.num_chunks == 1 else pa.chunked_array([ids.combine_chunks()]))
-    zeros = pa.array(np.zeros(out.num_rows, dtype=np.int8))
-    for name in _ONE_VALUE:
-        i = out.schema.get_field_index(name)
-        if out.num_rows and not pa.types.is_null(out.schema.field(i).type):
-            one = _one_value(out.column(i), zeros)
-            if one is not None:
-                out = out.set_column(i, name, one)
-    return out
+    kept["custom_id"] = ids if ids.num_chunks == 1 else pa.chunked_array([ids.combine_chunks()])
+    copied = out.drop_columns(list(kept)).take(pa.array(np.arange(out.num_rows)))
+    return pa.table({name: kept[name] if name in kept else copied.column(name) for name in out.column_names})
 
 
 def plain(table: pa.Table, names: Optional[set] = None) -> pa.Table:

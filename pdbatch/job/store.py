@@ -247,7 +247,7 @@ class Store(AnswerStore):
         """Record the request hash of each row that was sent or answered from the cache (one blob a job)."""
         t0 = time.perf_counter()
         table = hashes.arrow()
-        blob = segments.encode(table.append_column("seq", pa.array(np.zeros(len(table), dtype=np.int64))))
+        blob = segments.Encoded(table.append_column("seq", pa.array(np.zeros(len(table), dtype=np.int64))))
         with self._tx() as db:
             segments.insert_blob(db, "INSERT OR REPLACE", "row_sets", {"job_id": job_id, "v": _ROWS_VERSION}, blob)
         self.cost["write_seconds"] += time.perf_counter() - t0

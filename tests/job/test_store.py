@@ -252,7 +252,7 @@ def test_a_blob_is_written_whole_and_replaced_whole(tmp_path, wrap):
     db.execute("CREATE TABLE row_sets(job_id TEXT PRIMARY KEY, v INTEGER NOT NULL, data BLOB NOT NULL)")
     big = pa.table({"x": np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8)})  # many record batches
     tables = {"big": big, "empty": big.slice(0, 0), "small": big.slice(5, 10)}
-    blobs = {name: segments.encode(t) for name, t in tables.items()}
+    blobs = {name: segments.Encoded(t) for name, t in tables.items()}
     conn = wrap(db)
     first = segments.insert_blob(conn, "INSERT OR REPLACE", "row_sets", {"job_id": "a", "v": 1}, blobs["big"])
     assert sqlite3.connect(path).execute("SELECT length(data) FROM row_sets").fetchone() == (len(blobs["big"]),)
@@ -274,7 +274,7 @@ def test_a_blob_of_the_wrong_size_fails_loudly(tmp_path):
     """The stream is written into a blob made its size: one that would run past the end raises, nothing is cut."""
     db = sqlite3.connect(str(tmp_path / "b.sqlite3"), isolation_level=None)
     db.execute("CREATE TABLE row_sets(job_id TEXT PRIMARY KEY, v INTEGER NOT NULL, data BLOB NOT NULL)")
-    blob = segments.encode(pa.table({"x": np.arange(100_000)}))
+    blob = segments.Encoded(pa.table({"x": np.arange(100_000)}))
     blob.table = pa.table({"x": np.arange(200_000)})  # now longer than the size the row was made
     with pytest.raises(ValueError):
         segments.insert_blob(db, "INSERT", "row_sets", {"job_id": "a", "v": 1}, blob)
