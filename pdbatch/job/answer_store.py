@@ -144,7 +144,7 @@ class AnswerStore:
             return 0, None
         blob = segments.Encoded(table)
         with self._tx() as db:
-            seg = segments.insert_blob(db, "INSERT", "segments", {
+            seg = segments.insert_segment(db, {
                 "job_id": job_id, "attempt": attempt, "source": source, "rows": table.num_rows,
                 "v": segments.SEGMENT_VERSION, "created_at": time.time(), "indexed": 0}, blob)
         if segments.textual(table):  # kept as read back (seq: the segment's id), for this job's polls and join
@@ -163,7 +163,7 @@ class AnswerStore:
         a ``map`` that runs once never pays for an index nothing reads.
         """
         with self._lock:
-            pending = self._db.execute("SELECT id, data FROM segments WHERE indexed = 0 ORDER BY id").fetchall()
+            pending = self._db.execute(f"{segments.DATA} WHERE s.indexed = 0 ORDER BY s.id").fetchall()
         for seg, blob in pending:
             table = segments.decode(blob, seg)
             ok = np.flatnonzero(table.column("ok").to_numpy(zero_copy_only=False))
@@ -182,7 +182,7 @@ class AnswerStore:
 
     def _segment_tables(self, job_id: str) -> List[pa.Table]:
         with self._lock:
-            rows = self._db.execute("SELECT id, data FROM segments WHERE job_id = ? ORDER BY id",
+            rows = self._db.execute(f"{segments.DATA} WHERE s.job_id = ? ORDER BY s.id",
                                     (job_id,)).fetchall()
         return [segments.decode(blob, seq) for seq, blob in rows]
 
@@ -241,7 +241,7 @@ class AnswerStore:
 
     def _segment(self, seg: int) -> pa.Table:
         with self._lock:
-            blob = self._db.execute("SELECT data FROM segments WHERE id = ?", (seg,)).fetchone()[0]
+            blob = self._db.execute("SELECT data FROM segment_data WHERE id = ?", (seg,)).fetchone()[0]
         self.cost["segments_read"] += 1
         return segments.decode(blob, seg)
 
@@ -381,7 +381,7 @@ class AnswerStore:
             hits = db.execute("SELECT s.segment, s.pos FROM segment_hashes s JOIN want_key w ON s.h = w.h").fetchall()
             blobs = {}
             for seg in {h[0] for h in hits}:
-                blobs[seg] = db.execute("SELECT data FROM segments WHERE id = ?", (seg,)).fetchone()[0]
+                blobs[seg] = db.execute("SELECT data FROM segment_data WHERE id = ?", (seg,)).fetchone()[0]
             db.execute("DELETE FROM want")
             db.execute("DELETE FROM want_key")
         for r in rows:

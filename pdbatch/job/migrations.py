@@ -55,8 +55,25 @@ CREATE TABLE segment_hashes(h INTEGER PRIMARY KEY, segment INTEGER NOT NULL, pos
 CREATE TABLE row_sets(job_id TEXT PRIMARY KEY, v INTEGER NOT NULL, data BLOB NOT NULL);
 """
 
+# Version 3: a segment's blob moves to a table of its own (``segment_data``, the blob its last column). In
+# version 2 the blob sat between other columns of ``segments``: SQLite then builds the whole row in memory to
+# insert it (a shard's segment, tens of MB, twice over for the ``zeroblob`` it is written into), and setting
+# ``indexed`` rewrote the row, blob and all. The blobs are moved as they are (the segment format is unchanged).
+_V3 = """
+CREATE TABLE segment_data(id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+INSERT INTO segment_data (id, data) SELECT id, data FROM segments;
+CREATE TABLE segments_v3(
+    id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, attempt INTEGER NOT NULL, source TEXT NOT NULL,
+    rows INTEGER NOT NULL, v INTEGER NOT NULL, created_at REAL NOT NULL, indexed INTEGER NOT NULL DEFAULT 0);
+INSERT INTO segments_v3 (id, job_id, attempt, source, rows, v, created_at, indexed)
+    SELECT id, job_id, attempt, source, rows, v, created_at, indexed FROM segments;
+DROP TABLE segments;
+ALTER TABLE segments_v3 RENAME TO segments;
+CREATE INDEX segments_job ON segments(job_id, id);
+"""
+
 #: ``(version, DDL)`` in order; the store is at the last one after opening.
-MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2)]
+MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

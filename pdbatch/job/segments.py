@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 from ..core.answers import Answers
 from ..errors import JobError
 
-__all__ = ["SEGMENT_VERSION", "Encoded", "insert_blob", "decode", "table_of", "answers_of", "latest", "hash_key",
-           "textual", "lean", "plain", "concat_kept", "one_value", "SEQ"]
+__all__ = ["SEGMENT_VERSION", "Encoded", "insert_blob", "insert_segment", "DATA", "decode", "table_of", "answers_of",
+           "latest", "hash_key", "textual", "lean", "plain", "concat_kept", "one_value", "SEQ"]
 
 SEGMENT_VERSION = 1
 _META = b"pdbatch_segment"
@@ -121,6 +121,8 @@ def insert_blob(db: sqlite3.Connection, verb: str, table: str, fields: Mapping[s
     bound blob, and Python's statement cache keeps that copy alive until the
     statement next runs (the row hashes of a million-row job: 50 MB held for
     the whole job). Python 3.10, which has no ``blobopen``, binds it.
+    ``data`` must be the table's last column: SQLite builds a row whose blob
+    is followed by other columns whole in memory (zeros and all).
     """
     names = ", ".join([*fields, "data"])
     marks = ", ".join("?" for _ in fields)
@@ -133,6 +135,19 @@ def insert_blob(db: sqlite3.Connection, verb: str, table: str, fields: Mapping[s
         with db.blobopen(table, "data", rowid) as out:
             blob.write_into(_BlobSink(out))
     return rowid
+
+
+def insert_segment(db: sqlite3.Connection, fields: Mapping[str, Any], blob: Encoded) -> int:
+    """Insert a segment: its row of ``fields`` in ``segments``, its stream in ``segment_data``; its id."""
+    names = ", ".join(fields)
+    seg = db.execute(f"INSERT INTO segments ({names}) VALUES ({', '.join('?' for _ in fields)})",
+                     tuple(fields.values())).lastrowid
+    insert_blob(db, "INSERT", "segment_data", {"id": seg}, blob)
+    return seg
+
+
+#: The streams of segments, by id (``segment_data`` rows: see :func:`insert_segment`).
+DATA = "SELECT s.id, d.data FROM segments s JOIN segment_data d ON d.id = s.id"
 
 
 def decode(blob: bytes, seq: int) -> pa.Table:

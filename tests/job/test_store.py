@@ -23,15 +23,17 @@ from pdbatch.job.store import JobRecord, Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v1.sql"
 V1_JOB = "job_20261130000000_v1fixture0"
+FIXTURE_V2 = Path(__file__).parent / "fixtures" / "store_v2.sql"
+V2_JOB = "job_20261203000000_v2fixture0"
 
 
-def v1_store(tmp_path) -> Path:
+def v1_store(tmp_path, fixture: Path = FIXTURE, job: str = V1_JOB) -> Path:
     """A store written by the release before migrations existed (from its own DDL, checked in as SQL)."""
-    workdir = tmp_path / "jobs" / V1_JOB
+    workdir = tmp_path / "jobs" / job
     workdir.mkdir(parents=True)
     path = tmp_path / "store.sqlite3"
     db = sqlite3.connect(path)
-    db.executescript(FIXTURE.read_text().replace("@WORKDIR@", str(workdir)))
+    db.executescript(fixture.read_text().replace("@WORKDIR@", str(workdir)))
     db.close()
     pd.DataFrame({"t": ["a", "b"]}, index=["x", "y"]).to_parquet(workdir / "host.parquet")
     (workdir / "host.json").write_text('{"series": false}')
@@ -67,6 +69,39 @@ def test_a_v1_store_is_migrated_and_its_job_reattaches(tmp_path, monkeypatch):
     assert len(store.cached(store.row_hashes(V1_JOB).values())) == 2
     store.close()
     assert Store(str(path)).version == SCHEMA_VERSION  # opening again migrates nothing
+
+
+def test_a_v2_store_is_migrated_its_segments_kept_and_its_job_reattaches(tmp_path, monkeypatch):
+    # Written by the release of schema version 2 (a segment blob inside the segments row), dumped as SQL.
+    path = v1_store(tmp_path, FIXTURE_V2, V2_JOB)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    monkeypatch.setenv("PDBATCH_HOME", str(tmp_path))
+    store = Store(str(path))
+    assert store.version == SCHEMA_VERSION
+    assert set(store.row_hashes(V2_JOB)) == {"x", "y"}
+    assert store.answers(V2_JOB).arrow("content").to_pylist() == ["answer a", "answer b"]
+    assert store.count_answers(V2_JOB) == 2
+    nowhere = openai.OpenAI(api_key="k", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=1)
+    out = pdbatch.Job.load(V2_JOB, store=store, client=nowhere).result()
+    assert out["llm_output"].tolist() == ["answer a", "answer b"] and out["llm_error"].isna().all()
+    assert [v[1] for v in store.cached(store.row_hashes(V2_JOB).values()).values()] == ["answer a", "answer b"]
+    # New segments go beside the moved one, their blobs in the table of their own.
+    hashes = {str(i): h(i) for i in range(100)}
+    assert store.put_answers("job_b", Answers.from_results([chat(str(i), f"t{i}") for i in range(100)]), hashes) == 100
+    assert store.answers("job_b").arrow("content").to_pylist() == [f"t{i}" for i in range(100)]
+    assert store.cached([h(42)])[h(42)][1] == "t42"
+    db = sqlite3.connect(path)
+    assert "data" not in [r[1] for r in db.execute("PRAGMA table_info(segments)")]
+    assert db.execute("SELECT COUNT(*) FROM segment_data").fetchone()[0] == 2
+    store.close()
+
+
+def test_blobs_are_the_last_column_of_their_tables(tmp_path):
+    """SQLite builds a row whole in memory when its blob is followed by other columns (a shard's: tens of MB)."""
+    db = sqlite3.connect(tmp_path / "s.sqlite3")
+    Store(str(tmp_path / "s.sqlite3")).close()
+    for table in ("segment_data", "row_sets"):
+        assert [r[1] for r in db.execute(f"PRAGMA table_info({table})")][-1] == "data"
 
 
 def test_a_store_from_a_newer_release_is_refused(tmp_path):
