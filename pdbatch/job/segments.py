@@ -58,7 +58,10 @@ def table_of(answers: Answers, hashes: Sequence[Optional[str]], attempt: int, se
             "seq": pa.array(np.full(n, seq, dtype=np.int64))}
     for name in Answers.COLUMNS:
         cols[name] = _content(answers) if name == "content" else answers.arrow(name).cast(_TYPES[name])
-    return pa.table({k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in cols.items()})
+    # The answers' own chunks, not a copy (a shard's answers are not held twice while stored); but the ids in one
+    # buffer: the job keeps them (see lean), and so do the answers parsed on arrival, which then share it.
+    cols["custom_id"] = cols["custom_id"].combine_chunks() if isinstance(cols["custom_id"], pa.ChunkedArray) else cols["custom_id"]
+    return pa.table(cols)
 
 
 #: Rows per record batch of a stored table's IPC stream: the stream goes into its blob a batch at a time.
