@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .memory import give_back
+
 __all__ = ["Column", "compact", "concat", "take", "merge", "nulls", "objects", "spread", "first_present", "to_series",
            "content_hashes", "gc_paused", "paused_steps"]
 
@@ -31,6 +33,8 @@ _SCALARS = (pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.null())
 _ITEMS = (pa.string(), pa.int64(), pa.bool_())
 #: Texts hashed at a time by :func:`content_hashes` (bounds the Python strings made at once).
 _STEP = 65536
+#: Columns of lists this long give back, after each chunk made into lists, what the chunk held (a few ms each).
+GIVE_BACK_LISTS = 65536
 #: Rows per run (on average) from which :func:`take` slices the column instead of gathering a copy.
 RUN_ROWS = 1024
 
@@ -236,11 +240,14 @@ def to_series(col: Union[pa.ChunkedArray, List[pa.Array]], index: pd.Index, name
     if pa.types.is_list(t):  # a chunk at a time: the chunks are not joined into one copy first
         lists, start = np.empty(sum(len(c) for c in chunks), dtype=object), 0
         col = None  # the caller's list (if given) holds the chunks: each goes below once made into lists
+        trim = len(lists) >= GIVE_BACK_LISTS
         while chunks:
             chunk = chunks.pop(0)
             lists[start:start + len(chunk)] = _lists(chunk)
             start += len(chunk)
             chunk = None
+            if trim:  # what the chunk held goes back to the system, not kept by the heap beside the new lists
+                give_back()
         return pd.Series(lists, index=index, name=name, dtype=object, copy=False)  # pandas 3 copies arrays unless told
     if isinstance(col, list):
         col = pa.chunked_array(col, type=t)
