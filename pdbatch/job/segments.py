@@ -60,7 +60,8 @@ def table_of(answers: Answers, hashes: Sequence[Optional[str]], attempt: int, se
         cols[name] = _content(answers) if name == "content" else answers.arrow(name).cast(_TYPES[name])
     # The answers' own chunks, not a copy (a shard's answers are not held twice while stored); but the ids in one
     # buffer: the job keeps them (see lean), and so do the answers parsed on arrival, which then share it.
-    cols["custom_id"] = cols["custom_id"].combine_chunks() if isinstance(cols["custom_id"], pa.ChunkedArray) else cols["custom_id"]
+    ids = cols["custom_id"]
+    cols["custom_id"] = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     return pa.table(cols)
 
 

@@ -390,3 +390,21 @@ def test_a_kept_table_shares_no_buffer_with_the_segment_it_was_made_of_but_its_i
     assert not addresses(kept, [c for c in kept.column_names if c != "custom_id"]) & addresses(table, table.column_names)
     assert addresses(kept, ["custom_id"]) == addresses(table, ["custom_id"])
     assert kept.column("custom_id").to_pylist() == table.column("custom_id").to_pylist()
+
+
+def test_a_segment_table_holds_the_answers_own_chunks_and_its_ids_in_one_buffer():
+    """A shard's answers are not copied to be stored (they are held while stored and parsed); only the ids are
+    made one buffer, which the kept table and the answers parsed on arrival then share."""
+    parts = [Answers.from_results([chat(str(i), f"t{i}") for i in range(k, k + 50)]) for k in (0, 50)]
+    answers = Answers(**{name: pa.chunked_array([c for p in parts for c in p.arrow(name).chunks])
+                         for name in ("custom_id",) + Answers.COLUMNS})
+    table = segments.table_of(answers, [h(i) for i in range(100)], 0)
+
+    def addresses(col):
+        return {b.address for chunk in col.chunks for b in chunk.buffers() if b is not None}
+    assert table.column("content").num_chunks == 2
+    assert addresses(table.column("content")) == addresses(answers.arrow("content"))
+    assert table.column("custom_id").num_chunks == 1
+    assert table.column("custom_id").to_pylist() == [str(i) for i in range(100)]
+    assert segments.lean(table).column("custom_id").chunks[0].buffers()[2].address == \
+        table.column("custom_id").chunks[0].buffers()[2].address
