@@ -337,7 +337,7 @@ class Batch(PicklesWithoutClient):
                     for path in paths:  # parsed while downloaded, else read from disk
                         answers.extend(early.pop(path, None) or read_answers(path, job.spec.answer_kind))
                     job.record_answers(answers, attempt=st.attempt)
-                st.ingested = 1
+                st.ingest(answers)
                 self._save(job, st)
 
     def _retry(self, job) -> bool:

@@ -89,6 +89,19 @@ class ShardState:
         st.completed, st.failed, st.ingested = d["completed"] or 0, d["failed"] or 0, d["ingested"] or 0
         return st
 
+    def ingest(self, answers: Any) -> None:
+        """Mark the shard's ``answers`` (:class:`~pdbatch.core.answers.Answers`) stored.
+
+        When each of its lines has one plain success, its ids are let go:
+        nothing asks for them but a retry round or the reason of a row
+        without an answer, and :meth:`line_ids` reads them back from the file.
+        """
+        self.ingested = 1
+        ids, ok = answers.arrow("custom_id"), answers.arrow("ok")
+        if len(answers) == self.count and pc.all(ok).as_py() and not ok.null_count \
+                and pc.count_distinct(ids).as_py() == self.count:
+            self.ids = None
+
     def line_ids(self) -> List[str]:
         """The custom_ids of the shard's lines in file order (read from the file once if not known), a new list."""
         if self.ids is None:
