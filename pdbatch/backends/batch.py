@@ -351,7 +351,8 @@ class Batch(PicklesWithoutClient):
         if job.retry_invalid <= round_ and job.count_answers(ok_only=True) >= job.sent:
             return False  # every row has a plain success: nothing to look for (and no shard file to read)
         last = [s for s in shards if s.attempt == round_]
-        again = rows_to_retry(job.stored_answers(), [cid for st in last for cid in st.line_ids()],
+        look = [st for st in last if not (st.clean and job.retry_invalid <= round_)]  # a clean shard has none
+        again = rows_to_retry(job.stored_answers(), [cid for st in look for cid in st.line_ids()],
                               retryable_codes=RETRYABLE_CODES, retry_failed=round_ < job.max_retries,
                               parse=job.spec.fmt.text_parser() if job.retry_invalid > round_ else None)
         if not again:
@@ -371,7 +372,7 @@ class Batch(PicklesWithoutClient):
         status = job.state.row_status
         if status is None:  # which shard each row went out in last, and how that batch ended
             status = job.state.row_status = {
-                cid: st.status for st in self._shards(job) for cid in st.line_ids()
+                cid: st.status for st in self._shards(job) if not st.clean for cid in st.line_ids()
             }
         s = status.get(job.ids[pos])
         if s == "expired":

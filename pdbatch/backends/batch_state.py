@@ -49,6 +49,8 @@ class ShardState:
     #: custom_ids of the shard's lines, in file order (known in the process that wrote it; else read back),
     #: kept as one Arrow array: a million rows' ids as Python strings would be some 60 MiB until the join
     ids: Optional[pa.Array] = field(default=None, repr=False, compare=False)
+    #: whether each of the shard's lines has one plain success (known once stored here: see :meth:`ingest`)
+    clean: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.ids is not None and not isinstance(self.ids, pa.Array):
@@ -92,15 +94,17 @@ class ShardState:
     def ingest(self, answers: Any) -> None:
         """Mark the shard's ``answers`` (:class:`~pdbatch.core.answers.Answers`) stored.
 
-        When each of its lines has one plain success, its ids are let go:
-        nothing asks for them but a retry round or the reason of a row
-        without an answer, and :meth:`line_ids` reads them back from the file.
+        When each of its lines has one plain success, the shard is
+        :attr:`clean` and its ids are let go: a retry round that does not
+        look for invalid answers and the reasons of rows without an answer
+        pass over it, and anything else that asks for them (:meth:`line_ids`)
+        reads them back from the file.
         """
         self.ingested = 1
-        ids, ok = answers.arrow("custom_id"), answers.arrow("ok")
-        if len(answers) == self.count and pc.all(ok).as_py() and not ok.null_count \
-                and pc.count_distinct(ids).as_py() == self.count:
-            self.ids = None
+        ids, ok = answers.arrow("custom_id").cast(pa.string()), answers.arrow("ok")
+        if self.ids is not None and len(answers) == self.count and not ok.null_count and pc.all(ok).as_py() \
+                and pc.count_distinct(ids).as_py() == self.count and pc.all(pc.is_in(ids, value_set=self.ids)).as_py():
+            self.ids, self.clean = None, True
 
     def line_ids(self) -> List[str]:
         """The custom_ids of the shard's lines in file order (read from the file once if not known), a new list."""

@@ -33,12 +33,16 @@ def test_a_shard_whose_lines_all_succeeded_lets_go_of_its_ids_once_stored_and_re
     path.write_bytes(b"".join(orjson.dumps({"custom_id": cid, "body": {}}) + b"\n" for cid in ids))
     clean = ShardState(0, str(path), len(ids), path.stat().st_size, ids=ids)
     clean.ingest(_answers([(cid, "stop") for cid in reversed(ids)]))  # any order
-    assert clean.ingested == 1 and clean.ids is None
-    assert clean.line_ids() == ids  # a retry round or an unanswered row's reason reads them from the file
-    # Kept where a retry round or a row's reason may ask for them: a failure, a line without an answer, an id twice.
-    for pairs in ([(cid, "stop") for cid in ids[:-1]] + [(ids[-1], "length")],
-                  [(cid, "stop") for cid in ids[:-1]],
-                  [(cid, "stop") for cid in ids[:-1]] + [(ids[0], "stop")]):
-        st = ShardState(1, str(path), len(ids), path.stat().st_size, ids=ids)
+    assert clean.ingested == 1 and clean.clean and clean.ids is None
+    assert clean.line_ids() == ids  # anything that still asks for them reads them from the file
+    # Kept where a retry round or a row's reason may ask for them: a failure, a line without an answer, an id twice,
+    # an answer for an id the shard did not send (a line of it then has none), a shard whose ids are not known here.
+    for pairs, known in (([(cid, "stop") for cid in ids[:-1]] + [(ids[-1], "length")], ids),
+                         ([(cid, "stop") for cid in ids[:-1]], ids),
+                         ([(cid, "stop") for cid in ids[:-1]] + [(ids[0], "stop")], ids),
+                         ([(cid, "stop") for cid in ids[:-1]] + [("other", "stop")], ids),
+                         ([(cid, "stop") for cid in ids], None)):
+        st = ShardState(1, str(path), len(ids), path.stat().st_size, ids=known)
         st.ingest(_answers(pairs))
-        assert st.ingested == 1 and st.ids is not None and st.line_ids() == ids
+        assert st.ingested == 1 and not st.clean and st.line_ids() == ids
+        assert known is None or st.ids is not None
