@@ -33,8 +33,10 @@ _SCALARS = (pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.null())
 _ITEMS = (pa.string(), pa.int64(), pa.bool_())
 #: Texts hashed at a time by :func:`content_hashes` (bounds the Python strings made at once).
 _STEP = 65536
-#: Columns of lists this long give back, after each chunk made into lists, what the chunk held (a few ms each).
+#: Columns of lists this long give back what the chunks made into lists held (a few ms each time) ...
 GIVE_BACK_LISTS = 65536
+#: ... once at least this many rows were made since the last time (however small the chunks: few calls).
+GIVE_BACK_EVERY = 32768
 #: Rows per run (on average) from which :func:`take` slices the column instead of gathering a copy.
 RUN_ROWS = 1024
 
@@ -240,14 +242,15 @@ def to_series(col: Union[pa.ChunkedArray, List[pa.Array]], index: pd.Index, name
     if pa.types.is_list(t):  # a chunk at a time: the chunks are not joined into one copy first
         lists, start = np.empty(sum(len(c) for c in chunks), dtype=object), 0
         col = None  # the caller's list (if given) holds the chunks: each goes below once made into lists
-        trim = len(lists) >= GIVE_BACK_LISTS
+        trim, made = len(lists) >= GIVE_BACK_LISTS, 0
         while chunks:
             chunk = chunks.pop(0)
             lists[start:start + len(chunk)] = _lists(chunk)
-            start += len(chunk)
+            start, made = start + len(chunk), made + len(chunk)
             chunk = None
-            if trim:  # what the chunk held goes back to the system, not kept by the heap beside the new lists
+            if trim and made >= GIVE_BACK_EVERY:  # what the chunks held goes back, not kept beside the new lists
                 give_back()
+                made = 0
         return pd.Series(lists, index=index, name=name, dtype=object, copy=False)  # pandas 3 copies arrays unless told
     if isinstance(col, list):
         col = pa.chunked_array(col, type=t)
