@@ -27,8 +27,8 @@ FIXTURE_V2 = Path(__file__).parent / "fixtures" / "store_v2.sql"
 V2_JOB = "job_20261203000000_v2fixture0"
 
 
-def v1_store(tmp_path, fixture: Path = FIXTURE, job: str = V1_JOB) -> Path:
-    """A store written by the release before migrations existed (from its own DDL, checked in as SQL)."""
+def old_store(tmp_path, fixture: Path = FIXTURE, job: str = V1_JOB) -> Path:
+    """A store an earlier release wrote, checked in as SQL (by default the one before migrations existed)."""
     workdir = tmp_path / "jobs" / job
     workdir.mkdir(parents=True)
     path = tmp_path / "store.sqlite3"
@@ -51,7 +51,7 @@ def chat(cid, text, finish="stop", usage=None):
 
 
 def test_a_v1_store_is_migrated_and_its_job_reattaches(tmp_path, monkeypatch):
-    path = v1_store(tmp_path)
+    path = old_store(tmp_path)
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 0
     monkeypatch.setenv("PDBATCH_HOME", str(tmp_path))
     store = Store(str(path))
@@ -73,7 +73,7 @@ def test_a_v1_store_is_migrated_and_its_job_reattaches(tmp_path, monkeypatch):
 
 def test_a_v2_store_is_migrated_its_segments_kept_and_its_job_reattaches(tmp_path, monkeypatch):
     # Written by the release of schema version 2 (a segment blob inside the segments row), dumped as SQL.
-    path = v1_store(tmp_path, FIXTURE_V2, V2_JOB)
+    path = old_store(tmp_path, FIXTURE_V2, V2_JOB)
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
     monkeypatch.setenv("PDBATCH_HOME", str(tmp_path))
     store = Store(str(path))
